@@ -1,0 +1,143 @@
+"""Pieces shared by the three kinds: the base model, conditions, references, and the CRD metadata.
+
+Python field names are snake_case; the API (and the generated schema) uses the camelCase aliases.
+Every field has an attribute docstring: it becomes the schema's ``description`` and so what
+``kubectl explain`` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "mlops.dev"
+VERSION = "v1alpha1"
+CATEGORY = "mlops"
+
+# Kubernetes object names that end up inside children's names (SeldonDeployment, run names, label
+# values) must leave room for suffixes; 48 keeps "<name>-<8 hex>-<generation>" under 63.
+MAX_NAME_LENGTH = 48
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A Go-style duration limited to the units people use for intervals and windows: 30s, 5m, 1h30m, 7d.
+DURATION = r"^([0-9]+(s|m|h|d))+$"
+
+
+class Model(BaseModel):
+    """Base of every API model: camelCase aliases, docstrings as descriptions, unknown keys ignored.
+
+    Unknown keys are ignored rather than forbidden: the API server already prunes them, and
+    ``extra="forbid"`` would render as ``additionalProperties: false``, which is not structural.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        extra="ignore",
+        validate_default=False,
+    )
+
+    def to_api(self) -> dict[str, Any]:
+        """The object as the API represents it: camelCase keys, unset optional fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(Model):
+    """One aspect of the object's current state, shaped like metav1.Condition."""
+
+    type: str = Field(max_length=316)
+    """Type of the condition in CamelCase, e.g. Ready, Succeeded, DriftDetected."""
+    status: ConditionStatus
+    """Status of the condition: True, False or Unknown."""
+    observed_generation: int | None = Field(None, ge=0)
+    """The .metadata.generation the condition was set from."""
+    last_transition_time: str
+    """When the condition last changed from one status to another (RFC 3339)."""
+    reason: str = Field(max_length=1024)
+    """A CamelCase, machine-readable reason for the last transition."""
+    message: str = Field("", max_length=32768)
+    """A human-readable message with details about the transition."""
+
+
+class LocalObjectReference(Model):
+    """A reference to an object of a known kind in the same namespace."""
+
+    name: str = Field(max_length=253, min_length=1)
+    """Name of the referenced object."""
+
+
+class SecretKeyReference(Model):
+    """A key of a Secret in the same namespace. Its value is read when needed and never copied."""
+
+    name: str = Field(max_length=253, min_length=1)
+    """Name of the Secret."""
+    key: str = Field(max_length=253, min_length=1)
+    """Key within the Secret."""
+
+
+class ConfigMapKeyReference(Model):
+    """A key of a ConfigMap in the same namespace."""
+
+    name: str = Field(max_length=253, min_length=1)
+    """Name of the ConfigMap."""
+    key: str = Field(max_length=253, min_length=1)
+    """Key within the ConfigMap."""
+
+
+class StatusBase(Model):
+    """Fields every kind's status carries."""
+
+    observed_generation: int | None = Field(None, ge=0)
+    """The .metadata.generation the status was last reconciled from."""
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """The latest observations of the object's state."""
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    """An additionalPrinterColumn of the CRD."""
+
+    name: str
+    json_path: str
+    type: str = "string"
+    description: str = ""
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """What the CRD needs besides the schema."""
+
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    printer_columns: tuple[PrinterColumn, ...] = ()
+    # CEL rules on the whole object (they can see metadata.name).
+    root_validations: tuple[dict[str, str], ...] = field(default=())
+
+
+NAME_LENGTH_RULE = {
+    "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+    "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
+    "(children and run names are derived from it)",
+}
+
+
+class Resource(Model):
+    """Base of the three kinds: apiVersion, kind, metadata, spec, status."""
+
+    info: ClassVar[KindInfo]
+
+    api_version: str = f"{GROUP}/{VERSION}"
+    kind: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,325 @@
+"""ModelDeployment (md): a model version served through Seldon Core (MLServer) or the local data
+plane, with canary, shadow, metric analysis, automatic rollback and an optional approval gate."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from mlops_operator.api.common import (
+    NAME_LENGTH_RULE,
+    KindInfo,
+    Model,
+    PrinterColumn,
+    Resource,
+    StatusBase,
+)
+
+# A Kubernetes resource quantity (100m, 0.5, 2Gi, 512Mi, ...).
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+REGIONS = ("us-east-1", "us-east-2", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-1")
+
+
+class ModelSource(Model):
+    """Which model is served: exactly one of uri (with version) or fromTraining."""
+
+    uri: str | None = Field(None, max_length=2048)
+    """URI of a model version directory (holding model-settings.json and the model file)."""
+    version: str | None = Field(None, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+    """Version label of the model at uri; required with uri."""
+    from_training: str | None = Field(None, max_length=253)
+    """Name of a ModelTraining in the same namespace; its status.latestValidatedModel is served,
+    so every newly validated version rolls out without editing this object."""
+    name: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Model name at the inference endpoint (/v2/models/<name>/infer); defaults to the object's name."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.uri) != has(self.fromTraining)",
+                    "message": "spec.model needs exactly one model source: uri (with version) or fromTraining",
+                },
+                {
+                    "rule": "has(self.uri) == has(self.version)",
+                    "message": "spec.model.version is required with spec.model.uri, and only with it",
+                },
+            ]
+        }
+    }
+
+
+class ResourceList(Model):
+    """Amounts of CPU and memory."""
+
+    cpu: str | None = Field(None, max_length=32, pattern=QUANTITY)
+    """CPU, as a Kubernetes quantity (e.g. 500m, 2)."""
+    memory: str | None = Field(None, max_length=32, pattern=QUANTITY)
+    """Memory, as a Kubernetes quantity (e.g. 512Mi, 2Gi)."""
+
+
+class Resources(Model):
+    """Compute resources of each model server replica."""
+
+    requests: ResourceList = Field(default_factory=ResourceList)
+    """Guaranteed resources."""
+    limits: ResourceList = Field(default_factory=ResourceList)
+    """Upper bounds."""
+
+
+class Autoscaling(Model):
+    """Horizontal autoscaling of the model server (autoscaling/v2 HPA on the seldon backend)."""
+
+    min_replicas: int = Field(1, ge=1, le=100)
+    """Fewest replicas."""
+    max_replicas: int = Field(ge=1, le=100)
+    """Most replicas."""
+    target_cpu_utilization_percentage: int = Field(70, ge=1, le=100)
+    """Average CPU utilisation the autoscaler aims for."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"}
+            ]
+        }
+    }
+
+
+class RolloutStep(Model):
+    """One canary step: send this share of traffic to the candidate, wait, then analyse."""
+
+    weight: int = Field(ge=1, le=100)
+    """Percent of traffic sent to the candidate (1-100)."""
+    pause_seconds: int = Field(60, ge=0, le=86400)
+    """How long to hold this weight before the analysis decides."""
+
+
+class Shadow(Model):
+    """The shadow phase of strategy shadow: the candidate gets a mirrored copy of live traffic whose
+    answers are discarded, before any real traffic moves."""
+
+    mirror_percent: int = Field(100, ge=1, le=100)
+    """Percent of requests mirrored to the candidate."""
+    duration_seconds: int = Field(60, ge=0, le=86400)
+    """How long to mirror before the analysis decides."""
+
+
+class ModelMetricCheck(Model):
+    """A bound on one of the candidate's training metrics (from the model version's metrics.json)."""
+
+    name: str = Field(min_length=1, max_length=63)
+    """Metric name, e.g. accuracy."""
+    min: float | None = None
+    """The metric must be at least this."""
+    max: float | None = None
+    """The metric must be at most this."""
+
+
+class Analysis(Model):
+    """Thresholds the candidate must meet at every step."""
+
+    max_error_rate: float = Field(0.05, ge=0, le=1)
+    """Largest allowed fraction of failed requests at the candidate."""
+    max_latency_p99_ms: float | None = Field(None, gt=0, le=600000)
+    """Largest allowed 99th percentile latency at the candidate, in milliseconds."""
+    min_requests: int = Field(20, ge=0, le=1_000_000)
+    """Fewest candidate requests needed before deciding; fewer extend the step."""
+    max_extensions: int = Field(10, ge=0, le=1000)
+    """How many times a step may be extended for lack of requests before the rollout is aborted."""
+    model_metric: ModelMetricCheck | None = None
+    """Optionally, a bound on one of the candidate's evaluation metrics."""
+    prometheus_url: str | None = Field(None, max_length=2048)
+    """Read request metrics from this Prometheus (HTTP query API) instead of the router."""
+
+
+class Rollout(Model):
+    """How a new model version replaces the serving one."""
+
+    strategy: Literal["direct", "canary", "shadow"] = "canary"
+    """direct replaces at once; canary moves traffic in steps; shadow mirrors first, then runs the canary steps."""
+    steps: list[RolloutStep] = Field(
+        default_factory=lambda: [RolloutStep(weight=10, pause_seconds=30), RolloutStep(weight=50, pause_seconds=30)],
+        max_length=10,
+        json_schema_extra={"default": [{"weight": 10, "pauseSeconds": 30}, {"weight": 50, "pauseSeconds": 30}]},
+    )
+    """Canary steps with strictly ascending weights; promotion follows the last one."""
+    shadow: Shadow = Field(default_factory=Shadow, json_schema_extra={"default": {}})
+    """The shadow phase (strategy shadow)."""
+    analysis: Analysis = Field(default_factory=Analysis, json_schema_extra={"default": {}})
+    """Thresholds checked after each step."""
+    approval: Literal["automatic", "manual"] = "automatic"
+    """automatic promotes when the analysis passes (continuous deployment); manual waits until the
+    annotation mlops.dev/approve names the candidate version (continuous delivery)."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.steps) || (self.steps.map(s, s.weight).isSorted() && "
+                    "self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight)))",
+                    "message": "rollout step weights must be strictly ascending",
+                    "fieldPath": ".steps",
+                },
+                {
+                    "rule": "!has(self.strategy) || self.strategy == 'direct' || (has(self.steps) && size(self.steps) > 0)",
+                    "message": "canary and shadow rollouts need at least one step",
+                    "fieldPath": ".steps",
+                },
+            ]
+        }
+    }
+
+
+class ModelDeploymentSpec(Model):
+    """Desired state of a ModelDeployment."""
+
+    model: ModelSource
+    """The model to serve."""
+    runtime: Literal["sklearn", "xgboost", "lightgbm", "mlflow"] = "sklearn"
+    """MLServer runtime that loads the model."""
+    backend: Literal["local", "seldon"] = "local"
+    """seldon creates a SeldonDeployment (Seldon Core v1, protocol v2); local runs MLServer processes
+    behind a router on this machine (no cluster services needed)."""
+    replicas: int | None = Field(None, ge=0, le=100)
+    """Model server replicas (default 1); not with autoscaling."""
+    autoscaling: Autoscaling | None = None
+    """Horizontal autoscaling instead of a fixed replica count."""
+    resources: Resources = Field(default_factory=Resources)
+    """Compute resources per replica."""
+    rollout: Rollout = Field(default_factory=Rollout, json_schema_extra={"default": {}})
+    """How new model versions roll out."""
+    region: Literal["us-east-1", "us-east-2", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-1"] | None = None
+    """AWS region for the cost estimate in status.estimatedMonthlyCost."""
+    instance_type: str | None = Field(None, max_length=63)
+    """Instance type for the cost estimate; default: the smallest in the price table that fits the requests."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.replicas) && has(self.autoscaling))",
+                    "message": "set either spec.replicas or spec.autoscaling, not both",
+                },
+                {
+                    "rule": "!has(self.instanceType) || has(self.region)",
+                    "message": "spec.instanceType needs spec.region",
+                    "fieldPath": ".instanceType",
+                },
+            ]
+        }
+    }
+
+
+class TrafficTarget(Model):
+    """Where a share of the traffic goes."""
+
+    predictor: Literal["stable", "canary", "shadow"]
+    """Predictor name."""
+    version: str = Field(max_length=63)
+    """Model version it serves."""
+    weight: int = Field(ge=0, le=100)
+    """Percent of live traffic (for the shadow: percent mirrored)."""
+    shadow: bool = False
+    """Whether the predictor only receives mirrored traffic."""
+
+
+class AnalysisResult(Model):
+    """The outcome of one analysis of the candidate."""
+
+    time: str
+    """When the analysis ran (RFC 3339)."""
+    requests: int = Field(ge=0)
+    """Candidate requests in the window."""
+    error_rate: float | None = None
+    """Fraction of failed candidate requests."""
+    latency_p99_ms: float | None = None
+    """99th percentile latency of the candidate, in milliseconds."""
+    passed: bool
+    """Whether every threshold held."""
+    message: str = Field("", max_length=4096)
+    """Which threshold failed, or why no decision was made."""
+
+
+class RolloutStatus(Model):
+    """Progress of the rollout in flight."""
+
+    phase: Literal["Shadow", "Canary", "AwaitingApproval", "Promoting"]
+    """Where the rollout is."""
+    step: int = Field(0, ge=0)
+    """Index of the current canary step."""
+    step_started: str
+    """When the current step (or the shadow phase) began (RFC 3339)."""
+    started: str
+    """When the rollout began (RFC 3339)."""
+    extensions: int = Field(0, ge=0)
+    """How often the current step was extended for lack of requests."""
+
+
+class Cost(Model):
+    """An estimate of what the requested serving capacity costs per month."""
+
+    amount: float = Field(ge=0)
+    """Estimated cost per month."""
+    currency: str = "USD"
+    """Currency of the amount."""
+    instance_type: str
+    """Instance type the estimate assumes."""
+    basis: str = Field(max_length=1024)
+    """How the estimate was made (replicas, price per hour, price source and date)."""
+
+
+class ModelDeploymentStatus(StatusBase):
+    """Observed state of a ModelDeployment."""
+
+    phase: Literal["Pending", "Progressing", "AwaitingApproval", "Ready", "Degraded", "Invalid"] | None = None
+    """Summary for printing; the conditions carry the details."""
+    stable_version: str | None = Field(None, max_length=63)
+    """The model version that serves live traffic."""
+    stable_uri: str | None = Field(None, max_length=2048)
+    """Where the stable model version is stored."""
+    candidate_version: str | None = Field(None, max_length=63)
+    """The model version being rolled out."""
+    candidate_uri: str | None = Field(None, max_length=2048)
+    """Where the candidate model version is stored."""
+    traffic: list[TrafficTarget] = Field(default_factory=list, max_length=3)
+    """Current traffic split."""
+    rollout: RolloutStatus | None = None
+    """Progress of the rollout in flight."""
+    last_analysis: AnalysisResult | None = None
+    """The latest analysis of a candidate."""
+    rejected_versions: list[str] = Field(default_factory=list, max_length=20)
+    """Versions rolled back by the analysis or by hand; they are not rolled out again."""
+    endpoint: str | None = Field(None, max_length=2048)
+    """Inference endpoint (Open Inference Protocol, V2)."""
+    ready_replicas: int | None = Field(None, ge=0)
+    """Model server replicas that are ready."""
+    estimated_monthly_cost: Cost | None = None
+    """Cost estimate for spec.region."""
+    seldon_deployment: str | None = Field(None, max_length=253)
+    """Name of the owned SeldonDeployment (backend seldon)."""
+
+
+class ModelDeployment(Resource):
+    """A model version served with canary, shadow, analysis, rollback and approval."""
+
+    info: ClassVar[KindInfo] = KindInfo(
+        kind="ModelDeployment",
+        plural="modeldeployments",
+        short_names=("md",),
+        printer_columns=(
+            PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status'),
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Stable", ".status.stableVersion", description="Model version serving live traffic"),
+            PrinterColumn("Candidate", ".status.candidateVersion", description="Model version rolling out"),
+            PrinterColumn("Endpoint", ".status.endpoint", priority=1),
+            PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
+        ),
+        root_validations=(NAME_LENGTH_RULE,),
+    )
+
+    spec: ModelDeploymentSpec
+    """Desired state."""
+    status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
+    """Observed state, written by the operator."""

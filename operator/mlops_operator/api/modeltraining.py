@@ -1,0 +1,302 @@
+"""ModelTraining (mt): a model trained, evaluated, validated and versioned by a Kubeflow Pipelines run.
+
+A run starts when the spec's generation changes, when the ``mlops.dev/retrain-requested``
+annotation changes, or when ``spec.schedule`` fires.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from mlops_operator.api.common import (
+    DNS_LABEL,
+    NAME_LENGTH_RULE,
+    ConfigMapKeyReference,
+    KindInfo,
+    LocalObjectReference,
+    Model,
+    PrinterColumn,
+    Resource,
+    SecretKeyReference,
+    StatusBase,
+)
+
+METRIC_NAMES = ("accuracy", "f1", "rocAuc", "rmse", "mae", "r2")
+MetricName = Literal["accuracy", "f1", "rocAuc", "rmse", "mae", "r2"]
+# Matches one cron field; the whole expression is five fields or a macro. The operator parses it
+# with croniter as well, so this is the first line of defence, not the only one.
+_CRON_FIELD = r"(\*|[0-9]{1,2}|[0-9]{1,2}-[0-9]{1,2}|\*/[0-9]{1,2}|[0-9]{1,2}(-[0-9]{1,2})?/[0-9]{1,2})(,(\*|[0-9]{1,2}|[0-9]{1,2}-[0-9]{1,2}|[0-9]{1,2}(-[0-9]{1,2})?/[0-9]{1,2}))*"
+CRON_PATTERN = (
+    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|"
+    + " +".join([_CRON_FIELD] * 5)
+    + r")$"
+)
+
+
+class PipelineSource(Model):
+    """Which compiled Kubeflow pipeline runs. At most one of template, configMapRef and uri;
+    with none, the built-in ``tabular`` template runs."""
+
+    template: Literal["tabular"] | None = None
+    """A built-in pipeline template: ``tabular`` (extract, validate data, split, train, evaluate,
+    validate the model, export with lineage and a reference data profile)."""
+    config_map_ref: ConfigMapKeyReference | None = None
+    """A ConfigMap key holding a compiled KFP v2 pipeline package (IR YAML)."""
+    uri: str | None = Field(None, max_length=2048)
+    """A URI (file://, s3://, https://) of a compiled KFP v2 pipeline package (IR YAML)."""
+    parameters: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    """Extra pipeline parameters, passed to the run as they are (values: string, number, bool, object)."""
+
+
+class Dataset(Model):
+    """Where the training data comes from."""
+
+    uri: str = Field(min_length=1, max_length=2048)
+    """Dataset URI read through fsspec: file://, s3://, a plain path, or sklearn://<name> for the
+    datasets bundled with scikit-learn (iris, wine, breast_cancer, diabetes, digits)."""
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    """File format; auto picks it from the URI's extension."""
+    target: str = Field(min_length=1, max_length=253)
+    """Name of the label column."""
+    features: list[str] = Field(default_factory=list, max_length=512)
+    """Feature columns to use; empty means every column except the target."""
+    credentials_secret_ref: LocalObjectReference | None = None
+    """A Secret in the same namespace whose keys are passed to fsspec as storage options (for
+    example key and secret for s3). Read when needed, never copied."""
+
+
+class ColumnCheck(Model):
+    """Expectations for one column of the dataset."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Column name; the column must exist."""
+    type: Literal["numeric", "integer", "categorical", "boolean"] | None = None
+    """Expected type of the column's values."""
+    min: float | None = None
+    """Smallest allowed value (numeric columns)."""
+    max: float | None = None
+    """Largest allowed value (numeric columns)."""
+    allowed_values: list[str] = Field(default_factory=list, max_length=256)
+    """Allowed values (categorical columns); empty allows any."""
+    max_missing_fraction: float | None = Field(None, ge=0, le=1)
+    """Largest allowed fraction of missing values in this column."""
+
+
+class DataValidation(Model):
+    """Checks on the extracted data; a failed check fails the run with reason DataValidationFailed."""
+
+    min_rows: int = Field(10, ge=1, le=1_000_000_000)
+    """Fewest rows the dataset must have."""
+    max_missing_fraction: float = Field(0.1, ge=0, le=1)
+    """Largest allowed fraction of missing values in any column."""
+    columns: list[ColumnCheck] = Field(default_factory=list, max_length=512)
+    """Per-column expectations."""
+
+
+class Training(Model):
+    """The estimator and how the data is split."""
+
+    estimator: str = Field("RandomForestClassifier", min_length=1, max_length=128, pattern=r"^[A-Za-z][A-Za-z0-9_.]*$")
+    """A scikit-learn estimator class name (e.g. RandomForestClassifier, LogisticRegression,
+    GradientBoostingRegressor), or XGBClassifier/LGBMClassifier and friends when installed."""
+    parameters: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    """Constructor parameters of the estimator."""
+    task: Literal["auto", "classification", "regression"] = "auto"
+    """Learning task; auto infers it from the estimator."""
+    test_size: float = Field(0.25, gt=0, lt=1)
+    """Fraction of rows held out for evaluation."""
+    seed: int = Field(42, ge=0, le=2**31 - 1)
+    """Random seed of the split and of the estimator when it takes one."""
+
+
+class MetricThreshold(Model):
+    """A bound a metric must meet for the model to be validated."""
+
+    metric: MetricName
+    """Metric name: accuracy, f1, rocAuc (classification); rmse, mae, r2 (regression)."""
+    min: float | None = None
+    """The metric must be at least this."""
+    max: float | None = None
+    """The metric must be at most this."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "has(self.min) || has(self.max)", "message": "a threshold needs min or max"},
+                {
+                    "rule": "!has(self.min) || !has(self.max) || self.min <= self.max",
+                    "message": "min must not exceed max",
+                },
+            ]
+        }
+    }
+
+
+class Validation(Model):
+    """The model validation gate. A model that fails it is kept as a version but not validated,
+    so ModelDeployments following this training do not pick it up."""
+
+    thresholds: list[MetricThreshold] = Field(default_factory=list, max_length=12)
+    """Absolute bounds on evaluation metrics."""
+    max_regression: float | None = Field(None, ge=0, le=1)
+    """If set, every metric may be worse than the current validated model's by at most this much
+    (absolute, e.g. 0.02 = two points of accuracy)."""
+
+
+class KfpBackend(Model):
+    """Connection to a Kubeflow Pipelines v2 API (backend kfp). Unset fields use the operator's settings."""
+
+    host: str | None = Field(None, max_length=2048)
+    """KFP API endpoint, e.g. http://ml-pipeline.kubeflow.svc:8888."""
+    namespace: str | None = Field(None, max_length=63)
+    """Kubeflow profile namespace (multi-user mode)."""
+    experiment: str = Field("mlops-operator", min_length=1, max_length=128)
+    """KFP experiment the runs are filed under."""
+    token_secret_ref: SecretKeyReference | None = None
+    """A Secret key holding a bearer token for the KFP API. Read when needed, never copied."""
+
+
+class ModelTrainingSpec(Model):
+    """Desired state of a ModelTraining."""
+
+    model: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    """Registry name of the model; versions are stored under <artifactRoot>/models/<model>/<version>/."""
+    dataset: Dataset
+    """The training data."""
+    training: Training = Field(default_factory=Training, json_schema_extra={"default": {}})
+    """Estimator, parameters and split."""
+    data_validation: DataValidation = Field(default_factory=DataValidation, json_schema_extra={"default": {}})
+    """Checks on the data before training."""
+    validation: Validation = Field(default_factory=Validation)
+    """The model validation gate."""
+    pipeline: PipelineSource = Field(default_factory=PipelineSource)
+    """Which compiled KFP pipeline runs (default: the built-in tabular template)."""
+    backend: Literal["local", "kfp"] = "local"
+    """Where runs execute: local (kfp.local, no cluster services) or kfp (a Kubeflow Pipelines API)."""
+    kfp: KfpBackend | None = None
+    """KFP API connection; only with backend kfp."""
+    schedule: str | None = Field(None, max_length=128, pattern=CRON_PATTERN)
+    """Cron schedule (five fields, or @hourly/@daily/...) for recurring runs, in UTC."""
+    suspend: bool = False
+    """Suspends scheduled runs; on-demand runs still start."""
+    concurrency_policy: Literal["Forbid", "Replace"] = "Forbid"
+    """What a new trigger does while a run is active: Forbid waits for it, Replace cancels it."""
+    history_limit: int = Field(10, ge=1, le=10)
+    """How many finished runs status.history keeps."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.kfp) || self.backend == 'kfp'",
+                    "message": "spec.kfp is only valid with backend: kfp",
+                    "fieldPath": ".kfp",
+                },
+                {
+                    "rule": "!has(self.pipeline) || [has(self.pipeline.template), has(self.pipeline.configMapRef), "
+                    "has(self.pipeline.uri)].filter(x, x).size() <= 1",
+                    "message": "spec.pipeline takes at most one of template, configMapRef and uri",
+                    "fieldPath": ".pipeline",
+                },
+                {
+                    "rule": "!has(self.schedule) || self.backend in ['local', 'kfp']",
+                    "message": "spec.schedule needs a backend that can schedule runs (local or kfp)",
+                    "fieldPath": ".schedule",
+                },
+            ]
+        }
+    }
+
+
+class RunRecord(Model):
+    """One training run."""
+
+    name: str = Field(max_length=253)
+    """Deterministic run name (from the object's uid and the trigger)."""
+    trigger: str = Field(max_length=1024)
+    """What started the run: spec (generation N), retrain (with the requested reason) or schedule (time)."""
+    state: Literal["Pending", "Running", "Succeeded", "Failed", "Canceled"]
+    """State of the run."""
+    backend_run_id: str | None = Field(None, max_length=253)
+    """The run's id in the backend (KFP run id, or the local run directory name)."""
+    started: str | None = None
+    """When the run started (RFC 3339)."""
+    finished: str | None = None
+    """When the run finished (RFC 3339)."""
+    reason: str | None = Field(None, max_length=128)
+    """Why the run failed, CamelCase (DatasetUnavailable, DataValidationFailed, InvalidSpec, ...)."""
+    message: str | None = Field(None, max_length=4096)
+    """A readable account of a failure."""
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=32)
+    """Evaluation metrics on the held-out split."""
+    validated: bool | None = None
+    """Whether the model passed the validation gate."""
+    model_version: int | None = Field(None, ge=1)
+    """Model version the run produced."""
+    model_uri: str | None = Field(None, max_length=2048)
+    """Where the model version is stored."""
+    profile_uri: str | None = Field(None, max_length=2048)
+    """The reference data profile for drift monitoring."""
+    dataset_digest: str | None = Field(None, max_length=128)
+    """Content digest of the training data (sha256)."""
+
+
+class ValidatedModel(Model):
+    """The newest model version that passed the validation gate; what ModelDeployments follow."""
+
+    version: int = Field(ge=1)
+    """Model version."""
+    uri: str = Field(max_length=2048)
+    """Where the model version is stored (directory with model-settings.json)."""
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=32)
+    """Its evaluation metrics."""
+    profile_uri: str | None = Field(None, max_length=2048)
+    """Its reference data profile."""
+    run: str | None = Field(None, max_length=253)
+    """The run that produced it."""
+
+
+class ModelTrainingStatus(StatusBase):
+    """Observed state of a ModelTraining."""
+
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Invalid"] | None = None
+    """Summary of the latest run for printing; the conditions carry the details."""
+    latest_run: RunRecord | None = None
+    """The most recent run."""
+    history: list[RunRecord] = Field(default_factory=list, max_length=10)
+    """Finished runs, newest first."""
+    latest_validated_model: ValidatedModel | None = None
+    """The newest model version that passed the validation gate."""
+    observed_retrain_request: str | None = Field(None, max_length=1024)
+    """The mlops.dev/retrain-requested annotation value the operator last acted on."""
+    last_schedule_time: str | None = None
+    """The last time the schedule fired."""
+    next_schedule_time: str | None = None
+    """The next time the schedule fires."""
+
+
+class ModelTraining(Resource):
+    """A model trained, evaluated, validated and versioned by a Kubeflow Pipelines run."""
+
+    info: ClassVar[KindInfo] = KindInfo(
+        kind="ModelTraining",
+        plural="modeltrainings",
+        short_names=("mt",),
+        printer_columns=(
+            PrinterColumn("Succeeded", '.status.conditions[?(@.type=="Succeeded")].status'),
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Model", ".spec.model"),
+            PrinterColumn("Version", ".status.latestValidatedModel.version", "integer",
+                          "Newest validated model version"),
+            PrinterColumn("Backend", ".spec.backend", priority=1),
+            PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
+        ),
+        root_validations=(NAME_LENGTH_RULE,),
+    )
+
+    spec: ModelTrainingSpec
+    """Desired state."""
+    status: ModelTrainingStatus = Field(default_factory=ModelTrainingStatus)
+    """Observed state, written by the operator."""

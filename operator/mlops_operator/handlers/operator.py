@@ -1,0 +1,48 @@
+"""Operator-wide setup: kopf settings, persistence under mlops.dev/, the metrics server."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from mlops_operator import __version__
+from mlops_operator.api.common import GROUP
+from mlops_operator.handlers.common import get_settings
+
+FINALIZER = f"{GROUP}/finalizer"
+
+log = logging.getLogger("mlops_operator")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Keep kopf's bookkeeping under mlops.dev/ and start the metrics endpoint."""
+    ours = get_settings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # only warnings and errors become k8s events by logging
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.batching.error_delays = [1, 2, 5, 10, 30, 60, 120]
+    if ours.metrics_port:
+        start_http_server(ours.metrics_port, addr=ours.metrics_host)
+    log.info(
+        "mlops-operator %s starting: namespaces=%s data_dir=%s metrics=%s:%s",
+        __version__,
+        ",".join(ours.namespaces) or "<cluster-wide>",
+        ours.data_dir,
+        ours.metrics_host,
+        ours.metrics_port,
+    )
+
+
+@kopf.on.probe(id="version")
+def version_probe(**_: Any) -> str:
+    """Part of the liveness answer: the operator's version."""
+    return __version__

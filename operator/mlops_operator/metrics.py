@@ -1,0 +1,73 @@
+"""The operator's Prometheus metrics, in one place.
+
+Controller metrics mirror controller-runtime's names under the ``mlops_`` prefix; domain metrics
+carry only bounded labels (kind, namespace/name of the owning resource, feature, test).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILE_TOTAL = Counter(
+    "mlops_reconcile_total", "Reconciliations per kind and result (success, error, requeue).", ["kind", "result"]
+)
+RECONCILE_ERRORS = Counter("mlops_reconcile_errors_total", "Reconciliations that ended in an error.", ["kind"])
+RECONCILE_TIME = Histogram(
+    "mlops_reconcile_time_seconds",
+    "Time spent in one reconciliation.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+TRAINING_RUNS = Counter("mlops_training_runs_total", "Finished training runs by result.", ["result"])
+TRAINING_DURATION = Histogram(
+    "mlops_training_duration_seconds",
+    "Wall time of finished training runs.",
+    buckets=(5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600, 7200),
+)
+VALIDATED_METRIC = Gauge(
+    "mlops_model_validated_metric",
+    "Evaluation metric of the newest validated model version.",
+    ["namespace", "model", "metric"],
+)
+MODEL_VERSION = Gauge(
+    "mlops_model_validated_version", "Newest validated model version.", ["namespace", "model"]
+)
+
+DEPLOYMENT_READY = Gauge("mlops_deployment_ready", "1 when the ModelDeployment serves.", ["namespace", "name"])
+TRAFFIC_WEIGHT = Gauge(
+    "mlops_deployment_traffic_weight",
+    "Percent of live traffic per predictor (mirrored percent for a shadow).",
+    ["namespace", "name", "predictor"],
+)
+ROLLOUTS = Counter("mlops_rollouts_total", "Finished rollouts by result (promoted, aborted, rolledback).", ["result"])
+
+DRIFT_SCORE = Gauge(
+    "mlops_drift_score", "Latest drift score per feature and test.", ["namespace", "name", "feature", "test"]
+)
+DRIFT_DETECTED = Gauge("mlops_drift_detected", "1 when the DriftMonitor's last check found drift.", ["namespace", "name"])
+DRIFT_CHECKS = Counter("mlops_drift_checks_total", "Drift checks by result (drift, nodrift, insufficient, error).", ["result"])
+RETRAIN_REQUESTS = Counter("mlops_retrain_requests_total", "Retrain requests made by DriftMonitors.", ["namespace", "name"])
+
+
+@contextmanager
+def reconcile_timer(kind: str) -> Iterator[None]:
+    """Count and time one reconciliation; an exception counts as an error (and is re-raised)."""
+    start = time.perf_counter()
+    try:
+        yield
+    except Exception as error:
+        # kopf's TemporaryError is a requeue, not a failure of the controller.
+        result = "requeue" if type(error).__name__ == "TemporaryError" else "error"
+        RECONCILE_TOTAL.labels(kind, result).inc()
+        if result == "error":
+            RECONCILE_ERRORS.labels(kind).inc()
+        raise
+    else:
+        RECONCILE_TOTAL.labels(kind, "success").inc()
+    finally:
+        RECONCILE_TIME.labels(kind).observe(time.perf_counter() - start)

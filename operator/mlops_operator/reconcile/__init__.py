@@ -1,0 +1,1 @@
+"""Pure code: desired children, status and conditions, rollout steps, drift statistics. No I/O."""

@@ -1,0 +1,58 @@
+"""Operator settings, read from the environment (prefix ``MLOPS_``) by pydantic-settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "mlops-operator"
+
+
+class Settings(BaseSettings):
+    """Everything the operator process is configured with. Each field is ``MLOPS_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", use_attribute_docstrings=True, extra="ignore")
+
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Namespaces to watch, comma separated; empty watches the whole cluster."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics server binds (0.0.0.0 in a pod so Prometheus can scrape it)."""
+    metrics_port: int = Field(8080, ge=0, le=65535)
+    """Port of the Prometheus metrics endpoint (/metrics); 0 disables it."""
+    health_port: int = Field(8081, ge=0, le=65535)
+    """Port of the liveness endpoint (/healthz); 0 disables it."""
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    """Working directory of the local backends: run directories, model server and router state."""
+    artifact_root: str | None = None
+    """fsspec URI under which model versions and inference logs are stored; default <dataDir>/artifacts."""
+    log_format: Literal["text", "json"] = "text"
+    """Log line format."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Least severe level that is logged."""
+    kfp_host: str | None = None
+    """Default Kubeflow Pipelines API endpoint for backend kfp."""
+    kfp_namespace: str | None = None
+    """Default Kubeflow profile namespace for backend kfp."""
+    prometheus_url: str | None = None
+    """Default Prometheus for rollout analysis; without it the analysis reads the router's statistics."""
+    poll_interval_seconds: float = Field(5.0, gt=0, le=3600)
+    """How often running trainings, rollouts and model servers are observed."""
+    serving_host: str = "127.0.0.1"
+    """Address the local data plane (routers, model servers) binds."""
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def artifact_root_uri(self) -> str:
+        """The artifact root as a URI."""
+        return self.artifact_root or (self.data_dir / "artifacts").resolve().as_uri()
