@@ -1,0 +1,80 @@
+# mlops-operator. `make demo` runs the whole loop; `make test` runs the tests. Both install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+CACHE      ?= $(HOME)/.cache/mlops-operator
+UV_HOME    := $(CACHE)/uv-$(UV_VERSION)
+UV         := $(UV_HOME)/bin/uv
+VENV       := .venv
+PY         := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(UV):
+	@echo "[make] bootstrapping uv $(UV_VERSION) into $(UV_HOME)"
+	python3 -m venv $(UV_HOME)
+	$(UV_HOME)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	@echo "[make] installing the locked Python dependencies into $(VENV)"
+	$(UV) sync --frozen
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.synced ## Create the project virtualenv from uv.lock
+
+.PHONY: lock
+lock: | $(UV) ## Re-resolve uv.lock after changing pyproject.toml
+	$(UV) lock
+
+.PHONY: binaries
+binaries: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached by version)
+	hack/build-binaries.sh >/dev/null
+
+.PHONY: cluster-up
+cluster-up: venv ## Start the local control plane (or use $$KUBECONFIG's cluster)
+	$(PY) hack/devcluster.py up
+
+.PHONY: cluster-down
+cluster-down: venv ## Stop exactly the control-plane processes cluster-up started
+	$(PY) hack/devcluster.py down
+
+.PHONY: manifests
+manifests: venv ## Regenerate everything generated from source (CRDs, compiled pipelines)
+	$(PY) -m mlops_operator.api.crd write crds/
+	@if [ -f pipelines/tabular.py ]; then $(PY) pipelines/tabular.py; fi
+
+.PHONY: check-generated
+check-generated: venv ## Fail when a generated file is stale
+	$(PY) -m mlops_operator.api.crd check crds/
+
+.PHONY: lint
+lint: venv ## Import layering contracts
+	$(VENV)/bin/lint-imports
+
+.PHONY: test
+test: venv ## Run every test (starts the local control plane unless KUBECONFIG is set)
+	$(MAKE) --no-print-directory lint
+	$(VENV)/bin/pytest
+
+.PHONY: demo
+demo: venv ## The whole loop on the local control plane: train, serve, drift, retrain, canary
+	$(PY) hack/demo.py
+
+.PHONY: run
+run: venv ## Run the operator in the foreground against the current cluster
+	KUBECONFIG=$${KUBECONFIG:-$$($(PY) hack/devcluster.py kubeconfig)} $(PY) -m mlops_operator
+
+.PHONY: bench
+bench: venv ## Benchmarks: training overhead, router overhead, drift engine vs Evidently and scipy
+	@for b in benchmarks/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+.PHONY: clean
+clean: ## Remove the virtualenv and local state (not the binary cache)
+	-$(PY) hack/devcluster.py down
+	rm -rf $(VENV) .dev

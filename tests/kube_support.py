@@ -1,0 +1,176 @@
+"""Test support: polling with a deadline, the operator as a real subprocess, small kube helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parent.parent
+GROUP, VERSION = "mlops.dev", "v1alpha1"
+PLURALS = {"ModelTraining": "modeltrainings", "ModelDeployment": "modeldeployments", "DriftMonitor": "driftmonitors"}
+
+T = TypeVar("T")
+
+
+def wait_until(probe: Callable[[], T], *, timeout: float = 30, interval: float = 0.25, what: str = "condition") -> T:
+    """Call ``probe`` until it returns something truthy; fail with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), None)
+
+
+def load_example(name: str) -> dict[str, Any]:
+    """One object from examples/."""
+    import yaml
+
+    return yaml.safe_load((REPO / "examples" / name).read_text())
+
+
+class OperatorProcess:
+    """``python -m mlops_operator`` as a real child process watching one namespace."""
+
+    def __init__(self, kubeconfig: str, namespace: str, data_dir: Path, env: dict[str, str] | None = None):
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.data_dir = data_dir
+        self.extra_env = env or {}
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.log_path = data_dir / f"operator-{namespace}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KUBECONFIG": self.kubeconfig,
+            "MLOPS_NAMESPACES": self.namespace,
+            "MLOPS_DATA_DIR": str(self.data_dir),
+            "MLOPS_METRICS_PORT": str(self.metrics_port),
+            "MLOPS_HEALTH_PORT": str(self.health_port),
+            "MLOPS_POLL_INTERVAL_SECONDS": "1",
+            **self.extra_env,
+        }
+
+    def start(self) -> "OperatorProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlops_operator"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO, start_new_session=True,
+        )
+        wait_until(self.healthy, timeout=60, what="operator liveness endpoint")
+        return self
+
+    def healthy(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise AssertionError(f"operator exited early:\n{self.logs()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Value of one sample (0 when absent)."""
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.metrics().splitlines():
+            if line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            metric_name, _, label_text = series.partition("{")
+            if metric_name != name:
+                continue
+            got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+            if all(part in got.split(",") for part in want.split(",") if part):
+                return float(value)
+        return 0.0
+
+    def logs(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the operator and wait for it to exit."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+class Objects:
+    """Our custom objects in one namespace, read live from the API server."""
+
+    def __init__(self, api_client, namespace: str):
+        from kubernetes import client
+
+        self.api = client.CustomObjectsApi(api_client)
+        self.namespace = namespace
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURALS[body["kind"]], body)
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURALS[kind], name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def patch(self, kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURALS[kind], name, body)
+
+    def patch_status(self, kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.namespace, PLURALS[kind], name, body
+        )
+
+    def delete(self, kind: str, name: str) -> None:
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURALS[kind], name)
+
+    def wait(self, kind: str, name: str, predicate: Callable[[dict[str, Any]], Any], timeout: float = 60,
+             what: str = "") -> dict[str, Any]:
+        """Poll the live object until ``predicate(obj)`` holds; return the object."""
+
+        def probe():
+            obj = self.get(kind, name)
+            return obj if obj is not None and predicate(obj) else None
+
+        return wait_until(probe, timeout=timeout, what=what or f"{kind}/{name}")
+
+    def events(self, name: str) -> list[Any]:
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api.api_client)
+        return [e for e in core.list_namespaced_event(self.namespace).items if e.involved_object.name == name]
