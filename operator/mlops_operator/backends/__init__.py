@@ -1,0 +1,1 @@
+"""I/O: training executors, serving backends, artifact store, Prometheus queries, kube helpers."""
