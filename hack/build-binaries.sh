@@ -24,9 +24,14 @@ with_ticker() {
   local start=$SECONDS
   "$@" &
   local pid=$!
+  local next=30
+  # Poll every second (not every 30 s) so a finished build is not left waiting for the ticker.
   while kill -0 "$pid" 2>/dev/null; do
-    sleep 30
-    kill -0 "$pid" 2>/dev/null && log "  ... still building $what ($((SECONDS - start))s)"
+    sleep 1
+    if [ $((SECONDS - start)) -ge $next ] && kill -0 "$pid" 2>/dev/null; then
+      log "  ... still building $what ($((SECONDS - start))s)"
+      next=$((next + 30))
+    fi
   done
   wait "$pid"
   log "  built $what in $((SECONDS - start))s"
@@ -69,12 +74,20 @@ build_helm() {
   rmdir "$gobin"
 }
 
-if ! command -v go >/dev/null; then
-  log "Go is required to build the control plane (apt-get install golang, or https://go.dev/dl)"
-  exit 1
-fi
-
 want=${*:-etcd kube-apiserver kube-controller-manager kubectl helm}
+
+# Go is only needed when something is missing; a warm cache works without it.
+for b in $want; do
+  if [ ! -x "$bin/$b" ] && ! command -v go >/dev/null; then
+    log "Go is required to build $b (apt-get install golang, or https://go.dev/dl)"
+    exit 1
+  fi
+done
+# One build at a time per cache dir (e.g. `make up` and a test session started together).
+if command -v flock >/dev/null; then
+  exec 9>"$bin/.lock"
+  flock -n 9 || { log "another build is running in $bin; waiting for it"; flock 9; }
+fi
 for b in $want; do
   case $b in
     etcd) build_etcd ;;
