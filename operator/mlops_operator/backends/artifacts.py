@@ -1,0 +1,242 @@
+"""Model registry on an fsspec artifact store.
+
+Layout (any fsspec URI: ``file://``, ``s3://``, ``memory://``, or a plain path)::
+
+    <root>/models/<model>/<version>/
+        _CLAIM               who allocated the version (run name), written exclusively
+        model.joblib         the fitted scikit-learn pipeline
+        model-settings.json  MLServer model settings (uri ./model.joblib)
+        metrics.json         evaluation metrics
+        validation.json      gate outcome: validated flag and reasons
+        profile.json         reference data profile for drift monitoring
+        lineage.json         dataset, estimator, pipeline, operator version, run, times
+        _COMPLETE            written last; from then on the version is immutable
+
+Versions are positive integers, allocated by creating ``<version>/_CLAIM`` in exclusive mode
+(``xb``), so two concurrent allocations never get the same number. An allocation keyed by a run
+name returns the version that run already claimed, so a re-executed export reuses its version.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+MODEL_FILE = "model.joblib"
+SETTINGS_FILE = "model-settings.json"
+METRICS_FILE = "metrics.json"
+VALIDATION_FILE = "validation.json"
+PROFILE_FILE = "profile.json"
+LINEAGE_FILE = "lineage.json"
+CLAIM_FILE = "_CLAIM"
+COMPLETE_FILE = "_COMPLETE"
+
+# Model names become path segments; keep them to DNS-label-like names (as the CRD does).
+_MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$")
+# Enough for any realistic burst of concurrent allocations; a bound so a broken store cannot spin.
+_MAX_CLAIM_ATTEMPTS = 1000
+
+
+class VersionImmutable(RuntimeError):
+    """Raised when writing into a model version that is already complete."""
+
+
+def default_artifact_root(data_dir: str | Path) -> str:
+    """The default artifact root under the operator's data dir, as a ``file://`` URI."""
+    return Path(data_dir).resolve().joinpath("artifacts").as_uri()
+
+
+def model_uri(root: str, model: str, version: int) -> str:
+    """URI of a model version's directory (what MLServer/Seldon load: it holds model-settings.json)."""
+    _check_model_name(model)
+    return f"{root.rstrip('/')}/models/{model}/{int(version)}"
+
+
+def file_uri(root: str, model: str, version: int, name: str) -> str:
+    """URI of one file of a model version, e.g. ``file_uri(root, "iris", 3, PROFILE_FILE)``."""
+    return f"{model_uri(root, model, version)}/{name}"
+
+
+def allocate_version(root: str, model: str, run_name: str | None = None) -> int:
+    """Claim the next version number of ``model`` and return it.
+
+    Monotonic: the new number is above every version claimed so far. Safe against concurrent
+    callers: the claim file is created exclusively, and a caller that loses the race moves on to
+    the next number. With ``run_name``, a version already claimed by that run is returned instead
+    of a new one (idempotent re-execution of an export step).
+    """
+    _check_model_name(model)
+    if run_name:
+        existing = version_for_run(root, model, run_name)
+        if existing is not None:
+            return existing
+    fs, base = url_to_fs(root)
+    model_dir = f"{base.rstrip('/')}/models/{model}"
+    candidate = max(_claimed_versions(fs, model_dir), default=0) + 1
+    claim = json.dumps({"run": run_name, "claimedAt": _now()}).encode()
+    for _ in range(_MAX_CLAIM_ATTEMPTS):
+        version_dir = f"{model_dir}/{candidate}"
+        fs.makedirs(version_dir, exist_ok=True)
+        try:
+            with fs.open(f"{version_dir}/{CLAIM_FILE}", "xb") as handle:
+                handle.write(claim)
+            return candidate
+        except FileExistsError:
+            candidate += 1
+    raise RuntimeError(f"could not claim a version of model {model!r} under {root}")
+
+
+def version_for_run(root: str, model: str, run_name: str) -> int | None:
+    """The version claimed by ``run_name``, or None. The lowest wins if there are several."""
+    _check_model_name(model)
+    fs, base = url_to_fs(root)
+    model_dir = f"{base.rstrip('/')}/models/{model}"
+    for version in _claimed_versions(fs, model_dir):
+        claim = _read_json(fs, f"{model_dir}/{version}/{CLAIM_FILE}")
+        if claim and claim.get("run") == run_name:
+            return version
+    return None
+
+
+def list_versions(root: str, model: str, include_incomplete: bool = False) -> list[int]:
+    """Version numbers of ``model``, ascending. Only complete versions unless ``include_incomplete``."""
+    _check_model_name(model)
+    fs, base = url_to_fs(root)
+    model_dir = f"{base.rstrip('/')}/models/{model}"
+    versions = _claimed_versions(fs, model_dir)
+    if include_incomplete:
+        return versions
+    return [v for v in versions if fs.exists(f"{model_dir}/{v}/{COMPLETE_FILE}")]
+
+
+def is_complete(root: str, model: str, version: int) -> bool:
+    """Whether the version has been fully written (and so is immutable)."""
+    fs, path = url_to_fs(file_uri(root, model, version, COMPLETE_FILE))
+    return fs.exists(path)
+
+
+def read_model_version(root: str, model: str, version: int) -> dict[str, Any]:
+    """Everything the operator needs about a complete model version.
+
+    Returns ``{"model", "version", "uri", "modelFileUri", "settingsUri", "profileUri",
+    "metrics", "validated", "validationReasons", "lineage", "run"}``.
+    Raises FileNotFoundError if the version does not exist or is not complete.
+    """
+    uri = model_uri(root, model, version)
+    fs, path = url_to_fs(uri)
+    if not fs.exists(f"{path}/{COMPLETE_FILE}"):
+        raise FileNotFoundError(f"model {model!r} has no complete version {version} under {root}")
+    metrics = _read_json(fs, f"{path}/{METRICS_FILE}") or {}
+    validation = _read_json(fs, f"{path}/{VALIDATION_FILE}") or {}
+    lineage = _read_json(fs, f"{path}/{LINEAGE_FILE}") or {}
+    return {
+        "model": model,
+        "version": int(version),
+        "uri": uri,
+        "modelFileUri": f"{uri}/{MODEL_FILE}",
+        "settingsUri": f"{uri}/{SETTINGS_FILE}",
+        "profileUri": f"{uri}/{PROFILE_FILE}",
+        "metrics": metrics,
+        "validated": bool(validation.get("validated", False)),
+        "validationReasons": list(validation.get("reasons", [])),
+        "lineage": lineage,
+        "run": (lineage.get("run") or {}).get("name"),
+    }
+
+
+def latest_version(root: str, model: str, validated_only: bool = True) -> dict[str, Any] | None:
+    """The newest complete (and, by default, validated) version as ``read_model_version`` gives it."""
+    for version in reversed(list_versions(root, model)):
+        info = read_model_version(root, model, version)
+        if info["validated"] or not validated_only:
+            return info
+    return None
+
+
+def publish_model_version(
+    root: str,
+    model: str,
+    version: int,
+    *,
+    model_file: str | Path,
+    metrics: dict[str, float],
+    validated: bool,
+    reasons: list[str],
+    profile: dict[str, Any],
+    lineage: dict[str, Any],
+) -> dict[str, Any]:
+    """Write a claimed version's files, ``_COMPLETE`` last, and return ``read_model_version``.
+
+    ``model_file`` is a local joblib file, copied as ``model.joblib``. Raises VersionImmutable if
+    the version is already complete.
+    """
+    uri = model_uri(root, model, version)
+    fs, path = url_to_fs(uri)
+    if fs.exists(f"{path}/{COMPLETE_FILE}"):
+        raise VersionImmutable(f"model {model!r} version {version} is complete and cannot change")
+    fs.makedirs(path, exist_ok=True)
+    with open(model_file, "rb") as src, fs.open(f"{path}/{MODEL_FILE}", "wb") as dst:
+        dst.write(src.read())
+    _write_json(fs, f"{path}/{SETTINGS_FILE}", mlserver_model_settings(model, version))
+    _write_json(fs, f"{path}/{METRICS_FILE}", metrics)
+    _write_json(fs, f"{path}/{VALIDATION_FILE}", {"validated": bool(validated), "reasons": list(reasons)})
+    _write_json(fs, f"{path}/{PROFILE_FILE}", profile)
+    _write_json(fs, f"{path}/{LINEAGE_FILE}", lineage)
+    _write_json(fs, f"{path}/{COMPLETE_FILE}", {"completedAt": _now()})
+    return read_model_version(root, model, version)
+
+
+def mlserver_model_settings(model: str, version: int) -> dict[str, Any]:
+    """MLServer ``model-settings.json`` for a scikit-learn model stored beside it."""
+    return {
+        "name": model,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": f"./{MODEL_FILE}", "version": str(int(version))},
+    }
+
+
+def read_json_uri(uri: str) -> Any:
+    """Read a JSON document from any fsspec URI (e.g. a version's profile.json)."""
+    with fsspec.open(uri, "rt") as handle:
+        return json.load(handle)
+
+
+def _claimed_versions(fs: fsspec.AbstractFileSystem, model_dir: str) -> list[int]:
+    try:
+        entries = fs.ls(model_dir, detail=False)
+    except FileNotFoundError:
+        return []
+    versions = []
+    for entry in entries:
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name.isdigit() and int(name) > 0 and fs.exists(f"{model_dir}/{name}/{CLAIM_FILE}"):
+            versions.append(int(name))
+    return sorted(versions)
+
+
+def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    try:
+        with fs.open(path, "rt") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+
+
+def _write_json(fs: fsspec.AbstractFileSystem, path: str, value: Any) -> None:
+    with fs.open(path, "wt") as handle:
+        json.dump(value, handle, indent=2, sort_keys=True, default=str)
+
+
+def _check_model_name(model: str) -> None:
+    if not _MODEL_NAME.match(model or ""):
+        raise ValueError(f"invalid model name {model!r}: use lowercase letters, digits, '-', '.', '_'")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

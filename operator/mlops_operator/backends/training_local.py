@@ -1,0 +1,428 @@
+"""Local training backend: the compiled pipeline runs through ``kfp.local`` in a detached process.
+
+Each run has a directory ``<data_dir>/runs/<namespace>/<run_name>/``:
+
+    request.json    what was asked: the request as given and the resolved pipeline arguments
+    pid             the runner's process id (also its process group: it starts a new session)
+    state.json      {"state", "reason", "message", "outputs", "started", "finished"}
+    runner.log      everything the runner and the pipeline's steps printed
+    step-error.json the failing step's reason and message (written by the step)
+    pipeline_root/  kfp.local's artifacts of the run
+
+Creating the directory is the lock that makes ``submit`` idempotent. The runner is started with
+``start_new_session`` so it outlives (and never blocks) the operator; if the operator restarts,
+``status`` finds the run from its directory. A runner that died without writing a final state is
+reported as FAILED/RunnerLost and not restarted: kfp.local cannot resume a run, and a silent
+re-run would train again on data that may have changed since; the operator decides whether to
+start a new run.
+
+All functions are synchronous and quick (no waiting on the run); call them from async code with
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlops_operator.backends.artifacts import default_artifact_root
+
+PENDING = "PENDING"
+RUNNING = "RUNNING"
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+CANCELED = "CANCELED"
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELED})
+
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_RUNNER_LOST = "RunnerLost"
+REASON_PIPELINE_FAILED = "PipelineFailed"
+REASON_CANCELED = "Canceled"
+
+REQUEST_FILE = "request.json"
+PID_FILE = "pid"
+STATE_FILE = "state.json"
+LOG_FILE = "runner.log"
+STEP_ERROR_FILE = "step-error.json"
+PIPELINE_ROOT_DIR = "pipeline_root"
+
+PIPELINE_PACKAGE_ENV = "MLOPS_PIPELINE_PACKAGE"
+# Where a failing step writes {"step", "reason", "message"} (mlops_operator.steps.errors reads the
+# same variable; backends do not import steps, which sit above them).
+STEP_ERROR_FILE_ENV = "MLOPS_STEP_ERROR_FILE"
+# Reasons a step states at the start of its error message ("DatasetUnavailable: ...").
+STEP_REASONS = ("DatasetUnavailable", "DataValidationFailed", "InvalidSpec")
+# Greedy prefix: a traceback line reads "pkg.errors.InvalidSpec: InvalidSpec: <message>".
+_REASON_LINE = re.compile(r"^.*\b(" + "|".join(STEP_REASONS) + r"): (.+)$")
+# Keys of a request that are not pipeline parameters.
+REQUEST_KEYS = frozenset({"namespace", "pipeline_package", "parameters"})
+# How long a run dir may exist without a runner pid before the run counts as lost (the operator
+# died between creating the directory and starting the runner).
+START_GRACE_SECONDS = 60.0
+# Kubernetes object names (DNS subdomain) are safe path segments.
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+# Runner processes started by this process, kept so they are reaped (no zombies) when polled.
+_children: dict[int, subprocess.Popen] = {}
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What is known about a local run."""
+
+    run_name: str
+    """The run's name (its directory name)."""
+    namespace: str
+    """Namespace of the ModelTraining that owns the run."""
+    state: str
+    """PENDING, RUNNING, SUCCEEDED, FAILED or CANCELED."""
+    reason: str | None = None
+    """Why it failed: DatasetUnavailable, DataValidationFailed, InvalidSpec, PipelineFailed, RunnerLost, Canceled."""
+    message: str | None = None
+    """A readable account of the failure."""
+    outputs: dict[str, Any] = field(default_factory=dict)
+    """Pipeline outputs of a SUCCEEDED run: model_version, model_uri, metrics, validated,
+    validation_reasons, profile_uri, dataset_digest."""
+    started: str | None = None
+    """When the runner started (RFC 3339, UTC)."""
+    finished: str | None = None
+    """When the run reached its final state (RFC 3339, UTC)."""
+    pid: int | None = None
+    """The runner's process id (and process group id)."""
+    run_dir: str = ""
+    """The run's directory."""
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the run has stopped (SUCCEEDED, FAILED or CANCELED)."""
+        return self.state in FINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict of every field."""
+        return asdict(self)
+
+
+def run_dir(data_dir: str | Path, run_name: str, namespace: str = "default") -> Path:
+    """The directory of a run: ``<data_dir>/runs/<namespace>/<run_name>``."""
+    for label, value in (("run name", run_name), ("namespace", namespace)):
+        if not _NAME.match(value or ""):
+            raise ValueError(f"invalid {label} {value!r}")
+    return Path(data_dir) / "runs" / namespace / run_name
+
+
+def default_pipeline_package() -> Path:
+    """The compiled built-in pipeline: ``$MLOPS_PIPELINE_PACKAGE``, else ``pipelines/tabular.yaml``
+    beside the package (source checkout) or inside it (``mlops_operator/pipelines/``)."""
+    env = os.environ.get(PIPELINE_PACKAGE_ENV)
+    if env:
+        return Path(env)
+    package_dir = Path(__file__).resolve().parent.parent
+    for candidate in (package_dir / "pipelines" / "tabular.yaml", package_dir.parent.parent / "pipelines" / "tabular.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"compiled pipeline tabular.yaml not found; set {PIPELINE_PACKAGE_ENV}")
+
+
+def pipeline_digest(package: str | Path) -> str:
+    """sha256 of a compiled pipeline package's bytes."""
+    return hashlib.sha256(Path(package).read_bytes()).hexdigest()
+
+
+def pipeline_inputs(package: str | Path) -> dict[str, dict[str, Any]]:
+    """The root input parameters of a compiled pipeline: ``{name: {"parameterType", "isOptional", ...}}``."""
+    spec = yaml.safe_load(Path(package).read_text())
+    return dict(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
+
+
+def pipeline_arguments(
+    request: dict[str, Any], run_name: str, data_dir: str | Path, package: str | Path | None = None
+) -> dict[str, Any]:
+    """The pipeline arguments for a request (also usable by a KFP backend).
+
+    Pipeline parameters come from ``request["parameters"]`` and from any top-level key that is not
+    one of REQUEST_KEYS. Fills ``run_name``, ``artifact_root`` (``file://<data_dir>/artifacts``) and
+    ``pipeline_digest``; turns a number ``max_regression`` into ``{"*": number}`` and a list ``gate``
+    of ``{"metric", "min", "max"}`` into ``{metric: {"min", "max"}}``; drops None values so the
+    pipeline's defaults apply. Raises ValueError for unknown or missing parameters.
+    """
+    package = Path(package) if package else default_pipeline_package()
+    args = {k: v for k, v in request.items() if k not in REQUEST_KEYS}
+    args.update(request.get("parameters") or {})
+    args = {k: v for k, v in args.items() if v is not None}
+    args.setdefault("run_name", run_name)
+    args.setdefault("artifact_root", default_artifact_root(data_dir))
+    inputs = pipeline_inputs(package)
+    if "pipeline_digest" in inputs:
+        args["pipeline_digest"] = pipeline_digest(package)
+    if isinstance(args.get("max_regression"), (int, float)) and not isinstance(args["max_regression"], bool):
+        args["max_regression"] = {"*": float(args["max_regression"])}
+    if isinstance(args.get("gate"), list):
+        args["gate"] = {
+            item["metric"]: {k: item[k] for k in ("min", "max") if item.get(k) is not None} for item in args["gate"]
+        }
+    unknown = sorted(set(args) - set(inputs))
+    if unknown:
+        raise ValueError(f"unknown pipeline parameters {unknown}; the pipeline takes {sorted(inputs)}")
+    missing = sorted(name for name, spec in inputs.items() if not spec.get("isOptional") and name not in args)
+    if missing:
+        raise ValueError(f"missing pipeline parameters {missing}")
+    for name, spec in inputs.items():
+        if name in args:
+            args[name] = _coerce(name, args[name], spec.get("parameterType", ""))
+    return args
+
+
+def submit(run_name: str, request: dict[str, Any], data_dir: str | Path, namespace: str | None = None) -> RunStatus:
+    """Start a run in a detached runner process, or return the status of the run that exists.
+
+    Idempotent: the run directory is created exclusively, so a second submit of the same run name
+    (even from another process) starts nothing and returns the existing run's status. A request
+    that does not fit the pipeline gives a FAILED/InvalidSpec run without starting a process.
+    ``namespace`` defaults to ``request["namespace"]``, then ``default``.
+    """
+    namespace = namespace or request.get("namespace") or "default"
+    directory = run_dir(data_dir, run_name, namespace)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir()
+    except FileExistsError:
+        return status(run_name, data_dir, namespace)
+    now = _now()
+    try:
+        package = Path(request["pipeline_package"]) if request.get("pipeline_package") else default_pipeline_package()
+        arguments = pipeline_arguments(request, run_name, data_dir, package)
+    except (ValueError, KeyError, FileNotFoundError, yaml.YAMLError) as err:
+        _write_json(directory / REQUEST_FILE, {"request": request, "submitted": now})
+        _write_state(directory, FAILED, reason=REASON_INVALID_SPEC, message=str(err), finished=now)
+        return status(run_name, data_dir, namespace)
+    _write_json(directory / REQUEST_FILE, {
+        "request": request,
+        "pipelinePackage": str(package.resolve()),
+        "arguments": arguments,
+        "submitted": now,
+    })
+    _write_state(directory, PENDING)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(directory / LOG_FILE, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlops_operator.backends.training_runner", str(directory.resolve())],
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # own process group: survives the operator, killable as a group
+            close_fds=True,
+        )
+    _children[process.pid] = process
+    _write_text(directory / PID_FILE, str(process.pid))
+    return status(run_name, data_dir, namespace)
+
+
+def status(run_name: str, data_dir: str | Path, namespace: str = "default") -> RunStatus:
+    """The run's current status; FileNotFoundError if there is no such run.
+
+    A run whose runner is gone without having written a final state is marked FAILED/RunnerLost
+    (persisted, so the answer does not change later).
+    """
+    directory = run_dir(data_dir, run_name, namespace)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no local run {namespace}/{run_name} under {data_dir}")
+    state = _read_json(directory / STATE_FILE) or {}
+    pid = _read_pid(directory)
+    if state.get("state") not in FINAL_STATES:
+        if pid is None:
+            age = time.time() - directory.stat().st_mtime
+            if age > START_GRACE_SECONDS:
+                state = _mark_lost(directory, "the runner was never started (the operator stopped while submitting)")
+        elif not _runner_alive(pid, directory):
+            # Re-read: the runner may have written its final state just before exiting.
+            state = _read_json(directory / STATE_FILE) or {}
+            if state.get("state") not in FINAL_STATES:
+                state = _mark_lost(directory, f"the runner process {pid} exited without a final state; see {LOG_FILE}")
+    return RunStatus(
+        run_name=run_name,
+        namespace=namespace,
+        state=state.get("state", PENDING),
+        reason=state.get("reason"),
+        message=state.get("message"),
+        outputs=state.get("outputs") or {},
+        started=state.get("started"),
+        finished=state.get("finished"),
+        pid=pid,
+        run_dir=str(directory),
+    )
+
+
+def cancel(run_name: str, data_dir: str | Path, namespace: str = "default", grace_seconds: float = 5.0) -> RunStatus:
+    """Stop a run: SIGTERM its process group, SIGKILL after ``grace_seconds``; mark it CANCELED.
+
+    A run that has already finished is left as it is. Blocks for at most ``grace_seconds``.
+    """
+    directory = run_dir(data_dir, run_name, namespace)
+    current = status(run_name, data_dir, namespace)
+    if current.is_final:
+        return current
+    pid = current.pid
+    if pid is not None and _runner_alive(pid, directory):
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and _runner_alive(pid, directory):
+            time.sleep(0.05)
+        if _runner_alive(pid, directory):
+            _signal_group(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and _runner_alive(pid, directory):
+                time.sleep(0.05)
+    state = _read_json(directory / STATE_FILE) or {}
+    if state.get("state") not in FINAL_STATES:
+        _write_state(directory, CANCELED, reason=REASON_CANCELED, message="canceled by the operator",
+                     started=state.get("started"), finished=_now())
+    return status(run_name, data_dir, namespace)
+
+
+def delete(run_name: str, data_dir: str | Path, namespace: str = "default") -> bool:
+    """Remove a finished run's directory (logs and kfp.local artifacts); False if it is still active.
+
+    Model versions live in the artifact store, not here, and are not touched.
+    """
+    import shutil
+
+    directory = run_dir(data_dir, run_name, namespace)
+    if not directory.exists():
+        return True
+    if not status(run_name, data_dir, namespace).is_final:
+        return False
+    shutil.rmtree(directory)
+    return True
+
+
+def read_log(run_name: str, data_dir: str | Path, namespace: str = "default", tail_bytes: int = 65536) -> str:
+    """The last ``tail_bytes`` of the run's log."""
+    path = run_dir(data_dir, run_name, namespace) / LOG_FILE
+    if not path.exists():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - tail_bytes))
+        return handle.read().decode(errors="replace")
+
+
+def parse_step_error(text: str) -> tuple[str, str] | None:
+    """The last ``<StepReason>: <message>`` line of a log as ``(reason, message)``, or None."""
+    found = None
+    for line in text.splitlines():
+        match = _REASON_LINE.search(line)
+        if match:
+            found = (match.group(1), match.group(2).strip())
+    return found
+
+
+# --- run directory helpers (shared with training_runner) ---------------------------------------
+
+def _write_state(directory: Path, state: str, **fields: Any) -> None:
+    record = {"state": state, **{k: v for k, v in fields.items() if v is not None}}
+    _write_json(directory / STATE_FILE, record)
+
+
+def _mark_lost(directory: Path, message: str) -> dict[str, Any]:
+    previous = _read_json(directory / STATE_FILE) or {}
+    _write_state(directory, FAILED, reason=REASON_RUNNER_LOST, message=message,
+                 started=previous.get("started"), finished=_now())
+    return _read_json(directory / STATE_FILE) or {}
+
+
+def _runner_alive(pid: int, directory: Path) -> bool:
+    """Whether ``pid`` is still this run's runner (not a zombie, not a reused pid)."""
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        del _children[pid]
+        return False
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return False
+        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+            return False
+        return "training_runner" in cmdline and directory.name in cmdline
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return sys.platform != "linux"  # on Linux /proc is authoritative
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _read_pid(directory: Path) -> int | None:
+    try:
+        return int((directory / PID_FILE).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _coerce(name: str, value: Any, parameter_type: str) -> Any:
+    try:
+        if parameter_type == "NUMBER_INTEGER":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("not a whole number")
+            return int(value)
+        if parameter_type == "NUMBER_DOUBLE":
+            return float(value)
+        if parameter_type == "STRING":
+            # Objects go as JSON text where the pipeline wants exact numbers (estimator_params).
+            return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        if parameter_type == "BOOLEAN":
+            return bool(value)
+        if parameter_type == "STRUCT" and not isinstance(value, dict):
+            raise ValueError("not an object")
+        if parameter_type == "LIST" and not isinstance(value, list):
+            raise ValueError("not a list")
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"pipeline parameter {name}={value!r} is not a valid {parameter_type}: {err}") from err
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _write_text(path: Path, text: str) -> None:
+    # Atomic replace: readers never see a half-written file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,79 @@
+"""Evaluate: metrics of the fitted model on the held-out split.
+
+Metric names match the ModelTraining API: ``accuracy``, ``f1`` (macro-averaged) and ``rocAuc``
+(one-vs-rest, macro, for more than two classes) for classification; ``rmse``, ``mae`` and ``r2``
+for regression.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from mlops_operator.steps.errors import reported
+
+CLASSIFICATION_METRICS = ("accuracy", "f1", "rocAuc")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_model(model: Any, test: pd.DataFrame, schema: dict[str, Any]) -> dict[str, float]:
+    """Metrics of ``model`` on ``test`` for the schema's task (see the module docstring)."""
+    features = test[schema["features"]]
+    labels = test[schema["target"]]
+    predicted = model.predict(features)
+    if schema["task"] == "regression":
+        return {
+            "rmse": float(np.sqrt(skm.mean_squared_error(labels, predicted))),
+            "mae": float(skm.mean_absolute_error(labels, predicted)),
+            "r2": float(skm.r2_score(labels, predicted)),
+        }
+    scores = {
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "f1": float(skm.f1_score(labels, predicted, average="macro")),
+    }
+    roc_auc = _roc_auc(model, features, labels)
+    if roc_auc is not None:
+        scores["rocAuc"] = roc_auc
+    return scores
+
+
+def _roc_auc(model: Any, features: pd.DataFrame, labels: pd.Series) -> float | None:
+    """ROC-AUC from probabilities (or decision scores); None when the model or the split cannot give one."""
+    classes = list(model.classes_)
+    if hasattr(model, "predict_proba"):
+        try:
+            scores = model.predict_proba(features)
+        except AttributeError:  # e.g. SVC(probability=False) exposes the method but refuses
+            scores = None
+    else:
+        scores = None
+    if scores is None and hasattr(model, "decision_function"):
+        scores = model.decision_function(features)
+    if scores is None:
+        return None
+    try:
+        if len(classes) == 2:
+            positive = scores[:, 1] if np.ndim(scores) == 2 else scores
+            return float(skm.roc_auc_score(labels, positive))
+        return float(skm.roc_auc_score(labels, scores, multi_class="ovr", average="macro", labels=classes))
+    except ValueError as err:  # e.g. a class absent from the test split, or scores not probabilities
+        log.warning("ROC-AUC not computed: %s", err)
+        return None
+
+
+@reported("evaluate")
+def run_evaluate(model_path: str, test_path: str, schema: dict[str, Any], report_path: str | None = None) -> dict[str, float]:
+    """Step entry: load the joblib model and the test Parquet; return (and optionally write) the metrics."""
+    scores = evaluate_model(joblib.load(model_path), pd.read_parquet(test_path), schema)
+    if report_path:
+        with open(report_path, "w") as handle:
+            json.dump(scores, handle, indent=2, sort_keys=True)
+    return scores

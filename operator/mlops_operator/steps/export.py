@@ -1,0 +1,122 @@
+"""Export: publish the model as a new version in the registry, with its profile and lineage.
+
+The version is allocated here, keyed by the run name, so a re-executed export of the same run
+reuses its version; a version that is already complete is returned as it is, never rewritten.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+
+import mlops_operator
+from mlops_operator.backends import artifacts
+from mlops_operator.steps.errors import InvalidSpec, reported
+
+PIPELINE_NAME = "tabular-training"
+
+
+def build_lineage(
+    *,
+    model_name: str,
+    version: int,
+    run_name: str,
+    run_id: str,
+    dataset: dict[str, Any],
+    schema: dict[str, Any],
+    estimator: dict[str, Any],
+    split: dict[str, Any],
+    pipeline_digest: str,
+    metrics: dict[str, float],
+    validated: bool,
+    started_at: str,
+    finished_at: str,
+) -> dict[str, Any]:
+    """The lineage record stored as ``lineage.json``."""
+    return {
+        "model": model_name,
+        "version": int(version),
+        "run": {"name": run_name, "id": run_id},
+        "dataset": dataset,
+        "target": schema["target"],
+        "task": schema["task"],
+        "features": schema["features"],
+        "categorical": schema["categorical"],
+        # Counts come back from KFP dict outputs as floats.
+        "rows": {k: int(v) for k, v in (schema.get("rows") or {}).items()},
+        "estimator": estimator,
+        "split": split,
+        "pipeline": {"name": PIPELINE_NAME, "digest": pipeline_digest},
+        "operatorVersion": mlops_operator.__version__,
+        "metrics": metrics,
+        "validated": bool(validated),
+        "started": started_at,
+        "finished": finished_at,
+    }
+
+
+@reported("export")
+def run_export(
+    *,
+    model_path: str,
+    train_path: str,
+    schema: dict[str, Any],
+    metrics: dict[str, float],
+    validated: bool,
+    reasons: list[str],
+    artifact_root: str,
+    model_name: str,
+    run_name: str,
+    run_id: str,
+    dataset: dict[str, Any],
+    estimator: dict[str, Any],
+    split: dict[str, Any],
+    pipeline_digest: str,
+    started_at: str,
+) -> dict[str, Any]:
+    """Step entry: allocate (or reuse) the run's version and write its files.
+
+    Returns ``{"model_version", "model_uri", "profile_uri", "validated", "reused"}``.
+    """
+    from mlops_operator.reconcile.drift import build_profile
+
+    if not artifact_root:
+        raise InvalidSpec("artifact_root is empty")
+    try:
+        version = artifacts.allocate_version(artifact_root, model_name, run_name or None)
+    except ValueError as err:
+        raise InvalidSpec(str(err)) from err
+    if artifacts.is_complete(artifact_root, model_name, version):
+        info = artifacts.read_model_version(artifact_root, model_name, version)
+        return {
+            "model_version": version,
+            "model_uri": info["uri"],
+            "profile_uri": info["profileUri"],
+            "validated": info["validated"],
+            "reused": True,
+        }
+    train = pd.read_parquet(train_path)
+    profile = build_profile(
+        train[schema["features"] + [schema["target"]]],
+        categorical=schema["categorical"] or None,
+        exclude=(schema["target"],),
+    )
+    finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    lineage = build_lineage(
+        model_name=model_name, version=version, run_name=run_name, run_id=run_id, dataset=dataset,
+        schema=schema, estimator=estimator, split=split, pipeline_digest=pipeline_digest,
+        metrics=metrics, validated=validated, started_at=started_at, finished_at=finished_at,
+    )
+    info = artifacts.publish_model_version(
+        artifact_root, model_name, version, model_file=model_path, metrics=metrics,
+        validated=validated, reasons=reasons, profile=profile, lineage=lineage,
+    )
+    return {
+        "model_version": version,
+        "model_uri": info["uri"],
+        "profile_uri": info["profileUri"],
+        "validated": info["validated"],
+        "reused": False,
+    }

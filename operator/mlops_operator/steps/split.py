@@ -1,0 +1,130 @@
+"""Preprocess and split: pick the feature columns, settle the task, split train/test.
+
+Rows without a label are dropped. The split is seeded and, for classification, stratified when
+every class has at least two rows. Imputation, scaling and one-hot encoding are not done here
+but fitted inside the model pipeline (see ``train``), so they learn from the training rows only
+and the exported model accepts raw feature rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+from pandas.api import types as ptypes
+from sklearn.model_selection import train_test_split
+
+from mlops_operator.steps.errors import DataValidationFailed, InvalidSpec, reported
+
+TASKS = ("classification", "regression")
+# An integer label with at most this many distinct values is taken as class labels.
+MAX_CLASSES_FOR_AUTO = 50
+
+log = logging.getLogger(__name__)
+
+
+def infer_task(labels: pd.Series) -> str:
+    """Classification for discrete labels (strings, booleans, categories, few whole numbers), else regression."""
+    values = labels.dropna()
+    dtype = values.dtype
+    if not ptypes.is_numeric_dtype(dtype) or ptypes.is_bool_dtype(dtype):
+        return "classification"
+    whole = ptypes.is_integer_dtype(dtype) or bool((values == values.round()).all())
+    if whole and values.nunique() <= MAX_CLASSES_FOR_AUTO:
+        return "classification"
+    return "regression"
+
+
+def resolve_task(task: str, labels: pd.Series, estimator: str = "") -> str:
+    """The learning task: as given, else from the estimator's kind, else inferred from the labels."""
+    task = (task or "auto").strip().lower()
+    if task in TASKS:
+        return task
+    if task != "auto":
+        raise InvalidSpec(f"unknown task {task!r}; use classification, regression or auto")
+    if estimator:
+        from mlops_operator.steps.train import estimator_task
+
+        kind = estimator_task(estimator)
+        if kind:
+            return kind
+    return infer_task(labels)
+
+
+def feature_schema(frame: pd.DataFrame, target: str, features: list[str] | None = None) -> dict[str, Any]:
+    """Which columns are features and which of them are categorical (non-numeric or boolean)."""
+    columns = list(features) if features else [c for c in frame.columns if c != target]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InvalidSpec(f"feature columns not in the dataset: {missing}")
+    if target in columns:
+        raise InvalidSpec(f"the target {target!r} cannot also be a feature")
+    if not columns:
+        raise InvalidSpec("the dataset has no feature columns besides the target")
+    categorical = [
+        c for c in columns
+        if not ptypes.is_numeric_dtype(frame[c].dtype) or ptypes.is_bool_dtype(frame[c].dtype)
+    ]
+    return {
+        "target": target,
+        "features": columns,
+        "categorical": categorical,
+        "numeric": [c for c in columns if c not in categorical],
+    }
+
+
+def split_dataset(
+    frame: pd.DataFrame,
+    target: str,
+    task: str,
+    test_size: float,
+    seed: int,
+    features: list[str] | None = None,
+    estimator: str = "",
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Return ``(train, test, schema)``; ``schema`` also carries the resolved ``task`` (and ``classes``)."""
+    if target not in frame.columns:
+        raise DataValidationFailed(f"target column {target!r} missing")
+    if not 0 < float(test_size) < 1:
+        raise InvalidSpec(f"test_size must be between 0 and 1, got {test_size}")
+    schema = feature_schema(frame, target, features)
+    labelled = frame.loc[frame[target].notna(), schema["features"] + [target]].reset_index(drop=True)
+    schema["task"] = resolve_task(task, labelled[target], estimator)
+    stratify = None
+    if schema["task"] == "classification":
+        counts = labelled[target].value_counts()
+        schema["classes"] = sorted(counts.index.tolist(), key=str)
+        if len(counts) < 2:
+            raise DataValidationFailed(f"classification needs at least two classes in {target!r}, found {len(counts)}")
+        if counts.min() >= 2:
+            stratify = labelled[target]
+        else:
+            log.warning("some classes have a single row; splitting without stratification")
+    try:
+        train, test = train_test_split(labelled, test_size=float(test_size), random_state=int(seed), stratify=stratify)
+    except ValueError as err:
+        raise DataValidationFailed(f"cannot split {len(labelled)} labelled rows with test_size {test_size}: {err}") from err
+    schema["rows"] = {"train": int(len(train)), "test": int(len(test)), "dropped_unlabelled": int(len(frame) - len(labelled))}
+    return train.reset_index(drop=True), test.reset_index(drop=True), schema
+
+
+@reported("split")
+def run_split(
+    dataset_path: str,
+    target: str,
+    task: str,
+    test_size: float,
+    seed: int,
+    features: list[str] | None,
+    estimator: str,
+    train_path: str,
+    test_path: str,
+) -> dict[str, Any]:
+    """Step entry: split the Parquet dataset into train/test Parquet files; return the schema."""
+    train, test, schema = split_dataset(
+        pd.read_parquet(dataset_path), target, task, test_size, seed, features, estimator
+    )
+    train.to_parquet(train_path, index=False)
+    test.to_parquet(test_path, index=False)
+    return schema
