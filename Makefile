@@ -59,6 +59,7 @@ lint: venv ## Import layering contracts
 
 .PHONY: test
 test: venv ## Run every test (starts the local control plane unless KUBECONFIG is set)
+	@if [ -z "$${KUBECONFIG:-}" ]; then $(PY) hack/devcluster.py up; fi
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest
 

@@ -269,6 +269,8 @@ class ModelTrainingStatus(StatusBase):
     """Finished runs, newest first."""
     latest_validated_model: ValidatedModel | None = None
     """The newest model version that passed the validation gate."""
+    triggered_generation: int | None = Field(None, ge=0)
+    """The newest .metadata.generation a run was started for."""
     observed_retrain_request: str | None = Field(None, max_length=1024)
     """The mlops.dev/retrain-requested annotation value the operator last acted on."""
     last_schedule_time: str | None = None

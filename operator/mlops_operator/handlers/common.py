@@ -1,26 +1,54 @@
-"""Helpers shared by the kind handlers: settings, spec parsing, status patches."""
+"""What the kind handlers share: settings, the per-object reconcile frame, spec parsing, status.
+
+Every kind is reconciled by one function ``(live object) -> desired status`` that is called from
+kopf's change handlers (create, update, resume) and from a timer that observes the world (runs,
+model servers, rollouts, drift). The frame serialises the two on a per-object lock, reads the live
+object inside it, and writes only the status fields that changed.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import kopf
 import pydantic
 
+from mlops_operator.backends import kube
+from mlops_operator.metrics import reconcile_timer
 from mlops_operator.reconcile.conditions import FALSE, initial_conditions, set_condition
 from mlops_operator.settings import Settings
 
 INVALID_SPEC = "InvalidSpec"
+ACCEPTED = "Accepted"
 
 M = TypeVar("M", bound=pydantic.BaseModel)
+Status = dict[str, Any]
+Reconciler = Callable[[dict[str, Any]], Awaitable[Status]]
+
+log = logging.getLogger("mlops_operator")
 
 
 @functools.cache
 def get_settings() -> Settings:
     """The process's settings, read once from the environment."""
     return Settings()
+
+
+class InvalidSpec(Exception):
+    """The object passed admission but cannot be acted on; the message says why."""
+
+
+class Retry(Exception):
+    """Transient trouble (a dependency is down): record ``status``, then retry after ``delay`` seconds."""
+
+    def __init__(self, message: str, status: Status, delay: float = 30):
+        super().__init__(message)
+        self.status = status
+        self.delay = delay
 
 
 def describe_validation_error(error: pydantic.ValidationError) -> str:
@@ -40,46 +68,88 @@ def parse_spec(model: type[M], spec: Mapping[str, Any]) -> M:
         raise InvalidSpec(describe_validation_error(error)) from None
 
 
-class InvalidSpec(Exception):
-    """The object passed admission but cannot be acted on; the message says why."""
+def with_conditions(status: Mapping[str, Any], types: tuple[str, ...], generation: int) -> Status:
+    """A copy of status with every condition type present (Unknown/Reconciling on a first visit)."""
+    result = dict(status)
+    result["conditions"] = initial_conditions(status.get("conditions"), types, generation=generation)
+    result["observedGeneration"] = generation
+    return result
 
 
-def first_visit_status(status: Mapping[str, Any], types: tuple[str, ...], generation: int) -> dict[str, Any]:
-    """Conditions for a first visit: every type present (Unknown/Reconciling), observedGeneration set."""
-    conditions = initial_conditions(status.get("conditions"), types, generation=generation)
-    return {"conditions": conditions, "observedGeneration": generation}
+def changed_fields(current: Mapping[str, Any], desired: Mapping[str, Any]) -> Status:
+    """The status fields whose desired value differs from the live one."""
+    return {key: value for key, value in desired.items() if current.get(key) != value}
 
 
-def invalid_status(
-    status: Mapping[str, Any], summary_condition: str, message: str, generation: int, extra_false: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Status for an invalid spec: the summary condition (and any others) False/InvalidSpec."""
-    conditions = status.get("conditions")
-    for type_ in (summary_condition, *extra_false):
-        conditions = set_condition(conditions, type_, FALSE, INVALID_SPEC, message, generation=generation)
-    return {"conditions": conditions, "observedGeneration": generation, "phase": "Invalid"}
+_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
 
-def apply_status(patch: kopf.Patch, current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """Put into the patch only the status fields that change; True if anything does."""
-    changed = False
-    for key, value in desired.items():
-        if current.get(key) != value:
-            patch.status[key] = value
-            changed = True
-    return changed
+def _lock(plural: str, namespace: str, name: str) -> asyncio.Lock:
+    return _locks.setdefault((plural, namespace, name), asyncio.Lock())
 
 
-def reject_invalid(
-    patch: kopf.Patch,
-    body: kopf.Body,
-    status: Mapping[str, Any],
+def forget(plural: str, namespace: str, name: str) -> None:
+    """Drop the per-object lock of a deleted object."""
+    _locks.pop((plural, namespace, name), None)
+
+
+async def reconcile_object(
+    kind: str,
+    plural: str,
+    namespace: str,
+    name: str,
+    reconciler: Reconciler,
+    *,
+    conditions: tuple[str, ...],
     summary_condition: str,
-    message: str,
-    extra_false: tuple[str, ...] = (),
+    from_change: bool,
 ) -> None:
-    """Record an invalid spec (condition + warning event) and stop retrying this generation."""
-    generation = body.metadata.get("generation") or 0
-    if apply_status(patch, status, invalid_status(status, summary_condition, message, generation, extra_false)):
-        kopf.warn(body, reason=INVALID_SPEC, message=message)
-    raise kopf.PermanentError(f"{INVALID_SPEC}: {message}")
+    """Run one reconciliation of the live object and write the status it returns.
+
+    ``from_change`` is true in kopf change handlers: an invalid spec then raises PermanentError
+    (kopf stops retrying until the spec changes) and transient trouble raises TemporaryError
+    (kopf retries with the given delay). Timers only record the status; they come back anyway.
+    """
+    async with _lock(plural, namespace, name):
+        with reconcile_timer(kind):
+            obj = await kube.get_object(plural, namespace, name)
+            if obj is None or obj["metadata"].get("deletionTimestamp"):
+                return
+            generation = obj["metadata"].get("generation") or 0
+            live = obj.get("status") or {}
+            base = with_conditions(live, conditions, generation)
+            if not live.get("conditions"):
+                kopf.info(obj, reason=ACCEPTED, message=f"{kind} accepted; reconciling.")
+            obj = {**obj, "status": base}
+            try:
+                desired = await reconciler(obj)
+            except InvalidSpec as error:
+                message = str(error)
+                desired = dict(base)
+                desired["conditions"] = set_condition(
+                    base["conditions"], summary_condition, FALSE, INVALID_SPEC, message, generation=generation
+                )
+                desired["phase"] = "Invalid"
+                changes = changed_fields(live, desired)
+                if changes:
+                    await kube.patch_status(plural, namespace, name, changes)
+                    kopf.warn(obj, reason=INVALID_SPEC, message=message)
+                if from_change:
+                    raise kopf.PermanentError(f"{INVALID_SPEC}: {message}") from None
+                return
+            except Retry as retry:
+                changes = changed_fields(live, retry.status)
+                if changes:
+                    await kube.patch_status(plural, namespace, name, changes)
+                if from_change:
+                    raise kopf.TemporaryError(str(retry), delay=retry.delay) from None
+                log.info("%s %s/%s: %s (retrying)", kind, namespace, name, retry)
+                return
+            changes = changed_fields(live, desired)
+            if changes:
+                await kube.patch_status(plural, namespace, name, changes)
+
+
+def is_invalid_generation(status: Mapping[str, Any], generation: int) -> bool:
+    """Whether this generation was already found invalid (timers then leave it alone)."""
+    return status.get("phase") == "Invalid" and status.get("observedGeneration") == generation

@@ -10,38 +10,53 @@ from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.driftmonitor import DriftMonitorSpec
 from mlops_operator.handlers.common import (
     InvalidSpec,
-    apply_status,
-    first_visit_status,
+    forget,
+    get_settings,
+    is_invalid_generation,
     parse_spec,
-    reject_invalid,
+    reconcile_object,
 )
-from mlops_operator.metrics import reconcile_timer
 from mlops_operator.reconcile.validation import drift_spec_errors
 
 KIND = "DriftMonitor"
 PLURAL = "driftmonitors"
-CONDITIONS = ("Ready","DriftDetected",)
+CONDITIONS = ("Ready", "DriftDetected")
+
+
+async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
+    """One reconciliation; returns the desired status."""
+    status = dict(obj["status"])
+    spec = parse_spec(DriftMonitorSpec, obj.get("spec") or {})
+    problems = drift_spec_errors(spec)
+    if problems:
+        raise InvalidSpec("; ".join(problems))
+    if status.get("phase") in (None, "Invalid"):
+        status["phase"] = "Pending"
+    return status
+
+
+async def _reconcile(namespace: str, name: str, from_change: bool) -> None:
+    await reconcile_object(KIND, PLURAL, namespace, name, reconcile_driftmonitor, conditions=CONDITIONS,
+                           summary_condition="Ready", from_change=from_change)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
-    """Validate the spec and bring the status up to date."""
-    with reconcile_timer(KIND):
-        generation = body.metadata.get("generation") or 0
-        current = dict(status)
-        desired = first_visit_status(current, CONDITIONS, generation)
-        try:
-            parsed = parse_spec(DriftMonitorSpec, spec)
-            problems = drift_spec_errors(parsed)
-            if problems:
-                raise InvalidSpec("; ".join(problems))
-        except InvalidSpec as error:
-            reject_invalid(patch, body, {**current, **desired}, "Ready", str(error))
-        apply_status(patch, current, desired)
+async def on_change(namespace: str, name: str, **_: Any) -> None:
+    """A new object, a changed spec or annotation, or an operator restart."""
+    await _reconcile(namespace, name, from_change=True)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=get_settings().poll_interval_seconds, initial_delay=1)
+async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Body, **_: Any) -> None:
+    """Observe the world and bring the status up to date."""
+    if is_invalid_generation(status, body.metadata.get("generation") or 0):
+        return
+    await _reconcile(namespace, name, from_change=False)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def release(**_: Any) -> None:
-    """Nothing to clean up yet; the finalizer is released when this returns."""
+async def on_delete(namespace: str, name: str, **_: Any) -> None:
+    """Release the finalizer."""
+    forget(PLURAL, namespace, name)

@@ -1,47 +1,298 @@
-"""kopf handlers for ModelTraining."""
+"""kopf handlers for ModelTraining: start runs on triggers, observe them, record the outcome.
+
+1. Parse and check the spec (InvalidSpec stops here).
+2. If a run is active, observe it; when it finishes, record it (history, conditions,
+   latestValidatedModel, metrics, an event).
+3. Work out the pending triggers (generation, retrain annotation, schedule). With a run still
+   active, Forbid leaves them pending and Replace cancels the active run.
+4. Submit one run for the pending triggers under a deterministic name (the backends return the
+   existing run for a known name), and record the triggers as served.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
+from mlops_operator import metrics
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.modeltraining import ModelTrainingSpec
+from mlops_operator.backends import artifacts, kube, training_kfp, training_local
 from mlops_operator.handlers.common import (
     InvalidSpec,
-    apply_status,
-    first_visit_status,
+    Retry,
+    forget,
+    get_settings,
+    is_invalid_generation,
     parse_spec,
-    reject_invalid,
+    reconcile_object,
 )
-from mlops_operator.metrics import reconcile_timer
+from mlops_operator.reconcile import modeltraining as logic
+from mlops_operator.reconcile.conditions import FALSE, parse_rfc3339, set_condition
 from mlops_operator.reconcile.validation import training_spec_errors
 
 KIND = "ModelTraining"
 PLURAL = "modeltrainings"
-CONDITIONS = ("Succeeded","Validated",)
+CONDITIONS = ("Succeeded", "Validated")
+BACKEND_UNAVAILABLE = "BackendUnavailable"
+LOCAL_STATES = {
+    training_local.PENDING: "Pending",
+    training_local.RUNNING: "Running",
+    training_local.SUCCEEDED: "Succeeded",
+    training_local.FAILED: "Failed",
+    training_local.CANCELED: "Canceled",
+}
+
+log = logging.getLogger("mlops_operator.training")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _kfp_connection(spec: ModelTrainingSpec, namespace: str) -> training_kfp.KfpConnection:
+    settings = get_settings()
+    host = (spec.kfp and spec.kfp.host) or settings.kfp_host
+    token = None
+    if spec.kfp and spec.kfp.token_secret_ref:
+        ref = spec.kfp.token_secret_ref
+        try:
+            token = await kube.read_secret_key(namespace, ref.name, ref.key)
+        except Exception as error:  # the message names the Secret, never its value
+            raise InvalidSpec(f"spec.kfp.tokenSecretRef: cannot read Secret {ref.name} key {ref.key}: "
+                              f"{type(error).__name__}") from None
+    return training_kfp.KfpConnection(host=host or "", namespace=(spec.kfp and spec.kfp.namespace)
+                                      or settings.kfp_namespace, token=token)
+
+
+async def _pipeline_package(spec: ModelTrainingSpec, namespace: str) -> str | None:
+    """Path of the compiled pipeline to run (None: the built-in template)."""
+    source = spec.pipeline
+    if source.config_map_ref:
+        try:
+            text = await kube.read_config_map_key(namespace, source.config_map_ref.name, source.config_map_ref.key)
+        except Exception as error:
+            raise InvalidSpec(f"spec.pipeline.configMapRef: {error}") from None
+        path = get_settings().data_dir / "pipelines" / namespace / f"{source.config_map_ref.name}-{source.config_map_ref.key}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return str(path)
+    if source.uri:
+        import fsspec
+
+        path = get_settings().data_dir / "pipelines" / namespace / source.uri.replace("/", "_")[-120:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with fsspec.open(source.uri, "rb") as handle:
+                path.write_bytes(handle.read())
+        except Exception as error:
+            raise InvalidSpec(f"spec.pipeline.uri: cannot read {source.uri}: {error}") from None
+        return str(path)
+    return None
+
+
+def _record_from_local(run: training_local.RunStatus, trigger: str) -> dict[str, Any]:
+    return logic.run_record(run.run_name, trigger, run.run_name, LOCAL_STATES[run.state], run.started,
+                            run.finished, run.reason, run.message, run.outputs)
+
+
+def _record_from_kfp(run: training_kfp.KfpRun, trigger: str, outputs: dict[str, Any]) -> dict[str, Any]:
+    iso = lambda t: t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None  # noqa: E731
+    reason = None
+    if run.state == "Failed":
+        message = run.message or ""
+        reason = next((r for r in ("DatasetUnavailable", "DataValidationFailed", "InvalidSpec") if r in message),
+                      "PipelineFailed")
+    return logic.run_record(run.name, trigger, run.run_id, run.state, iso(run.started), iso(run.finished),
+                            reason, run.message, outputs)
+
+
+def _kfp_outputs(spec: ModelTrainingSpec, run_name: str) -> dict[str, Any]:
+    """KFP does not return a run's output parameters through its run API; the export step wrote
+    the version to the shared artifact store under a claim keyed by the run name."""
+    root = get_settings().artifact_root_uri
+    version = artifacts.version_for_run(root, spec.model, run_name)
+    if version is None or not artifacts.is_complete(root, spec.model, version):
+        return {}
+    info = artifacts.read_model_version(root, spec.model, version)
+    return {"model_version": version, "model_uri": info["uri"], "metrics": info["metrics"],
+            "validated": info["validated"], "validation_reasons": info["validationReasons"],
+            "profile_uri": info["profileUri"], "dataset_digest": (info["lineage"].get("dataset") or {}).get("digest")}
+
+
+async def _observe(spec: ModelTrainingSpec, namespace: str, record: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The latest state of an active run, and the gate's reasons when it is done."""
+    if spec.backend == "local":
+        try:
+            run = await asyncio.to_thread(training_local.status, record["name"], get_settings().data_dir, namespace)
+        except FileNotFoundError:
+            return {**record, "state": "Failed", "reason": "RunnerLost", "message": "the run directory is gone"}, []
+        return _record_from_local(run, record["trigger"]), list(run.outputs.get("validation_reasons") or [])
+    conn = await _kfp_connection(spec, namespace)
+    run = await asyncio.to_thread(training_kfp.get_run, conn, record["backendRunId"])
+    outputs = await asyncio.to_thread(_kfp_outputs, spec, record["name"]) if run.state == "Succeeded" else {}
+    return _record_from_kfp(run, record["trigger"], outputs), list(outputs.get("validation_reasons") or [])
+
+
+async def _submit(spec: ModelTrainingSpec, namespace: str, name: str, trigger: str, baseline: dict[str, float] | None
+                  ) -> dict[str, Any]:
+    settings = get_settings()
+    params = logic.pipeline_parameters(spec, settings.artifact_root_uri, baseline)
+    package = await _pipeline_package(spec, namespace)
+    if spec.backend == "local":
+        request = {"namespace": namespace, "parameters": params, **({"pipeline_package": package} if package else {})}
+        run = await asyncio.to_thread(training_local.submit, name, request, settings.data_dir, namespace)
+        return _record_from_local(run, trigger)
+    conn = await _kfp_connection(spec, namespace)
+    package = package or str(training_local.default_pipeline_package())
+    params["run_name"] = name
+    run = await asyncio.to_thread(training_kfp.submit_run, conn, name, package, params,
+                                  spec.kfp.experiment if spec.kfp else "mlops-operator")
+    return _record_from_kfp(run, trigger, {})
+
+
+async def _cancel(spec: ModelTrainingSpec, namespace: str, record: dict[str, Any]) -> None:
+    if spec.backend == "local":
+        await asyncio.to_thread(training_local.cancel, record["name"], get_settings().data_dir, namespace)
+    elif record.get("backendRunId"):
+        conn = await _kfp_connection(spec, namespace)
+        await asyncio.to_thread(training_kfp.cancel_run, conn, record["backendRunId"])
+
+
+def _record_metrics(namespace: str, spec: ModelTrainingSpec, record: dict[str, Any]) -> None:
+    result = "succeeded" if record["state"] == "Succeeded" else record["state"].lower()
+    if record["state"] == "Succeeded" and not record.get("validated"):
+        result = "rejected"
+    metrics.TRAINING_RUNS.labels(result).inc()
+    if record.get("started") and record.get("finished"):
+        seconds = (parse_rfc3339(record["finished"]) - parse_rfc3339(record["started"])).total_seconds()
+        metrics.TRAINING_DURATION.observe(max(seconds, 0.0))
+    if record.get("validated"):
+        metrics.MODEL_VERSION.labels(namespace, spec.model).set(record.get("modelVersion") or 0)
+        for metric, value in (record.get("metrics") or {}).items():
+            metrics.VALIDATED_METRIC.labels(namespace, spec.model, metric).set(value)
+
+
+async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
+    """One reconciliation of a ModelTraining; returns the desired status."""
+    meta = obj["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation") or 0
+    status = dict(obj["status"])
+    settings = get_settings()
+    now = _now()
+
+    # 1. The spec.
+    spec = parse_spec(ModelTrainingSpec, obj.get("spec") or {})
+    problems = training_spec_errors(spec, settings.kfp_host)
+    if problems:
+        raise InvalidSpec("; ".join(problems))
+    if status.get("phase") in (None, "Invalid"):
+        status["phase"] = "Pending"
+
+    try:
+        # 2. The active run.
+        latest = status.get("latestRun")
+        if latest and latest["state"] in logic.ACTIVE_STATES:
+            observed, reasons = await _observe(spec, namespace, latest)
+            if observed["state"] in logic.ACTIVE_STATES:
+                status = logic.running_status(status, observed, generation)
+            else:
+                status = logic.finished_status(status, observed, spec.history_limit, generation, reasons)
+                _record_metrics(namespace, spec, observed)
+                _announce(obj, observed, reasons)
+
+        # 3. Pending triggers.
+        created = parse_rfc3339(meta["creationTimestamp"])
+        triggers = logic.pending_triggers(spec, generation, status, meta.get("annotations") or {}, created, now)
+        active = status.get("latestRun") and status["latestRun"]["state"] in logic.ACTIVE_STATES
+        if triggers and active:
+            if spec.concurrency_policy == "Forbid":
+                triggers = []  # they stay pending until the active run finishes
+            else:
+                await _cancel(spec, namespace, status["latestRun"])
+                canceled = {**status["latestRun"], "state": "Canceled", "reason": "Replaced",
+                            "message": f"replaced by a new run ({triggers[0].description})",
+                            "finished": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+                status = logic.finished_status(status, canceled, spec.history_limit, generation)
+
+        # 4. Start one run for the pending triggers.
+        if triggers:
+            run_name = logic.run_name(name, meta["uid"], triggers)
+            description = "; ".join(t.description for t in triggers)
+            baseline = (status.get("latestValidatedModel") or {}).get("metrics")
+            record = await _submit(spec, namespace, run_name, description, baseline)
+            status.update(logic.mark_handled(triggers, generation, meta.get("annotations") or {}, now))
+            if record["state"] in logic.ACTIVE_STATES:
+                status = logic.running_status(status, record, generation)
+                kopf.info(obj, reason="RunStarted", message=f"Started run {run_name} ({description}).")
+            else:  # refused at once (InvalidSpec) or already finished before a restart
+                status = logic.finished_status(status, record, spec.history_limit, generation, [])
+                _record_metrics(namespace, spec, record)
+                _announce(obj, record, [])
+
+        # 5. Schedule bookkeeping.
+        if spec.schedule and spec.backend == "kfp":
+            conn = await _kfp_connection(spec, namespace)
+            package = await _pipeline_package(spec, namespace) or str(training_local.default_pipeline_package())
+            params = logic.pipeline_parameters(spec, settings.artifact_root_uri,
+                                               (status.get("latestValidatedModel") or {}).get("metrics"))
+            await asyncio.to_thread(training_kfp.ensure_recurring_run, conn, f"{name}-{meta['uid'][:8]}", package,
+                                    params, spec.schedule, spec.kfp.experiment if spec.kfp else "mlops-operator",
+                                    enabled=not spec.suspend)
+        upcoming = logic.next_schedule_time(spec, now)
+        status["nextScheduleTime"] = upcoming.strftime("%Y-%m-%dT%H:%M:%SZ") if upcoming else None
+        if status["nextScheduleTime"] is None:
+            del status["nextScheduleTime"]
+    except training_kfp.BackendUnavailable as error:
+        status["conditions"] = set_condition(status.get("conditions"), "Succeeded", FALSE, BACKEND_UNAVAILABLE,
+                                             str(error), generation=generation)
+        raise Retry(str(error), status, delay=30) from None
+    return status
+
+
+def _announce(obj: dict[str, Any], record: dict[str, Any], reasons: list[str]) -> None:
+    if record["state"] == "Succeeded" and record.get("validated"):
+        kopf.info(obj, reason="ModelValidated",
+                  message=f"Run {record['name']} validated model version {record.get('modelVersion')} "
+                          f"({', '.join(f'{k}={v:.4g}' for k, v in (record.get('metrics') or {}).items())}).")
+    elif record["state"] == "Succeeded":
+        kopf.warn(obj, reason="ValidationFailed",
+                  message=f"Model version {record.get('modelVersion')} failed the gate: {'; '.join(reasons)}")
+    else:
+        kopf.warn(obj, reason=record.get("reason") or "RunFailed",
+                  message=f"Run {record['name']} {record['state'].lower()}: {record.get('message') or ''}"[:1024])
+
+
+async def _reconcile(namespace: str, name: str, from_change: bool) -> None:
+    await reconcile_object(KIND, PLURAL, namespace, name, reconcile_training, conditions=CONDITIONS,
+                           summary_condition="Succeeded", from_change=from_change)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
-    """Validate the spec and bring the status up to date."""
-    with reconcile_timer(KIND):
-        generation = body.metadata.get("generation") or 0
-        current = dict(status)
-        desired = first_visit_status(current, CONDITIONS, generation)
-        try:
-            parsed = parse_spec(ModelTrainingSpec, spec)
-            problems = training_spec_errors(parsed)
-            if problems:
-                raise InvalidSpec("; ".join(problems))
-        except InvalidSpec as error:
-            reject_invalid(patch, body, {**current, **desired}, "Succeeded", str(error))
-        apply_status(patch, current, desired)
+async def on_change(namespace: str, name: str, **_: Any) -> None:
+    """A new object, a changed spec or annotation, or an operator restart."""
+    await _reconcile(namespace, name, from_change=True)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=get_settings().poll_interval_seconds, initial_delay=1)
+async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Body, **_: Any) -> None:
+    """Observe active runs and the schedule."""
+    if is_invalid_generation(status, body.metadata.get("generation") or 0):
+        return
+    await _reconcile(namespace, name, from_change=False)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def release(**_: Any) -> None:
-    """Nothing to clean up yet; the finalizer is released when this returns."""
+async def on_delete(namespace: str, name: str, status: kopf.Status, spec: kopf.Spec, **_: Any) -> None:
+    """Cancel an active local run (model versions are kept: they are immutable records)."""
+    latest = status.get("latestRun") or {}
+    if latest.get("state") in logic.ACTIVE_STATES and spec.get("backend", "local") == "local":
+        await asyncio.to_thread(training_local.cancel, latest["name"], get_settings().data_dir, namespace)
+    forget(PLURAL, namespace, name)

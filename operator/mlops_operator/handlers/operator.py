@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 
 from mlops_operator import __version__
 from mlops_operator.api.common import GROUP
+from mlops_operator.backends import kube
 from mlops_operator.handlers.common import get_settings
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -19,19 +20,21 @@ log = logging.getLogger("mlops_operator")
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Keep kopf's bookkeeping under mlops.dev/ and start the metrics endpoint."""
+    """Keep kopf's bookkeeping under mlops.dev/, load the kube config, start the metrics endpoint."""
     ours = get_settings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.posting.level = logging.WARNING  # only warnings and errors become k8s events by logging
+    settings.posting.level = logging.WARNING  # only warnings and errors logged by handlers become events
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60, 120]
+    kube.load_config()
     if ours.metrics_port:
         start_http_server(ours.metrics_port, addr=ours.metrics_host)
+    ours.data_dir.mkdir(parents=True, exist_ok=True)
     log.info(
         "mlops-operator %s starting: namespaces=%s data_dir=%s metrics=%s:%s",
         __version__,

@@ -1,0 +1,100 @@
+"""Kubernetes API access for the handlers: fresh reads and status/annotation patches.
+
+kopf hands handlers a cached body and applies its own patch after the handler returns; the
+operator's timers and change handlers both reconcile the same objects, so they serialise on a
+per-object lock and read and write the live object inside it instead (see handlers/common.py).
+The kubernetes client is synchronous; every call runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from mlops_operator.api.common import GROUP, VERSION
+
+_api_client: client.ApiClient | None = None
+
+
+def load_config() -> None:
+    """Load in-cluster config, or the kubeconfig ($KUBECONFIG, ~/.kube/config)."""
+    global _api_client
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    _api_client = client.ApiClient()
+
+
+def api_client() -> client.ApiClient:
+    """The shared API client (loads the config on first use)."""
+    if _api_client is None:
+        load_config()
+    assert _api_client is not None
+    return _api_client
+
+
+def _custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client())
+
+
+async def get_object(plural: str, namespace: str, name: str, group: str = GROUP, version: str = VERSION
+                     ) -> dict[str, Any] | None:
+    """The live object, or None when it does not exist."""
+    def call() -> dict[str, Any] | None:
+        try:
+            return _custom().get_namespaced_custom_object(group, version, namespace, plural, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    return await asyncio.to_thread(call)
+
+
+async def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch the status subresource (only the given fields change)."""
+    def call() -> None:
+        try:
+            _custom().patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": status}
+            )
+        except ApiException as error:
+            if error.status != 404:  # deleted meanwhile: nothing to record
+                raise
+
+    await asyncio.to_thread(call)
+
+
+async def patch_annotations(plural: str, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+    """Merge-patch annotations (None removes one)."""
+    body = {"metadata": {"annotations": annotations}}
+    await asyncio.to_thread(_custom().patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body)
+
+
+async def read_secret_key(namespace: str, name: str, key: str) -> str:
+    """One value of a Secret. The caller must never log or store it."""
+    def call() -> str:
+        secret = client.CoreV1Api(api_client()).read_namespaced_secret(name, namespace)
+        data = (secret.data or {}).get(key)
+        if data is None:
+            raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(data).decode()
+
+    return await asyncio.to_thread(call)
+
+
+async def read_config_map_key(namespace: str, name: str, key: str) -> str:
+    """One value of a ConfigMap."""
+    def call() -> str:
+        config_map = client.CoreV1Api(api_client()).read_namespaced_config_map(name, namespace)
+        data = (config_map.data or {}).get(key)
+        if data is None:
+            raise KeyError(f"ConfigMap {namespace}/{name} has no key {key!r}")
+        return data
+
+    return await asyncio.to_thread(call)
