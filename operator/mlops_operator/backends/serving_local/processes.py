@@ -49,16 +49,29 @@ def verified_pid(pid: int | None, marker: str) -> int | None:
     return pid
 
 
+# Exit codes of our children reaped while checking liveness, kept for exit_status().
+_reaped: dict[int, int] = {}
+
+
 def _reap(pid: int) -> None:
     """Collect the exit status of our own dead child so it does not linger as a zombie."""
     try:
-        os.waitpid(pid, os.WNOHANG)
+        done, status = os.waitpid(pid, os.WNOHANG)
     except (ChildProcessError, OSError):
-        pass
+        return
+    if done:
+        if len(_reaped) > 1000:
+            _reaped.clear()
+        _reaped[pid] = os.waitstatus_to_exitcode(status)
 
 
 def exit_status(pid: int) -> int | None:
-    """Exit code of our own child if it has ended (negative: killed by that signal), else None."""
+    """Exit code of our own child if it has ended (negative: killed by that signal), else None.
+
+    Only known for processes this operator process started (not for adopted ones).
+    """
+    if pid in _reaped:
+        return _reaped.pop(pid)
     try:
         done, status = os.waitpid(pid, os.WNOHANG)
     except (ChildProcessError, OSError):
