@@ -97,7 +97,10 @@ def build_record(entry: LogEntry) -> dict[str, Any]:
             response = json.loads(entry.response_body)
         except ValueError:
             response = None
-            error = error or "response is not JSON"
+            if entry.status >= 400:
+                error = error or entry.response_body.decode(errors="replace")[:1000]
+            else:
+                error = error or "response is not JSON"
         if isinstance(response, dict):
             outputs = response.get("outputs")
             if entry.status >= 400 and not error:

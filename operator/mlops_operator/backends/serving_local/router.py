@@ -255,6 +255,9 @@ class Router:
         headers = {PREDICTOR_HEADER: route.name, VERSION_HEADER: route.version, REQUEST_ID_HEADER: request_id}
         if error is not None:
             return _error(status, error, headers)
+        if status >= 400 and not response_body.lstrip().startswith(b"{"):
+            # MLServer answers some failures with a plain-text body; clients get V2's {"error": ...}.
+            return _error(status, response_body.decode(errors="replace")[:1000] or f"HTTP {status}", headers)
         return web.Response(status=status, body=response_body, content_type=JSON, headers=headers)
 
     def _mirror(self, routing: _Routing, shadow: PredictorRoute, body: bytes, payload: dict | None,
