@@ -169,6 +169,27 @@ class Objects:
 
         return wait_until(probe, timeout=timeout, what=what or f"{kind}/{name}")
 
+    def list_all(self) -> list[tuple[str, str]]:
+        """(kind, name) of every object of our kinds in the namespace."""
+        found = []
+        for kind, plural in PLURALS.items():
+            items = self.api.list_namespaced_custom_object(GROUP, VERSION, self.namespace, plural)["items"]
+            found += [(kind, item["metadata"]["name"]) for item in items]
+        return found
+
+    def delete_all(self) -> list[tuple[str, str]]:
+        """Delete every object of our kinds in the namespace; return what was deleted."""
+        from kubernetes.client.exceptions import ApiException
+
+        found = self.list_all()
+        for kind, name in found:
+            try:
+                self.delete(kind, name)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+        return found
+
     def events(self, name: str) -> list[Any]:
         from kubernetes import client
 

@@ -51,8 +51,15 @@ def objects(kube_api, namespace, crds) -> Objects:
 
 
 @pytest.fixture
-def operator(kubeconfig, namespace, crds, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """The operator as a real process watching the test's namespace; stopped afterwards."""
+def operator(kubeconfig, namespace, crds, objects, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator as a real process watching the test's namespace.
+
+    Afterwards the test's objects are deleted while the operator still runs, so their finalizers
+    are released (and local runs and model servers stopped) before the operator stops.
+    """
     process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator").start()
     yield process
+    if process.process is not None and process.process.poll() is None:
+        remaining = objects.delete_all()
+        wait_until(lambda: not objects.list_all(), timeout=60, what=f"deletion of {remaining}")
     process.stop()

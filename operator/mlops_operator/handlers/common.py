@@ -81,6 +81,15 @@ def changed_fields(current: Mapping[str, Any], desired: Mapping[str, Any]) -> St
     return {key: value for key, value in desired.items() if current.get(key) != value}
 
 
+def post_event(obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
+    """Post a Kubernetes event about the object.
+
+    kopf.info/kopf.warn obey settings.posting.level, which the operator keeps at WARNING so kopf's
+    own per-handler log lines do not become events; our events are posted whatever that level.
+    """
+    kopf.event(obj, type="Warning" if warning else "Normal", reason=reason, message=message[:1024])
+
+
 _locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
 
@@ -119,7 +128,7 @@ async def reconcile_object(
             live = obj.get("status") or {}
             base = with_conditions(live, conditions, generation)
             if not live.get("conditions"):
-                kopf.info(obj, reason=ACCEPTED, message=f"{kind} accepted; reconciling.")
+                post_event(obj, ACCEPTED, f"{kind} accepted; reconciling.")
             obj = {**obj, "status": base}
             try:
                 desired = await reconciler(obj)
@@ -133,7 +142,7 @@ async def reconcile_object(
                 changes = changed_fields(live, desired)
                 if changes:
                     await kube.patch_status(plural, namespace, name, changes)
-                    kopf.warn(obj, reason=INVALID_SPEC, message=message)
+                    post_event(obj, INVALID_SPEC, message, warning=True)
                 if from_change:
                     raise kopf.PermanentError(f"{INVALID_SPEC}: {message}") from None
                 return

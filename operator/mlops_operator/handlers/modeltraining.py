@@ -30,6 +30,7 @@ from mlops_operator.handlers.common import (
     get_settings,
     is_invalid_generation,
     parse_spec,
+    post_event,
     reconcile_object,
 )
 from mlops_operator.reconcile import modeltraining as logic
@@ -229,7 +230,7 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
             status.update(logic.mark_handled(triggers, generation, meta.get("annotations") or {}, now))
             if record["state"] in logic.ACTIVE_STATES:
                 status = logic.running_status(status, record, generation)
-                kopf.info(obj, reason="RunStarted", message=f"Started run {run_name} ({description}).")
+                post_event(obj, "RunStarted", f"Started run {run_name} ({description}).")
             else:  # refused at once (InvalidSpec) or already finished before a restart
                 status = logic.finished_status(status, record, spec.history_limit, generation, [])
                 _record_metrics(namespace, spec, record)
@@ -257,15 +258,15 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
 
 def _announce(obj: dict[str, Any], record: dict[str, Any], reasons: list[str]) -> None:
     if record["state"] == "Succeeded" and record.get("validated"):
-        kopf.info(obj, reason="ModelValidated",
-                  message=f"Run {record['name']} validated model version {record.get('modelVersion')} "
+        post_event(obj, "ModelValidated",
+                   f"Run {record['name']} validated model version {record.get('modelVersion')} "
                           f"({', '.join(f'{k}={v:.4g}' for k, v in (record.get('metrics') or {}).items())}).")
     elif record["state"] == "Succeeded":
-        kopf.warn(obj, reason="ValidationFailed",
-                  message=f"Model version {record.get('modelVersion')} failed the gate: {'; '.join(reasons)}")
+        post_event(obj, "ValidationFailed",
+                   f"Model version {record.get('modelVersion')} failed the gate: {'; '.join(reasons)}", warning=True)
     else:
-        kopf.warn(obj, reason=record.get("reason") or "RunFailed",
-                  message=f"Run {record['name']} {record['state'].lower()}: {record.get('message') or ''}"[:1024])
+        post_event(obj, record.get("reason") or "RunFailed",
+                   f"Run {record['name']} {record['state'].lower()}: {record.get('message') or ''}", warning=True)
 
 
 async def _reconcile(namespace: str, name: str, from_change: bool) -> None:
