@@ -7,6 +7,7 @@ Each run has a directory ``<data_dir>/runs/<namespace>/<run_name>/``:
     state.json      {"state", "reason", "message", "outputs", "started", "finished"}
     runner.log      everything the runner and the pipeline's steps printed
     step-error.json the failing step's reason and message (written by the step)
+    cancel-requested written by cancel() before it signals the runner
     pipeline_root/  kfp.local's artifacts of the run
 
 Creating the directory is the lock that makes ``submit`` idempotent. The runner is started with
@@ -56,6 +57,7 @@ PID_FILE = "pid"
 STATE_FILE = "state.json"
 LOG_FILE = "runner.log"
 STEP_ERROR_FILE = "step-error.json"
+CANCEL_FILE = "cancel-requested"
 PIPELINE_ROOT_DIR = "pipeline_root"
 
 PIPELINE_PACKAGE_ENV = "MLOPS_PIPELINE_PACKAGE"
@@ -276,16 +278,16 @@ def cancel(run_name: str, data_dir: str | Path, namespace: str = "default", grac
     if current.is_final:
         return current
     pid = current.pid
-    if pid is not None and _runner_alive(pid, directory):
+    _write_text(directory / CANCEL_FILE, _now())
+    # Only a group that is provably this run's (its processes name the run dir) is signalled: the
+    # pid may have been reused since.
+    marker = str(directory.resolve())
+    if pid is not None and (_runner_alive(pid, directory) or group_alive(pid, marker)):
+        # The whole group: the runner and the step processes kfp.local started under it.
         _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_seconds
-        while time.monotonic() < deadline and _runner_alive(pid, directory):
-            time.sleep(0.05)
-        if _runner_alive(pid, directory):
+        if not _wait_group_gone(pid, directory, grace_seconds):
             _signal_group(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline and _runner_alive(pid, directory):
-                time.sleep(0.05)
+            _wait_group_gone(pid, directory, 2.0)
     state = _read_json(directory / STATE_FILE) or {}
     if state.get("state") not in FINAL_STATES:
         _write_state(directory, CANCELED, reason=REASON_CANCELED, message="canceled by the operator",
@@ -338,8 +340,13 @@ def _write_state(directory: Path, state: str, **fields: Any) -> None:
 
 def _mark_lost(directory: Path, message: str) -> dict[str, Any]:
     previous = _read_json(directory / STATE_FILE) or {}
-    _write_state(directory, FAILED, reason=REASON_RUNNER_LOST, message=message,
-                 started=previous.get("started"), finished=_now())
+    if (directory / CANCEL_FILE).exists():
+        # Gone because cancel() stopped it, racing with this status() call.
+        _write_state(directory, CANCELED, reason=REASON_CANCELED, message="canceled by the operator",
+                     started=previous.get("started"), finished=_now())
+    else:
+        _write_state(directory, FAILED, reason=REASON_RUNNER_LOST, message=message,
+                     started=previous.get("started"), finished=_now())
     return _read_json(directory / STATE_FILE) or {}
 
 
@@ -368,6 +375,48 @@ def _runner_alive(pid: int, directory: Path) -> bool:
     except PermissionError:
         return True
     return sys.platform != "linux"  # on Linux /proc is authoritative
+
+
+def group_alive(pgid: int, marker: str | None = None) -> bool:
+    """Whether any process of the group is still running, optionally only counting processes whose
+    command line contains ``marker``. Zombies do not count: they are dead, only not yet reaped by
+    whoever inherited them."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        # After the command: state, ppid, pgrp, ...
+        if int(fields[2]) != pgid or fields[0] in ("Z", "X"):
+            continue
+        if marker is None:
+            return True
+        try:
+            if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _wait_group_gone(pgid: int, directory: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        runner = _runner_alive(pgid, directory)  # also reaps our own child
+        if not runner and not group_alive(pgid, str(directory.resolve())):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -5,9 +5,11 @@ Two kinds of checks, both optional:
 * absolute thresholds, ``{"accuracy": {"min": 0.9}, "rmse": {"max": 60}}``; a bare number means
   ``min`` for metrics where higher is better and ``max`` for the others;
 * no regression against the current validated model: ``baseline`` holds its metrics and
-  ``max_regression`` how much worse each metric may be, in the metric's own units: a number for
-  every metric, or ``{"accuracy": 0.02, "*": 0.05}`` per metric (``*`` for the rest). Without
-  ``max_regression`` the baseline is not compared.
+  ``max_regression`` how much worse each metric may be: a number for every metric, or
+  ``{"accuracy": 0.02, "*": 0.05}`` per metric (``*`` for the rest). For the bounded scores
+  (accuracy, f1, rocAuc, r2) it is absolute (0.02 = two points); for the error metrics, which
+  have the target's units (rmse, mae), it is a fraction of the baseline (0.02 = 2% higher).
+  Without ``max_regression`` the baseline is not compared.
 
 A failed gate does not fail the run: the model is still exported, marked not validated, with
 the reasons.
@@ -48,9 +50,10 @@ def evaluate_gate(
             value = metrics.get(metric)
             if allowed is None or value is None or reference is None or _nan(value) or _nan(reference):
                 continue
-            if metric in LOWER_IS_BETTER and value > reference + allowed:
+            if metric in LOWER_IS_BETTER and value > reference + allowed * abs(reference):
                 reasons.append(
-                    f"{metric} {value:.4g} is worse than the validated model's {reference:.4g} by more than {allowed:g}"
+                    f"{metric} {value:.4g} is worse than the validated model's {reference:.4g} "
+                    f"by more than {allowed:.0%}"
                 )
             elif metric in HIGHER_IS_BETTER and value < reference - allowed:
                 reasons.append(

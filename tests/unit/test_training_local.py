@@ -1,0 +1,263 @@
+"""Local training backend: request handling, idempotent submit, lost runners, cancel, and real kfp.local runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from mlops_operator.backends import artifacts
+from mlops_operator.backends import training_local as tl
+from mlops_operator.steps import errors
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IRIS = {"dataset_uri": "sklearn://iris", "target": "target", "model_name": "iris"}
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.25):
+    """Poll ``predicate`` until it returns something truthy or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def wait_final(run_name: str, data_dir: Path, namespace: str = "default", timeout: float = 180) -> tl.RunStatus:
+    return wait_for(lambda: (s := tl.status(run_name, data_dir, namespace)).is_final and s, timeout)
+
+
+@pytest.fixture
+def popen_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Records every process the backend starts (and still starts it)."""
+    calls: list[list[str]] = []
+    real = subprocess.Popen
+
+    def recording(args, *a, **kw):
+        calls.append(list(args))
+        return real(args, *a, **kw)
+
+    monkeypatch.setattr(tl.subprocess, "Popen", recording)
+    return calls
+
+
+# --- pure request handling ----------------------------------------------------------------
+
+def test_pipeline_arguments_normalise_the_request(tmp_path: Path) -> None:
+    request = {
+        "namespace": "ml",
+        "parameters": {**IRIS, "estimator_params": {"n_estimators": 50, "max_features": 1.0}, "seed": 7.0},
+        "gate": [{"metric": "accuracy", "min": 0.9}, {"metric": "rmse", "max": 60, "min": None}],
+        "max_regression": 0.02,
+        "task": None,
+    }
+    args = tl.pipeline_arguments(request, "iris-run-1", tmp_path)
+    assert args["run_name"] == "iris-run-1"
+    assert args["artifact_root"] == (tmp_path / "artifacts").resolve().as_uri()
+    assert args["gate"] == {"accuracy": {"min": 0.9}, "rmse": {"max": 60}}
+    assert args["max_regression"] == {"*": 0.02}
+    assert json.loads(args["estimator_params"]) == {"n_estimators": 50, "max_features": 1.0}
+    assert args["seed"] == 7 and isinstance(args["seed"], int)
+    assert "task" not in args  # None leaves the pipeline default
+    package = tl.default_pipeline_package()
+    assert args["pipeline_digest"] == hashlib.sha256(package.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("request_, match", [
+    ({"dataset_uri": "sklearn://iris", "target": "target"}, r"missing pipeline parameters \['model_name'\]"),
+    ({**IRIS, "learning_rate": 0.1}, r"unknown pipeline parameters \['learning_rate'\]"),
+    ({**IRIS, "seed": 1.5}, "not a valid NUMBER_INTEGER"),
+    ({**IRIS, "validation": "strict"}, "not a valid STRUCT"),
+])
+def test_pipeline_arguments_reject_bad_requests(tmp_path: Path, request_: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        tl.pipeline_arguments(request_, "r", tmp_path)
+
+
+def test_step_reasons_agree_with_the_steps() -> None:
+    assert tl.STEP_ERROR_FILE_ENV == errors.STEP_ERROR_FILE_ENV
+    assert set(tl.STEP_REASONS) == set(errors.KNOWN_REASONS)
+
+
+def test_parse_step_error_reads_traceback_lines() -> None:
+    log = "\n".join([
+        "Traceback (most recent call last):",
+        "mlops_operator.steps.errors.DataValidationFailed: DataValidationFailed: 1 of 3 data checks failed: x",
+        "RuntimeError: Pipeline 'tabular-training' finished with status FAILURE.",
+    ])
+    assert tl.parse_step_error(log) == ("DataValidationFailed", "1 of 3 data checks failed: x")
+    assert tl.parse_step_error("all good") is None
+
+
+def test_run_dir_rejects_unsafe_names(tmp_path: Path) -> None:
+    assert tl.run_dir(tmp_path, "iris-1", "ml") == tmp_path / "runs" / "ml" / "iris-1"
+    for name in ("../x", "A", "", "a/b"):
+        with pytest.raises(ValueError):
+            tl.run_dir(tmp_path, name)
+
+
+# --- run directory lifecycle (no pipeline run needed) ---------------------------------------
+
+def test_invalid_request_fails_without_starting_a_process(tmp_path: Path, popen_calls: list) -> None:
+    status = tl.submit("bad-1", {"dataset_uri": "sklearn://iris"}, tmp_path)
+    assert status.state == tl.FAILED and status.reason == "InvalidSpec" and "missing pipeline parameters" in status.message
+    assert status.is_final and status.pid is None and popen_calls == []
+    assert tl.submit("bad-1", {**IRIS}, tmp_path) == status  # the run exists: nothing new happens
+
+
+def test_dead_runner_is_reported_as_runner_lost(tmp_path: Path) -> None:
+    directory = tl.run_dir(tmp_path, "lost-1")
+    directory.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (directory / tl.PID_FILE).write_text(str(dead.pid))
+    (directory / tl.STATE_FILE).write_text(json.dumps({"state": tl.RUNNING, "started": "2026-01-01T00:00:00Z"}))
+    status = tl.status("lost-1", tmp_path)
+    assert (status.state, status.reason) == (tl.FAILED, "RunnerLost")
+    assert status.started == "2026-01-01T00:00:00Z" and status.finished
+    assert json.loads((directory / tl.STATE_FILE).read_text())["reason"] == "RunnerLost"  # persisted
+
+
+def test_run_dir_without_runner_is_lost_after_the_grace_period(tmp_path: Path) -> None:
+    directory = tl.run_dir(tmp_path, "orphan-1")
+    directory.mkdir(parents=True)
+    assert tl.status("orphan-1", tmp_path).state == tl.PENDING
+    old = time.time() - tl.START_GRACE_SECONDS - 5
+    os.utime(directory, (old, old))
+    assert tl.status("orphan-1", tmp_path).reason == "RunnerLost"
+
+
+def test_status_of_unknown_run(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        tl.status("nope", tmp_path)
+
+
+def test_same_run_submitted_twice_starts_one_process_and_cancel_stops_it(tmp_path: Path, popen_calls: list) -> None:
+    request = {**IRIS, "namespace": "ml"}
+    results: list[tl.RunStatus] = []
+    threads = [threading.Thread(target=lambda: results.append(tl.submit("twice-1", request, tmp_path))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    again = tl.submit("twice-1", request, tmp_path)
+    assert len(popen_calls) == 1
+    pid = wait_for(lambda: tl.status("twice-1", tmp_path, "ml").pid, 10)
+    assert {r.pid for r in results if r.pid} <= {pid} and again.pid == pid
+    assert tl.group_alive(pid)
+
+    status = tl.cancel("twice-1", tmp_path, "ml", grace_seconds=5)
+    assert (status.state, status.reason) == (tl.CANCELED, "Canceled") and status.is_final
+    assert not tl.group_alive(pid)
+    assert tl.cancel("twice-1", tmp_path, "ml") == status  # idempotent
+    assert tl.delete("twice-1", tmp_path, "ml") and not tl.run_dir(tmp_path, "twice-1", "ml").exists()
+
+
+# --- real local runs through kfp.local ------------------------------------------------------
+
+@pytest.mark.slow
+def test_local_run_of_iris_end_to_end(tmp_path: Path) -> None:
+    request = {"namespace": "ml", "parameters": {
+        **IRIS, "estimator": "RandomForestClassifier", "estimator_params": {"n_estimators": 50},
+        "validation": {"minRows": 100, "maxMissingFraction": 0.0},
+        "gate": {"accuracy": {"min": 0.8}}, "baseline_metrics": {"accuracy": 0.5}, "max_regression": 0.05,
+    }}
+    started = time.monotonic()
+    tl.submit("iris-e2e", request, tmp_path)
+    status = wait_final("iris-e2e", tmp_path, "ml", timeout=180)
+    elapsed = time.monotonic() - started
+    assert status.state == tl.SUCCEEDED, (status, tl.read_log("iris-e2e", tmp_path, "ml")[-3000:])
+    outputs = status.outputs
+    assert set(outputs) == {"model_version", "model_uri", "metrics", "validated", "validation_reasons",
+                            "profile_uri", "dataset_digest"}
+    root = artifacts.default_artifact_root(tmp_path)
+    assert outputs["model_version"] == 1 and outputs["model_uri"] == f"{root}/models/iris/1"
+    assert outputs["validated"] is True and outputs["validation_reasons"] == []
+    assert outputs["metrics"]["accuracy"] > 0.8 and len(outputs["dataset_digest"]) == 64
+    assert status.started and status.finished
+
+    version_dir = tmp_path / "artifacts" / "models" / "iris" / "1"
+    model = joblib.load(version_dir / "model.joblib")
+    prediction = model.predict(np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]))
+    assert prediction.tolist() == [0, 2]
+    assert model.named_steps["estimator"].n_estimators == 50  # an int survived the trip through KFP
+
+    info = artifacts.read_model_version(root, "iris", 1)
+    assert info["validated"] and info["metrics"] == outputs["metrics"] and info["run"] == "iris-e2e"
+    lineage = info["lineage"]
+    assert lineage["pipeline"]["digest"] == hashlib.sha256(tl.default_pipeline_package().read_bytes()).hexdigest()
+    assert lineage["dataset"] == {"uri": "sklearn://iris", "format": "auto", "digest": outputs["dataset_digest"], "rows": 150}
+    assert lineage["estimator"]["params"] == {"n_estimators": 50, "random_state": 42}
+    assert lineage["run"]["id"] and lineage["operatorVersion"] == "0.1.0"
+    print(f"local iris run: {elapsed:.1f}s from submit to SUCCEEDED")
+
+
+@pytest.mark.slow
+def test_local_run_with_missing_dataset_is_dataset_unavailable(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such.csv"
+    tl.submit("missing-1", {**IRIS, "dataset_uri": str(missing)}, tmp_path)
+    status = wait_final("missing-1", tmp_path, timeout=120)
+    assert (status.state, status.reason) == (tl.FAILED, "DatasetUnavailable")
+    assert str(missing) in status.message and status.message.startswith("step extract:")
+    assert not (tmp_path / "artifacts").exists()  # nothing was exported
+
+
+@pytest.mark.slow
+def test_local_run_reasons_for_bad_data_and_bad_estimator(tmp_path: Path) -> None:
+    tl.submit("checks-1", {**IRIS, "validation": {"min_rows": 1000}}, tmp_path)
+    tl.submit("spec-1", {**IRIS, "estimator": "RandomForestClassifer"}, tmp_path)
+    checks = wait_final("checks-1", tmp_path, timeout=120)
+    spec = wait_final("spec-1", tmp_path, timeout=120)
+    assert (checks.reason, spec.reason) == ("DataValidationFailed", "InvalidSpec")
+    assert "rows 150 < min_rows 1000" in checks.message
+    assert "did you mean RandomForestClassifier" in spec.message
+
+
+@pytest.mark.slow
+def test_cancel_a_running_run_kills_its_steps(tmp_path: Path) -> None:
+    tl.submit("cancel-1", {**IRIS}, tmp_path)
+    status = wait_for(lambda: (s := tl.status("cancel-1", tmp_path)).state == tl.RUNNING and s, 60)
+    # Wait until a step process runs under the runner, so cancel has a group to kill.
+    wait_for(lambda: "Executing task" in tl.read_log("cancel-1", tmp_path), 60)
+    canceled = tl.cancel("cancel-1", tmp_path)
+    assert canceled.state == tl.CANCELED and not tl.group_alive(status.pid)
+    time.sleep(0.5)
+    assert tl.status("cancel-1", tmp_path).state == tl.CANCELED  # the killed runner wrote nothing after
+
+
+@pytest.mark.slow
+def test_run_survives_the_death_of_the_process_that_submitted_it(tmp_path: Path) -> None:
+    # A stand-in operator submits the run and is then killed: the detached runner carries on, and a
+    # fresh process (this one) follows it to the end from the run dir alone.
+    script = (
+        "import sys, time; from pathlib import Path; from mlops_operator.backends import training_local as tl; "
+        f"tl.submit('orphan-run', {{'dataset_uri': 'sklearn://iris', 'target': 'target', 'model_name': 'iris'}}, "
+        f"Path({str(tmp_path)!r})); print('submitted', flush=True); time.sleep(600)"
+    )
+    operator = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert operator.stdout.readline().strip() == "submitted"
+        running = wait_for(lambda: (s := tl.status("orphan-run", tmp_path)).state == tl.RUNNING and s, 60)
+        operator.kill()
+        operator.wait()
+        assert tl.status("orphan-run", tmp_path).state == tl.RUNNING
+        final = wait_final("orphan-run", tmp_path, timeout=180)
+        assert final.state == tl.SUCCEEDED and final.pid == running.pid
+        assert final.outputs["model_version"] == 1
+        assert tl.submit("orphan-run", {**IRIS}, tmp_path) == final  # a restarted operator does not rerun it
+    finally:
+        if operator.poll() is None:
+            operator.kill()
