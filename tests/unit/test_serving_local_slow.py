@@ -137,9 +137,10 @@ def test_split_between_two_versions(served):
 def test_shadow_is_mirrored_and_client_sees_only_stable(served):
     manager, url = served["manager"], served["router"].endpoint_url
     canary_url = served["states"]["canary"].url
-    asyncio.run(manager.set_traffic(NS, DEP, [
+    router = asyncio.run(manager.ensure_router(NS, DEP, MODEL, [
         {"name": "stable", "version": "1", "weight": 100},
         {"name": "shadow", "version": "2", "url": canary_url, "shadow": True, "mirrorPercent": 100}]))
+    assert [p.name for p in router.config.predictors] == ["stable", "shadow"]  # applied to the live router
     n = 50
     results = asyncio.run(send_many(url, "shadow", n))
     assert {(s, h["x-mlops-predictor"], b["model_version"]) for s, h, b in results} == {(200, "stable", "1")}

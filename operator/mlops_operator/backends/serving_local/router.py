@@ -425,7 +425,16 @@ def main(argv: list[str] | None = None) -> None:
     router = Router(args.workdir, args.inference_log_dir)
     log.info("router %s/%s on %s:%d", args.namespace, args.deployment, LOOPBACK, args.port)
     web.run_app(router.app(), host=LOOPBACK, port=args.port, access_log=None, print=None,
-                shutdown_timeout=10.0)
+                shutdown_timeout=10.0, loop=_new_event_loop())
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when it is installed (MLServer brings it), for less per-request overhead; else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 if __name__ == "__main__":
