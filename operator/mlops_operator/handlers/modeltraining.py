@@ -231,10 +231,13 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
             if record["state"] in logic.ACTIVE_STATES:
                 status = logic.running_status(status, record, generation)
                 post_event(obj, "RunStarted", f"Started run {run_name} ({description}).")
-            else:  # refused at once (InvalidSpec) or already finished before a restart
-                status = logic.finished_status(status, record, spec.history_limit, generation, [])
-                _record_metrics(namespace, spec, record)
-                _announce(obj, record, [])
+            else:  # refused at once (InvalidSpec), or it finished while nobody recorded it
+                known = any(r.get("name") == record["name"] for r in status.get("history", []))
+                status = logic.finished_status(status, record, spec.history_limit, generation,
+                                               list((record.get("outputs") or {}).get("validation_reasons") or []))
+                if not known:  # count and announce a run once, however often it is looked up
+                    _record_metrics(namespace, spec, record)
+                    _announce(obj, record, [])
 
         # 5. Schedule bookkeeping.
         if spec.schedule and spec.backend == "kfp":
