@@ -213,7 +213,10 @@ def test_router_restart_and_adoption_keep_the_split(served):
 
 def test_stop_deployment_leaves_no_process(served):
     manager = served["manager"]
-    pids = [p.live_pid() for p in manager.predictors(NS, DEP)]
+    states = asyncio.run(manager.predictor_states(NS, DEP))
+    assert {(s.predictor, s.version, s.phase) for s in states} == {
+        ("stable", "1", Phase.READY), ("canary", "2", Phase.READY), ("broken", "3", Phase.READY)}
+    pids = [s.pid for s in states]
     router = asyncio.run(manager.ensure_router(NS, DEP))
     pids.append(router.pid)
     assert all(pids) and len(set(pids)) == 4

@@ -112,7 +112,22 @@ class LocalServingManager:
             await self._repoint_router(namespace, deployment, previous_url, state.url)
         return state
 
-    def predictors(self, namespace: str, deployment: str) -> list[MLServerProcess]:
+    async def predictor_states(self, namespace: str, deployment: str) -> list[PredictorState]:
+        """Every MLServer recorded for a deployment, probed now but left alone (no restarts).
+
+        Phase: ``Ready``/``Starting`` for a live process, ``Stopped`` when stopped on purpose,
+        ``CrashLoopBackOff`` when it died and no ``ensure_predictor`` has restarted it yet.
+        """
+        states = []
+        for process in self._predictor_processes(namespace, deployment):
+            if process.live_pid() is not None:
+                phase = Phase.READY if await process.probe_ready() else Phase.STARTING
+            else:
+                phase = Phase.STOPPED if process.record.stopped else Phase.BACKOFF
+            states.append(process.predictor_state(process.status(phase)))
+        return states
+
+    def _predictor_processes(self, namespace: str, deployment: str) -> list[MLServerProcess]:
         """MLServer processes recorded for a deployment (any phase)."""
         base = self.deployment_dir(namespace, deployment)
         found = []
@@ -131,7 +146,7 @@ class LocalServingManager:
         Returns True when no such process is left.
         """
         all_gone = True
-        for process in self.predictors(namespace, deployment):
+        for process in self._predictor_processes(namespace, deployment):
             if process.record.name != predictor:
                 continue
             if version is not None and process.desired_spec.get("version") != version:
@@ -265,7 +280,7 @@ class LocalServingManager:
         router = RouterProcess.from_workdir(router_workdir(self.data_dir, namespace, deployment))
         if router is not None:
             processes.append(router)  # first, so no request is routed to a stopped server
-        processes.extend(self.predictors(namespace, deployment))
+        processes.extend(self._predictor_processes(namespace, deployment))
         for process in processes:
             async with self._lock(process.workdir):
                 await process.stop()

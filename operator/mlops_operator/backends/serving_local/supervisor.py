@@ -259,8 +259,7 @@ class SupervisedProcess:
             if self.live_pid() is not None:
                 if await self.probe_ready():
                     if r.ready_since is None:
-                        r.ready_since = now
-                        r.last_error = r.last_error if r.restarts else None
+                        r.ready_since = now  # last_error stays: it tells why the last restart happened
                         self.save()
                     return self.status(Phase.READY)
                 if r.started_at and now - r.started_at > self.startup_timeout:
