@@ -226,15 +226,19 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
             run_name = logic.run_name(name, meta["uid"], triggers)
             description = "; ".join(t.description for t in triggers)
             baseline = (status.get("latestValidatedModel") or {}).get("metrics")
-            record = await _submit(spec, namespace, run_name, description, baseline)
+            try:
+                record = await _submit(spec, namespace, run_name, description, baseline)
+            except training_kfp.RequestRejected as error:  # the KFP API will never take this run as it is
+                stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+                record = logic.run_record(run_name, description, None, "Failed", stamp, stamp, "InvalidSpec",
+                                          str(error))
             status.update(logic.mark_handled(triggers, generation, meta.get("annotations") or {}, now))
             if record["state"] in logic.ACTIVE_STATES:
                 status = logic.running_status(status, record, generation)
                 post_event(obj, "RunStarted", f"Started run {run_name} ({description}).")
             else:  # refused at once (InvalidSpec), or it finished while nobody recorded it
                 known = any(r.get("name") == record["name"] for r in status.get("history", []))
-                status = logic.finished_status(status, record, spec.history_limit, generation,
-                                               list((record.get("outputs") or {}).get("validation_reasons") or []))
+                status = logic.finished_status(status, record, spec.history_limit, generation, [])
                 if not known:  # count and announce a run once, however often it is looked up
                     _record_metrics(namespace, spec, record)
                     _announce(obj, record, [])
