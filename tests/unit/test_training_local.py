@@ -261,3 +261,15 @@ def test_run_survives_the_death_of_the_process_that_submitted_it(tmp_path: Path)
     finally:
         if operator.poll() is None:
             operator.kill()
+
+
+def test_runner_does_nothing_for_a_run_canceled_before_it_started(tmp_path: Path) -> None:
+    from mlops_operator.backends import training_runner
+
+    directory = tl.run_dir(tmp_path, "early-cancel")
+    directory.mkdir(parents=True)
+    (directory / tl.REQUEST_FILE).write_text(json.dumps({"pipelinePackage": "x", "arguments": {}}))
+    (directory / tl.STATE_FILE).write_text(json.dumps({"state": tl.CANCELED, "reason": "Canceled"}))
+    (directory / tl.CANCEL_FILE).write_text("now")
+    assert training_runner.run(directory) == 0
+    assert json.loads((directory / tl.STATE_FILE).read_text())["state"] == tl.CANCELED

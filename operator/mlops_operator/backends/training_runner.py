@@ -27,6 +27,10 @@ def run(directory: Path) -> int:
     import os
 
     request = json.loads((directory / tl.REQUEST_FILE).read_text())
+    previous = tl._read_json(directory / tl.STATE_FILE) or {}
+    if (directory / tl.CANCEL_FILE).exists() or previous.get("state") in tl.FINAL_STATES:
+        # Canceled between submit's mkdir and this process starting: nothing to run.
+        return 0
     started = tl._now()
     tl._write_state(directory, tl.RUNNING, started=started)
     error_file = directory / tl.STEP_ERROR_FILE
