@@ -217,6 +217,7 @@ def test_stop_deployment_leaves_no_process(served):
     assert {(s.predictor, s.version, s.phase) for s in states} == {
         ("stable", "1", Phase.READY), ("canary", "2", Phase.READY), ("broken", "3", Phase.READY)}
     pids = [s.pid for s in states]
+    assert sorted(p.desired_spec["version"] for p in manager.predictors(NS, DEP)) == ["1", "2", "3"]
     router = asyncio.run(manager.ensure_router(NS, DEP))
     pids.append(router.pid)
     assert all(pids) and len(set(pids)) == 4

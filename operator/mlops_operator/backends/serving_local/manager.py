@@ -119,7 +119,7 @@ class LocalServingManager:
         ``CrashLoopBackOff`` when it died and no ``ensure_predictor`` has restarted it yet.
         """
         states = []
-        for process in self._predictor_processes(namespace, deployment):
+        for process in self.predictors(namespace, deployment):
             if process.live_pid() is not None:
                 phase = Phase.READY if await process.probe_ready() else Phase.STARTING
             else:
@@ -127,8 +127,11 @@ class LocalServingManager:
             states.append(process.predictor_state(process.status(phase)))
         return states
 
-    def _predictor_processes(self, namespace: str, deployment: str) -> list[MLServerProcess]:
-        """MLServer processes recorded for a deployment (any phase)."""
+    def predictors(self, namespace: str, deployment: str) -> list[MLServerProcess]:
+        """MLServer processes recorded for a deployment (any phase), read from their state files.
+
+        ``process.record.name`` is the predictor, ``process.desired_spec["version"]`` the version.
+        """
         base = self.deployment_dir(namespace, deployment)
         found = []
         for state_path in sorted(base.glob(f"*/{STATE_FILE}")):
@@ -146,7 +149,7 @@ class LocalServingManager:
         Returns True when no such process is left.
         """
         all_gone = True
-        for process in self._predictor_processes(namespace, deployment):
+        for process in self.predictors(namespace, deployment):
             if process.record.name != predictor:
                 continue
             if version is not None and process.desired_spec.get("version") != version:
@@ -280,7 +283,7 @@ class LocalServingManager:
         router = RouterProcess.from_workdir(router_workdir(self.data_dir, namespace, deployment))
         if router is not None:
             processes.append(router)  # first, so no request is routed to a stopped server
-        processes.extend(self._predictor_processes(namespace, deployment))
+        processes.extend(self.predictors(namespace, deployment))
         for process in processes:
             async with self._lock(process.workdir):
                 await process.stop()
