@@ -194,6 +194,12 @@ class ModelDeploymentSpec(Model):
     """AWS region for the cost estimate in status.estimatedMonthlyCost."""
     instance_type: str | None = Field(None, max_length=63)
     """Instance type for the cost estimate; default: the smallest in the price table that fits the requests."""
+    service_account_name: str | None = Field(None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Service account the model servers run as (backend seldon), e.g. one bound to an IAM role (EKS
+    IRSA) that may read the s3:// artifact root."""
+    storage_secret_name: str | None = Field(None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Secret holding the model download credentials as RCLONE_CONFIG_* variables (backend seldon;
+    Seldon's envSecretRefName). Not needed with an IAM-bound service account."""
 
     model_config = Model.model_config | {
         "json_schema_extra": {
@@ -230,6 +236,12 @@ class AnalysisResult(Model):
 
     time: str
     """When the analysis ran (RFC 3339)."""
+    version: str | None = Field(None, max_length=63)
+    """Candidate version analysed."""
+    predictor: str | None = Field(None, max_length=63)
+    """Predictor whose requests were analysed (shadow or canary)."""
+    source: Literal["router", "prometheus", "none"] | None = None
+    """Where the request metrics came from: the local router, Prometheus, or none (model metric only)."""
     requests: int = Field(ge=0)
     """Candidate requests in the window."""
     error_rate: float | None = None
@@ -246,15 +258,34 @@ class RolloutStatus(Model):
     """Progress of the rollout in flight."""
 
     phase: Literal["Shadow", "Canary", "AwaitingApproval", "Promoting"]
-    """Where the rollout is."""
+    """Where the rollout is: Shadow (mirrored traffic only), Canary (a share of live traffic),
+    AwaitingApproval (analysis passed; waiting for mlops.dev/approve), Promoting (waiting for the
+    candidate's model server before it takes all traffic)."""
     step: int = Field(0, ge=0)
     """Index of the current canary step."""
-    step_started: str
-    """When the current step (or the shadow phase) began (RFC 3339)."""
+    step_started: str | None = None
+    """When the current step (or the shadow phase) began taking traffic (RFC 3339); unset while the
+    candidate's model server is starting."""
     started: str
     """When the rollout began (RFC 3339)."""
     extensions: int = Field(0, ge=0)
     """How often the current step was extended for lack of requests."""
+
+
+class RolloutRecord(Model):
+    """How the latest rollout ended."""
+
+    version: str = Field(max_length=63)
+    """Candidate version of that rollout."""
+    result: Literal["promoted", "aborted", "rolledback", "superseded"]
+    """promoted: it became stable; aborted: the analysis or its model server failed; rolledback: by
+    hand (mlops.dev/rollback); superseded: a newer version (or the stable one) was asked for instead."""
+    started: str
+    """When the rollout began (RFC 3339)."""
+    finished: str
+    """When it ended (RFC 3339)."""
+    message: str = Field("", max_length=4096)
+    """Why it ended so."""
 
 
 class Cost(Model):
@@ -289,10 +320,16 @@ class ModelDeploymentStatus(StatusBase):
     """Progress of the rollout in flight."""
     last_analysis: AnalysisResult | None = None
     """The latest analysis of a candidate."""
+    previous_stable_version: str | None = Field(None, max_length=63)
+    """The version that was stable before the current one (what mlops.dev/rollback returns to)."""
+    previous_stable_uri: str | None = Field(None, max_length=2048)
+    """Where the previous stable version is stored."""
+    last_rollout: RolloutRecord | None = None
+    """How the latest finished rollout ended."""
     rejected_versions: list[str] = Field(default_factory=list, max_length=20)
-    """Versions rolled back by the analysis or by hand; they are not rolled out again."""
+    """Versions rolled back by the analysis or by hand; they are not rolled out again (newest last)."""
     endpoint: str | None = Field(None, max_length=2048)
-    """Inference endpoint (Open Inference Protocol, V2)."""
+    """Model endpoint of the Open Inference Protocol (V2): POST <endpoint>/infer, GET <endpoint>/ready."""
     ready_replicas: int | None = Field(None, ge=0)
     """Model server replicas that are ready."""
     estimated_monthly_cost: Cost | None = None
@@ -313,6 +350,8 @@ class ModelDeployment(Resource):
             PrinterColumn("Phase", ".status.phase"),
             PrinterColumn("Stable", ".status.stableVersion", description="Model version serving live traffic"),
             PrinterColumn("Candidate", ".status.candidateVersion", description="Model version rolling out"),
+            PrinterColumn("Canary%", '.status.traffic[?(@.predictor=="canary")].weight', "integer",
+                          description="Percent of live traffic at the candidate"),
             PrinterColumn("Endpoint", ".status.endpoint", priority=1),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
         ),

@@ -1,0 +1,145 @@
+"""The SeldonDeployment we build per rollout phase, and how we read its status (reconcile/seldon.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlops_operator.api.modeldeployment import ModelDeploymentSpec, Rollout
+from mlops_operator.reconcile.modeldeployment import (
+    AWAITING_APPROVAL,
+    CANARY_PHASE,
+    SHADOW_PHASE,
+    DeploymentState,
+    ModelRef,
+    PredictorPlan,
+    RolloutProgress,
+    desired_predictors,
+)
+from mlops_operator.reconcile.seldon import (
+    SPEC_HASH_ANNOTATION,
+    build_seldon_deployment,
+    observe_seldon_deployment,
+    stable_ready_replicas,
+)
+from datetime import UTC, datetime
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+V1, V2 = ModelRef("1", "s3://bucket/models/iris/1"), ModelRef("2", "s3://bucket/models/iris/2")
+
+
+def spec(**fields) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate({"model": {"fromTraining": "iris"}, "backend": "seldon", **fields})
+
+
+def build(plan, **fields):
+    return build_seldon_deployment("iris", "ml", "uid-123", spec(**fields), "iris", plan)
+
+
+def test_one_stable_predictor():
+    sdep = build([PredictorPlan("stable", V1, 100)], replicas=2)
+    assert sdep["apiVersion"] == "machinelearning.seldon.io/v1" and sdep["kind"] == "SeldonDeployment"
+    assert sdep["metadata"]["name"] == "iris" and sdep["metadata"]["namespace"] == "ml"
+    assert sdep["metadata"]["ownerReferences"] == [{
+        "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelDeployment", "name": "iris", "uid": "uid-123",
+        "controller": True, "blockOwnerDeletion": True}]
+    assert sdep["spec"]["protocol"] == "v2"
+    (predictor,) = sdep["spec"]["predictors"]
+    assert predictor == {
+        "name": "stable", "traffic": 100, "replicas": 2,
+        "graph": {"name": "iris", "type": "MODEL", "implementation": "SKLEARN_SERVER",
+                  "modelUri": "s3://bucket/models/iris/1", "children": []},
+        "labels": {"mlops.dev/predictor": "stable", "mlops.dev/model-version": "1"},
+    }
+
+
+ROLLOUT = Rollout.model_validate({"strategy": "shadow", "steps": [{"weight": 25}, {"weight": 60}]})
+
+
+@pytest.mark.parametrize(("phase", "step", "expected"), [
+    (SHADOW_PHASE, 0, [("stable", 100, None, "1"), ("shadow", None, True, "2")]),
+    (CANARY_PHASE, 0, [("stable", 75, None, "1"), ("canary", 25, None, "2")]),
+    (CANARY_PHASE, 1, [("stable", 40, None, "1"), ("canary", 60, None, "2")]),
+    (AWAITING_APPROVAL, 1, [("stable", 40, None, "1"), ("canary", 60, None, "2")]),
+])
+def test_predictors_traffic_and_shadow_per_phase(phase, step, expected):
+    state = DeploymentState(stable=V1, candidate=V2, rollout=RolloutProgress(phase, T0, step, T0))
+    sdep = build(desired_predictors(ROLLOUT, state))
+    got = [(p["name"], p.get("traffic"), p.get("shadow"), p["graph"]["modelUri"].rsplit("/", 1)[1])
+           for p in sdep["spec"]["predictors"]]
+    assert got == expected
+    served = [p for p in sdep["spec"]["predictors"] if not p.get("shadow")]
+    assert sum(p["traffic"] for p in served) == 100
+
+
+def test_resources_and_autoscaling_go_to_the_model_container():
+    sdep = build([PredictorPlan("stable", V1, 100)],
+                 resources={"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+                 autoscaling={"minReplicas": 2, "maxReplicas": 5, "targetCpuUtilizationPercentage": 60})
+    (predictor,) = sdep["spec"]["predictors"]
+    assert "replicas" not in predictor
+    (component,) = predictor["componentSpecs"]
+    assert component["spec"]["containers"] == [{"name": "iris", "resources": {
+        "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}]
+    assert component["hpaSpec"] == {"minReplicas": 2, "maxReplicas": 5, "metricsv2": [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]}
+
+
+@pytest.mark.parametrize(("runtime", "implementation"), [
+    ("sklearn", "SKLEARN_SERVER"), ("xgboost", "XGBOOST_SERVER"), ("mlflow", "MLFLOW_SERVER"), ("lightgbm", None)])
+def test_runtimes(runtime, implementation):
+    (predictor,) = build([PredictorPlan("stable", V1, 100)], runtime=runtime)["spec"]["predictors"]
+    assert predictor["graph"].get("implementation") == implementation
+    if runtime == "lightgbm":
+        container = predictor["componentSpecs"][0]["spec"]["containers"][0]
+        assert container["image"].startswith("seldonio/mlserver:") and container["name"] == "iris"
+        assert {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "mlserver_lightgbm.LightGBMModel"} in container["env"]
+
+
+def test_storage_access():
+    (predictor,) = build([PredictorPlan("stable", V1, 100)], serviceAccountName="model-reader",
+                         storageSecretName="s3-creds")["spec"]["predictors"]
+    assert predictor["graph"]["serviceAccountName"] == "model-reader"
+    assert predictor["graph"]["envSecretRefName"] == "s3-creds"
+
+
+def test_the_spec_hash_follows_the_spec():
+    one = build([PredictorPlan("stable", V1, 100)])
+    same = build([PredictorPlan("stable", V1, 100)])
+    other = build([PredictorPlan("stable", V1, 90), PredictorPlan("canary", V2, 10)])
+    hashes = [s["metadata"]["annotations"][SPEC_HASH_ANNOTATION] for s in (one, same, other)]
+    assert hashes[0] == hashes[1] != hashes[2]
+
+
+def live(state=None, deployments=None, address=None):
+    status = {}
+    if state:
+        status["state"] = state
+    if deployments is not None:
+        status["deploymentStatus"] = deployments
+    if address:
+        status["address"] = {"url": address}
+    return {"metadata": {"name": "iris"}, "status": status}
+
+
+@pytest.mark.parametrize(("obj", "ready"), [
+    (live(), {"stable": False, "canary": False}),
+    (live("Creating"), {"stable": False, "canary": False}),
+    (live("Available"), {"stable": True, "canary": True}),
+    (live("Failed"), {"stable": False, "canary": False}),
+    (live("Creating", {"iris-stable-0-iris": {"availableReplicas": 2}, "iris-canary-0-iris": {"replicas": 1}}),
+     {"stable": True, "canary": False}),
+    (live("Available", {"iris-stable-0-iris": {"availableReplicas": 1}, "iris-canary-0-iris": {"availableReplicas": 1}}),
+     {"stable": True, "canary": True}),
+])
+def test_reading_the_status(obj, ready):
+    observed = observe_seldon_deployment(obj, ["stable", "canary"])
+    assert dict(observed.ready) == ready
+
+
+def test_ready_replicas_and_endpoint():
+    observed = observe_seldon_deployment(
+        live("Available", {"iris-stable-0-iris": {"availableReplicas": 3}}, "http://iris.ml:8000"), ["stable"])
+    assert stable_ready_replicas(observed, 3) == 3 and observed.endpoint == "http://iris.ml:8000"
+    without_detail = observe_seldon_deployment(live("Available"), ["stable"])
+    assert stable_ready_replicas(without_detail, 2) == 2 and without_detail.endpoint is None
+    assert stable_ready_replicas(observe_seldon_deployment(live("Creating"), ["stable"]), 2) == 0
