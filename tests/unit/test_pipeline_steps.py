@@ -210,6 +210,8 @@ def fit_iris(tmp_path: Path, estimator: str = "", params: object = None) -> tupl
     return model_path, tmp_path / "test.parquet", schema
 
 
+# MLServer sends plain arrays to a model fitted on a DataFrame; sklearn warns, once.
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
 def test_train_and_evaluate_iris(tmp_path: Path) -> None:
     model_path, test_path, schema = fit_iris(tmp_path, "LogisticRegression", '{"C": 1, "max_iter": 500}')
     scores = evaluate.run_evaluate(str(model_path), str(test_path), schema, str(tmp_path / "metrics.json"))

@@ -169,6 +169,8 @@ def test_same_run_submitted_twice_starts_one_process_and_cancel_stops_it(tmp_pat
 # --- real local runs through kfp.local ------------------------------------------------------
 
 @pytest.mark.slow
+# MLServer sends plain arrays to a model fitted on a DataFrame; sklearn warns, once.
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
 def test_local_run_of_iris_end_to_end(tmp_path: Path) -> None:
     request = {"namespace": "ml", "parameters": {
         **IRIS, "estimator": "RandomForestClassifier", "estimator_params": {"n_estimators": 50},
