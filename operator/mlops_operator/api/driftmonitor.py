@@ -45,23 +45,27 @@ class Reference(Model):
 
 
 class Window(Model):
-    """Which recent requests are compared with the reference."""
+    """Which recent requests are compared with the reference: the successful, non-shadow requests
+    of the deployment's inference log, whichever predictor served them (stable and canary see the
+    same input distribution; a shadow only mirrors it)."""
 
     rows: int | None = Field(1000, ge=1, le=10_000_000)
-    """Most recent requests to use."""
+    """Most recent rows to use (a request with several rows counts each)."""
     duration: str | None = Field(None, max_length=32, pattern=DURATION)
     """Only requests younger than this (e.g. 15m, 1h, 7d)."""
     min_samples: int = Field(100, ge=1, le=10_000_000)
-    """Fewest requests needed for a verdict; fewer is reported as InsufficientData, not drift."""
+    """Fewest rows (and non-missing values per feature) needed for a verdict; fewer is reported as
+    InsufficientData, not drift."""
 
 
 class DriftTest(Model):
     """One statistical test with its threshold."""
 
     name: TestName
-    """psi, wasserstein (numeric features; score above threshold is drift), ks (numeric; p-value
-    below threshold is drift), chi2 (categorical; p-value below threshold), js (categorical,
-    Jensen-Shannon distance in [0, 1]; score above threshold)."""
+    """psi (numeric and categorical; population stability index above threshold is drift),
+    wasserstein (numeric; distance in reference standard deviations above threshold), ks (numeric;
+    corrected p-value below threshold), chi2 (categorical; corrected p-value below threshold), js
+    (categorical; Jensen-Shannon distance in [0, 1] above threshold)."""
     threshold: float = Field(ge=0, le=100)
     """The test's threshold (a score or a p-value, see name)."""
 
@@ -70,11 +74,15 @@ class Performance(Model):
     """Concept drift: the live model metric from ground-truth labels, compared with training."""
 
     labels_uri: str = Field(min_length=1, max_length=2048)
-    """A CSV or Parquet file (or a directory of them) with columns id (the request id) and label."""
+    """A CSV or Parquet file (or a directory of them) read through fsspec, with columns id (the
+    request id of the inference log) and label, and optionally row (the row within a
+    multi-row request; without it a label belongs to row 0)."""
     metric: Literal["accuracy", "f1", "rmse", "mae"] = "accuracy"
     """Metric computed on the labelled requests."""
     max_degradation: float = Field(0.05, ge=0)
     """How much worse than the training metric the live metric may be (absolute)."""
+    min_samples: int = Field(30, ge=1, le=10_000_000)
+    """Fewest labelled requests in the window needed for a verdict."""
 
 
 class RetrainPolicy(Model):
@@ -127,70 +135,111 @@ class DriftMonitorSpec(Model):
     )
     """Tests to run; each test applies to the feature types it supports."""
     correction: Literal["bonferroni", "fdr", "none"] = "bonferroni"
-    """Multiple-testing correction of p-value tests across features."""
+    """Multiple-testing correction of the p-values of all ks and chi2 tests of one check together:
+    bonferroni (family-wise error), fdr (Benjamini-Hochberg false discovery rate) or none."""
     drift_share: float = Field(0.0, ge=0, le=1)
-    """Overall drift is declared when more than this fraction of features drift (0: any feature)."""
+    """Overall drift is declared when more than this fraction of the features with a verdict drift
+    (0: any feature)."""
     performance: Performance | None = None
     """Concept drift from ground-truth labels."""
     on_drift: OnDrift = Field(default_factory=OnDrift)
     """What happens when drift is detected."""
 
 
-class FeatureResult(Model):
-    """The result of one test on one feature."""
+class TestResult(Model):
+    """The outcome of one test on one feature."""
 
-    feature: str = Field(max_length=253)
-    """Feature name."""
+    __test__ = False  # not a pytest test class
+
     test: TestName
     """Test name."""
     score: float
-    """Test statistic or score."""
+    """The statistic (ks: D, chi2: the chi-squared statistic) or the distance (psi, js, wasserstein)."""
     p_value: float | None = None
-    """p-value, for ks and chi2 (after correction)."""
+    """Raw p-value, for ks and chi2."""
+    adjusted_p_value: float | None = None
+    """p-value after the multiple-testing correction (spec.correction); the verdict uses it."""
     threshold: float
-    """Threshold the verdict used."""
+    """Threshold the verdict used: a significance level for ks and chi2, a score for the others."""
     drifted: bool
     """Whether this test calls the feature drifted."""
 
 
-class PerformanceResult(Model):
-    """Live model quality from ground-truth labels."""
+class FeatureResult(Model):
+    """The results of all tests on one feature."""
 
-    metric: str
+    feature: str = Field(max_length=253)
+    """Feature name (as in the reference)."""
+    kind: Literal["numeric", "categorical"]
+    """How the feature was compared."""
+    verdict: Literal["Drift", "NoDrift", "InsufficientData"]
+    """Drift when any of its tests drifted; InsufficientData when it had fewer than
+    spec.window.minSamples values (never drift)."""
+    samples: int = Field(ge=0)
+    """Non-missing values of the feature in the window."""
+    tests: list[TestResult] = Field(
+        default_factory=list,
+        max_length=5,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["test"]},
+    )
+    """One result per test that applies to the feature's kind."""
+
+
+class PerformanceResult(Model):
+    """Live model quality from ground-truth labels (concept drift)."""
+
+    metric: str = Field(max_length=63)
     """Metric name."""
     live: float | None = None
-    """The metric on labelled live requests."""
+    """The metric on the labelled requests of the window."""
     training: float | None = None
-    """The metric at training time."""
-    samples: int = 0
+    """The metric of the model version at training time (its metrics.json)."""
+    samples: int = Field(0, ge=0)
     """Labelled requests used."""
     degraded: bool = False
     """Whether live is worse than training by more than maxDegradation."""
+    message: str = Field("", max_length=1024)
+    """Why there is no verdict (too few labels, no training metric, unreadable labels), if so."""
 
 
 class DriftMonitorStatus(StatusBase):
     """Observed state of a DriftMonitor."""
 
     phase: Literal["Pending", "InsufficientData", "NoDrift", "Drift", "Invalid", "Error"] | None = None
-    """Summary of the last check for printing."""
+    """Summary of the last check: NoDrift, Drift, InsufficientData (too few requests for a verdict),
+    Error (the check could not run; the Ready condition says why), Invalid (spec), Pending."""
     last_check_time: str | None = None
-    """When the last check ran (RFC 3339)."""
+    """When the last check (or failed attempt) ran (RFC 3339)."""
     sample_size: int | None = Field(None, ge=0)
-    """Requests in the last check's window."""
+    """Requests (rows) in the last check's window."""
+    window_start: str | None = None
+    """Time of the oldest request in the last check's window (RFC 3339)."""
+    window_end: str | None = None
+    """Time of the newest request in the last check's window (RFC 3339)."""
+    reference_uri: str | None = Field(None, max_length=2048)
+    """The profile or dataset the last check compared with."""
     reference_size: int | None = Field(None, ge=0)
     """Rows behind the reference."""
     model_version: str | None = Field(None, max_length=63)
-    """Model version whose reference was used."""
+    """The deployment's stable (served) model version at the last check."""
+    evaluated_features: int | None = Field(None, ge=0)
+    """Features with enough samples for a verdict in the last check."""
     drifted_features: int | None = Field(None, ge=0)
     """How many features drifted in the last check."""
-    results: list[FeatureResult] = Field(default_factory=list, max_length=512)
-    """Per feature and test results of the last check."""
+    results: list[FeatureResult] = Field(
+        default_factory=list,
+        max_length=512,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["feature"]},
+    )
+    """Per-feature results of the last check."""
     performance: PerformanceResult | None = None
-    """Concept drift result."""
+    """Concept drift result of the last check (with spec.performance)."""
     last_retrain_request: str | None = None
     """When a retrain was last requested (RFC 3339)."""
+    last_retrain_reason: str | None = Field(None, max_length=1024)
+    """The reason written into the last retrain request."""
     retrain_requests: list[str] = Field(default_factory=list, max_length=1000)
-    """Times of the retrain requests of the last 24 hours (for maxPerDay)."""
+    """Times of the retrain requests of the last 24 hours (for maxPerDay), oldest first."""
 
 
 class DriftMonitor(Resource):
@@ -205,6 +254,7 @@ class DriftMonitor(Resource):
             PrinterColumn("Phase", ".status.phase"),
             PrinterColumn("Deployment", ".spec.deploymentRef.name"),
             PrinterColumn("Version", ".status.modelVersion"),
+            PrinterColumn("Drifted", ".status.driftedFeatures", "integer"),
             PrinterColumn("Samples", ".status.sampleSize", "integer"),
             PrinterColumn("Last Check", ".status.lastCheckTime", "date", priority=1),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
