@@ -1,0 +1,145 @@
+"""What a DriftMonitor check reads: reference profiles and datasets, training metrics, the
+inference log window, ground-truth labels. Blocking I/O through fsspec; call it off the event loop.
+
+Profiles of model versions are cached by URI (a complete version never changes); profiles built
+from a reference dataset are cached by the dataset's URI and fsspec's ``ukey`` (so a rewritten
+file is read again). Labels and the inference log are read on every check.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import fsspec
+import pandas as pd
+from fsspec.core import url_to_fs
+
+from mlops_operator.backends.artifacts import METRICS_FILE, PROFILE_FILE, read_json_uri
+from mlops_operator.backends.serving_local.inference_log import inference_log_dir, read_window
+from mlops_operator.reconcile.drift import build_profile
+
+_DATASET_CACHE_SIZE = 8
+_dataset_profiles: OrderedDict[tuple[str, str | None, str], dict[str, Any]] = OrderedDict()
+_dataset_lock = threading.Lock()
+LABEL_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def _check_profile(profile: Any, uri: str) -> dict[str, Any]:
+    if not isinstance(profile, dict) or "formatVersion" not in profile or not isinstance(profile.get("features"), dict):
+        raise ValueError(f"{uri} is not a data profile (no formatVersion/features)")
+    return profile
+
+
+def read_profile(uri: str) -> dict[str, Any]:
+    """A profile.json by URI (e.g. spec.reference.profileUri); read every time (it may change)."""
+    return _check_profile(read_json_uri(uri), uri)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_version_profile(uri: str) -> dict[str, Any]:
+    return read_profile(uri)
+
+
+def model_version_profile_uri(model_uri: str) -> str:
+    """Where a model version (its directory URI, a deployment's status.stableUri) keeps its profile."""
+    return f"{model_uri.rstrip('/')}/{PROFILE_FILE}"
+
+
+def model_version_profile(model_uri: str) -> dict[str, Any]:
+    """The training profile of a model version; cached (versions are immutable)."""
+    return _model_version_profile(model_version_profile_uri(model_uri))
+
+
+def read_training_metrics(model_uri: str) -> dict[str, Any] | None:
+    """metrics.json of a model version, or None when it has none."""
+    try:
+        metrics = read_json_uri(f"{model_uri.rstrip('/')}/{METRICS_FILE}")
+    except FileNotFoundError:
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def _dataset_key(uri: str) -> str:
+    if uri.startswith("sklearn://"):
+        return uri
+    fs, path = url_to_fs(uri)
+    return str(fs.ukey(path))
+
+
+def dataset_profile(uri: str, target: str | None) -> dict[str, Any]:
+    """A profile of a reference dataset (CSV/Parquet through fsspec, or sklearn://<name>), the
+    target column left out. Built once per dataset content (bounded size, so cheap to keep)."""
+    from mlops_operator.steps.extract import load_dataset  # pandas readers shared with training
+
+    key = (uri, target, _dataset_key(uri))
+    with _dataset_lock:
+        if key in _dataset_profiles:
+            _dataset_profiles.move_to_end(key)
+            return _dataset_profiles[key]
+    frame, _digest = load_dataset(uri)
+    if target and target not in frame.columns:
+        raise ValueError(f"reference dataset {uri} has no target column {target!r}")
+    profile = build_profile(frame, exclude=(target,) if target else ())
+    with _dataset_lock:
+        _dataset_profiles[key] = profile
+        while len(_dataset_profiles) > _DATASET_CACHE_SIZE:
+            _dataset_profiles.popitem(last=False)
+    return profile
+
+
+def inference_log_exists(root: str, namespace: str, deployment: str) -> bool:
+    """Whether the deployment has an inference log directory yet."""
+    fs, path = url_to_fs(inference_log_dir(root, namespace, deployment))
+    return bool(fs.exists(path))
+
+
+def read_inference_window(
+    root: str,
+    namespace: str,
+    deployment: str,
+    *,
+    max_rows: int | None,
+    since: datetime | None,
+    feature_names: Sequence[str] | None,
+) -> pd.DataFrame:
+    """The newest successful, non-shadow rows of the deployment's inference log (see read_window)."""
+    return read_window(root, namespace, deployment, max_rows=max_rows, since=since, include_shadow=False,
+                       include_errors=False, feature_names=list(feature_names) if feature_names else None)
+
+
+def _read_table(fs: fsspec.AbstractFileSystem, path: str) -> pd.DataFrame:
+    with fs.open(path, "rb") as handle:
+        raw = handle.read()
+    lower = path.lower()
+    if lower.endswith((".parquet", ".pq")):
+        return pd.read_parquet(io.BytesIO(raw))
+    return pd.read_csv(io.BytesIO(raw), compression="gzip" if lower.endswith(".gz") else None)
+
+
+def read_labels(uri: str) -> pd.DataFrame:
+    """Ground-truth labels: a CSV or Parquet file, or a directory of them (concatenated in name
+    order), with columns ``id``, ``label`` and optionally ``row``. Raises FileNotFoundError or
+    ValueError with a readable message."""
+    fs, path = url_to_fs(uri)
+    if fs.isdir(path):
+        files = sorted(p for p in fs.ls(path, detail=False) if p.lower().endswith(LABEL_SUFFIXES))
+        if not files:
+            raise FileNotFoundError(f"no CSV or Parquet files under {uri}")
+    elif fs.exists(path):
+        files = [path]
+    else:
+        raise FileNotFoundError(f"{uri} does not exist")
+    frames = [_read_table(fs, file) for file in files]
+    labels = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    labels.columns = [str(column) for column in labels.columns]
+    missing = [column for column in ("id", "label") if column not in labels.columns]
+    if missing:
+        raise ValueError(f"labels {uri} lack the column(s) {', '.join(missing)} "
+                         f"(found {', '.join(labels.columns)})")
+    return labels
