@@ -1,37 +1,279 @@
-"""kopf handlers for DriftMonitor."""
+"""kopf handlers for DriftMonitor: check the deployment's live inputs for drift, close the loop.
+
+Each reconciliation (change handlers and a timer every poll interval):
+
+1. Parse and check the spec (InvalidSpec stops here).
+2. Return unless a check is due (spec.interval since status.lastCheckTime, a new generation, or a
+   retry after a failed check).
+3. Read the ModelDeployment; pick the reference: spec.reference.profileUri, a profile of
+   spec.reference.datasetUri, or the training profile of the deployment's stable model version.
+4. Read the window of the inference log (successful, non-shadow requests) and compare it with the
+   reference through the drift engine; with spec.performance, join the labels and compare the
+   live metric with the training metric.
+5. Write the status, post an event when the verdict changes, export the metrics.
+6. On drift with spec.onDrift.retrain, and when the cooldown and maxPerDay allow it, set the
+   ``mlops.dev/retrain-requested`` annotation on the ModelTraining (never its spec).
+
+A check that cannot run (deployment, reference or log missing) records Ready=False with the
+reason and is retried by the timer; it never crashes the handler.
+
+The same module starts the Seldon request-logger sink (backends/seldon_logger_sink.py) when a
+ModelDeployment with backend seldon exists, or at startup with MLOPS_SELDON_LOGGER_MODE=always.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
+from mlops_operator import metrics
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.driftmonitor import DriftMonitorSpec
+from mlops_operator.backends import drift_data, kube, seldon_logger_sink
 from mlops_operator.handlers.common import (
     InvalidSpec,
+    Retry,
     forget,
     get_settings,
     is_invalid_generation,
     parse_spec,
+    post_event,
     reconcile_object,
 )
+from mlops_operator.reconcile import drift
+from mlops_operator.reconcile import drift_monitor as logic
+from mlops_operator.reconcile.conditions import FALSE, set_condition
+from mlops_operator.reconcile.modeltraining import RETRAIN_ANNOTATION
 from mlops_operator.reconcile.validation import drift_spec_errors
 
 KIND = "DriftMonitor"
 PLURAL = "driftmonitors"
-CONDITIONS = ("Ready", "DriftDetected")
+CONDITIONS = logic.CONDITIONS
+DEPLOYMENTS = "modeldeployments"
+TRAININGS = "modeltrainings"
+CHECK_RESULTS = {logic.DRIFT: "drift", logic.NO_DRIFT: "nodrift", logic.INSUFFICIENT_DATA: "insufficient"}
+
+log = logging.getLogger("mlops_operator.drift")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CheckFailed(Exception):
+    """A check could not run; ``reason`` becomes the Ready condition's reason."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics: one series per (monitor, feature, test); series of features no longer checked are removed.
+
+_score_series: dict[tuple[str, str], set[tuple[str, str]]] = {}
+
+
+def _export_metrics(namespace: str, name: str, report: drift.DriftReport, verdict: logic.Verdict) -> None:
+    series = set()
+    for feature in report.features.values():
+        for test, result in feature.tests.items():
+            metrics.DRIFT_SCORE.labels(namespace, name, feature.name, test).set(result.score)
+            series.add((feature.name, test))
+    for stale in _score_series.get((namespace, name), set()) - series:
+        metrics.DRIFT_SCORE.remove(namespace, name, *stale)
+    _score_series[(namespace, name)] = series
+    metrics.DRIFT_DETECTED.labels(namespace, name).set(1 if verdict.phase == logic.DRIFT else 0)
+    metrics.DRIFT_CHECKS.labels(CHECK_RESULTS[verdict.phase]).inc()
+
+
+def _forget_metrics(namespace: str, name: str) -> None:
+    for series in _score_series.pop((namespace, name), set()):
+        metrics.DRIFT_SCORE.remove(namespace, name, *series)
+    try:
+        metrics.DRIFT_DETECTED.remove(namespace, name)
+    except KeyError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# One check
+
+
+async def _reference(spec: DriftMonitorSpec, deployment_status: dict[str, Any]
+                     ) -> tuple[dict[str, Any], str, str]:
+    """(profile, URI, description) of what the window is compared with."""
+    reference = spec.reference
+    if reference.profile_uri:
+        uri, description = reference.profile_uri, f"the profile {reference.profile_uri}"
+        load = lambda: drift_data.read_profile(uri)  # noqa: E731
+    elif reference.dataset_uri:
+        uri, description = reference.dataset_uri, f"the dataset {reference.dataset_uri}"
+        load = lambda: drift_data.dataset_profile(uri, reference.target)  # noqa: E731
+    else:
+        stable_uri = deployment_status.get("stableUri")
+        if not stable_uri:
+            raise CheckFailed(logic.NO_SERVED_MODEL, f"ModelDeployment {spec.deployment_ref.name} serves no model "
+                              "version yet (no status.stableUri) and spec.reference names no profile or dataset")
+        uri = drift_data.model_version_profile_uri(stable_uri)
+        description = f"the training profile of model version {deployment_status.get('stableVersion') or '?'}"
+        load = lambda: drift_data.model_version_profile(stable_uri)  # noqa: E731
+    try:
+        profile = await asyncio.to_thread(load)
+    except Exception as error:  # missing file, bad JSON, unreadable dataset: all a missing reference
+        raise CheckFailed(logic.REFERENCE_UNAVAILABLE, f"cannot read the reference {uri}: "
+                          f"{type(error).__name__}: {error}"[:1024]) from None
+    return profile, uri, description
+
+
+async def _performance(spec: DriftMonitorSpec, window, deployment_status: dict[str, Any]
+                       ) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+    """(status.performance, problem) for spec.performance."""
+    performance = spec.performance
+    if performance is None:
+        return None, None
+    try:
+        labels = await asyncio.to_thread(drift_data.read_labels, performance.labels_uri)
+    except Exception as error:
+        message = f"cannot read labels {performance.labels_uri}: {type(error).__name__}: {error}"[:1024]
+        return ({"metric": performance.metric, "samples": 0, "degraded": False, "message": message},
+                (logic.LABELS_UNAVAILABLE, message))
+    stable_uri = deployment_status.get("stableUri")
+    training = await asyncio.to_thread(drift_data.read_training_metrics, stable_uri) if stable_uri else None
+    try:
+        y_true, y_pred = logic.join_labels(window, labels, deployment_status.get("stableVersion"))
+    except ValueError as error:
+        message = str(error)[:1024]
+        return ({"metric": performance.metric, "samples": 0, "degraded": False, "message": message},
+                (logic.LABELS_UNAVAILABLE, message))
+    return logic.performance_result(performance, y_true, y_pred, training), None
+
+
+async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, Any], now: datetime
+                 ) -> tuple[dict[str, Any], drift.DriftReport, logic.Verdict]:
+    meta = obj["metadata"]
+    namespace, generation = meta["namespace"], meta.get("generation") or 0
+    deployment_name = spec.deployment_ref.name
+
+    # The deployment and the reference.
+    deployment = await kube.get_object(DEPLOYMENTS, namespace, deployment_name)
+    if deployment is None:
+        raise CheckFailed(logic.DEPLOYMENT_NOT_FOUND, f"ModelDeployment {deployment_name} not found")
+    deployment_status = deployment.get("status") or {}
+    profile, reference_uri, description = await _reference(spec, deployment_status)
+    reference_features = list(profile["features"])
+    unknown = logic.missing_features(spec, reference_features)
+    if unknown:
+        raise CheckFailed(logic.FEATURE_MISMATCH, f"spec.features not in the reference {reference_uri}: "
+                          f"{', '.join(unknown)}")
+
+    # The window.
+    root = get_settings().artifact_root_uri
+    try:
+        if not await asyncio.to_thread(drift_data.inference_log_exists, root, namespace, deployment_name):
+            raise CheckFailed(logic.INFERENCE_LOG_UNAVAILABLE, f"ModelDeployment {deployment_name} has no inference "
+                              "log yet (no request served)")
+        window = await asyncio.to_thread(
+            drift_data.read_inference_window, root, namespace, deployment_name, max_rows=spec.window.rows,
+            since=logic.window_since(spec.window, now), feature_names=reference_features)
+    except CheckFailed:
+        raise
+    except Exception as error:
+        raise CheckFailed(logic.INFERENCE_LOG_UNAVAILABLE, f"cannot read the inference log of {deployment_name}: "
+                          f"{type(error).__name__}: {error}"[:1024]) from None
+    feature_columns = list(window.attrs.get("feature_columns") or [])
+    mismatch = logic.feature_mismatch(reference_features, feature_columns, len(window))
+    if mismatch:
+        raise CheckFailed(logic.FEATURE_MISMATCH, mismatch)
+
+    # The comparison.
+    current = window[[name for name in feature_columns if name in set(reference_features)]]
+    try:
+        report = await asyncio.to_thread(
+            drift.compare, profile, current, logic.engine_tests(spec), spec.features or None,
+            correction=logic.engine_correction(spec), min_samples=spec.window.min_samples)
+    except ValueError as error:
+        raise CheckFailed(logic.CHECK_FAILED, f"drift comparison failed: {error}"[:1024]) from None
+    performance, problem = await _performance(spec, window, deployment_status)
+    verdict = logic.verdict_of(report, spec.drift_share, len(window), spec.window.min_samples, performance)
+    status = logic.checked_status(
+        status, verdict, results=logic.feature_results(report), sample_size=len(window),
+        window=logic.window_bounds(window), reference_uri=reference_uri, reference_description=description,
+        reference_size=profile.get("rows"), model_version=deployment_status.get("stableVersion"),
+        performance=performance, problem=problem, generation=generation, now=now)
+    return status, report, verdict
+
+
+async def _request_retrain(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, Any],
+                           verdict: logic.Verdict, now: datetime) -> dict[str, Any]:
+    """Ask the ModelTraining for a run when the policy allows it; the status records the outcome."""
+    policy = spec.on_drift.retrain
+    assert policy is not None
+    meta = obj["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation") or 0
+    decision = logic.retrain_decision(policy, status, now)
+    status = {**status, "retrainRequests": decision.recent}
+    drift_condition = next(c for c in status["conditions"] if c["type"] == logic.DRIFT_DETECTED)
+    if not decision.allowed:
+        status["conditions"] = set_condition(
+            status["conditions"], logic.DRIFT_DETECTED, drift_condition["status"], drift_condition["reason"],
+            f"{drift_condition['message']}; retrain not requested: {decision.message}", generation=generation,
+            now=now)
+        return status
+    training_name = policy.training_ref.name
+    training = await kube.get_object(TRAININGS, namespace, training_name)
+    if training is None:
+        message = f"ModelTraining {training_name} (spec.onDrift.retrain.trainingRef) not found; no retrain requested"
+        status["conditions"] = set_condition(status["conditions"], logic.READY, FALSE, logic.TRAINING_NOT_FOUND,
+                                             message, generation=generation, now=now)
+        return status
+    value = logic.retrain_annotation_value(now, verdict.summary)
+    await kube.patch_annotations(TRAININGS, namespace, training_name, {RETRAIN_ANNOTATION: value})
+    metrics.RETRAIN_REQUESTS.labels(namespace, name).inc()
+    log.info("DriftMonitor %s/%s asked ModelTraining %s to retrain: %s", namespace, name, training_name, value)
+    post_event(obj, "RetrainRequested", f"Asked ModelTraining {training_name} to retrain: {value}")
+    post_event(training, "RetrainRequested", f"DriftMonitor {name} requested a retrain: {value}")
+    return logic.record_retrain(status, decision, value, now)
+
+
+def _announce(obj: dict[str, Any], previous_phase: str | None, status: dict[str, Any]) -> None:
+    event = logic.verdict_event(previous_phase, status)
+    if event is not None:
+        post_event(obj, event.reason, event.message, warning=event.warning)
 
 
 async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
     """One reconciliation; returns the desired status."""
+    meta = obj["metadata"]
+    generation = meta.get("generation") or 0
+    previous_phase = obj["status"].get("phase")
     status = dict(obj["status"])
     spec = parse_spec(DriftMonitorSpec, obj.get("spec") or {})
     problems = drift_spec_errors(spec)
     if problems:
         raise InvalidSpec("; ".join(problems))
     if status.get("phase") in (None, "Invalid"):
-        status["phase"] = "Pending"
+        status["phase"] = logic.PENDING
+    now = _now()
+    if not logic.check_due(spec, status, generation, now):
+        return status
+    try:
+        status, report, verdict = await _check(obj, spec, status, now)
+    except CheckFailed as failure:
+        status = logic.failed_status(status, failure.reason, failure.message, generation, now)
+        metrics.DRIFT_CHECKS.labels("error").inc()
+        _announce(obj, previous_phase, status)
+        raise Retry(f"{failure.reason}: {failure.message}", status,
+                    delay=logic.RETRY_AFTER_FAILURE.total_seconds()) from None
+    _export_metrics(meta["namespace"], meta["name"], report, verdict)
+    if verdict.phase == logic.DRIFT and spec.on_drift.retrain:
+        status = await _request_retrain(obj, spec, status, verdict, now)
+    _announce(obj, previous_phase, status)
     return status
 
 
@@ -50,7 +292,7 @@ async def on_change(namespace: str, name: str, **_: Any) -> None:
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=get_settings().poll_interval_seconds, initial_delay=1)
 async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Body, **_: Any) -> None:
-    """Observe the world and bring the status up to date."""
+    """Run a check when one is due."""
     if is_invalid_generation(status, body.metadata.get("generation") or 0):
         return
     await _reconcile(namespace, name, from_change=False)
@@ -58,5 +300,37 @@ async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Bod
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def on_delete(namespace: str, name: str, **_: Any) -> None:
-    """Release the finalizer."""
+    """Drop the monitor's metric series and lock."""
+    _forget_metrics(namespace, name)
     forget(PLURAL, namespace, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Seldon request-logger sink: writes the inference log of seldon-backend deployments.
+
+
+async def _start_sink() -> None:
+    try:
+        await seldon_logger_sink.ensure_running(get_settings().artifact_root_uri)
+    except (OSError, ValueError) as error:  # port taken, or a remote artifact root
+        log.error("cannot start the Seldon request-logger sink: %s", error)
+
+
+@kopf.on.startup()
+async def start_seldon_logger_sink(**_: Any) -> None:
+    """Start the sink at once with MLOPS_SELDON_LOGGER_MODE=always."""
+    if seldon_logger_sink.SinkSettings().mode == "always":
+        await _start_sink()
+
+
+@kopf.on.event(GROUP, VERSION, DEPLOYMENTS, when=lambda spec, **_: spec.get("backend") == "seldon")
+async def seldon_deployment_seen(type: str | None, **_: Any) -> None:  # noqa: A002 (kopf's argument name)
+    """A seldon-backend ModelDeployment exists: its request logger needs the sink."""
+    if type != "DELETED" and seldon_logger_sink.running() is None and seldon_logger_sink.SinkSettings().mode != "never":
+        await _start_sink()
+
+
+@kopf.on.cleanup()
+async def stop_seldon_logger_sink(**_: Any) -> None:
+    """Flush and stop the sink on operator shutdown."""
+    await seldon_logger_sink.stop_running()

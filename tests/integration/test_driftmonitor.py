@@ -1,0 +1,327 @@
+"""DriftMonitor on the local control plane, with the operator as a real process.
+
+The tests play the serving side themselves: a ModelDeployment whose status (stableVersion,
+stableUri) they patch through the status subresource, a model version directory with the
+training profile of iris (``build_profile``), and inference-log records written with the
+inference log's own writer into the operator's artifact root. The deployment's and the
+training's specs are deliberately unusable for their own reconcilers (an xgboost runtime on the
+local backend; backend kfp without a host), so those leave the objects alone: no model server,
+no training run, only the DriftMonitor at work.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sklearn.datasets import load_iris
+
+from kube_support import condition, wait_until
+from mlops_operator.backends.serving_local.inference_log import InferenceLogWriter, LogEntry, inference_log_dir
+from mlops_operator.reconcile.drift import build_profile
+
+pytestmark = pytest.mark.cluster
+
+RETRAIN_ANNOTATION = "mlops.dev/retrain-requested"
+IRIS = load_iris(as_frame=True).frame
+FEATURES = [c for c in IRIS.columns if c != "target"]
+
+
+# ------------------------------------------------------------------ the serving side, played by the test
+
+
+class Serving:
+    """A model version on disk, a ModelDeployment with a patched status, and its inference log."""
+
+    def __init__(self, objects, operator, name: str = "iris"):
+        self.objects = objects
+        self.operator = operator
+        self.name = name
+        self.root = operator.data_dir / "artifacts"
+        self.log_dir = Path(inference_log_dir(self.root, objects.namespace, name))
+        self.clock = datetime.now(UTC)
+
+    def publish_version(self, version: str = "1", metrics: dict[str, float] | None = None) -> str:
+        directory = self.root / "models" / self.name / version
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "profile.json").write_text(json.dumps(build_profile(IRIS, exclude=("target",))))
+        (directory / "metrics.json").write_text(json.dumps(metrics or {"accuracy": 0.96, "f1": 0.96}))
+        return directory.resolve().as_uri()
+
+    def create_deployment(self) -> None:
+        self.objects.create({
+            "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": self.name},
+            "spec": {"model": {"uri": "file:///nowhere/iris/1", "version": "1"}, "runtime": "xgboost",
+                     "backend": "local"},
+        })
+
+    def serve(self, version: str, uri: str) -> None:
+        self.objects.patch_status("ModelDeployment", self.name, {"status": {"stableVersion": version,
+                                                                           "stableUri": uri}})
+
+    def send(self, rows: pd.DataFrame, predictions: list[int] | None = None, version: str = "1") -> list[str]:
+        """Log one single-row request per row, newer than everything logged before; return the ids."""
+        entries, ids = [], []
+        for i, values in enumerate(rows[FEATURES].itertuples(index=False)):
+            self.clock += timedelta(milliseconds=1)
+            request_id = str(uuid.uuid4())
+            ids.append(request_id)
+            prediction = predictions[i] if predictions is not None else 0
+            entries.append(LogEntry(
+                request_id=request_id, ts=self.clock, model=self.name, predictor="stable", model_version=version,
+                shadow=False, status=200, latency_ms=2.0,
+                request={"id": request_id, "inputs": [{"name": "predict", "shape": [1, 4], "datatype": "FP64",
+                                                        "data": [float(v) for v in values]}]},
+                response_body=json.dumps({"outputs": [{"name": "predict", "shape": [1, 1], "datatype": "INT64",
+                                                       "data": [int(prediction)]}]}).encode(),
+            ))
+        InferenceLogWriter(self.log_dir).write_batch(entries)
+        return ids
+
+
+def create_training(objects, name: str = "iris") -> None:
+    objects.create({
+        "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelTraining", "metadata": {"name": name},
+        "spec": {"model": name, "dataset": {"uri": "sklearn://iris", "target": "target"}, "backend": "kfp"},
+    })
+
+
+def create_monitor(objects, name: str = "iris", **spec: Any) -> None:
+    body = {
+        "apiVersion": "mlops.dev/v1alpha1", "kind": "DriftMonitor", "metadata": {"name": name},
+        "spec": {"deploymentRef": {"name": "iris"}, "interval": "1s", "window": {"rows": 200, "minSamples": 100},
+                 "tests": [{"name": "psi", "threshold": 0.2}, {"name": "ks", "threshold": 0.05}], **spec},
+    }
+    objects.create(body)
+
+
+def normal_traffic(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    # Resampled iris. A small window can drift by chance (about 1 in 200 windows of 200 rows has a
+    # PSI above 0.2); the seeds used here are fixed, so the windows are known not to.
+    return IRIS.sample(n, replace=True, random_state=seed).reset_index(drop=True)
+
+
+def shifted_traffic(n: int = 200, seed: int = 1) -> pd.DataFrame:
+    rows = normal_traffic(n, seed)
+    rows["petal length (cm)"] += 2.5
+    rows["petal width (cm)"] *= 2.0
+    return rows
+
+
+def phase_is(phase: str, after: str | None = None):
+    """Predicate: the monitor's phase, from a check later than ``after`` (a lastCheckTime)."""
+    def predicate(obj):
+        status = obj.get("status", {})
+        return status.get("phase") == phase and (after is None or status.get("lastCheckTime", "") > after)
+    return predicate
+
+
+def metric(operator, sample: str, **labels: str) -> float:
+    """One sample of the operator's /metrics (0 when absent); labels may include ``name``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(operator.metrics()):
+        for found in family.samples:
+            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
+                return found.value
+    return 0.0
+
+
+def reasons(objects, name: str) -> list[str]:
+    return [event.reason for event in objects.events(name)]
+
+
+@pytest.fixture
+def serving(objects, operator) -> Serving:
+    return Serving(objects, operator)
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_no_drift_then_drift_requests_a_retrain_once_within_the_cooldown(objects, operator, serving):
+    create_training(objects)
+    serving.create_deployment()
+    serving.serve("1", serving.publish_version("1"))
+    serving.send(normal_traffic())
+    create_monitor(objects, onDrift={"retrain": {"trainingRef": {"name": "iris"}, "cooldown": "1h",
+                                                 "maxPerDay": 3}})
+    ns = objects.namespace
+
+    # Normal traffic: no drift.
+    obj = objects.wait("DriftMonitor", "iris", phase_is("NoDrift"), timeout=60, what="NoDrift on normal traffic")
+    status = obj["status"]
+    assert status["sampleSize"] == 200 and status["modelVersion"] == "1" and status["referenceSize"] == 150
+    assert status["referenceUri"].endswith("/models/iris/1/profile.json")
+    assert [r["feature"] for r in status["results"]] == FEATURES
+    assert all(r["verdict"] == "NoDrift" for r in status["results"])
+    assert (condition(obj, "Ready")["status"], condition(obj, "DriftDetected")["reason"]) == ("True", "NoDrift")
+    assert metric(operator, "mlops_drift_detected", namespace=ns, name="iris") == 0
+    assert RETRAIN_ANNOTATION not in (objects.get("ModelTraining", "iris")["metadata"].get("annotations") or {})
+
+    # Shifted traffic: drift, and the ModelTraining is asked to retrain.
+    serving.send(shifted_traffic())
+    obj = objects.wait("DriftMonitor", "iris", phase_is("Drift"), timeout=30, what="Drift on shifted traffic")
+    status = obj["status"]
+    detected = condition(obj, "DriftDetected")
+    assert (detected["status"], detected["reason"]) == ("True", "DriftDetected")
+    drifted = {r["feature"] for r in status["results"] if r["verdict"] == "Drift"}
+    assert drifted == {"petal length (cm)", "petal width (cm)"} and status["driftedFeatures"] == 2
+    psi = next(t for r in status["results"] if r["feature"] == "petal length (cm)" for t in r["tests"]
+               if t["test"] == "psi")
+    assert psi["drifted"] and psi["score"] > 0.2
+    annotations = wait_until(
+        lambda: (objects.get("ModelTraining", "iris")["metadata"].get("annotations") or {}).get(RETRAIN_ANNOTATION),
+        timeout=10, what="retrain annotation")
+    first_request = annotations
+    assert " drift: 2/4 features drifted (" in first_request and "petal length (cm)" in first_request
+    obj = objects.get("DriftMonitor", "iris")
+    assert obj["status"]["retrainRequests"] == [obj["status"]["lastRetrainRequest"]]
+    assert first_request.startswith(obj["status"]["lastRetrainRequest"])
+    assert metric(operator, "mlops_retrain_requests_total", namespace=ns, name="iris") == 1
+    assert metric(operator, "mlops_drift_detected", namespace=ns, name="iris") == 1
+    assert metric(operator, "mlops_drift_score", namespace=ns, name="iris", feature="petal length (cm)",
+                           test="psi") == pytest.approx(psi["score"], rel=1e-4)
+    wait_until(lambda: {"DriftDetected", "RetrainRequested"} <= set(reasons(objects, "iris")), timeout=10,
+               what="DriftDetected and RetrainRequested events")
+    assert objects.get("ModelTraining", "iris")["spec"] == {
+        "model": "iris", "dataset": {"uri": "sklearn://iris", "target": "target", "format": "auto"},
+        **{k: v for k, v in objects.get("ModelTraining", "iris")["spec"].items() if k not in ("model", "dataset")},
+    }, "only an annotation changes"
+
+    # Back to normal, then drift again within the cooldown: no second request.
+    serving.send(normal_traffic(seed=2))
+    objects.wait("DriftMonitor", "iris", phase_is("NoDrift"), timeout=30, what="NoDrift again")
+    wait_until(lambda: "DriftResolved" in reasons(objects, "iris"), timeout=10, what="DriftResolved event")
+    serving.send(shifted_traffic(seed=3))
+    obj = objects.wait("DriftMonitor", "iris", phase_is("Drift"), timeout=30, what="second drift")
+    later = obj["status"]["lastCheckTime"]
+    obj = objects.wait("DriftMonitor", "iris", phase_is("Drift", after=later), timeout=30,
+                       what="another check during the cooldown")
+    assert "retrain not requested: cooldown 1h" in condition(obj, "DriftDetected")["message"]
+    assert len(obj["status"]["retrainRequests"]) == 1
+    training = objects.get("ModelTraining", "iris")
+    assert training["metadata"]["annotations"][RETRAIN_ANNOTATION] == first_request
+    assert metric(operator, "mlops_retrain_requests_total", namespace=ns, name="iris") == 1
+    assert metric(operator, "mlops_drift_checks_total", result="drift") >= 3
+    assert metric(operator, "mlops_drift_checks_total", result="nodrift") >= 2
+
+
+def test_too_few_samples_is_insufficient_data(objects, operator, serving):
+    create_training(objects)
+    serving.create_deployment()
+    serving.serve("1", serving.publish_version("1"))
+    serving.send(shifted_traffic(n=40))
+    create_monitor(objects, onDrift={"retrain": {"trainingRef": {"name": "iris"}}})
+
+    obj = objects.wait("DriftMonitor", "iris", phase_is("InsufficientData"), timeout=60, what="InsufficientData")
+    detected = condition(obj, "DriftDetected")
+    assert (detected["status"], detected["reason"]) == ("False", "InsufficientData")
+    assert detected["message"] == "40 requests in the window, 100 needed for a verdict"
+    assert condition(obj, "Ready")["status"] == "True"
+    assert obj["status"]["sampleSize"] == 40
+    assert all(r["verdict"] == "InsufficientData" for r in obj["status"]["results"])
+    assert metric(operator, "mlops_drift_detected", namespace=objects.namespace, name="iris") == 0
+    assert metric(operator, "mlops_drift_checks_total", result="insufficient") >= 1
+    assert RETRAIN_ANNOTATION not in (objects.get("ModelTraining", "iris")["metadata"].get("annotations") or {})
+
+
+def test_missing_deployment_model_reference_and_log_are_reported_then_recovered(objects, operator, serving):
+    create_monitor(objects)
+
+    def ready_reason(reason: str):
+        return lambda obj: (condition(obj, "Ready") or {}).get("reason") == reason
+
+    obj = objects.wait("DriftMonitor", "iris", ready_reason("DeploymentNotFound"), timeout=60,
+                       what="DeploymentNotFound")
+    assert obj["status"]["phase"] == "Error" and condition(obj, "Ready")["status"] == "False"
+    assert condition(obj, "DriftDetected")["status"] == "Unknown"
+
+    serving.create_deployment()
+    objects.wait("DriftMonitor", "iris", ready_reason("NoServedModel"), timeout=30, what="NoServedModel")
+
+    uri = (serving.root / "models" / "iris" / "1").resolve().as_uri()
+    serving.serve("1", uri)
+    obj = objects.wait("DriftMonitor", "iris", ready_reason("ReferenceUnavailable"), timeout=30,
+                       what="ReferenceUnavailable")
+    assert "profile.json" in condition(obj, "Ready")["message"]
+
+    serving.publish_version("1")
+    objects.wait("DriftMonitor", "iris", ready_reason("InferenceLogUnavailable"), timeout=30,
+                 what="InferenceLogUnavailable")
+
+    serving.send(normal_traffic())
+    obj = objects.wait("DriftMonitor", "iris", phase_is("NoDrift"), timeout=30, what="recovery")
+    assert condition(obj, "Ready")["status"] == "True"
+    assert metric(operator, "mlops_drift_checks_total", result="error") >= 4
+    assert "Traceback" not in operator.logs()
+
+
+def test_ground_truth_labels_reveal_concept_drift(objects, operator, serving):
+    serving.create_deployment()
+    serving.serve("1", serving.publish_version("1", metrics={"accuracy": 0.96}))
+    rows = normal_traffic(n=200, seed=4)
+    # The inputs look like training data, but the model answers class 0 for everything.
+    ids = serving.send(rows, predictions=[0] * len(rows))
+    labels = serving.root / "labels.csv"
+    pd.DataFrame({"id": ids, "label": rows["target"]}).to_csv(labels, index=False)
+    create_monitor(objects, performance={"labelsUri": labels.resolve().as_uri(), "metric": "accuracy",
+                                         "maxDegradation": 0.1})
+
+    obj = objects.wait("DriftMonitor", "iris", phase_is("Drift"), timeout=60, what="concept drift")
+    performance = obj["status"]["performance"]
+    assert performance["samples"] == 200 and performance["training"] == 0.96 and performance["degraded"]
+    assert performance["live"] == pytest.approx((rows["target"] == 0).mean(), abs=1e-5)
+    detected = condition(obj, "DriftDetected")
+    assert detected["reason"] == "PerformanceDegraded"
+    assert detected["message"].startswith("0/4 features drifted; accuracy ")
+
+
+@pytest.fixture
+def operator_with_sink(kubeconfig, namespace, crds, objects, tmp_path):
+    """(operator, sink URL): the operator with its Seldon request-logger sink started at once."""
+    from kube_support import OperatorProcess, free_port
+
+    port = free_port()
+    process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator",
+                              env={"MLOPS_SELDON_LOGGER_MODE": "always", "MLOPS_SELDON_LOGGER_PORT": str(port)})
+    process.start()
+    yield process, f"http://127.0.0.1:{port}"
+    if process.process is not None and process.process.poll() is None:
+        objects.delete_all()
+        wait_until(lambda: not objects.list_all(), timeout=60, what="deletion of the test's objects")
+    process.stop()
+
+
+def test_seldon_request_logger_events_feed_the_monitor(objects, operator_with_sink):
+    import requests
+
+    from mlops_operator.backends.seldon_logger_sink import REQUEST_TYPE, RESPONSE_TYPE, logger_url
+
+    operator, sink_url = operator_with_sink
+    serving = Serving(objects, operator)
+    serving.create_deployment()
+    serving.serve("1", serving.publish_version("1"))
+    create_monitor(objects)
+    url = logger_url(sink_url, objects.namespace, "iris", "stable", "1")
+    rows = shifted_traffic(n=120, seed=5)
+    with requests.Session() as http:
+        for i, values in enumerate(rows[FEATURES].itertuples(index=False)):
+            common = {"Ce-Specversion": "1.0", "Ce-Requestid": f"req-{i}", "Ce-Modelid": "iris",
+                      "Ce-Source": "http://executor:8000/", "Content-Type": "application/json"}
+            request = {"inputs": [{"name": "predict", "shape": [1, 4], "datatype": "FP64", "data": list(values)}]}
+            response = {"outputs": [{"name": "predict", "shape": [1, 1], "datatype": "INT64", "data": [2]}]}
+            for event_type, body in ((REQUEST_TYPE, request), (RESPONSE_TYPE, response)):
+                answer = http.post(url, json=body, headers={**common, "Ce-Type": event_type, "Ce-Id": f"{i}"},
+                                   timeout=10)
+                assert answer.status_code == 202, answer.text
+
+    obj = objects.wait("DriftMonitor", "iris", phase_is("Drift"), timeout=60, what="drift from Seldon events")
+    assert obj["status"]["sampleSize"] == 120
+    assert {r["feature"] for r in obj["status"]["results"] if r["verdict"] == "Drift"} == {
+        "petal length (cm)", "petal width (cm)"}
