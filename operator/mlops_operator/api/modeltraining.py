@@ -141,8 +141,9 @@ class Validation(Model):
     thresholds: list[MetricThreshold] = Field(default_factory=list, max_length=12)
     """Absolute bounds on evaluation metrics."""
     max_regression: float | None = Field(None, ge=0, le=1)
-    """If set, every metric may be worse than the current validated model's by at most this much
-    (absolute, e.g. 0.02 = two points of accuracy)."""
+    """If set, no metric may be worse than the current validated model's by more than this: an
+    absolute amount for accuracy, f1, rocAuc and r2 (0.02 = two points of accuracy), a fraction of
+    the baseline for rmse and mae (0.02 = 2% higher error)."""
 
 
 class KfpBackend(Model):

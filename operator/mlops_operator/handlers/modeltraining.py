@@ -151,7 +151,9 @@ async def _submit(spec: ModelTrainingSpec, namespace: str, name: str, trigger: s
         return _record_from_local(run, trigger)
     conn = await _kfp_connection(spec, namespace)
     package = package or str(training_local.default_pipeline_package())
-    params["run_name"] = name
+    # The same argument building as the local backend: parameter types coerced to the compiled
+    # pipeline's inputs (estimator_params travels as JSON text), pipeline digest filled in.
+    params = training_local.pipeline_arguments({"parameters": params}, name, settings.data_dir, package)
     run = await asyncio.to_thread(training_kfp.submit_run, conn, name, package, params,
                                   spec.kfp.experiment if spec.kfp else "mlops-operator")
     return _record_from_kfp(run, trigger, {})
@@ -249,6 +251,8 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
             package = await _pipeline_package(spec, namespace) or str(training_local.default_pipeline_package())
             params = logic.pipeline_parameters(spec, settings.artifact_root_uri,
                                                (status.get("latestValidatedModel") or {}).get("metrics"))
+            params = training_local.pipeline_arguments({"parameters": params}, f"{name}-scheduled",
+                                                       settings.data_dir, package)
             await asyncio.to_thread(training_kfp.ensure_recurring_run, conn, f"{name}-{meta['uid'][:8]}", package,
                                     params, spec.schedule, spec.kfp.experiment if spec.kfp else "mlops-operator",
                                     enabled=not spec.suspend)
