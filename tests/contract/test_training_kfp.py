@@ -525,12 +525,6 @@ def test_the_tabular_pipeline_is_accepted(kfp_api: KfpApiServer) -> None:
 
 
 @pytest.mark.skipif(not TABULAR.exists(), reason="pipelines/tabular.yaml not built yet")
-@pytest.mark.xfail(
-    strict=True,
-    raises=RequestRejected,
-    reason="reconcile.modeltraining.pipeline_parameters sends estimator_params as a dict, but tabular.yaml declares "
-    "it STRING; remove this marker once they agree",
-)
 def test_the_parameters_the_operator_builds_fit_the_tabular_pipeline(kfp_api: KfpApiServer) -> None:
     from mlops_operator.api.modeltraining import ModelTrainingSpec
     from mlops_operator.reconcile import modeltraining
@@ -544,8 +538,12 @@ def test_the_parameters_the_operator_builds_fit_the_tabular_pipeline(kfp_api: Kf
             "validation": {"thresholds": [{"metric": "accuracy", "min": 0.8}]},
         }
     )
+    from mlops_operator.backends.training_local import pipeline_arguments
+
     params = modeltraining.pipeline_parameters(spec, "file:///var/lib/mlops/artifacts", {"accuracy": 0.9})
-    params["run_name"] = "iris-0a1b2c3d-g1"  # as the ModelTraining handler adds it
+    # As the ModelTraining handler does for backend kfp: coerce to the compiled pipeline's inputs.
+    params = pipeline_arguments({"parameters": params}, "iris-0a1b2c3d-g1", "/var/lib/mlops", TABULAR)
+    assert params["run_name"] == "iris-0a1b2c3d-g1" and params["pipeline_digest"]
 
     submit_run(connect(kfp_api), params["run_name"], str(TABULAR), params, experiment="mlops")
     assert kfp_api.creates["runs"] == 1
