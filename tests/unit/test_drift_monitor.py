@@ -376,3 +376,15 @@ def test_unreadable_request_times_are_ignored():
     status = {"retrainRequests": ["yesterday", now_rfc3339(NOW - timedelta(hours=3))]}
     decision = logic.retrain_decision(policy("1h", max_per_day=2), status, NOW)
     assert decision.allowed and decision.recent == [now_rfc3339(NOW - timedelta(hours=3))]
+
+
+def test_results_are_bounded_with_drifted_features_first():
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame({f"x{i}": rng.normal(size=200) for i in range(logic.MAX_RESULTS + 10)})
+    current = reference.copy()
+    current["x515"] = current["x515"] + 5
+    report = drift.compare(reference, current, {"psi": 0.2}, min_samples=100)
+    results = logic.feature_results(report)
+    assert len(results) == logic.MAX_RESULTS
+    assert results[0]["feature"] == "x515" and results[0]["verdict"] == "Drift"
+    assert [r["feature"] for r in results[1:4]] == ["x0", "x1", "x2"]

@@ -70,6 +70,8 @@ RETRAIN_WINDOW = timedelta(hours=24)
 MAX_ANNOTATION_LENGTH = 1000
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "rmse": False, "mae": False}
 _SUMMARY_FEATURES = 5
+MAX_RESULTS = 512
+"""status.results holds at most this many features (the schema's bound); drifted ones are kept first."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +143,8 @@ def _number(value: float | None) -> float | None:
 
 
 def feature_results(report: drift.DriftReport) -> list[dict[str, Any]]:
-    """status.results of an engine report: one entry per feature, its tests inside."""
+    """status.results of an engine report: one entry per feature (in the reference's order), its
+    tests inside; beyond :data:`MAX_RESULTS` features the drifted ones are kept first."""
     results = []
     for feature in report.features.values():
         tests = []
@@ -159,6 +162,9 @@ def feature_results(report: drift.DriftReport) -> list[dict[str, Any]]:
             tests.append(entry)
         results.append({"feature": feature.name, "kind": feature.kind, "verdict": feature.status,
                         "samples": int(feature.sample_size), "tests": tests})
+    if len(results) > MAX_RESULTS:
+        results.sort(key=lambda result: result["verdict"] != drift.DRIFT)  # stable: order kept within groups
+        results = results[:MAX_RESULTS]
     return results
 
 
