@@ -1,0 +1,119 @@
+"""ModelTraining on the local control plane with the local (kfp.local) backend: real training."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlparse
+
+import joblib
+import pytest
+from sklearn.datasets import load_iris
+
+from kube_support import condition, load_example, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+RUN_TIMEOUT = 400  # generous: CI shares 2 cores with the control plane
+
+
+def finished(o: dict) -> bool:
+    return o.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
+def path_of(uri: str) -> Path:
+    return Path(urlparse(uri).path)
+
+
+def test_train_retrain_and_schedule(operator, objects):
+    objects.create(load_example("training.yaml"))
+    mt = objects.wait("ModelTraining", "iris", finished, timeout=RUN_TIMEOUT, what="first run")
+    status = mt["status"]
+    assert status["phase"] == "Succeeded", status
+    assert condition(mt, "Succeeded")["status"] == "True"
+    assert condition(mt, "Validated")["status"] == "True"
+    run = status["latestRun"]
+    assert run["trigger"] == "spec generation 1"
+    assert run["metrics"]["accuracy"] >= 0.85 and 0 < run["metrics"]["rocAuc"] <= 1
+    assert status["latestValidatedModel"]["version"] == 1
+
+    # The version on disk is complete, loads and predicts.
+    version_dir = path_of(status["latestValidatedModel"]["uri"])
+    for name in ("model.joblib", "model-settings.json", "metrics.json", "profile.json", "lineage.json"):
+        assert (version_dir / name).is_file(), name
+    model = joblib.load(version_dir / "model.joblib")
+    iris = load_iris(as_frame=True)
+    predictions = model.predict(iris.data.head(20))
+    assert (predictions == iris.target.head(20).to_numpy()).mean() >= 0.9
+    lineage = json.loads((version_dir / "lineage.json").read_text())
+    assert lineage["dataset"]["uri"] == "sklearn://iris"
+    assert lineage["dataset"]["digest"] == run["datasetDigest"]
+    assert lineage["run"]["name"] == run["name"]
+    settings = json.loads((version_dir / "model-settings.json").read_text())
+    assert settings["implementation"] == "mlserver_sklearn.SKLearnModel"
+    assert operator.metric("mlops_training_runs_total", result="succeeded") == 1
+    assert operator.metric("mlops_model_validated_version", model="iris") == 1
+
+    # A retrain request through the annotation makes version 2.
+    objects.patch("ModelTraining", "iris", {"metadata": {"annotations": {
+        "mlops.dev/retrain-requested": "2026-11-23T00:00:00Z by a test: fresh data"}}})
+    mt = objects.wait("ModelTraining", "iris",
+                      lambda o: o["status"].get("latestValidatedModel", {}).get("version") == 2,
+                      timeout=RUN_TIMEOUT, what="version 2")
+    assert mt["status"]["latestRun"]["trigger"].startswith("retrain requested: 2026-11-23T00:00:00Z by a test")
+    assert [r["modelVersion"] for r in mt["status"]["history"]] == [2, 1]
+    assert mt["status"]["observedRetrainRequest"].endswith("fresh data")
+
+    # The schedule fires: with the last fire time moved back, the cron is due now (the clock the
+    # operator compares with is the status, so no waiting for a minute boundary).
+    objects.patch("ModelTraining", "iris", {"spec": {"schedule": "*/5 * * * *"}})
+    mt = objects.wait("ModelTraining", "iris", lambda o: o["status"].get("latestValidatedModel", {}).get("version") == 3
+                      and finished(o), timeout=RUN_TIMEOUT, what="version 3 (spec change)")
+    assert mt["status"]["nextScheduleTime"]
+    past = (datetime.now(UTC) - timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    objects.patch_status("ModelTraining", "iris", {"status": {"lastScheduleTime": past}})
+    mt = objects.wait("ModelTraining", "iris", lambda o: o["status"].get("latestValidatedModel", {}).get("version") == 4
+                      and finished(o), timeout=RUN_TIMEOUT, what="version 4 (schedule)")
+    assert mt["status"]["latestRun"]["trigger"].startswith("schedule */5 * * * * at ")
+    assert "-s2" in mt["status"]["latestRun"]["name"]
+    runs = sorted(p.name for p in (operator.data_dir / "runs" / objects.namespace).iterdir())
+    assert len(runs) == 4  # one run per trigger, no more
+
+
+def failing(name: str, **spec) -> dict:
+    body = copy.deepcopy(load_example("training.yaml"))
+    body["metadata"]["name"] = name
+    body["spec"]["model"] = name
+    for key, value in spec.items():
+        body["spec"][key] = {**body["spec"].get(key, {}), **value} if isinstance(value, dict) else value
+    return body
+
+
+def test_failures_are_named(operator, objects):
+    objects.create(failing("gate", validation={"thresholds": [{"metric": "accuracy", "min": 0.999}]}))
+    objects.create(failing("missing", dataset={"uri": "file:///nonexistent/data.csv", "target": "y"}))
+    objects.create(failing("toosmall", dataValidation={"minRows": 1000}))
+    objects.create(failing("badestimator", training={"estimator": "NoSuchForestClassifier"}))
+
+    gate = objects.wait("ModelTraining", "gate", finished, timeout=RUN_TIMEOUT)
+    assert gate["status"]["phase"] == "Succeeded"
+    validated = condition(gate, "Validated")
+    assert (validated["status"], validated["reason"]) == ("False", "ValidationFailed")
+    assert "accuracy" in validated["message"]
+    assert "latestValidatedModel" not in gate["status"]
+    assert gate["status"]["latestRun"]["validated"] is False
+
+    for name, reason, text in (
+        ("missing", "DatasetUnavailable", "nonexistent"),
+        ("toosmall", "DataValidationFailed", "1000"),
+        ("badestimator", "InvalidSpec", "NoSuchForestClassifier"),
+    ):
+        mt = objects.wait("ModelTraining", name, finished, timeout=RUN_TIMEOUT, what=name)
+        succeeded = condition(mt, "Succeeded")
+        assert (mt["status"]["phase"], succeeded["status"], succeeded["reason"]) == ("Failed", "False", reason), mt
+        assert text in succeeded["message"], succeeded["message"]
+        assert mt["status"]["latestRun"]["reason"] == reason
+        wait_until(lambda: [e for e in objects.events(name) if e.reason == reason], what=f"{reason} event")
+    assert operator.metric("mlops_training_runs_total", result="failed") == 3
+    assert operator.metric("mlops_training_runs_total", result="rejected") == 1
