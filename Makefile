@@ -67,6 +67,10 @@ test: venv ## Run every test (starts the local control plane unless KUBECONFIG i
 demo: venv ## The whole loop on the local control plane: train, serve, drift, retrain, canary
 	$(PY) hack/demo.py
 
+.PHONY: demo-down
+demo-down: venv ## Stop the demo's operator and model servers (the control plane keeps running)
+	$(PY) hack/demo.py down
+
 .PHONY: run
 run: venv ## Run the operator in the foreground against the current cluster
 	KUBECONFIG=$${KUBECONFIG:-$$($(PY) hack/devcluster.py kubeconfig)} $(PY) -m mlops_operator
