@@ -135,7 +135,7 @@ def test_the_step_clock_starts_when_the_candidate_is_ready():
     waiting = in_flight(CANARY_PHASE, step_started=None)
     assert next_rollout_step(rollout(), waiting, obs(5)).state == waiting
     started = next_rollout_step(rollout(), waiting, obs(5.2, candidate_ready=True)).state
-    assert started.rollout.step_started == at(6)  # rounded up to a whole second
+    assert started.rollout.step_started == at(5.2)
 
 
 def test_nothing_is_decided_before_the_pause_ends():
@@ -208,7 +208,7 @@ def test_the_shadow_phase_leads_to_the_first_canary_step():
     assert not analysis_due(spec, state.rollout, at(19))
     out = next_rollout_step(spec, state, obs(20, candidate_ready=True, verdict=PASS))
     assert out.state.rollout.phase == CANARY_PHASE and out.state.rollout.step == 0
-    assert out.state.rollout.step_started == at(20)
+    assert out.state.rollout.step_started is None  # restarts once the candidate serves as canary
     failed = next_rollout_step(spec, state, obs(20, candidate_ready=True, verdict=FAIL))
     assert failed.result == "aborted" and "shadow phase" in failed.degraded[1]
 
@@ -424,8 +424,11 @@ def test_effective_predictors_follow_readiness(ready, expected):
 def test_state_round_trips_through_status():
     state = in_flight(CANARY_PHASE, step=1, extensions=2, previous_stable=V3, rejected=("4",))
     fields = state_to_status(state)
-    assert fields["rollout"] == {"phase": "Canary", "step": 1, "started": "2026-01-01T12:00:00Z",
-                                 "stepStarted": "2026-01-01T12:00:00Z", "extensions": 2}
+    assert fields["rollout"] == {"phase": "Canary", "step": 1, "started": "2026-01-01T12:00:00.000Z",
+                                 "stepStarted": "2026-01-01T12:00:00.000Z", "extensions": 2}
+    precise = replace(state, rollout=replace(state.rollout, step_started=at(1.25)))
+    assert state_to_status(precise)["rollout"]["stepStarted"] == "2026-01-01T12:00:01.250Z"
+    assert state_from_status(state_to_status(precise)) == precise
     assert state_from_status(fields) == state
     cleared = state_to_status(DeploymentState(stable=V1))
     assert cleared["candidateVersion"] is None and cleared["rollout"] is None

@@ -80,8 +80,8 @@ def test_resources_and_autoscaling_go_to_the_model_container():
     (component,) = predictor["componentSpecs"]
     assert component["spec"]["containers"] == [{"name": "iris", "resources": {
         "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}]
-    assert component["hpaSpec"] == {"minReplicas": 2, "maxReplicas": 5, "metricsv2": [
-        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]}
+    assert component["hpaSpec"] == {"minReplicas": 2, "maxReplicas": 5, "metrics": [
+        {"type": "Resource", "resource": {"name": "cpu", "targetAverageUtilization": 60}}]}
 
 
 @pytest.mark.parametrize(("runtime", "implementation"), [

@@ -1,43 +1,400 @@
-"""kopf handlers for ModelDeployment."""
+"""kopf handlers for ModelDeployment: follow the model source, roll new versions out, serve them.
+
+1. Parse and check the spec (InvalidSpec stops here).
+2. Resolve the model source: uri+version, or the ModelTraining's latestValidatedModel.
+3. Bring the serving backend to the recorded state and observe it (readiness, failures).
+4. When a rollout step is due, analyse the candidate (router statistics or Prometheus).
+5. Decide the next rollout step (pure), apply it to the backend, write status, events, metrics.
+
+Backend local runs one MLServer process per model version behind a router per deployment
+(``backends/serving_local``); backend seldon writes a SeldonDeployment the ModelDeployment owns.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
+import aiohttp
 import kopf
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
+from mlops_operator import metrics
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
+from mlops_operator.backends import kube, model_source, prometheus, serving_seldon
+from mlops_operator.backends.serving_local import LocalServingManager, Phase, PredictorState
+from mlops_operator.handlers import common
 from mlops_operator.handlers.common import (
     InvalidSpec,
+    Retry,
     forget,
     get_settings,
     is_invalid_generation,
     parse_spec,
+    post_event,
     reconcile_object,
 )
+from mlops_operator.reconcile import modeldeployment as logic
+from mlops_operator.reconcile import seldon
+from mlops_operator.reconcile.conditions import FALSE, TRUE, find_condition, set_condition
+from mlops_operator.reconcile.cost import default_price_table, estimate_monthly_cost
+from mlops_operator.reconcile.modeldeployment import ModelRef, PredictorPlan, RequestStats, ServingObservation
 from mlops_operator.reconcile.validation import deployment_spec_errors
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 CONDITIONS = ("Ready", "Progressing", "AwaitingApproval", "Degraded")
+LOCAL_PREDICTOR = "model"  # local model servers are keyed by version; routes name the role
+# A candidate whose model server failed to start this many times in a row cannot be served.
+CANDIDATE_RESTART_LIMIT = 2
+PREDICTORS = (logic.STABLE, logic.CANARY, logic.SHADOW)
+
+log = logging.getLogger("mlops_operator.deployment")
+
+_manager: LocalServingManager | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def local_manager() -> LocalServingManager:
+    """The local serving backend of this operator process (one per event loop)."""
+    global _manager
+    if _manager is None:
+        settings = get_settings()
+        parsed = urlparse(settings.artifact_root_uri)
+        # The inference log goes under the artifact root when it is local (DriftMonitor reads it there).
+        log_root = Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else settings.data_dir / "artifacts"
+        _manager = LocalServingManager(settings.data_dir, log_root, ready_timeout=15)
+    return _manager
+
+
+# ---------------------------------------------------------------- backends
+
+
+@dataclass
+class BackendView:
+    """A serving backend after applying a plan: per-version readiness and failures, and the serving summary."""
+
+    ready_versions: set[str] = field(default_factory=set)
+    failures: dict[str, str] = field(default_factory=dict)
+    serving: ServingObservation = field(default_factory=ServingObservation)
+
+    def ready(self, model: ModelRef | None) -> bool:
+        return model is not None and model.version in self.ready_versions
+
+    def failure(self, model: ModelRef | None) -> str | None:
+        return self.failures.get(model.version) if model is not None else None
+
+
+def _server_failure(state: PredictorState) -> str | None:
+    if state.ready or state.restarts < CANDIDATE_RESTART_LIMIT or not state.last_error:
+        return None
+    return f"its model server failed {state.restarts + 1} times; last error: {state.last_error}"
+
+
+async def apply_local(namespace: str, name: str, model_name: str, plan: Sequence[PredictorPlan]) -> BackendView:
+    """Serve ``plan`` with the local backend: one MLServer per version, the router's routes, stale servers stopped."""
+    manager = local_manager()
+    cache = get_settings().data_dir / "model-cache"
+    view = BackendView()
+    states: dict[str, PredictorState] = {}
+    for version, uri in dict.fromkeys((p.model.version, p.model.uri) for p in plan):
+        try:
+            model_dir = await asyncio.to_thread(model_source.local_model_dir, uri, cache)
+        except model_source.ModelUnavailable as error:
+            view.failures[version] = str(error)
+            continue
+        state = await manager.ensure_predictor(namespace, name, LOCAL_PREDICTOR, model_dir, version, wait=0)
+        states[version] = state
+        if state.ready:
+            view.ready_versions.add(version)
+        elif failure := _server_failure(state):
+            view.failures[version] = failure
+
+    served = logic.effective_predictors(plan, view.ready)
+    routes = [{"name": p.name, "version": p.model.version, "weight": p.weight, "shadow": p.shadow,
+               "mirrorPercent": p.mirror_percent, "url": states[p.model.version].url,
+               "modelName": states[p.model.version].model_name}
+              for p in served if p.model.version in states and states[p.model.version].url]
+    served = [p for p in served if any(r["name"] == p.name for r in routes)]
+    endpoint, router_problem = None, None
+    if routes and any(r["name"] == logic.STABLE for r in routes):
+        router = await manager.ensure_router(namespace, name, model_name, routes, wait=10)
+        if router.endpoint_url:
+            endpoint = f"{router.endpoint_url}/v2/models/{model_name}"
+        if router.phase == Phase.BACKOFF:
+            router_problem = ("RouterCrashLoop", f"the router keeps failing (restarted {router.restarts} times, "
+                                                 f"backing off): {router.last_error}")
+        elif not router.ready:
+            router_problem = ("Starting", "the router is starting")
+    wanted = {p.model.version for p in plan}
+    for process in manager.predictors(namespace, name):
+        version = process.desired_spec.get("version")
+        if version not in wanted:
+            await manager.stop_predictor(namespace, name, LOCAL_PREDICTOR, version)
+
+    stable = next((p for p in plan if p.name == logic.STABLE), None)
+    stable_state = states.get(stable.model.version) if stable else None
+    problem, degrades = router_problem, router_problem is not None and router_problem[0] != "Starting"
+    if stable and stable.model.version in view.failures and stable_state is None:
+        problem, degrades = (logic.MODEL_UNAVAILABLE, view.failures[stable.model.version]), True
+    elif stable_state and stable_state.phase == Phase.BACKOFF:
+        problem, degrades = ("ServerCrashLoop", f"the model server of version {stable_state.version} keeps failing "
+                                                f"(restarted {stable_state.restarts} times, backing off): "
+                                                f"{stable_state.last_error}"), True
+    stable_ready = bool(stable and view.ready(stable.model) and router_problem is None and endpoint)
+    view.serving = ServingObservation(served=served, stable_ready=stable_ready, endpoint=endpoint,
+                                      ready_replicas=1 if stable_ready else 0, problem=problem, degrades=degrades)
+    return view
+
+
+async def apply_seldon(obj: dict[str, Any], spec: ModelDeploymentSpec, model_name: str, plan: Sequence[PredictorPlan],
+                       rollout_in_flight: bool) -> BackendView:
+    """Serve ``plan`` with the SeldonDeployment the ModelDeployment owns and read its status back."""
+    meta = obj["metadata"]
+    view = BackendView()
+    if not plan:
+        return view
+    manifest = seldon.build_seldon_deployment(meta["name"], meta["namespace"], meta["uid"], spec, model_name, plan)
+    live = await serving_seldon.apply_seldon_deployment(manifest)
+    observed = seldon.observe_seldon_deployment(live, [p.name for p in plan])
+    for version in {p.model.version for p in plan}:
+        if all(observed.ready.get(p.name) for p in plan if p.model.version == version):
+            view.ready_versions.add(version)
+    problem, degrades = None, False
+    candidate = next((p for p in plan if p.name != logic.STABLE), None)
+    if observed.state == seldon.FAILED:
+        message = f"SeldonDeployment {manifest['metadata']['name']} failed: {observed.description or 'no reason given'}"
+        if rollout_in_flight and candidate:
+            view.failures[candidate.model.version] = message  # what changed is the candidate
+        problem, degrades = ("SeldonDeploymentFailed", message), True
+    elif observed.state != seldon.AVAILABLE:
+        problem = ("Creating", f"SeldonDeployment {manifest['metadata']['name']} is "
+                               f"{observed.state or 'waiting for Seldon Core to report its state'}")
+    stable = next(p for p in plan if p.name == logic.STABLE)
+    view.serving = ServingObservation(
+        served=list(plan), stable_ready=view.ready(stable.model), endpoint=observed.endpoint,
+        ready_replicas=seldon.stable_ready_replicas(observed, spec.replicas), problem=problem, degrades=degrades)
+    return view
+
+
+async def candidate_stats(spec: ModelDeploymentSpec, namespace: str, name: str, predictor: str, since: datetime,
+                          now: datetime) -> tuple[RequestStats | None, bool]:
+    """The candidate's request statistics since ``since`` and whether they could be read.
+
+    (None, True) means there is no metrics source (backend seldon without Prometheus).
+    """
+    url = spec.rollout.analysis.prometheus_url or get_settings().prometheus_url
+    if url:
+        queries = logic.prometheus_queries(spec.backend, namespace, name, predictor, (now - since).total_seconds())
+        try:
+            return await prometheus.candidate_stats(url, queries), True
+        except prometheus.PrometheusUnavailable as error:
+            log.warning("%s/%s: analysis postponed: %s", namespace, name, error)
+            return None, False
+    if spec.backend == "seldon":
+        return None, True
+    try:
+        stats = await local_manager().router_stats(namespace, name, since)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        log.warning("%s/%s: analysis postponed, the router does not answer: %s", namespace, name, error)
+        return None, False
+    window = stats.predictors.get(predictor)
+    if window is None:
+        return RequestStats(0, 0, None, None, "router"), True
+    return RequestStats(window.requests, window.errors, window.error_rate if window.requests else None,
+                        window.p99_ms, "router"), True
+
+
+# ---------------------------------------------------------------- reconcile
+
+
+def _record_metrics(namespace: str, name: str, status: dict[str, Any], result: str | None) -> None:
+    ready = find_condition(status.get("conditions"), "Ready")
+    metrics.DEPLOYMENT_READY.labels(namespace, name).set(1 if ready and ready.get("status") == TRUE else 0)
+    weights = {t["predictor"]: t["weight"] for t in status.get("traffic") or []}
+    for predictor in PREDICTORS:
+        metrics.TRAFFIC_WEIGHT.labels(namespace, name, predictor).set(weights.get(predictor, 0))
+    if result:
+        metrics.ROLLOUTS.labels(result).inc()
+
+
+def _forget_metrics(namespace: str, name: str) -> None:
+    for gauge, labels in ((metrics.DEPLOYMENT_READY, [(namespace, name)]),
+                          (metrics.TRAFFIC_WEIGHT, [(namespace, name, p) for p in PREDICTORS])):
+        for label_values in labels:
+            try:
+                gauge.remove(*label_values)
+            except KeyError:
+                pass
+
+
+def _announce(obj: dict[str, Any], before: dict[str, Any], after: dict[str, Any], transition: logic.Transition
+              ) -> None:
+    for event in transition.events:
+        post_event(obj, event.reason, event.message, warning=event.type == "Warning")
+    # Trouble that no transition announced (a missing model, a crash loop): once, when it starts.
+    old = find_condition(before.get("conditions"), "Degraded") or {}
+    new = find_condition(after.get("conditions"), "Degraded") or {}
+    announced = {e.reason for e in transition.events}
+    if new.get("status") == TRUE and (old.get("status") != TRUE or old.get("reason") != new.get("reason")) \
+            and new.get("reason") not in announced:
+        post_event(obj, new["reason"], new.get("message", ""), warning=True)
 
 
 async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
-    """One reconciliation; returns the desired status."""
+    """One reconciliation of a ModelDeployment; returns the desired status."""
+    meta = obj["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation") or 0
     status = dict(obj["status"])
+    now = _now()
+
+    # 1. The spec.
     spec = parse_spec(ModelDeploymentSpec, obj.get("spec") or {})
-    problems = deployment_spec_errors(spec)
+    prices = default_price_table()
+    problems = deployment_spec_errors(spec, prices.instance_type_names())
     if problems:
         raise InvalidSpec("; ".join(problems))
-    if status.get("phase") in (None, "Invalid"):
-        status["phase"] = "Pending"
-    return status
+    model_name = spec.model.name or name
+    annotations = meta.get("annotations") or {}
+
+    # 2. The model source.
+    desired, source_problem = None, None
+    try:
+        desired = await model_source.resolve_model(spec.model, namespace)
+    except model_source.WaitingForModel as error:
+        source_problem = (logic.WAITING_FOR_MODEL, str(error))
+    except model_source.ModelUnavailable as error:
+        source_problem = (logic.MODEL_UNAVAILABLE, f"{error}; the stable version keeps serving"
+                          if status.get("stableVersion") else str(error))
+
+    state = logic.state_from_status(status)
+
+    async def apply(plan: list[PredictorPlan], rollout_in_flight: bool) -> BackendView:
+        if spec.backend == "seldon":
+            return await apply_seldon(obj, spec, model_name, plan, rollout_in_flight)
+        return await apply_local(namespace, name, model_name, plan)
+
+    try:
+        # 3. The backend as the status says it should be.
+        view = await apply(logic.desired_predictors(spec.rollout, state), state.rollout is not None)
+
+        # 4. The analysis, when a step is due.
+        verdict = None
+        if state.rollout and logic.analysis_due(spec.rollout, state.rollout, now) and view.ready(state.candidate):
+            assert state.rollout.step_started is not None
+            predictor = logic.analysed_predictor(state.rollout)
+            stats, readable = await candidate_stats(spec, namespace, name, predictor, state.rollout.step_started, now)
+            if readable:
+                verdict = logic.analyse_candidate(spec.rollout.analysis, stats)
+
+        # 5. The next step.
+        was_ready = (find_condition(status.get("conditions"), "Ready") or {}).get("status") == TRUE
+        observation = logic.Observation(
+            now=now, desired=desired,
+            stable_serving=view.ready(state.stable) or was_ready,
+            candidate_ready=view.ready(state.candidate),
+            candidate_failure=view.failure(state.candidate),
+            approve=annotations.get(logic.APPROVE_ANNOTATION),
+            rollback=annotations.get(logic.ROLLBACK_ANNOTATION),
+            verdict=verdict,
+        )
+        transition = logic.next_rollout_step(spec.rollout, state, observation)
+        if transition.state != state:
+            view = await apply(logic.desired_predictors(spec.rollout, transition.state),
+                               transition.state.rollout is not None)
+        await _clean_other_backend(spec, namespace, name, status)
+    except serving_seldon.BackendUnavailable as error:
+        status["conditions"] = set_condition(status.get("conditions"), "Degraded", TRUE, logic.BACKEND_UNAVAILABLE,
+                                             str(error), generation=generation)
+        if not status.get("stableVersion") or (find_condition(status["conditions"], "Ready") or {}).get("status") != TRUE:
+            status["conditions"] = set_condition(status["conditions"], "Ready", FALSE, logic.BACKEND_UNAVAILABLE,
+                                                 str(error), generation=generation)
+        old = find_condition(obj["status"].get("conditions"), "Degraded") or {}
+        if old.get("reason") != logic.BACKEND_UNAVAILABLE:
+            post_event(obj, logic.BACKEND_UNAVAILABLE, str(error), warning=True)
+        status["phase"] = "Degraded"
+        raise Retry(str(error), status, delay=30) from None
+    except serving_seldon.ManifestRejected as error:
+        raise InvalidSpec(str(error)) from None
+
+    result = logic.deployment_status(status, state, transition, view.serving, desired=desired,
+                                     source_problem=source_problem, generation=generation, now=now,
+                                     rollout=spec.rollout)
+    result["estimatedMonthlyCost"] = estimate_monthly_cost(spec, prices).cost
+    result["seldonDeployment"] = seldon.seldon_deployment_name(name) if spec.backend == "seldon" else None
+    _announce(obj, status, result, transition)
+    _record_metrics(namespace, name, result, transition.result)
+    return result
+
+
+async def _clean_other_backend(spec: ModelDeploymentSpec, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """After a change of spec.backend, stop what the other backend still runs."""
+    if spec.backend == "seldon":
+        if local_manager().deployment_dir(namespace, name).exists():
+            await local_manager().stop_deployment(namespace, name)
+    elif status.get("seldonDeployment"):
+        await asyncio.to_thread(_delete_seldon_deployment, namespace, status["seldonDeployment"])
+
+
+def _delete_seldon_deployment(namespace: str, name: str) -> None:
+    try:
+        client.CustomObjectsApi(kube.api_client()).delete_namespaced_custom_object(
+            seldon.SELDON_GROUP, seldon.SELDON_VERSION, namespace, seldon.SELDON_PLURAL, name)
+    except ApiException as error:
+        if error.status != 404:
+            raise
 
 
 async def _reconcile(namespace: str, name: str, from_change: bool) -> None:
     await reconcile_object(KIND, PLURAL, namespace, name, reconcile_modeldeployment, conditions=CONDITIONS,
                            summary_condition="Ready", from_change=from_change)
+
+
+# ---------------------------------------------------------------- kopf
+
+
+def _list_deployments(namespaces: Collection[str]) -> set[tuple[str, str]]:
+    api = client.CustomObjectsApi(kube.api_client())
+    if namespaces:
+        items = [item for ns in namespaces
+                 for item in api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]]
+    else:
+        items = api.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+    return {(item["metadata"]["namespace"], item["metadata"]["name"]) for item in items}
+
+
+@kopf.on.startup()
+async def adopt_local_servers(**_: Any) -> None:
+    """Re-attach to the local model servers and routers a previous operator process left running,
+    restart dead ones, and stop those whose ModelDeployment no longer exists."""
+    settings = get_settings()
+    try:
+        existing = await asyncio.to_thread(_list_deployments, settings.namespaces)
+    except Exception as error:  # without the list nothing can be called an orphan
+        log.warning("not adopting local model servers: cannot list ModelDeployments: %s", error)
+        return
+    found = await local_manager().adopt_all(existing)
+    orphans = {(p.namespace, p.deployment) for p in found if p.orphan
+               and (not settings.namespaces or p.namespace in settings.namespaces)}
+    for namespace, deployment in sorted(orphans):
+        log.info("stopping the local servers of %s/%s: its ModelDeployment is gone", namespace, deployment)
+        await local_manager().stop_deployment(namespace, deployment)
+    adopted = [p for p in found if not p.orphan]
+    if adopted:
+        log.info("adopted %d local server process(es): %s", len(adopted),
+                 ", ".join(f"{p.namespace}/{p.deployment}/{p.name}@{p.version or '-'} ({p.phase.value})"
+                           for p in adopted))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -50,7 +407,7 @@ async def on_change(namespace: str, name: str, **_: Any) -> None:
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=get_settings().poll_interval_seconds, initial_delay=1)
 async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Body, **_: Any) -> None:
-    """Observe the world and bring the status up to date."""
+    """Observe model servers and the rollout; advance it when a step is due."""
     if is_invalid_generation(status, body.metadata.get("generation") or 0):
         return
     await _reconcile(namespace, name, from_change=False)
@@ -58,5 +415,10 @@ async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Bod
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def on_delete(namespace: str, name: str, **_: Any) -> None:
-    """Release the finalizer."""
+    """Stop the local model servers and router; the SeldonDeployment goes with its owner (GC)."""
+    # The reconcile lock: a reconciliation in flight must not start a server after this stops them.
+    async with common._lock(PLURAL, namespace, name):
+        if local_manager().deployment_dir(namespace, name).exists():
+            await local_manager().stop_deployment(namespace, name)
+    _forget_metrics(namespace, name)
     forget(PLURAL, namespace, name)

@@ -123,7 +123,10 @@ def state_from_status(status: Mapping[str, Any]) -> DeploymentState:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return now_rfc3339(moment) if moment else None
+    # Milliseconds: a step's analysis window starts exactly when its traffic did.
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def state_to_status(state: DeploymentState) -> dict[str, Any]:
@@ -298,12 +301,6 @@ def _reject(rejected: tuple[str, ...], version: str) -> tuple[str, ...]:
     return kept[-MAX_REJECTED:]
 
 
-def _ceil_second(moment: datetime) -> datetime:
-    # Status times have whole seconds; rounding up keeps requests from before the step out of its window.
-    whole = moment.replace(microsecond=0)
-    return whole if whole == moment else whole + timedelta(seconds=1)
-
-
 def _record(version: str, result: str, progress: RolloutProgress | None, now: datetime, message: str
             ) -> dict[str, Any]:
     return {"version": version, "result": result, "started": now_rfc3339(progress.started if progress else now),
@@ -362,7 +359,7 @@ def _gate(rollout: Rollout, state: DeploymentState, obs: Observation, events: tu
     """The analysis is done: wait for approval, or promote."""
     assert state.rollout is not None and state.candidate is not None
     if rollout.approval == "manual" and obs.approve != state.candidate.version:
-        progress = replace(state.rollout, phase=AWAITING_APPROVAL, step_started=_ceil_second(obs.now), extensions=0)
+        progress = replace(state.rollout, phase=AWAITING_APPROVAL, step_started=obs.now, extensions=0)
         message = (f"Version {state.candidate.version} passed its analysis and waits for approval: "
                    f"kubectl mlops approve <name> --version {state.candidate.version} "
                    f"(annotation {APPROVE_ANNOTATION}={state.candidate.version}).")
@@ -478,13 +475,13 @@ def next_rollout_step(rollout: Rollout, state: DeploymentState, obs: Observation
                         f"Rollout of version {candidate.version} aborted while awaiting approval: "
                         f"{obs.verdict.message}.", reject=True, verdict=obs.verdict)
         if progress.step_started is None and obs.candidate_ready:
-            return Transition(replace(state, rollout=replace(progress, step_started=_ceil_second(obs.now))))
+            return Transition(replace(state, rollout=replace(progress, step_started=obs.now)))
         return Transition(state)  # passing or inconclusive analyses only wait with it
 
     # Shadow or Canary.
     if progress.step_started is None:
         if obs.candidate_ready:
-            return Transition(replace(state, rollout=replace(progress, step_started=_ceil_second(obs.now))))
+            return Transition(replace(state, rollout=replace(progress, step_started=obs.now)))
         return Transition(state)
     verdict = obs.verdict
     if verdict is None or not analysis_due(rollout, progress, obs.now):
@@ -502,11 +499,12 @@ def next_rollout_step(rollout: Rollout, state: DeploymentState, obs: Observation
         extended = replace(progress, extensions=progress.extensions + 1)
         return Transition(replace(state, rollout=extended), verdict=verdict)
     # Passed.
-    now = _ceil_second(obs.now)
+    now = obs.now
     if progress.phase == SHADOW_PHASE:
         if not rollout.steps:
             return replace(_gate(rollout, state, obs), verdict=verdict)
-        nxt = replace(progress, phase=CANARY_PHASE, step=0, step_started=now, extensions=0)
+        # The canary clock starts once the candidate serves as canary (on Seldon, a new predictor).
+        nxt = replace(progress, phase=CANARY_PHASE, step=0, step_started=None, extensions=0)
         message = f"Version {candidate.version} passed the shadow phase; canary at {rollout.steps[0].weight}%."
         return Transition(replace(state, rollout=nxt), (Event("Normal", "StepPassed", message),), verdict=verdict)
     if progress.step + 1 < len(rollout.steps):

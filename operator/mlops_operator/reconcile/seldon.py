@@ -70,13 +70,13 @@ def _component_spec(spec: ModelDeploymentSpec, container: str) -> dict[str, Any]
         pod["spec"] = {"containers": [container_spec]}
     if spec.autoscaling:
         scaling = spec.autoscaling
+        # hpaSpec.metrics is Seldon's v2beta1-shaped field, the one every Seldon Core 1.x schema has;
+        # the Seldon operator turns it into an autoscaling/v2 HorizontalPodAutoscaler.
         pod["hpaSpec"] = {
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
-            # autoscaling/v2 metrics (Seldon's hpaSpec.metricsv2).
-            "metricsv2": [{"type": "Resource", "resource": {
-                "name": "cpu",
-                "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu_utilization_percentage}}}],
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "targetAverageUtilization": scaling.target_cpu_utilization_percentage}}],
         }
     return pod or None
 
