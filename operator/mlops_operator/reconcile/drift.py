@@ -3,27 +3,21 @@
 A :class:`DriftReport` compares a *current* window of served rows against a *reference*, feature by
 feature, and gives one overall verdict with a multiple-testing correction.
 
-Tests
-=====
+Tests (name: kinds; score; drifted when)
+========================================
 
-========== =========== ============================================================ ==================
-name       kinds       score                                                        drifted when
-========== =========== ============================================================ ==================
-``psi``    both        population stability index over ``psi_bins`` reference      score > threshold
-                       quantile bins (numeric) or over the categories (categorical)  (default 0.2)
-``ks``     numeric     exact two-sample Kolmogorov-Smirnov statistic D; p-value     adjusted p <
-                       from Smirnov's asymptotic distribution, exactly as            threshold
-                       ``scipy.stats.ks_2samp(method="asymp")`` computes it           (default alpha)
-                       (``kstwo.sf(D, round(n*m/(n+m)))``)
-``wasserstein`` numeric 1-D Wasserstein-1 distance divided by the reference's       score > threshold
-                       standard deviation (ddof=0; a constant reference divides by    (default 0.1)
-                       1)
-``chi2``   categorical chi-squared test of homogeneity on the 2 x k table           adjusted p <
-                       (reference counts, current counts), no Yates correction:      threshold
-                       ``scipy.stats.chi2_contingency(table, correction=False)``     (default alpha)
-``js``     categorical Jensen-Shannon *distance* (square root of the divergence),    score > threshold
-                       base 2, so in [0, 1]; ``scipy.spatial.distance.jensenshannon`` (default 0.1)
-========== =========== ============================================================ ==================
+- ``psi``: numeric and categorical; population stability index over ``psi_bins`` reference
+  quantile bins (numeric) or over the categories (categorical); score > threshold (default 0.2).
+- ``ks``: numeric; exact two-sample Kolmogorov-Smirnov statistic D, p-value from Smirnov's
+  asymptotic distribution as ``scipy.stats.ks_2samp(method="asymp")`` computes it
+  (``kstwo.sf(D, round(n*m/(n+m)))``, see :func:`ks_pvalue`); adjusted p < threshold (default alpha).
+- ``wasserstein``: numeric; 1-D Wasserstein-1 distance divided by the reference's standard deviation
+  (ddof=0; a constant reference divides by 1); score > threshold (default 0.1).
+- ``chi2``: categorical; chi-squared test of homogeneity of the 2 x k table (reference counts,
+  current counts) without Yates' correction, i.e.
+  ``scipy.stats.chi2_contingency(table, correction=False)``; adjusted p < threshold (default alpha).
+- ``js``: categorical; Jensen-Shannon *distance* (square root of the divergence), base 2, so in
+  [0, 1], i.e. ``scipy.spatial.distance.jensenshannon(p, q, base=2)``; score > threshold (default 0.1).
 
 p-values of all ``ks`` and ``chi2`` tests run in one comparison are adjusted together, with
 ``"bonferroni"`` (``min(1, p*M)``), ``"benjamini-hochberg"`` (FDR step-up, alias ``"bh"``) or
@@ -99,7 +93,7 @@ profile, ``O(n+m)`` hashing per categorical feature. No per-row Python.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,7 +268,7 @@ def category_label(value: Any) -> str:
 
 def category_counts(values: Any) -> tuple[dict[str, int], int]:
     """Count of each category label (most frequent first, ties by label) and the number missing."""
-    series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object).ravel())
+    series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values).ravel())
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     # Shift by one so the NA sentinel (-1) lands in bin 0: one pass, no boolean copy.
     binned = np.bincount(codes + 1, minlength=len(uniques) + 1)
@@ -479,24 +473,31 @@ def _quantile_cdf(quantiles: np.ndarray, points: np.ndarray, side: str) -> np.nd
 def _exact_ecdf_distances(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[float, float]:
     """Exact (KS statistic, Wasserstein-1) between two samples given sorted.
 
-    One stable merge (timsort merges the two sorted runs in linear time), then the ECDF gap at each
-    merged point: KS takes it at the last point of each group of equal values (ties), Wasserstein
-    integrates it over the gaps between consecutive points (zero-width inside tie groups).
+    One stable merge (timsort merges the two sorted runs in linear time), then the ECDF gap
+    ``F_ref - F_cur`` at each merged point. Wasserstein integrates |gap| over the widths between
+    consecutive points; KS takes its max where the width is positive, i.e. at the last point of
+    each group of equal values (the gap inside a tie group is not a value of the ECDFs; the gap at
+    the very last point is 0).
     """
     n, m = ref_sorted.size, cur_sorted.size
     both = np.concatenate((ref_sorted, cur_sorted))
     order = np.argsort(both, kind="stable")
     merged = both[order]
-    ref_count = np.cumsum(order < n)
-    gap = ref_count / n - (np.arange(1, n + m + 1) - ref_count) / m
+    del both
+    # gap_k = refs_k/n - (k+1-refs_k)/m = refs_k*(1/n+1/m) - (k+1)/m; counts < 2**53 are exact.
+    gap = np.cumsum(order < n, dtype=np.float64)
+    del order
+    gap *= 1.0 / n + 1.0 / m
+    ramp = np.arange(1, n + m + 1, dtype=np.float64)
+    ramp *= 1.0 / m
+    gap -= ramp
+    del ramp
     np.abs(gap, out=gap)
-    last_of_group = np.empty(n + m, dtype=bool)
-    np.not_equal(merged[1:], merged[:-1], out=last_of_group[:-1])
-    last_of_group[-1] = True
-    statistic = float(gap[last_of_group].max())
     widths = np.diff(merged)
-    wasserstein_distance = float(np.multiply(widths, gap[:-1], out=widths).sum())
-    return statistic, wasserstein_distance
+    del merged
+    statistic = float(np.max(gap[:-1], where=widths > 0, initial=0.0))
+    np.multiply(widths, gap[:-1], out=widths)
+    return statistic, float(widths.sum())
 
 
 def _integral_abs_linear(start: np.ndarray, end: np.ndarray, widths: np.ndarray) -> float:
@@ -976,23 +977,26 @@ def compare(
         raise ValueError(f"features not in the reference: {missing_names}")
 
     if _is_profile(reference):
-        all_references = _references_from_profile(reference)
-        references = {name: all_references[name] for name in names}
+        parsed = _references_from_profile(reference)
+        reference_of: Callable[[str], _NumericReference | _CategoricalReference] = parsed.__getitem__
     else:
         categorical_names = set(categorical or ())
-        references = {}
         for name in names:
             values = reference_columns[name]
-            if name in categorical_names or _is_categorical(values):
-                references[name] = _CategoricalReference.from_values(values)
-            elif _is_numeric(values):
-                references[name] = _NumericReference.from_values(values)
-            else:
+            if not (name in categorical_names or _is_categorical(values) or _is_numeric(values)):
                 raise ValueError(f"reference column {name!r} has unsupported dtype {values.dtype}")
+
+        def reference_of(name: str) -> _NumericReference | _CategoricalReference:
+            # Built one feature at a time, so only one sorted reference column is held at once.
+            values = reference_columns[name]
+            if name in categorical_names or _is_categorical(values):
+                return _CategoricalReference.from_values(values)
+            return _NumericReference.from_values(values)
 
     # Pass 1: raw scores per feature and test.
     evaluated: dict[str, tuple[str, int, int, int, dict[str, tuple[float, float | None]] | None]] = {}
-    for name, ref in references.items():
+    for name in names:
+        ref = reference_of(name)
         kind = NUMERIC if isinstance(ref, _NumericReference) else CATEGORICAL
         feature_tests = {test: value for test, value in thresholds.items() if kind in TEST_KINDS[test]}
         values = current_columns.get(name)
@@ -1010,6 +1014,7 @@ def compare(
             enough = size >= min_samples and ref.count >= min_samples and size > 0 and ref.count > 0
             scores = _categorical_scores(ref, counts, feature_tests) if enough else None
         evaluated[name] = (kind, size, ref.count, missing, scores)
+        del ref
 
     # Pass 2: one multiple-testing correction over every p-value of this comparison.
     keys = [(name, test) for name, item in evaluated.items() if item[4] for test in item[4] if test in P_VALUE_TESTS]
