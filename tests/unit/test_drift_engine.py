@@ -50,6 +50,31 @@ def test_ks_matches_scipy_asymptotic(case: str) -> None:
     assert p_value == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-300)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+@pytest.mark.parametrize("case", ["normal-shift", "integers-ties", "zero-inflated", "small-reference"])
+def test_block_boundaries_do_not_change_results(case: str, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref, cur = samples()[case]
+    entry = drift.build_profile(pd.DataFrame({"x": ref}), quantile_count=200)["features"]["x"]
+    whole = (drift.ks_2samp(ref, cur), drift.wasserstein(ref, cur), drift.ks_2samp_profile(entry, cur),
+             drift.wasserstein_profile(entry, cur))
+    monkeypatch.setattr(drift, "_CHUNK", chunk)
+    blocked = (drift.ks_2samp(ref, cur), drift.wasserstein(ref, cur), drift.ks_2samp_profile(entry, cur),
+               drift.wasserstein_profile(entry, cur))
+    assert blocked[0] == pytest.approx(whole[0], rel=1e-12)
+    assert blocked[1] == pytest.approx(whole[1], rel=1e-9)
+    assert blocked[2] == pytest.approx(whole[2], rel=1e-12)
+    assert blocked[3] == pytest.approx(whole[3], rel=1e-9)
+
+
+def test_large_samples_match_scipy() -> None:
+    rng = np.random.default_rng(2)
+    ref, cur = rng.normal(size=150_000), rng.normal(0.01, 1.0, size=140_000)
+    cur[:5000] = np.round(cur[:5000], 2)  # some ties
+    statistic, _ = drift.ks_2samp(ref, cur)
+    assert statistic == pytest.approx(stats.ks_2samp(ref, cur, method="asymp").statistic, abs=1e-9)
+    assert drift.wasserstein(ref, cur) == pytest.approx(stats.wasserstein_distance(ref, cur), rel=1e-9)
+
+
 def test_ks_ties_are_exact() -> None:
     # All mass on a few atoms: a naive "rank" implementation overstates D here.
     ref = np.repeat([1.0, 2.0, 3.0], [50, 30, 20])
