@@ -4,12 +4,15 @@
 #   kube-apiserver, kube-controller-manager, kubectl  <- hack/kube (k8s.io/kubernetes + staging replaces)
 #   etcd                                              <- hack/etcd (etcdmain.Main)
 #   helm                                              <- go install helm.sh/helm/v3/cmd/helm
+#   promtool (only when asked: `build-binaries.sh promtool`) <- go install .../prometheus/cmd/promtool
 # Prints the bin directory on the last line of stdout; progress goes to stderr.
 set -euo pipefail
 
 KUBE_VERSION=v1.34.4
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.21.4
+# Prometheus tags its Go module v0.3MM.P for release v3.MM.P; this one is Prometheus 3.16.0.
+PROMETHEUS_MODULE_VERSION=v0.316.0
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${MLOPS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlops-operator}
@@ -74,6 +77,19 @@ build_helm() {
   rmdir "$gobin"
 }
 
+build_promtool() {
+  [ -x "$bin/promtool" ] && return 0
+  log "building promtool from github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION (go install)"
+  local gobin
+  gobin=$(mktemp -d)
+  # remove_all_sd drops the service-discovery plugins (promtool's rule checks do not need them; one of
+  # them, nomad/api, is not served by the module proxy).
+  with_ticker promtool env CGO_ENABLED=0 GOBIN="$gobin" go install -trimpath -tags remove_all_sd -ldflags "-s -w" \
+      "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION"
+  mv "$gobin/promtool" "$bin/promtool"
+  rmdir "$gobin"
+}
+
 want=${*:-etcd kube-apiserver kube-controller-manager kubectl helm}
 
 # Go is only needed when something is missing; a warm cache works without it.
@@ -92,6 +108,7 @@ for b in $want; do
   case $b in
     etcd) build_etcd ;;
     helm) build_helm ;;
+    promtool) build_promtool ;;
     kube-apiserver|kube-controller-manager|kubectl) build_kube "$b" ;;
     *) log "unknown binary $b"; exit 2 ;;
   esac
