@@ -352,7 +352,6 @@ def synthetic(rng: np.random.Generator, rows: int, shift: dict[str, float] | Non
     )
 
 
-@pytest.mark.slow  # ~2-3 s each: 200 seeded trials
 @pytest.mark.parametrize("correction", ["bonferroni", "benjamini-hochberg"])
 @pytest.mark.parametrize("use_profile", [False, True])
 def test_no_drift_false_positive_rate_at_most_alpha(correction: str, use_profile: bool) -> None:

@@ -86,8 +86,11 @@ the profile was built from (``n`` rows, K quantiles, N top categories):
   beyond that the rarest ones are pooled with unseen ones into one bucket (a coarser, still valid
   test).
 
-Cost: sorting dominates; ``O((n+m) log(n+m))`` per numeric feature for raw rows, ``O(m log m)`` for a
-profile, ``O(n+m)`` hashing per categorical feature. No per-row Python.
+Cost: ``O((n+m) log(n+m))`` per numeric feature for raw rows (sorts, then one linear merge),
+``O(m log m)`` against a profile, ``O(n+m)`` hashing per categorical feature; the per-point passes
+run over cache-sized blocks; no per-row Python. On 1e6 current rows x 20 numeric + 5 categorical
+features: ~0.65 s against a profile, ~1.9 s against 1e6 raw reference rows
+(``benchmarks/drift_bench.py``: a scipy ks_2samp/chi2_contingency loop takes ~5 s, Evidently ~2 min).
 """
 
 from __future__ import annotations
