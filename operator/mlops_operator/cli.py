@@ -150,7 +150,7 @@ def run(args: argparse.Namespace, api: ObjectsApi, namespace: str, out: TextIO) 
         out.write(f"modeltraining.mlops.dev/{args.name} retraining requested ({value})\n")
     else:
         listing = args.all_namespaces or False
-        where = args.namespace or namespace
+        where = args.status_namespace or namespace
 
         def items(plural: str) -> list[dict[str, Any]]:
             if listing:
@@ -178,7 +178,8 @@ def parser() -> argparse.ArgumentParser:
     retrain.add_argument("name")
     retrain.add_argument("--reason", required=True, help="why (recorded in the run's trigger)")
     status = commands.add_parser("status", help="show ModelDeployments and ModelTrainings")
-    status.add_argument("namespace", nargs="?", help="namespace (default: -n or the context's)")
+    status.add_argument("status_namespace", nargs="?", metavar="namespace",
+                        help="namespace (default: -n or the context's)")
     status.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     for sub in (approve, rollback, retrain):
         sub.add_argument("-n", "--namespace", dest="sub_namespace", help=argparse.SUPPRESS)

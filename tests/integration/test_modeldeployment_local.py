@@ -8,6 +8,8 @@ cores, so each test starts as few model servers as it can.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -221,6 +223,16 @@ def test_follows_training_and_survives_operator_restarts(objects, operator, name
     endpoint = obj["status"]["endpoint"]
     pids = recorded_pids(operator.data_dir, namespace, "follower")
     assert sorted(pids) == ["model-v2", "router"]
+
+    # A model server that dies is restarted (with backoff), and the conditions say so meanwhile.
+    os.kill(pids["model-v2"], signal.SIGKILL)
+    wait_until(lambda: any(e.reason == "ServerRestarting" for e in objects.events("follower")), timeout=30,
+               what="ServerRestarting event")
+    obj = objects.wait(KIND, "follower", lambda o: condition(o, "Ready").get("status") == "True"
+                       and condition(o, "Degraded").get("status") == "False", timeout=SERVE_TIMEOUT,
+                       what="serving again after the crash")
+    pids = recorded_pids(operator.data_dir, namespace, "follower")
+    assert infer(obj["status"]["endpoint"])[0] == 200
 
     # Restart: the running servers are adopted, not restarted.
     operator.kill()

@@ -129,5 +129,6 @@ def test_status_prints_deployments_and_trainings():
     assert "other" not in out
     assert lines[3].split()[:2] == ["TRAINING", "PHASE"] and lines[4].split() == ["iris", "Succeeded", "iris-1",
                                                                                  "(Succeeded)", "2"]
+    assert run(api, "-n", "ml", "status")[1] == out
     code, out = run(api, "status", "-A")
     assert "elsewhere" in out and out.splitlines()[0].startswith("NAMESPACE")

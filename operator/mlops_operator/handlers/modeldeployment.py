@@ -133,8 +133,8 @@ async def apply_local(namespace: str, name: str, model_name: str, plan: Sequence
         if router.endpoint_url:
             endpoint = f"{router.endpoint_url}/v2/models/{model_name}"
         if router.phase == Phase.BACKOFF:
-            router_problem = ("RouterCrashLoop", f"the router keeps failing (restarted {router.restarts} times, "
-                                                 f"backing off): {router.last_error}")
+            router_problem = ("RouterRestarting", f"the router exited ({router.last_error}); restarting it with "
+                                                  f"backoff ({router.restarts} restarts so far)")
         elif not router.ready:
             router_problem = ("Starting", "the router is starting")
     wanted = {p.model.version for p in plan}
@@ -149,9 +149,11 @@ async def apply_local(namespace: str, name: str, model_name: str, plan: Sequence
     if stable and stable.model.version in view.failures and stable_state is None:
         problem, degrades = (logic.MODEL_UNAVAILABLE, view.failures[stable.model.version]), True
     elif stable_state and stable_state.phase == Phase.BACKOFF:
-        problem, degrades = ("ServerCrashLoop", f"the model server of version {stable_state.version} keeps failing "
-                                                f"(restarted {stable_state.restarts} times, backing off): "
-                                                f"{stable_state.last_error}"), True
+        # The supervisor restarts it with a growing delay; the condition says how often and why.
+        reason = "ServerCrashLoop" if stable_state.restarts >= CANDIDATE_RESTART_LIMIT else "ServerRestarting"
+        problem, degrades = (reason, f"the model server of version {stable_state.version} exited "
+                                     f"({stable_state.last_error}); restarting it with backoff "
+                                     f"({stable_state.restarts} restarts so far)"), True
     stable_ready = bool(stable and view.ready(stable.model) and router_problem is None and endpoint)
     view.serving = ServingObservation(served=served, stable_ready=stable_ready, endpoint=endpoint,
                                       ready_replicas=1 if stable_ready else 0, problem=problem, degrades=degrades)
