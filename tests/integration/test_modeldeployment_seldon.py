@@ -24,7 +24,7 @@ from integration.conftest_seldon import (  # noqa: F401  (fixtures)
     uninstall_seldon_crd,
 )
 from integration.deployment_support import condition, deployment_body, publish_model
-from kube_support import wait_until
+from kube_support import OperatorProcess, wait_until
 
 pytestmark = [pytest.mark.cluster]
 
@@ -84,6 +84,15 @@ def model_source(info: dict) -> dict:
 
 
 @pytest.fixture
+def operator(kubeconfig, namespace, crds, tmp_path):
+    """The operator, with its Seldon request-logger sink on a free port (tests may run side by side)."""
+    process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator",
+                              env={"MLOPS_SELDON_LOGGER_PORT": "0"}).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
 def seldon(kube_api, namespace) -> SeldonDeployments:
     return SeldonDeployments(kube_api, namespace)
 
@@ -129,8 +138,12 @@ def test_rollout_steps_are_written_as_seldon_predictors(objects, operator, seldo
                                                                                 md["metadata"]["uid"], True)
     assert sdep["spec"]["protocol"] == "v2"
     stable = sdep["spec"]["predictors"][0]
+    logger = stable["graph"].pop("logger")
     assert stable["graph"] == {"name": "iris", "type": "MODEL", "implementation": "SKLEARN_SERVER",
                                "modelUri": v1["uri"], "children": []}
+    # Requests and responses go to the operator's request-logger sink, which writes the inference log.
+    assert logger["mode"] == "all" and logger["url"].startswith("http://127.0.0.1:")
+    assert logger["url"].endswith(f"/v1/log/{namespace}/iris/stable?version=1")
     assert stable["componentSpecs"] == [{
         "spec": {"containers": [{"name": "iris", "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
                                                                 "limits": {"memory": "512Mi"}}}]},

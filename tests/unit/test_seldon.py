@@ -102,6 +102,15 @@ def test_storage_access():
     assert predictor["graph"]["envSecretRefName"] == "s3-creds"
 
 
+def test_request_logger_per_predictor():
+    plan = [PredictorPlan("stable", V1, 90), PredictorPlan("canary", V2, 10)]
+    sdep = build_seldon_deployment("iris", "ml", "uid", spec(), "iris", plan,
+                                   {"stable": "http://sink/v1/log/ml/iris/stable?version=1"})
+    stable, canary = sdep["spec"]["predictors"]
+    assert stable["graph"]["logger"] == {"url": "http://sink/v1/log/ml/iris/stable?version=1", "mode": "all"}
+    assert "logger" not in canary["graph"]
+
+
 def test_the_spec_hash_follows_the_spec():
     one = build([PredictorPlan("stable", V1, 100)])
     same = build([PredictorPlan("stable", V1, 100)])

@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from mlops_operator import metrics
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
-from mlops_operator.backends import kube, model_source, prometheus, serving_seldon
+from mlops_operator.backends import kube, model_source, prometheus, seldon_logger_sink, serving_seldon
 from mlops_operator.backends.serving_local import LocalServingManager, Phase, PredictorState
 from mlops_operator.handlers import common
 from mlops_operator.handlers.common import (
@@ -167,7 +167,8 @@ async def apply_seldon(obj: dict[str, Any], spec: ModelDeploymentSpec, model_nam
     view = BackendView()
     if not plan:
         return view
-    manifest = seldon.build_seldon_deployment(meta["name"], meta["namespace"], meta["uid"], spec, model_name, plan)
+    manifest = seldon.build_seldon_deployment(meta["name"], meta["namespace"], meta["uid"], spec, model_name, plan,
+                                              await _logger_urls(meta["namespace"], meta["name"], plan))
     live = await serving_seldon.apply_seldon_deployment(manifest)
     observed = seldon.observe_seldon_deployment(live, [p.name for p in plan])
     for version in {p.model.version for p in plan}:
@@ -188,6 +189,20 @@ async def apply_seldon(obj: dict[str, Any], spec: ModelDeploymentSpec, model_nam
         served=list(plan), stable_ready=view.ready(stable.model), endpoint=observed.endpoint,
         ready_replicas=seldon.stable_ready_replicas(observed, spec.replicas), problem=problem, degrades=degrades)
     return view
+
+
+async def _logger_urls(namespace: str, name: str, plan: Sequence[PredictorPlan]) -> dict[str, str] | None:
+    """Each predictor's request-logger URL at the operator's sink, which writes the inference log."""
+    if seldon_logger_sink.SinkSettings().mode == "never":
+        return None
+    try:
+        sink = seldon_logger_sink.running() or await seldon_logger_sink.ensure_running(
+            get_settings().artifact_root_uri)
+    except (OSError, ValueError) as error:  # port taken, or a remote artifact root
+        log.warning("%s/%s: no request logging (the Seldon request-logger sink cannot start: %s)", namespace, name,
+                    error)
+        return None
+    return {p.name: sink.logger_url(namespace, name, p.name, p.model.version, p.shadow) for p in plan}
 
 
 async def candidate_stats(spec: ModelDeploymentSpec, namespace: str, name: str, predictor: str, since: datetime,

@@ -81,8 +81,13 @@ def _component_spec(spec: ModelDeploymentSpec, container: str) -> dict[str, Any]
     return pod or None
 
 
-def _predictor(spec: ModelDeploymentSpec, model_name: str, plan: PredictorPlan) -> dict[str, Any]:
+def _predictor(spec: ModelDeploymentSpec, model_name: str, plan: PredictorPlan, logger_url: str | None
+               ) -> dict[str, Any]:
     graph: dict[str, Any] = {"name": model_name, "type": "MODEL", "modelUri": plan.model.uri, "children": []}
+    if logger_url:
+        # Seldon's executor posts every request and response there (the operator's request-logger
+        # sink), which writes the inference log DriftMonitor reads.
+        graph["logger"] = {"url": logger_url, "mode": "all"}
     if spec.runtime in PREPACKAGED_SERVERS:
         graph["implementation"] = PREPACKAGED_SERVERS[spec.runtime]
     if spec.service_account_name:
@@ -118,12 +123,14 @@ def build_seldon_deployment(
     spec: ModelDeploymentSpec,
     model_name: str,
     predictors: Sequence[PredictorPlan],
+    logger_urls: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The SeldonDeployment serving ``predictors`` for the ModelDeployment ``name`` (owned by it,
-    so Kubernetes' garbage collector deletes it with the ModelDeployment)."""
+    so Kubernetes' garbage collector deletes it with the ModelDeployment). ``logger_urls`` maps
+    predictor names to their request-logger URL (``graph.logger``, mode all)."""
     seldon_spec = {
         "protocol": "v2",
-        "predictors": [_predictor(spec, model_name, plan) for plan in predictors],
+        "predictors": [_predictor(spec, model_name, plan, (logger_urls or {}).get(plan.name)) for plan in predictors],
     }
     return {
         "apiVersion": f"{SELDON_GROUP}/{SELDON_VERSION}",
