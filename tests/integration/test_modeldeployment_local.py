@@ -137,7 +137,10 @@ def test_an_erroring_candidate_is_rolled_back(objects, operator, namespace):
     objects.wait(KIND, "iris", lambda o: (o["status"].get("rollout") or {}).get("stepStarted"),
                  timeout=SERVE_TIMEOUT, what="canary step started")
     predictors, statuses = split(endpoint, 40)
-    assert predictors["canary"] == 20 and statuses[500] == 20, (predictors, statuses)
+    # Every canary request fails: 500 from MLServer (or, rarely, 502 when the router finds the
+    # connection reset after such an answer).
+    failed = sum(count for code, count in statuses.items() if code >= 500)
+    assert predictors["canary"] == 20 and failed == 20 and statuses[200] == 20, (predictors, statuses)
 
     obj = objects.wait(KIND, "iris", lambda o: condition(o, "Degraded").get("reason") == "RolloutAborted",
                        timeout=30, what="rollout aborted")
