@@ -152,7 +152,9 @@ class Traffic:
     def __init__(self, endpoint: str, model: str, seed: int = 7):
         from sklearn.datasets import load_iris
 
-        self.url = f"{endpoint.rstrip('/')}/v2/models/{model}/infer"
+        # status.endpoint is the model's V2 URL (…/v2/models/<name>); older forms give the server's root.
+        base = endpoint.rstrip("/")
+        self.url = f"{base}/infer" if "/v2/models/" in base else f"{base}/v2/models/{model}/infer"
         self.rows = load_iris().data
         self.rng = np.random.default_rng(seed)
         self.sent = self.failed = 0
@@ -278,6 +280,9 @@ def run_loop(cluster: Cluster, timeout: float = 600) -> dict[str, Any]:
     say("step 3/6  monitoring: kubectl apply -f examples/driftmonitor.yaml; 300 requests of normal traffic")
     traffic = Traffic(endpoint, "iris")
     traffic.burst(300)
+    if traffic.failed:
+        raise RuntimeError(f"{traffic.failed} of 300 requests to {traffic.url} failed")
+    say(f"   300 predictions from {traffic.url}")
     cluster.apply(example("driftmonitor.yaml"))
     watch_phase(cluster, "DriftMonitor", "iris", lambda o: o.get("status", {}).get("phase") == "NoDrift",
                 timeout, "a check without drift", describe_monitor)
@@ -309,6 +314,7 @@ def run_loop(cluster: Cluster, timeout: float = 600) -> dict[str, Any]:
     dm = cluster.get("DriftMonitor", "iris")
     return {
         "endpoint": endpoint,
+        "inferUrl": traffic.url,
         "stable": md["status"]["stableVersion"],
         "versions": [r.get("modelVersion") for r in mt["status"].get("history", [])],
         "metrics": mt["status"]["latestValidatedModel"]["metrics"],
@@ -384,14 +390,15 @@ def main() -> int:
     print(f"  drifted feature/test  " + ", ".join(f"{k}={v}" for k, v in summary["drift"].items()))
     print(f"  retrain requested     {summary['retrainRequest']}")
     print(f"  requests sent         {summary['requests']} ({summary['failedRequests']} failed)")
-    print(f"  endpoint              {summary['endpoint']}/v2/models/iris/infer")
+    print(f"  endpoint              {summary['inferUrl']}")
     print()
     print("Where to look")
     print(f"  export KUBECONFIG={kubeconfig}")
     print(f"  kubectl -n {DEMO_NAMESPACE} get mlops                # all three kinds")
     print(f"  kubectl -n {DEMO_NAMESPACE} describe md iris          # conditions and events")
     print(f"  curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^mlops_   # operator metrics")
-    print(f"  curl -s {summary['endpoint']}/metrics | grep ^mlops_router      # per-predictor traffic")
+    router = summary["endpoint"].split("/v2/")[0]
+    print(f"  curl -s {router}/metrics | grep ^mlops_router      # per-predictor traffic")
     print("  hack/demo.py down                                   # stop the demo's operator and servers")
     return 0
 

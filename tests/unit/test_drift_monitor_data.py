@@ -73,3 +73,14 @@ def test_inference_log_exists_only_once_written(tmp_path):
     window = drift_data.read_inference_window(tmp_path.as_uri(), "ml", "iris", max_rows=10, since=None,
                                               feature_names=["a"])
     assert window.empty
+
+
+def test_model_input_features_come_from_lineage_in_training_order(tmp_path):
+    from mlops_operator.backends import drift_data
+
+    version = tmp_path / "models" / "iris" / "1"
+    version.mkdir(parents=True)
+    order = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+    (version / "lineage.json").write_text(json.dumps({"features": order}))
+    assert drift_data.model_input_features(version.as_uri()) == tuple(order)
+    assert drift_data.model_input_features((tmp_path / "missing").as_uri()) is None

@@ -229,8 +229,9 @@ def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
 
 
 def _write_json(fs: fsspec.AbstractFileSystem, path: str, value: Any) -> None:
+    # Keys keep their order: a profile's features are listed in the model's input order.
     with fs.open(path, "wt") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True, default=str)
+        json.dump(value, handle, indent=2, default=str)
 
 
 def _check_model_name(model: str) -> None:

@@ -56,6 +56,18 @@ def model_version_profile(model_uri: str) -> dict[str, Any]:
     return _model_version_profile(model_version_profile_uri(model_uri))
 
 
+@functools.lru_cache(maxsize=64)
+def model_input_features(model_uri: str) -> tuple[str, ...] | None:
+    """The feature columns a model version was trained on, in its input order (lineage.json), or
+    None. A V2 request's 2-D tensor carries its columns in this order; cached (versions are immutable)."""
+    try:
+        lineage = read_json_uri(f"{model_uri.rstrip('/')}/lineage.json")
+    except FileNotFoundError:
+        return None
+    features = lineage.get("features") if isinstance(lineage, dict) else None
+    return tuple(features) if isinstance(features, list) and features else None
+
+
 def read_training_metrics(model_uri: str) -> dict[str, Any] | None:
     """metrics.json of a model version, or None when it has none."""
     try:

@@ -172,7 +172,11 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
         raise CheckFailed(logic.FEATURE_MISMATCH, f"spec.features not in the reference {reference_uri}: "
                           f"{', '.join(unknown)}")
 
-    # The window.
+    # The window. A request's 2-D tensor has the served model's input columns in training order.
+    stable_uri = deployment_status.get("stableUri")
+    trained_on = await asyncio.to_thread(drift_data.model_input_features, stable_uri) if stable_uri else None
+    tensor_columns = list(trained_on) if trained_on and set(trained_on) == set(reference_features) \
+        else reference_features
     root = get_settings().artifact_root_uri
     try:
         if not await asyncio.to_thread(drift_data.inference_log_exists, root, namespace, deployment_name):
@@ -180,7 +184,7 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
                               "log yet (no request served)")
         window = await asyncio.to_thread(
             drift_data.read_inference_window, root, namespace, deployment_name, max_rows=spec.window.rows,
-            since=logic.window_since(spec.window, now), feature_names=reference_features)
+            since=logic.window_since(spec.window, now), feature_names=tensor_columns)
     except CheckFailed:
         raise
     except Exception as error:

@@ -189,13 +189,20 @@ class Router:
     async def _call(self, route: PredictorRoute, path: str, body: bytes) -> tuple[int, bytes, str | None]:
         """POST to a backend: ``(status, body, error)``; unreachable → 502, timeout → 504."""
         assert self.session is not None
-        try:
-            async with self.session.post(route.url + path, data=body, headers={"Content-Type": JSON}) as resp:
-                return resp.status, await resp.read(), None
-        except asyncio.TimeoutError:
-            return 504, b"", f"predictor {route.name} timed out after {self.upstream_timeout:.0f}s"
-        except aiohttp.ClientError as exc:
-            return 502, b"", f"predictor {route.name} unreachable: {exc.__class__.__name__}: {exc}"
+        for attempt in (1, 2):
+            try:
+                async with self.session.post(route.url + path, data=body, headers={"Content-Type": JSON}) as resp:
+                    return resp.status, await resp.read(), None
+            except asyncio.TimeoutError:
+                return 504, b"", f"predictor {route.name} timed out after {self.upstream_timeout:.0f}s"
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A pooled keep-alive connection the server had already closed (MLServer does so
+                # after answering 500): nothing was processed, so one retry on a fresh connection.
+                if attempt == 2:
+                    return 502, b"", f"predictor {route.name} unreachable: {exc.__class__.__name__}: {exc}"
+            except aiohttp.ClientError as exc:
+                return 502, b"", f"predictor {route.name} unreachable: {exc.__class__.__name__}: {exc}"
+        raise AssertionError("unreachable")
 
     def _log(self, routing: _Routing, route: PredictorRoute, request_id: str, arrived: datetime,
              status: int, seconds: float, payload: dict | None, response_body: bytes, error: str | None) -> None:
