@@ -98,15 +98,16 @@ class OperatorProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
             return response.read().decode()
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, metric_name: str, /, **labels: str) -> float:
         """Value of one sample (0 when absent)."""
+        wanted = metric_name
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         for line in self.metrics().splitlines():
             if line.startswith("#"):
                 continue
             series, _, value = line.rpartition(" ")
-            metric_name, _, label_text = series.partition("{")
-            if metric_name != name:
+            series_name, _, label_text = series.partition("{")
+            if series_name != wanted:
                 continue
             got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
             if all(part in got.split(",") for part in want.split(",") if part):
