@@ -55,19 +55,20 @@ RETRAIN_REQUESTS = Counter("mlops_retrain_requests_total", "Retrain requests mad
 
 
 @contextmanager
-def reconcile_timer(kind: str) -> Iterator[None]:
-    """Count and time one reconciliation; an exception counts as an error (and is re-raised)."""
+def reconcile_timer(kind: str) -> Iterator[dict[str, str]]:
+    """Count and time one reconciliation. The caller may set ``outcome["result"] = "requeue"``;
+    an exception counts as an error (and is re-raised), kopf's TemporaryError as a requeue."""
     start = time.perf_counter()
+    outcome = {"result": "success"}
     try:
-        yield
+        yield outcome
     except Exception as error:
-        # kopf's TemporaryError is a requeue, not a failure of the controller.
         result = "requeue" if type(error).__name__ == "TemporaryError" else "error"
         RECONCILE_TOTAL.labels(kind, result).inc()
         if result == "error":
             RECONCILE_ERRORS.labels(kind).inc()
         raise
     else:
-        RECONCILE_TOTAL.labels(kind, "success").inc()
+        RECONCILE_TOTAL.labels(kind, outcome["result"]).inc()
     finally:
         RECONCILE_TIME.labels(kind).observe(time.perf_counter() - start)

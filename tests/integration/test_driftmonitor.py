@@ -237,26 +237,29 @@ def test_missing_deployment_model_reference_and_log_are_reported_then_recovered(
     def ready_reason(reason: str):
         return lambda obj: (condition(obj, "Ready") or {}).get("reason") == reason
 
+    # Each failed check backs the monitor off (10s, 20s, 40s, 40s...): the waits allow for that.
+    backoff = 90
+
     obj = objects.wait("DriftMonitor", "iris", ready_reason("DeploymentNotFound"), timeout=60,
                        what="DeploymentNotFound")
     assert obj["status"]["phase"] == "Error" and condition(obj, "Ready")["status"] == "False"
     assert condition(obj, "DriftDetected")["status"] == "Unknown"
 
     serving.create_deployment()
-    objects.wait("DriftMonitor", "iris", ready_reason("NoServedModel"), timeout=30, what="NoServedModel")
+    objects.wait("DriftMonitor", "iris", ready_reason("NoServedModel"), timeout=backoff, what="NoServedModel")
 
     uri = (serving.root / "models" / "iris" / "1").resolve().as_uri()
     serving.serve("1", uri)
-    obj = objects.wait("DriftMonitor", "iris", ready_reason("ReferenceUnavailable"), timeout=30,
+    obj = objects.wait("DriftMonitor", "iris", ready_reason("ReferenceUnavailable"), timeout=backoff,
                        what="ReferenceUnavailable")
     assert "profile.json" in condition(obj, "Ready")["message"]
 
     serving.publish_version("1")
-    objects.wait("DriftMonitor", "iris", ready_reason("InferenceLogUnavailable"), timeout=30,
+    objects.wait("DriftMonitor", "iris", ready_reason("InferenceLogUnavailable"), timeout=backoff,
                  what="InferenceLogUnavailable")
 
     serving.send(normal_traffic())
-    obj = objects.wait("DriftMonitor", "iris", phase_is("NoDrift"), timeout=30, what="recovery")
+    obj = objects.wait("DriftMonitor", "iris", phase_is("NoDrift"), timeout=backoff, what="recovery")
     assert condition(obj, "Ready")["status"] == "True"
     assert metric(operator, "mlops_drift_checks_total", result="error") >= 4
     assert "Traceback" not in operator.logs()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -91,15 +92,23 @@ def post_event(obj: Mapping[str, Any], reason: str, message: str, *, warning: bo
 
 
 _locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+# Objects in backoff after transient trouble: key -> (monotonic time of the next attempt, delay).
+_backoff: dict[tuple[str, str, str], tuple[float, float]] = {}
 
 
 def _lock(plural: str, namespace: str, name: str) -> asyncio.Lock:
     return _locks.setdefault((plural, namespace, name), asyncio.Lock())
 
 
+def object_lock(plural: str, namespace: str, name: str) -> asyncio.Lock:
+    """The lock that serialises everything done to one object."""
+    return _lock(plural, namespace, name)
+
+
 def forget(plural: str, namespace: str, name: str) -> None:
-    """Drop the per-object lock of a deleted object."""
+    """Drop the per-object lock and backoff of a deleted object."""
     _locks.pop((plural, namespace, name), None)
+    _backoff.pop((plural, namespace, name), None)
 
 
 async def reconcile_object(
@@ -116,11 +125,15 @@ async def reconcile_object(
     """Run one reconciliation of the live object and write the status it returns.
 
     ``from_change`` is true in kopf change handlers: an invalid spec then raises PermanentError
-    (kopf stops retrying until the spec changes) and transient trouble raises TemporaryError
-    (kopf retries with the given delay). Timers only record the status; they come back anyway.
+    (kopf stops retrying until the spec changes). Transient trouble (``Retry``) records its status
+    and backs the object off: timers skip it until the delay has passed, and each further failure
+    doubles the delay (up to four times the first). A change handler always reconciles at once.
     """
+    key = (plural, namespace, name)
+    if not from_change and time.monotonic() < _backoff.get(key, (0.0, 0.0))[0]:
+        return
     async with _lock(plural, namespace, name):
-        with reconcile_timer(kind):
+        with reconcile_timer(kind) as outcome:
             obj = await kube.get_object(plural, namespace, name)
             if obj is None or obj["metadata"].get("deletionTimestamp"):
                 return
@@ -150,10 +163,13 @@ async def reconcile_object(
                 changes = changed_fields(live, retry.status)
                 if changes:
                     await kube.patch_status(plural, namespace, name, changes)
-                if from_change:
-                    raise kopf.TemporaryError(str(retry), delay=retry.delay) from None
-                log.info("%s %s/%s: %s (retrying)", kind, namespace, name, retry)
+                previous = _backoff.get(key, (0.0, 0.0))[1]
+                delay = min(previous * 2, retry.delay * 4) if previous else retry.delay
+                _backoff[key] = (time.monotonic() + delay, delay)
+                outcome["result"] = "requeue"
+                log.info("%s %s/%s: %s (retrying in %.0fs)", kind, namespace, name, retry, delay)
                 return
+            _backoff.pop(key, None)
             changes = changed_fields(live, desired)
             if changes:
                 await kube.patch_status(plural, namespace, name, changes)

@@ -434,7 +434,7 @@ async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Bod
 async def on_delete(namespace: str, name: str, **_: Any) -> None:
     """Stop the local model servers and router; the SeldonDeployment goes with its owner (GC)."""
     # The reconcile lock: a reconciliation in flight must not start a server after this stops them.
-    async with common._lock(PLURAL, namespace, name):
+    async with common.object_lock(PLURAL, namespace, name):
         if local_manager().deployment_dir(namespace, name).exists():
             await local_manager().stop_deployment(namespace, name)
     _forget_metrics(namespace, name)
