@@ -386,7 +386,10 @@ def main() -> int:
     print()
     print("Summary")
     print(f"  model versions        {summary['versions']} (stable: v{summary['stable']})")
-    print(f"  metrics (v{summary['stable']})         " + ", ".join(f"{k}={v:.3f}" for k, v in summary["metrics"].items()))
+    print(f"  metrics of v{summary['stable']:<10}" + ", ".join(f"{k}={v:.3f}" for k, v in summary["metrics"].items()))
+    analysis = summary.get("lastAnalysis") or {}
+    if analysis:
+        print(f"  last canary analysis  {analysis.get('message')}")
     print(f"  drifted feature/test  " + ", ".join(f"{k}={v}" for k, v in summary["drift"].items()))
     print(f"  retrain requested     {summary['retrainRequest']}")
     print(f"  requests sent         {summary['requests']} ({summary['failedRequests']} failed)")
