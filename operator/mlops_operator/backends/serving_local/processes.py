@@ -72,13 +72,19 @@ def exit_status(pid: int) -> int | None:
     """
     if pid in _reaped:
         return _reaped.pop(pid)
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except (ChildProcessError, OSError):
-        return None
-    if done == 0:
-        return None
-    return os.waitstatus_to_exitcode(status)
+    # A dying process drops its command line a moment before it becomes a zombie that waitpid
+    # can collect, so a caller that saw it gone may be early: give it half a second at most.
+    deadline = time.monotonic() + 0.5
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except (ChildProcessError, OSError):
+            return None
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
 
 
 def free_port(exclude: set[int] | None = None) -> int:
