@@ -61,5 +61,9 @@ def operator(kubeconfig, namespace, crds, objects, tmp_path: Path) -> Iterator[O
     yield process
     if process.process is not None and process.process.poll() is None:
         remaining = objects.delete_all()
-        wait_until(lambda: not objects.list_all(), timeout=60, what=f"deletion of {remaining}")
+        try:
+            # Generous: stopping model servers (SIGTERM, grace, SIGKILL) is slow on a loaded CI box.
+            wait_until(lambda: not objects.list_all(), timeout=180, what=f"deletion of {remaining}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\noperator log tail:\n{process.logs()[-3000:]}") from None
     process.stop()
