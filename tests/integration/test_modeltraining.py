@@ -66,16 +66,17 @@ def test_train_retrain_and_schedule(operator, objects):
     assert mt["status"]["observedRetrainRequest"].endswith("fresh data")
 
     # The schedule fires: with the last fire time moved back, the cron is due now (the clock the
-    # operator compares with is the status, so no waiting for a minute boundary).
-    objects.patch("ModelTraining", "iris", {"spec": {"schedule": "*/5 * * * *"}})
+    # operator compares with is the status, so no waiting for a fire time). A yearly cron, so it
+    # cannot also fire by itself while the test runs.
+    objects.patch("ModelTraining", "iris", {"spec": {"schedule": "0 0 1 1 *"}})
     mt = objects.wait("ModelTraining", "iris", lambda o: o["status"].get("latestValidatedModel", {}).get("version") == 3
                       and finished(o), timeout=RUN_TIMEOUT, what="version 3 (spec change)")
     assert mt["status"]["nextScheduleTime"]
-    past = (datetime.now(UTC) - timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    past = (datetime.now(UTC) - timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%SZ")
     objects.patch_status("ModelTraining", "iris", {"status": {"lastScheduleTime": past}})
     mt = objects.wait("ModelTraining", "iris", lambda o: o["status"].get("latestValidatedModel", {}).get("version") == 4
                       and finished(o), timeout=RUN_TIMEOUT, what="version 4 (schedule)")
-    assert mt["status"]["latestRun"]["trigger"].startswith("schedule */5 * * * * at ")
+    assert mt["status"]["latestRun"]["trigger"].startswith("schedule 0 0 1 1 * at ")
     assert "-s2" in mt["status"]["latestRun"]["name"]
     runs = sorted(p.name for p in (operator.data_dir / "runs" / objects.namespace).iterdir())
     assert len(runs) == 4  # one run per trigger, no more
