@@ -40,3 +40,13 @@ def pytest_sessionfinish(session: Any) -> None:
 
 def pytest_report_header(config: Any) -> str:
     return "operators run as the Helm chart's ServiceAccount (chart_sa_plugin)"
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """test_helm.py installs the chart and runs its operator as the chart's ServiceAccount on its
+    own (with its own admin steps); wrapping that operator again would make it install RBAC with
+    the restricted token. Leave it to the plain suite."""
+    kept = [item for item in items if "test_helm.py" not in item.nodeid]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
