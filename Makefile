@@ -84,21 +84,6 @@ test-as-chart-sa: venv ## The integration suite with every operator running as t
 demo: venv ## The whole loop on the local control plane: train, serve, drift, retrain, canary
 	$(PY) hack/demo.py
 
-.PHONY: helm-check
-helm-check: venv ## Chart, manifests, Argo CD health checks and alerts (promtool is built on first use)
-	$(PY) hack/gen-manifests.py check
-	$(VENV)/bin/pytest -q tests/unit/test_helm_chart.py tests/unit/test_alerts.py tests/unit/test_argocd_health.py
-
-.PHONY: helm-test
-helm-test: venv ## The chart on the local control plane: dry-run, install, RBAC, operator as the chart's ServiceAccount
-	@if [ -z "$${KUBECONFIG:-}" ]; then $(PY) hack/devcluster.py up; fi
-	$(VENV)/bin/pytest -q tests/integration/test_helm.py
-
-.PHONY: test-as-chart-sa
-test-as-chart-sa: venv ## The integration suite with every operator running as the chart's ServiceAccount
-	@if [ -z "$${KUBECONFIG:-}" ]; then $(PY) hack/devcluster.py up; fi
-	PYTHONPATH=tests $(VENV)/bin/pytest -p chart_sa_plugin tests/integration
-
 .PHONY: demo-down
 demo-down: venv ## Stop the demo's operator and model servers (the control plane keeps running)
 	$(PY) hack/demo.py down
