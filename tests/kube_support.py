@@ -42,6 +42,36 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), None)
 
 
+def install_crds(api_client, bodies: list[dict[str, Any]], what: str = "CRDs") -> list[str]:
+    """Create or replace each CustomResourceDefinition and wait until all are Established."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    ext = client.ApiextensionsV1Api(api_client)
+    names = []
+    for body in bodies:
+        name = body["metadata"]["name"]
+        names.append(name)
+        try:
+            current = ext.read_custom_resource_definition(name)
+            body = {**body, "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version}}
+            ext.replace_custom_resource_definition(name, body)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            ext.create_custom_resource_definition(body)
+
+    def established() -> bool:
+        return all(
+            any(c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition(name).status.conditions or [])
+            for name in names
+        )
+
+    wait_until(established, timeout=60, what=f"{what} Established")
+    return names
+
+
 def load_example(name: str) -> dict[str, Any]:
     """One object from examples/."""
     import yaml

@@ -8,40 +8,14 @@ from typing import Iterator
 import pytest
 import yaml
 
-from kube_support import REPO, Objects, OperatorProcess, wait_until
+from kube_support import REPO, Objects, OperatorProcess, install_crds, wait_until
 
 
 @pytest.fixture(scope="session")
 def crds(kube_api) -> list[str]:
-    """Apply the generated CRDs (server-side apply) and wait until they are Established."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    ext = client.ApiextensionsV1Api(kube_api)
-    names = []
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        body = yaml.safe_load(path.read_text())
-        name = body["metadata"]["name"]
-        names.append(name)
-        try:
-            current = ext.read_custom_resource_definition(name)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, body)
-        except ApiException as error:
-            if error.status != 404:
-                raise
-            ext.create_custom_resource_definition(body)
-
-    def established() -> bool:
-        for name in names:
-            crd = ext.read_custom_resource_definition(name)
-            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
-            if conditions.get("Established") != "True":
-                return False
-        return True
-
-    wait_until(established, timeout=60, what="CRDs Established")
-    return names
+    """Apply the generated CRDs and wait until they are Established."""
+    bodies = [yaml.safe_load(path.read_text()) for path in sorted((REPO / "crds").glob("*.yaml"))]
+    return install_crds(kube_api, bodies)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kube_support import wait_until
+from kube_support import install_crds, wait_until
 
 SELDON_MODULE = "github.com/seldonio/seldon-core/operator"
 SELDON_MODULE_VERSION = "v1.17.1"
@@ -69,25 +69,7 @@ def seldon_crd_manifest() -> dict[str, Any]:
 
 def install_seldon_crd(kube_api, manifest: dict[str, Any]) -> None:
     """Create (or replace) the CRD and wait until it is Established."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    ext = client.ApiextensionsV1Api(kube_api)
-    body = json.loads(json.dumps(manifest))
-    try:
-        current = ext.read_custom_resource_definition(SELDON_CRD_NAME)
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(SELDON_CRD_NAME, body)
-    except ApiException as error:
-        if error.status != 404:
-            raise
-        ext.create_custom_resource_definition(body)
-
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition(SELDON_CRD_NAME)
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
-
-    wait_until(established, timeout=60, what="Seldon CRD Established")
+    install_crds(kube_api, [json.loads(json.dumps(manifest))], what="Seldon CRD")
     time.sleep(1)  # discovery caches of the API server catch up
 
 
