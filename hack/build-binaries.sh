@@ -109,7 +109,7 @@ for b in $want; do
     etcd) build_etcd ;;
     helm) build_helm ;;
     promtool) build_promtool ;;
-    kube-apiserver|kube-controller-manager|kubectl) build_kube "$b" ;;
+    kube-apiserver|kube-controller-manager|kubectl|kubelet|kube-scheduler|kube-proxy) build_kube "$b" ;;
     *) log "unknown binary $b"; exit 2 ;;
   esac
 done
