@@ -437,7 +437,8 @@ def test_state_round_trips_through_status():
 def test_prometheus_queries_select_the_candidate():
     local = prometheus_queries("local", "ns", "iris", "canary", 29.2)
     assert local["requests"] == ('sum(increase(mlops_router_requests_total{namespace="ns",deployment="iris",'
-                                 'predictor="canary"}[30s]))')
+                                 'predictor="canary",code!~"4.."}[30s]))')  # client errors judge nobody
     assert "histogram_quantile(0.99" in local["p99"]
     seldon = prometheus_queries("seldon", "ns", "iris", "canary", 60)
     assert 'deployment_name="iris",predictor_name="canary",code=~"5.."' in seldon["errors"]
+    assert 'predictor_name="canary",code!~"4.."' in seldon["requests"]

@@ -214,7 +214,12 @@ async def test_metadata_and_readiness_come_from_backends(router_client, backends
     router.set_config(make_config(urls, 90, 10))
     resp = await client.get("/v2/models/iris")
     meta = await resp.json()
-    assert meta == {"name": "iris", "platform": "stable"} and resp.headers["x-mlops-predictor"] == "stable"
+    assert meta == {"name": "iris", "platform": "stable", "versions": ["1", "2"]}
+    assert resp.headers["x-mlops-predictor"] == "stable"
+    resp = await client.get("/v2/models/iris/versions/2")
+    assert resp.status == 200 and resp.headers["x-mlops-predictor"] == "canary"
+    resp = await client.get("/v2/models/iris/versions/9")
+    assert resp.status == 404 and (await resp.json())["error"] == "Model iris version 9 not found"
     assert (await client.get("/v2/health/live")).status == 200
     assert (await client.get("/v2/health/ready")).status == 200
     fakes["canary"].ready = False
@@ -252,3 +257,114 @@ async def test_config_file_is_json_with_generation(tmp_path, backends):
     router.set_config(make_config(urls, 90, 10))
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["generation"] == 2 and saved["config"]["predictors"][1]["weight"] == 10
+
+
+IRIS_INPUTS = ({"name": "input-0", "datatype": "FP64", "shape": [-1, 4],
+                "parameters": {"features": ["sepal length", "sepal width", "petal length", "petal width"]}},)
+
+MALFORMED = [
+    # (body, status, words the message must contain)
+    (b"not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (json.dumps({"inputs": []}).encode(), 400, "non-empty list"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64"}]}).encode(), 400, "has no data"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3]}]}).encode(),
+     400, "holds 4 elements but data has 3"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP64", "data": [1] * 4}]}).encode(),
+     400, "holds 8 elements"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FLOAT", "data": [1] * 4}]}).encode(),
+     400, "not a V2 datatype"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": ["a", 1, 2, 3]}]}).encode(),
+     400, "needs numbers"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]}).encode(),
+     400, "does not fit the model's FP64"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}).encode(),
+     400, "takes 4 features per row, got 3"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}).encode(),
+     400, "does not match the model's [-1, 4]"),
+    (json.dumps({"inputs": [{"name": "x", "shape": [1, -4], "datatype": "FP64", "data": [1] * 4}]}).encode(),
+     400, "non-negative integers"),
+    (json.dumps({"inputs": [ROW["inputs"][0], {**ROW["inputs"][0], "name": "y"}]}).encode(), 400, "one input tensor"),
+    (json.dumps({**ROW, "id": 7}).encode(), 400, "id must be a string"),
+]
+
+
+@pytest.mark.parametrize("body,status,words", MALFORMED, ids=[m[2] for m in MALFORMED])
+async def test_client_mistakes_are_v2_400s_never_predictor_errors(router_client, backends, body, status, words):
+    router, client = router_client
+    fakes, urls = backends
+    config = make_config(urls, 50, 50).model_dump(by_alias=True)
+    for predictor in config["predictors"]:
+        predictor["inputs"] = IRIS_INPUTS
+    router.set_config(RouterConfig.model_validate(config))
+    for _ in range(4):  # both predictors get some
+        resp = await client.post("/v2/models/iris/infer", data=body, headers={"Content-Type": "application/json"})
+        answer = await resp.json()
+        assert resp.status == status and set(answer) == {"error"} and words in answer["error"], answer
+    assert not fakes["stable"].seen and not fakes["canary"].seen  # no model server was bothered
+    stats = (await (await client.get("/_mlops/stats")).json())["predictors"]
+    for name in ("stable", "canary"):
+        assert stats[name]["requests"] == 2 and stats[name]["clientErrors"] == 2
+        assert stats[name]["errors"] == 0 and stats[name]["errorRate"] == 0.0 and stats[name]["p99Ms"] is None
+    text = await (await client.get("/metrics")).text()
+    assert 'mlops_router_request_client_errors_total{predictor="canary"} 2.0' in text
+    assert 'mlops_router_request_errors_total{predictor="canary"}' not in text
+    # A well-formed request still goes through, and the error rate is over well-formed requests only.
+    resp, _ = await infer(client)
+    assert resp.status == 200
+
+
+async def test_numeric_datatypes_fit_a_numeric_model_and_integers_are_checked(router_client, backends):
+    router, client = router_client
+    _, urls = backends
+    config = make_config(urls, 100, 0).model_dump(by_alias=True)
+    config["predictors"][0]["inputs"] = IRIS_INPUTS
+    router.set_config(RouterConfig.model_validate(config))
+    resp, _ = await infer(client, {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "INT32", "data": [5, 3, 1, 0]}]})
+    assert resp.status == 200
+    resp, body = await infer(client, {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "INT8", "data": [500, 3, 1, 0]}]})
+    assert resp.status == 400 and "-128..127" in body["error"]
+    resp, body = await infer(client, {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP64",
+                                                  "data": [[1, 2, 3, 4], [5, 6, 7, 8]]}]})
+    assert resp.status == 200  # nested data is row-major V2 JSON too
+
+
+async def test_wrong_method_oversized_body_and_unknown_path_are_v2_errors(router_client, backends):
+    router, client = router_client
+    _, urls = backends
+    router.set_config(make_config(urls, 100, 0))
+    resp = await client.get("/v2/models/iris/infer")
+    assert resp.status == 405 and "method GET is not allowed" in (await resp.json())["error"]
+    assert "POST" in resp.headers["Allow"]
+    resp = await client.post("/v2/models/iris/infer", data=b"x" * (64 * 1024 * 1024 + 1),
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 413 and "larger than" in (await resp.json())["error"]
+    resp = await client.get("/v2/nothing")
+    assert resp.status == 404 and set(await resp.json()) == {"error"}
+
+
+async def test_backend_validation_errors_become_v2_error_bodies(router_client, backends):
+    router, client = router_client
+    fakes, urls = backends
+    router.set_config(make_config(urls, 100, 0))
+
+    async def fastapi_like(request):
+        return web.json_response({"detail": [{"loc": ["body", "inputs", 0, "shape"], "msg": "field required"}]},
+                                 status=422)
+    server = TestServer(_one_route_app(fastapi_like), host="127.0.0.1")
+    await server.start_server()
+    try:
+        config = make_config(urls, 100, 0).model_dump(by_alias=True)
+        config["predictors"][0]["url"] = str(server.make_url("")).rstrip("/")
+        router.set_config(RouterConfig.model_validate(config))
+        resp, body = await infer(client)
+        assert resp.status == 422 and body == {"error": "body.inputs.0.shape: field required"}
+        assert router.windows["stable"].stats(0).client_errors == 1 and router.windows["stable"].stats(0).errors == 0
+    finally:
+        await server.close()
+
+
+def _one_route_app(handler):
+    app = web.Application()
+    app.router.add_post("/v2/models/{model}/infer", handler)
+    return app

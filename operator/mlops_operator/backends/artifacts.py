@@ -170,11 +170,13 @@ def publish_model_version(
     reasons: list[str],
     profile: dict[str, Any],
     lineage: dict[str, Any],
+    signature: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a claimed version's files, ``_COMPLETE`` last, and return ``read_model_version``.
 
-    ``model_file`` is a local joblib file, copied as ``model.joblib``. Raises VersionImmutable if
-    the version is already complete.
+    ``model_file`` is a local joblib file, copied as ``model.joblib``. ``signature`` is the model's
+    V2 ``inputs``/``outputs`` (and ``parameters``) for ``model-settings.json``. Raises
+    VersionImmutable if the version is already complete.
     """
     uri = model_uri(root, model, version)
     fs, path = url_to_fs(uri)
@@ -183,7 +185,7 @@ def publish_model_version(
     fs.makedirs(path, exist_ok=True)
     with open(model_file, "rb") as src, fs.open(f"{path}/{MODEL_FILE}", "wb") as dst:
         dst.write(src.read())
-    _write_json(fs, f"{path}/{SETTINGS_FILE}", mlserver_model_settings(model, version))
+    _write_json(fs, f"{path}/{SETTINGS_FILE}", mlserver_model_settings(model, version, signature))
     _write_json(fs, f"{path}/{METRICS_FILE}", metrics)
     _write_json(fs, f"{path}/{VALIDATION_FILE}", {"validated": bool(validated), "reasons": list(reasons)})
     _write_json(fs, f"{path}/{PROFILE_FILE}", profile)
@@ -192,13 +194,25 @@ def publish_model_version(
     return read_model_version(root, model, version)
 
 
-def mlserver_model_settings(model: str, version: int) -> dict[str, Any]:
-    """MLServer ``model-settings.json`` for a scikit-learn model stored beside it."""
-    return {
+def mlserver_model_settings(model: str, version: int, signature: dict[str, Any] | None = None) -> dict[str, Any]:
+    """MLServer ``model-settings.json`` for a scikit-learn model stored beside it.
+
+    With ``signature`` (``{"inputs", "outputs", "parameters"?}``, see
+    :func:`mlops_operator.steps.export.model_signature`) the model's V2 metadata lists its inputs and
+    outputs, and the router refuses requests that do not fit them.
+    """
+    settings: dict[str, Any] = {
         "name": model,
         "implementation": "mlserver_sklearn.SKLearnModel",
+        "platform": "sklearn",
+        "versions": [str(int(version))],
         "parameters": {"uri": f"./{MODEL_FILE}", "version": str(int(version))},
     }
+    if signature:
+        settings["inputs"] = signature["inputs"]
+        settings["outputs"] = signature["outputs"]
+        settings["parameters"].update(signature.get("parameters") or {})
+    return settings
 
 
 def read_json_uri(uri: str) -> Any:

@@ -229,8 +229,9 @@ async def candidate_stats(spec: ModelDeploymentSpec, namespace: str, name: str, 
     window = stats.predictors.get(predictor)
     if window is None:
         return RequestStats(0, 0, None, None, "router"), True
-    return RequestStats(window.requests, window.errors, window.error_rate if window.requests else None,
-                        window.p99_ms, "router"), True
+    # Client errors (malformed requests) are nobody's verdict on the candidate.
+    judged = window.requests - window.client_errors
+    return RequestStats(judged, window.errors, window.error_rate if judged else None, window.p99_ms, "router"), True
 
 
 # ---------------------------------------------------------------- reconcile

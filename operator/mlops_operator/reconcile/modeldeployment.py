@@ -594,14 +594,15 @@ def prometheus_queries(backend: str, namespace: str, deployment: str, predictor:
         selector = (f'namespace="{namespace}",deployment_name="{deployment}",predictor_name="{predictor}"')
         base = "seldon_api_executor_server_requests_seconds"
         return {
-            "requests": f"sum(increase({base}_count{{{selector}}}[{window}]))",
+            # 4xx are the client's mistakes: no verdict on the predictor either way.
+            "requests": f'sum(increase({base}_count{{{selector},code!~"4.."}}[{window}]))',
             "errors": f'sum(increase({base}_count{{{selector},code=~"5.."}}[{window}]))',
             "p99": f"histogram_quantile(0.99, sum by (le) (rate({base}_bucket{{{selector}}}[{window}])))",
             "p99_unit": "seconds",
         }
     selector = f'namespace="{namespace}",deployment="{deployment}",predictor="{predictor}"'
     return {
-        "requests": f"sum(increase(mlops_router_requests_total{{{selector}}}[{window}]))",
+        "requests": f'sum(increase(mlops_router_requests_total{{{selector},code!~"4.."}}[{window}]))',
         "errors": f"sum(increase(mlops_router_request_errors_total{{{selector}}}[{window}]))",
         "p99": f"histogram_quantile(0.99, sum by (le) (rate(mlops_router_request_duration_seconds_bucket"
                f"{{{selector}}}[{window}])))",

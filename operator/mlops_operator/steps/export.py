@@ -57,6 +57,40 @@ def build_lineage(
     }
 
 
+def model_signature(schema: dict[str, Any], target: pd.Series) -> dict[str, Any]:
+    """The model's V2 inputs and outputs from the training schema, for ``model-settings.json``.
+
+    All-numeric features: one ``FP64`` tensor ``[-1, n]`` with the columns in training order (what
+    clients send today under any name). With categorical features the model needs a table: one
+    input per feature in training order (``BYTES`` as strings for categorical ones, ``FP64`` for
+    numeric ones), decoded by MLServer's pandas codec. The output ``predict`` is one value per row.
+    """
+    features = list(schema["features"])
+    categorical = set(schema.get("categorical") or ())
+    if not categorical:
+        inputs = [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(features)],
+                   "parameters": {"features": features}}]
+        parameters: dict[str, Any] = {}
+    else:
+        inputs = [{"name": name, "datatype": "BYTES", "shape": [-1], "parameters": {"content_type": "str"}}
+                  if name in categorical else {"name": name, "datatype": "FP64", "shape": [-1]}
+                  for name in features]
+        parameters = {"content_type": "pd"}
+    if schema.get("task") == "regression":
+        datatype = "FP64"
+    elif pd.api.types.is_bool_dtype(target):
+        datatype = "BOOL"
+    elif pd.api.types.is_integer_dtype(target):
+        datatype = "INT64"
+    elif pd.api.types.is_float_dtype(target):
+        datatype = "FP64"
+    else:
+        datatype = "BYTES"
+    outputs = [{"name": "predict", "datatype": datatype, "shape": [-1, 1],
+                "parameters": {"target": schema["target"]}}]
+    return {"inputs": inputs, "outputs": outputs, "parameters": parameters}
+
+
 @reported("export")
 def run_export(
     *,
@@ -112,6 +146,7 @@ def run_export(
     info = artifacts.publish_model_version(
         artifact_root, model_name, version, model_file=model_path, metrics=metrics,
         validated=validated, reasons=reasons, profile=profile, lineage=lineage,
+        signature=model_signature(schema, train[schema["target"]]),
     )
     return {
         "model_version": version,

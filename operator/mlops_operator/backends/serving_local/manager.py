@@ -33,6 +33,7 @@ from .router_process import (
 )
 from .supervisor import STATE_FILE, Phase, SupervisedProcess
 from .traffic import PredictorRoute, RouterConfig
+from .v2_protocol import declared_inputs
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ class LocalServingManager:
                     raise LookupError(f"no model server for predictor {data['name']!r} version {version!r}")
                 data["url"] = process.url
                 data.setdefault("modelName", process.model_name)
+                data.setdefault("inputs", declared_inputs(process.model_settings))
             routes.append(data)
         return RouterConfig.model_validate({"model": model_name, "predictors": routes})
 

@@ -8,7 +8,11 @@ Run as ``python -m mlops_operator.backends.serving_local.router --workdir DIR --
   backend's, and answers with ``x-mlops-predictor`` / ``x-mlops-model-version`` headers;
 * mirrors requests to shadow predictors in the background (their answers are logged, never returned);
 * serves ``/v2/health/live|ready``, ``GET /v2/models/<model>[/ready]`` (from the primary predictor),
+  ``GET /v2/models/<model>/versions/<version>[/ready]`` (from the predictor serving that version),
   Prometheus ``/metrics``, and the admin API ``PUT|GET /_mlops/config``, ``GET /_mlops/stats``;
+* answers a client's mistake (a body that breaks the V2 protocol or the model's declared inputs,
+  see :mod:`.v2_protocol`; a wrong method, an oversized body) with its 4xx and ``{"error": ...}``;
+  such requests are counted as client errors, never as predictor errors;
 * appends every request and response to the inference log.
 
 The config is persisted to ``<workdir>/config.json`` so a restarted router keeps its split.
@@ -42,6 +46,14 @@ from pydantic import ValidationError
 from .inference_log import InferenceLogWriter, LogEntry
 from .processes import LOOPBACK, read_json, write_json_atomic
 from .traffic import MirrorSampler, PredictorRoute, RouterConfig, SlidingWindow, SmoothWeightedRoundRobin
+from .v2_protocol import (
+    BINARY_HEADER,
+    ClientError,
+    check_signature,
+    decode_binary_extension,
+    in_declared_order,
+    parse_request,
+)
 
 log = logging.getLogger("mlops_operator.router")
 
@@ -50,6 +62,7 @@ PREDICTOR_HEADER = "x-mlops-predictor"
 VERSION_HEADER = "x-mlops-model-version"
 REQUEST_ID_HEADER = "x-request-id"
 JSON = "application/json"
+MAX_BODY_BYTES = 64 * 1024 * 1024
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -118,8 +131,14 @@ class Router:
         self.errors_total = Counter(
             "mlops_router_request_errors_total", "Requests that failed (5xx or unreachable backend) per predictor.",
             ["predictor"], registry=self.registry)
+        self.client_errors_total = Counter(
+            "mlops_router_request_client_errors_total",
+            "Requests refused as the client's mistake (4xx: not V2, not the model's inputs) per predictor; "
+            "never part of a predictor's error rate.",
+            ["predictor"], registry=self.registry)
         self.duration = Histogram(
-            "mlops_router_request_duration_seconds", "Backend round-trip time seen by the router per predictor.",
+            "mlops_router_request_duration_seconds",
+            "Round-trip time seen by the router per predictor (requests refused as client errors excluded).",
             ["predictor"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.shadow_dropped = Counter(
             "mlops_router_shadow_dropped_total", "Mirrored requests dropped because too many were in flight.",
@@ -180,7 +199,10 @@ class Router:
         self.requests_total.labels(predictor, str(status)).inc()
         if status >= 500:
             self.errors_total.labels(predictor).inc()
-        self.duration.labels(predictor).observe(seconds)
+        elif status >= 400:
+            self.client_errors_total.labels(predictor).inc()
+        if not 400 <= status < 500:
+            self.duration.labels(predictor).observe(seconds)
         window = self.windows.get(predictor)
         if window is None:
             window = self.windows[predictor] = SlidingWindow(retention_seconds=self.stats_retention)
@@ -231,24 +253,27 @@ class Router:
         else:
             route = routing.by_name[routing.balancer.pick()]
 
+        started = time.perf_counter()
         body = await request.read()
         arrived = datetime.now(timezone.utc)
         try:
-            payload = json.loads(body)
-        except ValueError:
-            payload = None
-        if not isinstance(payload, dict):
-            payload = None
-            request_id = str(uuid.uuid4())
-        elif isinstance(payload.get("id"), str) and payload["id"]:
+            if request.headers.get(BINARY_HEADER) is not None:
+                body = decode_binary_extension(body, request.headers[BINARY_HEADER])
+            payload = parse_request(body)
+            # The clients' contract is the primary's signature: a request that fits it but not a
+            # candidate's is the candidate's fault and goes through (and fails there).
+            check_signature(payload, routing.config.primary.inputs)
+        except ClientError as problem:
+            return self._refuse(routing, route, problem, body, started, arrived)
+        if in_declared_order(payload, routing.config.primary.inputs):
+            body = json.dumps(payload, separators=(",", ":")).encode()
+        if isinstance(payload.get("id"), str) and payload["id"]:
             request_id = payload["id"]
         else:
             # Stamp an id so the client's answer, the shadow's and the log agree on it.
             request_id = str(uuid.uuid4())
             payload["id"] = request_id
             body = json.dumps(payload, separators=(",", ":")).encode()
-
-        started = time.perf_counter()
         status, response_body, error = await self._call(
             route, f"/v2/models/{routing.config.backend_model_name(route)}/infer", body)
         seconds = time.perf_counter() - started
@@ -262,10 +287,31 @@ class Router:
         headers = {PREDICTOR_HEADER: route.name, VERSION_HEADER: route.version, REQUEST_ID_HEADER: request_id}
         if error is not None:
             return _error(status, error, headers)
-        if status >= 400 and not response_body.lstrip().startswith(b"{"):
-            # MLServer answers some failures with a plain-text body; clients get V2's {"error": ...}.
-            return _error(status, response_body.decode(errors="replace")[:1000] or f"HTTP {status}", headers)
+        if status >= 400:
+            # MLServer answers some failures with plain text or FastAPI's {"detail": ...}; clients get
+            # V2's {"error": ...}.
+            message = _backend_error_message(response_body)
+            if message is not None:
+                return _error(status, message or f"HTTP {status}", headers)
         return web.Response(status=status, body=response_body, content_type=JSON, headers=headers)
+
+    def _refuse(self, routing: _Routing, route: PredictorRoute, problem: ClientError, body: bytes,
+                started: float, arrived: datetime) -> web.Response:
+        """Answer a client's mistake without calling a model server: counted and logged as a client error."""
+        seconds = time.perf_counter() - started
+        self._observe(route.name, problem.status, seconds, time.time())
+        request_id = str(uuid.uuid4())
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict) and isinstance(payload.get("id"), str) and payload["id"]:
+            request_id = payload["id"][:256]
+        message = str(problem)
+        self._log(routing, route, request_id, arrived, problem.status, seconds,
+                  payload if isinstance(payload, dict) else None, b"", message)
+        headers = {PREDICTOR_HEADER: route.name, VERSION_HEADER: route.version, REQUEST_ID_HEADER: request_id}
+        return _error(problem.status, message, headers)
 
     def _mirror(self, routing: _Routing, shadow: PredictorRoute, body: bytes, payload: dict | None,
                 request_id: str, arrived: datetime) -> None:
@@ -287,13 +333,21 @@ class Router:
         self._log(routing, shadow, request_id, arrived, status, seconds, payload, response_body, error)
 
     async def model_metadata(self, request: web.Request) -> web.StreamResponse:
-        """``GET /v2/models/<model>[/ready]`` answered by the primary predictor."""
+        """``GET /v2/models/<model>[/versions/<version>][/ready]``: answered by the primary predictor,
+        or by the predictor serving that version."""
         routing = self.routing
         if routing is None:
             return _error(503, "router has no config yet")
         if request.match_info["model"] != routing.config.model:
             return _error(404, f"Model {request.match_info['model']} not found")
-        route = routing.config.primary
+        pinned = request.match_info.get("version")
+        if pinned is None:
+            route = routing.config.primary
+        else:
+            routes = [p for p in routing.config.predictors if not p.shadow and p.version == pinned]
+            if not routes:
+                return _error(404, f"Model {routing.config.model} version {pinned} not found")
+            route = routes[0]
         suffix = "/ready" if request.path.endswith("/ready") else ""
         url = f"{route.url}/v2/models/{routing.config.backend_model_name(route)}{suffix}"
         assert self.session is not None
@@ -306,9 +360,16 @@ class Router:
             try:
                 metadata = json.loads(body)
                 metadata["name"] = routing.config.model  # the client's name, not the backend's
+                # The versions a client can pin (/versions/<v>/infer), not only the backend's own.
+                metadata["versions"] = sorted({p.version for p in routing.config.predictors
+                                               if not p.shadow and p.version}, key=_version_key)
                 body = json.dumps(metadata).encode()
             except (ValueError, TypeError):
                 pass
+        elif status >= 400:
+            message = _backend_error_message(body)
+            if message is not None:
+                return _error(status, message or f"HTTP {status}", {PREDICTOR_HEADER: route.name})
         headers = {PREDICTOR_HEADER: route.name, VERSION_HEADER: route.version}
         return web.Response(status=status, body=body, content_type=JSON, headers=headers)
 
@@ -385,13 +446,15 @@ class Router:
 
     def app(self) -> web.Application:
         """The aiohttp application (also used in-process by tests)."""
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_v2_errors])
         app.on_startup.append(self.startup)
         app.on_cleanup.append(self.cleanup)
         app.router.add_post("/v2/models/{model}/infer", self.infer)
         app.router.add_post("/v2/models/{model}/versions/{version}/infer", self.infer)
         app.router.add_get("/v2/models/{model}", self.model_metadata)
         app.router.add_get("/v2/models/{model}/ready", self.model_metadata)
+        app.router.add_get("/v2/models/{model}/versions/{version}", self.model_metadata)
+        app.router.add_get("/v2/models/{model}/versions/{version}/ready", self.model_metadata)
         app.router.add_get("/v2/health/live", self.live)
         app.router.add_get("/v2/health/ready", self.ready)
         app.router.add_get("/metrics", self.metrics)
@@ -404,6 +467,48 @@ class Router:
 def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
     """A V2-style error body."""
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def _v2_errors(request: web.Request, handler) -> web.StreamResponse:
+    """aiohttp's own refusals (404, 405, 413, ...) as V2 ``{"error": ...}`` bodies instead of plain text."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 413:
+            message = f"request body larger than the router's limit of {MAX_BODY_BYTES} bytes"
+        elif exc.status == 405:
+            allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+            message = f"method {request.method} is not allowed on {request.path}" + (f"; use {allowed}" if allowed else "")
+        elif exc.status == 404:
+            message = f"no V2 endpoint {request.method} {request.path}"
+        else:
+            message = exc.text or exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return _error(exc.status, message, headers)
+
+
+def _backend_error_message(body: bytes) -> str | None:
+    """The message of a backend's error body in V2 form, or None when it is already ``{"error": ...}``."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace")[:1000]
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        return None
+    if isinstance(parsed, dict) and "detail" in parsed:
+        detail = parsed["detail"]
+        if isinstance(detail, list):  # FastAPI's validation errors
+            return "; ".join(f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg')}"
+                             if isinstance(d, dict) else str(d) for d in detail)[:1000]
+        return str(detail)[:1000]
+    return json.dumps(parsed)[:1000]
+
+
+def _version_key(version: str) -> tuple:
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
 def _config_view(routing: _Routing) -> dict:

@@ -10,7 +10,7 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -37,6 +37,9 @@ class PredictorRoute(BaseModel):
     """A shadow gets a mirrored copy of requests; its responses never reach the client."""
     mirror_percent: float = Field(default=100.0, ge=0.0, le=100.0, alias="mirrorPercent")
     """Percent of client requests mirrored to this shadow."""
+    inputs: tuple[dict[str, Any], ...] = ()
+    """The model's declared V2 inputs (``model-settings.json``: name, datatype, shape); the router
+    refuses requests that do not fit the primary predictor's. Empty: only the protocol is checked."""
 
     @field_validator("name")
     @classmethod
@@ -144,9 +147,13 @@ class WindowStats:
     """Per-predictor request statistics over ``[since, until]``; what rollout analysis reads."""
 
     requests: int
+    """Every request, client errors included."""
     errors: int
+    """Predictor failures: 5xx, or the backend unreachable."""
     client_errors: int
+    """Requests refused as the client's mistake (4xx); not in ``error_rate`` nor the latencies."""
     error_rate: float
+    """``errors`` over the requests that were not client errors."""
     p50_ms: float | None
     p99_ms: float | None
 
@@ -196,20 +203,22 @@ def summarize(samples: Iterable[tuple[float, float, int]]) -> WindowStats:
     latencies: list[float] = []
     errors = client_errors = 0
     for _, latency, status in samples:
-        latencies.append(latency * 1000.0)
         if is_server_error(status):
             errors += 1
         elif status >= 400:
+            # The client's mistake: neither in the error rate nor in the latencies.
             client_errors += 1
-    n = len(latencies)
+            continue
+        latencies.append(latency * 1000.0)
+    judged = len(latencies)
     latencies.sort()
     return WindowStats(
-        requests=n,
+        requests=judged + client_errors,
         errors=errors,
         client_errors=client_errors,
-        error_rate=errors / n if n else 0.0,
-        p50_ms=percentile(latencies, 50) if n else None,
-        p99_ms=percentile(latencies, 99) if n else None,
+        error_rate=errors / judged if judged else 0.0,
+        p50_ms=percentile(latencies, 50) if judged else None,
+        p99_ms=percentile(latencies, 99) if judged else None,
     )
 
 
