@@ -65,7 +65,7 @@ def test_serve_canary_split_and_promotion(objects, operator, namespace):
     assert status == 200, body
     assert body["outputs"][0]["shape"] == [2, 1] and body["outputs"][0]["data"] == [0, 2]
     assert headers["x-mlops-predictor"] == "stable" and headers["x-mlops-model-version"] == "1"
-    assert obj["status"]["estimatedMonthlyCost"]["instanceType"] == "t3.medium"
+    assert obj["status"]["estimatedMonthlyCost"]["instanceType"] == "t3.large"
     assert obj["status"]["phase"] == "Ready"
 
     # Version 2 as a canary at 30 %.

@@ -127,7 +127,7 @@ def test_rollout_steps_are_written_as_seldon_predictors(objects, operator, seldo
         "approval": "manual"},
         backend="seldon", autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetCpuUtilizationPercentage": 75},
         resources={"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
-        region="eu-west-1"))
+        region="us-east-1"))
     timings: dict[str, float] = {}
 
     # 1. The first version: one stable predictor, owned by the ModelDeployment, nothing pruned.
@@ -156,7 +156,7 @@ def test_rollout_steps_are_written_as_seldon_predictors(objects, operator, seldo
     obj = objects.wait(KIND, "iris", lambda o: condition(o, "Ready").get("status") == "True", timeout=30,
                        what="ready")
     assert obj["status"]["readyReplicas"] == 1 and obj["status"]["endpoint"].endswith("/v2/models/iris")
-    assert obj["status"]["estimatedMonthlyCost"]["instanceType"] == "t3.medium"
+    assert obj["status"]["estimatedMonthlyCost"]["instanceType"] == "t3.large"
 
     # 2. Version 2: a shadow predictor first.
     objects.patch(KIND, "iris", {"spec": {"model": model_source(v2)}})

@@ -1,7 +1,9 @@
-"""What a ModelDeployment's serving capacity costs per month, from an editable price table.
+"""What a ModelDeployment's serving capacity costs per month, from a price table with sources.
 
-The table (``mlops_operator/data/prices.yaml``) holds on-demand $/hour per region and instance
-type, with its source and date. The estimate assumes one instance per replica: the given
+The table holds on-demand $/hour per region and instance type; every price and every capacity
+names its source (URL and date). The shipped table is ``mlops_operator/data/prices.yaml``; with
+AWS credentials the operator builds one from the AWS Price List API instead
+(``backends/prices_aws.py``). The estimate assumes one instance per replica: the given
 ``spec.instanceType``, or else the cheapest type in the region whose vCPU and memory hold the
 replica's requests.
 """
@@ -33,50 +35,87 @@ _QUANTITY = re.compile(r"^([+-]?[0-9.]+)(?:([eE][+-]?[0-9]+)|([KMGTPE]i|[numkMGT
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where figures come from: what it is, its URL and its date."""
+
+    what: str
+    url: str
+    date: str
+
+    def cite(self) -> str:
+        return f"{self.what}, {self.url}, {self.date}"
+
+
+@dataclass(frozen=True)
 class InstanceType:
     """Capacity of one instance type."""
 
     name: str
     vcpu: float
     memory_gib: float
+    source: str = ""
+    """Key of its entry in :attr:`PriceTable.sources`."""
 
 
 @dataclass(frozen=True)
 class PriceTable:
-    """On-demand prices per region and instance type, with where they come from."""
+    """On-demand prices per region and instance type, each with where it comes from."""
 
-    source: str
-    prices_as_of: str
     currency: str
     hours_per_month: float
     instance_types: Mapping[str, InstanceType]
     regions: Mapping[str, Mapping[str, float]]
     """region -> instance type -> price per hour."""
+    sources: Mapping[str, Source]
+    price_sources: Mapping[str, Mapping[str, str]]
+    """region -> instance type -> key of the price's source."""
 
     def instance_type_names(self) -> set[str]:
         """Every instance type with a capacity entry."""
         return set(self.instance_types)
 
+    def price_source(self, region: str, instance: str) -> Source:
+        """The source of one price."""
+        return self.sources[self.price_sources[region][instance]]
+
+
+def _source(data: Mapping[str, Any]) -> Source:
+    source = Source(str(data["what"]).strip(), str(data["url"]), str(data["date"]))
+    if not source.url.startswith("https://") or not source.date or not source.what:
+        raise ValueError(f"a source needs what, an https URL and a date: {dict(data)}")
+    return source
+
 
 def parse_price_table(data: Mapping[str, Any]) -> PriceTable:
-    """Check and convert the YAML document; raise ValueError naming what is wrong."""
+    """Check and convert the YAML document; raise ValueError naming what is wrong.
+
+    Every instance type and every price must name a source that the document lists.
+    """
     try:
-        types = {name: InstanceType(name, float(spec["vcpu"]), float(spec["memoryGiB"]))
+        sources = {key: _source(value) for key, value in data["sources"].items()}
+        types = {name: InstanceType(name, float(spec["vcpu"]), float(spec["memoryGiB"]), str(spec["source"]))
                  for name, spec in data["instanceTypes"].items()}
-        regions = {region: {name: float(price) for name, price in prices.items()}
+        regions = {region: {name: float(entry["usdPerHour"]) for name, entry in prices.items()}
                    for region, prices in data["regions"].items()}
-        table = PriceTable(source=str(data["source"]), prices_as_of=str(data["pricesAsOf"]),
-                           currency=str(data.get("currency", "USD")),
+        price_sources = {region: {name: str(entry["source"]) for name, entry in prices.items()}
+                         for region, prices in data["regions"].items()}
+        table = PriceTable(currency=str(data.get("currency", "USD")),
                            hours_per_month=float(data.get("hoursPerMonth", 730)),
-                           instance_types=types, regions=regions)
+                           instance_types=types, regions=regions, sources=sources, price_sources=price_sources)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ValueError(f"price table is malformed: {type(error).__name__}: {error}") from None
+    for name, capacity in types.items():
+        if capacity.source not in sources:
+            raise ValueError(f"price table: instance type {name} names no known source ({capacity.source!r})")
     for region, prices in regions.items():
         unknown = sorted(set(prices) - set(types))
         if unknown:
             raise ValueError(f"price table: region {region} prices unknown instance types {unknown}")
         if any(price < 0 for price in prices.values()):
             raise ValueError(f"price table: region {region} has a negative price")
+        unsourced = sorted(name for name, key in price_sources[region].items() if key not in sources)
+        if unsourced:
+            raise ValueError(f"price table: region {region} has prices with no known source: {unsourced}")
     return table
 
 
@@ -139,7 +178,8 @@ def estimate_monthly_cost(spec: ModelDeploymentSpec, table: PriceTable) -> CostE
     memory = memory_gib(requests.memory or spec.resources.limits.memory)
     prices = table.regions.get(spec.region)
     if prices is None:
-        return CostEstimate(None, f"the price table has no prices for region {spec.region}")
+        return CostEstimate(None, f"the price table has no sourced prices for region {spec.region} (with AWS "
+                                  f"credentials the operator reads them from the AWS Price List API)")
     if spec.instance_type:
         instance = spec.instance_type
         if instance not in prices:
@@ -162,6 +202,16 @@ def estimate_monthly_cost(spec: ModelDeploymentSpec, table: PriceTable) -> CostE
         scaling = f"{replicas} replica{'s' if replicas != 1 else ''}"
     hourly = prices[instance]
     amount = math.floor(replicas * hourly * table.hours_per_month * 100 + 0.5) / 100
+    source = table.price_source(spec.region, instance)
     basis = (f"{scaling} x {instance} at {hourly:g} {table.currency}/h x {table.hours_per_month:g} h/month, one "
-             f"instance per replica, on-demand in {spec.region} ({table.source}, prices as of {table.prices_as_of})")
+             f"instance per replica, on-demand in {spec.region}; price from {source.cite()}")[:1024]
     return CostEstimate({"amount": amount, "currency": table.currency, "instanceType": instance, "basis": basis})
+
+
+def cost_per_thousand_predictions(monthly_amount: float, requests_per_second: float, hours_per_month: float = 730
+                                  ) -> float | None:
+    """What 1,000 predictions cost at the observed request rate (None without traffic)."""
+    if requests_per_second <= 0:
+        return None
+    per_month = requests_per_second * 3600 * hours_per_month
+    return monthly_amount / per_month * 1000
