@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 import kopf
 import pydantic
 
-from mlops_operator.backends import kube
+from mlops_operator.backends import kube, notifier
 from mlops_operator.metrics import reconcile_timer
 from mlops_operator.reconcile.conditions import FALSE, initial_conditions, set_condition
+from mlops_operator.reconcile.notify import NOTIFIED
 from mlops_operator.settings import Settings
 
 INVALID_SPEC = "InvalidSpec"
@@ -82,13 +83,27 @@ def changed_fields(current: Mapping[str, Any], desired: Mapping[str, Any]) -> St
     return {key: value for key, value in desired.items() if current.get(key) != value}
 
 
-def post_event(obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
-    """Post a Kubernetes event about the object.
+def post_event(obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False,
+               incident: str = "") -> None:
+    """Post a Kubernetes event about the object, and notify its webhook when the reason is notified.
 
     kopf.info/kopf.warn obey settings.posting.level, which the operator keeps at WARNING so kopf's
     own per-handler log lines do not become events; our events are posted whatever that level.
+    ``incident`` names what the event is about within the object (e.g. ``3/errorRate``), so that
+    notifications of one incident are one message.
     """
     kopf.event(obj, type="Warning" if warning else "Normal", reason=reason, message=message[:1024])
+    if reason in NOTIFIED:
+        try:
+            task = asyncio.get_running_loop().create_task(
+                notifier.notify_event(obj, reason, message, warning=warning, incident=incident))
+        except RuntimeError:  # no event loop (a synchronous caller): no notification
+            return
+        _notifications.add(task)
+        task.add_done_callback(_notifications.discard)
+
+
+_notifications: set[asyncio.Task] = set()
 
 
 _locks: dict[tuple[str, str, str], asyncio.Lock] = {}
