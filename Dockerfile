@@ -3,10 +3,13 @@
 # slim Python, run as a non-root user (UID 65532) on a read-only root filesystem. From the repo root:
 #   docker build -t mlops-operator:$(python -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])') .
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# uv at the Makefile's version, from its official image.
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+
+FROM ${UV_IMAGE} AS uv
 
 FROM ${PYTHON_IMAGE} AS build
-# uv at the Makefile's version, from its official image.
-COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /usr/local/bin/uv
+COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \

@@ -37,11 +37,11 @@ binaries: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, helm 
 	hack/build-binaries.sh >/dev/null
 
 .PHONY: cluster-up
-cluster-up: venv ## Start the local control plane (or use $$KUBECONFIG's cluster)
-	$(PY) hack/devcluster.py up
+cluster-up: venv ## Start the local control plane (or use $$KUBECONFIG's cluster); NODE=1 adds a real node (root)
+	$(PY) hack/devcluster.py up $(if $(filter 1 true yes,$(NODE)),--node)
 
 .PHONY: cluster-down
-cluster-down: venv ## Stop exactly the control-plane processes cluster-up started
+cluster-down: venv ## Stop exactly the processes cluster-up started and undo the node's host changes
 	$(PY) hack/devcluster.py down
 
 .PHONY: manifests
@@ -64,6 +64,14 @@ test: venv ## Run every test (starts the local control plane unless KUBECONFIG i
 	@if [ -z "$${KUBECONFIG:-}" ]; then $(PY) hack/devcluster.py up; fi
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest
+
+.PHONY: images
+images: venv ## Build the node's images (pause, base, the Dockerfile's operator image; cached by input hash)
+	$(PY) hack/images.py build pause base uv operator
+
+.PHONY: e2e
+e2e: venv ## Only the e2e tests: a real node, the operator image, the chart installed as a Pod (root)
+	$(VENV)/bin/pytest -q tests/e2e
 
 .PHONY: helm-check
 helm-check: venv ## Chart, manifests, Argo CD health checks and alerts (promtool is built on first use)

@@ -5,6 +5,8 @@
 #   etcd                                              <- hack/etcd (etcdmain.Main)
 #   helm                                              <- go install helm.sh/helm/v3/cmd/helm
 #   promtool (only when asked: `build-binaries.sh promtool`) <- go install .../prometheus/cmd/promtool
+#   kubelet, kube-scheduler, kube-proxy (only when asked)    <- hack/kube, like kube-apiserver
+#   coredns (only when asked: the local node's DNS)         <- go install github.com/coredns/coredns
 # Prints the bin directory on the last line of stdout; progress goes to stderr.
 set -euo pipefail
 
@@ -13,6 +15,7 @@ ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.21.4
 # Prometheus tags its Go module v0.3MM.P for release v3.MM.P; this one is Prometheus 3.16.0.
 PROMETHEUS_MODULE_VERSION=v0.316.0
+COREDNS_VERSION=v1.15.0
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${MLOPS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlops-operator}
@@ -90,7 +93,29 @@ build_promtool() {
   rmdir "$gobin"
 }
 
+build_coredns() {
+  [ -x "$bin/coredns" ] && [ "$(cat "$bin/coredns.version" 2>/dev/null)" = "$COREDNS_VERSION" ] && return 0
+  log "building coredns $COREDNS_VERSION (go install)"
+  local gobin
+  gobin=$(mktemp -d)
+  with_ticker coredns env CGO_ENABLED=0 GOBIN="$gobin" go install -trimpath \
+      -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+      "github.com/coredns/coredns@$COREDNS_VERSION"
+  mv "$gobin/coredns" "$bin/coredns"
+  echo "$COREDNS_VERSION" >"$bin/coredns.version"
+  rmdir "$gobin"
+}
+
 want=${*:-etcd kube-apiserver kube-controller-manager kubectl helm}
+
+# Everything there already: no lock (a long build of other binaries must not block this caller).
+missing=0
+for b in $want; do [ -x "$bin/$b" ] || missing=1; done
+[ "$want" = "${want/coredns/}" ] || [ "$(cat "$bin/coredns.version" 2>/dev/null)" = "$COREDNS_VERSION" ] || missing=1
+if [ $missing = 0 ]; then
+  echo "$bin"
+  exit 0
+fi
 
 # Go is only needed when something is missing; a warm cache works without it.
 for b in $want; do
@@ -109,6 +134,7 @@ for b in $want; do
     etcd) build_etcd ;;
     helm) build_helm ;;
     promtool) build_promtool ;;
+    coredns) build_coredns ;;
     kube-apiserver|kube-controller-manager|kubectl|kubelet|kube-scheduler|kube-proxy) build_kube "$b" ;;
     *) log "unknown binary $b"; exit 2 ;;
   esac

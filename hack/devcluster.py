@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import devnode  # noqa: E402  (hack/devnode.py: the optional real node)
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-binaries.sh"
 
 SERVICE_CIDR = "10.0.0.0/24"
@@ -57,6 +59,17 @@ DEFAULT_CONTROLLERS = (
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
     "clusterrole-aggregation-controller",
+)
+
+# What the node (``up --node``) needs on top: node lifecycle (else the not-ready taint stays),
+# EndpointSlices (else Services have no endpoints), Deployments/ReplicaSets (the chart), Pod GC.
+NODE_CONTROLLERS = (
+    "node-lifecycle-controller",
+    "endpointslice-controller",
+    "endpointslicemirroring-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "podgc-controller",
 )
 
 # Order matters: started in this order, stopped in reverse.
@@ -366,14 +379,17 @@ def _ensure_pki(d: Path) -> Path:
             server_sans=loopback
             + [x509.DNSName(n) for n in ("kubernetes", "kubernetes.default", "kubernetes.default.svc",
                                          "kubernetes.default.svc.cluster.local")]
-            + [x509.IPAddress(first_service_ip)],
+            + [x509.IPAddress(first_service_ip), x509.IPAddress(ipaddress.ip_address(devnode.NODE_IP))],
         ),
+        # The API server's client certificate towards kubelets (logs, exec, port-forward).
+        "apiserver-kubelet-client": dict(subject=cn("kube-apiserver-kubelet-client", "system:masters"), client=True),
         "admin": dict(subject=cn("mlops-dev-admin", "system:masters"), client=True),
         "controller-manager": dict(subject=cn("system:kube-controller-manager"), client=True),
         "controller-manager-serving": dict(subject=cn("kube-controller-manager"), server_sans=loopback),
     }
     for name, spec in wanted.items():
-        if fresh_ca or not _still_valid(_load_cert(pki / f"{name}.crt")) or not (pki / f"{name}.key").exists():
+        if (fresh_ca or not _still_valid(_load_cert(pki / f"{name}.crt")) or not (pki / f"{name}.key").exists()
+                or not _has_sans(_load_cert(pki / f"{name}.crt"), spec.get("server_sans"))):
             _issue(pki, name, ca=ca, days=365, **spec)
     name = "front-proxy-client"
     if fresh_front_proxy_ca or not _still_valid(_load_cert(pki / f"{name}.crt")) or not (pki / f"{name}.key").exists():
@@ -388,6 +404,34 @@ def _ensure_pki(d: Path) -> Path:
             sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
     return pki
+
+
+def _has_sans(cert: x509.Certificate | None, sans: list[x509.GeneralName] | None) -> bool:
+    if cert is None or not sans:
+        return True
+    try:
+        have = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return False
+    return set(sans) <= have
+
+
+def _node_cert_issuer(pki: Path) -> Any:
+    """issue_cert(name, cn, org, client=False, server_ips=()) for hack/devnode.py (reuses valid ones)."""
+    ca = (_load_cert(pki / "ca.crt"), serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None))
+
+    def issue(name: str, common: str, org: str | None, *, client: bool = False, server_ips: tuple[str, ...] = ()) -> None:
+        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common)]
+        if org:
+            attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+        sans = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips] or None
+        cert = _load_cert(pki / f"{name}.crt")
+        if (_still_valid(cert) and (pki / f"{name}.key").exists() and _has_sans(cert, sans)
+                and cert.subject == x509.Name(attrs) and cert.issuer == ca[0].subject):
+            return
+        _issue(pki, name, x509.Name(attrs), ca=ca, days=365, server_sans=sans, client=client)
+
+    return issue
 
 
 def _kubeconfig_text(server: str, pki: Path, user: str, cert: str) -> str:
@@ -471,11 +515,11 @@ def _wait_for(
         time.sleep(0.25)
 
 
-def _readyz_probe(port: int, pki: Path) -> Any:
+def _readyz_probe(port: int, pki: Path, host: str = "127.0.0.1") -> Any:
     ctx = _admin_ssl(pki)
 
     def probe() -> tuple[bool, str]:
-        code, body = _get(f"https://127.0.0.1:{port}/readyz?verbose", ctx)
+        code, body = _get(f"https://{host}:{port}/readyz?verbose", ctx)
         if code == 200:
             return True, ""
         failing = [ln.strip() for ln in body.splitlines() if ln.startswith("[-]")]
@@ -487,9 +531,11 @@ def _readyz_probe(port: int, pki: Path) -> Any:
 # ---------------------------------------------------------------- public API
 
 
-def build_binaries() -> Path:
+def build_binaries(extra: tuple[str, ...] = ()) -> Path:
     """Run hack/build-binaries.sh (progress on stderr) and return the bin directory it prints."""
-    out = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
+    if extra:  # the default set first (its own call), then the extra ones
+        build_binaries()
+    out = subprocess.run(["bash", str(BUILD_SCRIPT), *extra], stdout=subprocess.PIPE, text=True, check=False)
     if out.returncode != 0:
         raise DevClusterError(f"{BUILD_SCRIPT} failed with exit code {out.returncode}")
     lines = out.stdout.strip().splitlines()
@@ -505,57 +551,111 @@ def _healthy(state: dict[str, Any], d: Path, patience: float = 10.0) -> bool:
     machine does not get a working cluster torn down.
     """
     procs = state.get("processes", [])
-    if {p["name"] for p in procs} != set(COMPONENTS) or not all(_is_ours(p, d) for p in procs):
+    wanted = set(COMPONENTS) | (set(devnode.NODE_COMPONENTS) if state.get("node") else set())
+    if {p["name"] for p in procs} != wanted or not all(_is_ours(p, d) for p in procs):
         return False
     pki = d / "pki"
     ports = state["ports"]
+    host = state.get("host", "127.0.0.1")
     admin = _admin_ssl(pki)
     kcm_ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     deadline = time.monotonic() + patience
     while True:
-        api_ok = _get(f"https://127.0.0.1:{ports['apiserver']}/readyz", admin)[0] == 200
+        api_ok = _get(f"https://{host}:{ports['apiserver']}/readyz", admin)[0] == 200
         kcm_ok = _get(f"https://127.0.0.1:{ports['controller_manager']}/healthz", kcm_ctx)[0] == 200
-        if api_ok and kcm_ok:
+        node_ok = not state.get("node") or (api_ok and devnode.node_healthy(_api_json_for(state["server"], pki)))
+        if api_ok and kcm_ok and node_ok:
             return True
         if time.monotonic() >= deadline or not all(_is_ours(p, d) for p in procs):
             return False
         time.sleep(0.5)
 
 
-def ensure_cluster(path: str | os.PathLike[str] | None = None) -> Path:
+def node_wanted() -> bool:
+    """``MLOPS_DEV_NODE=1`` (``make cluster-up NODE=1``): the cluster gets a real node."""
+    return os.environ.get("MLOPS_DEV_NODE", "").lower() in ("1", "true", "yes")
+
+
+def ensure_cluster(path: str | os.PathLike[str] | None = None, node: bool | None = None) -> Path:
     """Start the dev cluster unless a healthy one is already recorded; return its kubeconfig path.
 
-    This always manages the dev cluster in :func:`dev_dir` (``path``); honouring ``KUBECONFIG``
-    is the caller's decision (the CLI and the pytest fixture do).
+    With ``node`` (default: :func:`node_wanted`) the cluster also gets a real node
+    (hack/devnode.py); a running cluster without one is restarted with one, a running cluster with
+    one is kept. This always manages the dev cluster in :func:`dev_dir` (``path``); honouring
+    ``KUBECONFIG`` is the caller's decision (the CLI and the pytest fixture do).
     """
     d = dev_dir(path)
+    node = node_wanted() if node is None else node
     with _locked(d):
         state = _read_state(d)
-        if state and _healthy(state, d):
-            _say(f"already running (apiserver https://127.0.0.1:{state['ports']['apiserver']})")
+        if state and (state.get("node") or not node) and _healthy(state, d):
+            _say(f"already running ({state['server']}{', with node ' + devnode.NODE_NAME if state.get('node') else ''})")
             return kubeconfig_path(d)
         if state:
             stale = [p for p in state.get("processes", []) if _is_ours(p, d)]
-            _say(f"recorded cluster is not healthy; stopping {len(stale)} leftover process(es)")
-            _stop_processes(stale, d)
+            why = "has no node" if node and not state.get("node") and stale else "is not healthy"
+            _say(f"recorded cluster {why}; stopping {len(stale)} leftover process(es)")
+            _stop_all(state, d)
             _state_file(d).unlink(missing_ok=True)
-        return _start_cluster(d)
+        return _start_cluster(d, node)
 
 
-def _controllers() -> str:
+def _api_json_for(server: str, pki: Path) -> Any:
+    ctx = _admin_ssl(pki)
+
+    def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(server + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            try:
+                return err.code, json.loads(err.read() or b"{}")
+            except ValueError:
+                return err.code, {}
+        except (urllib.error.URLError, OSError):
+            return 0, {}
+
+    return call
+
+
+def _stop_all(state: dict[str, Any], d: Path) -> None:
+    """Stop the node's processes (pods first), then the control plane, then undo host changes."""
+    procs = state.get("processes", [])
+    node_procs = [p for p in procs if p["name"] in devnode.NODE_COMPONENTS]
+    if state.get("node") or node_procs:
+        by_name = {p["name"]: p for p in node_procs}
+        # The scheduler first (no new Pods), then kubelet (nothing restarts containers) and the rest.
+        _stop_processes([by_name[n] for n in ("kube-scheduler", "kubelet", "kube-proxy", "coredns") if n in by_name], d)
+        if "containerd" in by_name and _is_ours(by_name["containerd"], d):
+            devnode.stop_pods(d)
+        _stop_processes([by_name[n] for n in ("containerd",) if n in by_name], d)
+    _stop_processes([p for p in procs if p["name"] not in devnode.NODE_COMPONENTS], d)
+    if state.get("node"):
+        devnode.release_host(d, Path(state["bin_dir"]) if state.get("bin_dir") else None)
+
+
+def _controllers(node: bool = False) -> str:
     extra = [c.strip() for c in os.environ.get("MLOPS_DEV_CONTROLLERS", "").split(",") if c.strip()]
-    return ",".join(dict.fromkeys([*DEFAULT_CONTROLLERS, *extra]))
+    return ",".join(dict.fromkeys([*DEFAULT_CONTROLLERS, *(NODE_CONTROLLERS if node else ()), *extra]))
 
 
-def _start_cluster(d: Path) -> Path:
+def _start_cluster(d: Path, node: bool = False) -> Path:
     t0 = time.monotonic()
-    bin_dir = build_binaries()
+    if node:
+        devnode.prepare_host(d)  # packages, stale node cleaned up, the bridge the API server binds
+    bin_dir = build_binaries(devnode.NODE_BINARIES if node else ())
     pki = _ensure_pki(d)
     etcd_data = d / "etcd"
     shutil.rmtree(etcd_data, ignore_errors=True)  # every start is a clean cluster
     (d / "logs").mkdir(parents=True, exist_ok=True)
     etcd_client, etcd_peer, api_port, kcm_port = _free_ports(4)
-    server = f"https://127.0.0.1:{api_port}"
+    # With a node, the API server serves on the bridge address: Pods reach it through the
+    # `kubernetes` Service, whose endpoint is that address; the host reaches it directly.
+    host = devnode.NODE_IP if node else "127.0.0.1"
+    server = f"https://{host}:{api_port}"
     kubeconfig = kubeconfig_path(d)
     kcm_kubeconfig = d / "controller-manager.kubeconfig"
     _write_private(kubeconfig, _kubeconfig_text(server, pki, "mlops-dev-admin", "admin"))
@@ -566,6 +666,8 @@ def _start_cluster(d: Path) -> Path:
         "bin_dir": str(bin_dir),
         "kubeconfig": str(kubeconfig),
         "server": server,
+        "host": host,
+        "node": node,
         "ports": {"etcd_client": etcd_client, "etcd_peer": etcd_peer, "apiserver": api_port,
                   "controller_manager": kcm_port},
         "started_at": _now().isoformat(timespec="seconds"),
@@ -574,9 +676,10 @@ def _start_cluster(d: Path) -> Path:
     procs: list[dict[str, Any]] = state["processes"]
     deadline = time.monotonic() + START_TIMEOUT_S
 
-    def launch(name: str, args: list[str]) -> None:
-        procs.append(_start(name, bin_dir / name, args, d))
+    def launch(name: str, args: list[str], binary: Path | None = None) -> dict[str, Any]:
+        procs.append(_start(name, binary or bin_dir / name, args, d))
         _write_state(d, state)  # recorded at once, so a failed start can still be cleaned up
+        return procs[-1]
 
     try:
         etcd_url = f"http://127.0.0.1:{etcd_client}"
@@ -599,10 +702,19 @@ def _start_cluster(d: Path) -> Path:
             procs, d, deadline,
         )
 
+        node_args = [
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ] if node else [
+            # The kubernetes Service cannot have a loopback endpoint; nothing in-cluster needs it.
+            "--endpoint-reconciler-type=none",
+        ]
         launch("kube-apiserver", [
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={host}",
+            f"--advertise-address={host}",
             f"--secure-port={api_port}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -621,13 +733,12 @@ def _start_cluster(d: Path) -> Path:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
             f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
-            # The kubernetes Service cannot have a loopback endpoint; nothing in-cluster needs it.
-            "--endpoint-reconciler-type=none",
+            *node_args,
             "--allow-privileged=true",
             "--profiling=false",
             "--event-ttl=30m",
         ])
-        _wait_for("kube-apiserver /readyz", _readyz_probe(api_port, pki), procs, d, deadline)
+        _wait_for("kube-apiserver /readyz", _readyz_probe(api_port, pki, host), procs, d, deadline)
 
         launch("kube-controller-manager", [
             f"--kubeconfig={kcm_kubeconfig}",
@@ -638,7 +749,7 @@ def _start_cluster(d: Path) -> Path:
             f"--tls-cert-file={pki / 'controller-manager-serving.crt'}",
             f"--tls-private-key-file={pki / 'controller-manager-serving.key'}",
             "--leader-elect=false",
-            f"--controllers={_controllers()}",
+            f"--controllers={_controllers(node)}",
             "--use-service-account-credentials=true",  # each controller acts under its own RBAC role
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}",
@@ -657,11 +768,25 @@ def _start_cluster(d: Path) -> Path:
             lambda: (_get(f"{server}/api/v1/namespaces/default/serviceaccounts/default", admin)[0] == 200, ""),
             procs, d, deadline,
         )
-    except BaseException:
-        _say("start failed; stopping what was started")
-        with contextlib.suppress(DevClusterError):
-            _stop_processes(procs, d)
+        if node:
+            node_deadline = time.monotonic() + START_TIMEOUT_S  # after builds/imports, a fresh budget
+            devnode.start_node(
+                d, state,
+                launch=lambda name, binary, args: launch(name, args, binary),
+                wait_for=lambda what, probe: _wait_for(what, probe, procs, d, max(deadline, node_deadline)),
+                issue_cert=_node_cert_issuer(pki),
+                kubeconfig_text=lambda srv, user, cert: _kubeconfig_text(srv, pki, user, cert),
+                api_json=_api_json_for(server, pki),
+                free_ports=_free_ports,
+            )
+            _write_state(d, state)
+    except BaseException as err:
+        _say(f"start failed ({type(err).__name__}: {err}); stopping what was started")
+        with contextlib.suppress(DevClusterError, devnode.NodeError):
+            _stop_all(state, d)
         _state_file(d).unlink(missing_ok=True)
+        if isinstance(err, devnode.NodeError):
+            raise DevClusterError(str(err)) from err
         raise
 
     _say(f"cluster ready in {time.monotonic() - t0:.1f}s: {server}")
@@ -680,7 +805,7 @@ def stop_cluster(path: str | os.PathLike[str] | None = None) -> bool:
         if state is None:
             _say(f"no cluster recorded in {d}")
             return False
-        _stop_processes(state.get("processes", []), d)
+        _stop_all(state, d)
         shutil.rmtree(d / "etcd", ignore_errors=True)
         for name in ("state.json", "kubeconfig", "controller-manager.kubeconfig"):
             (d / name).unlink(missing_ok=True)
@@ -721,6 +846,8 @@ def _external_kubeconfig() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["up", "down", "status", "kubeconfig", "env"])
+    parser.add_argument("--node", action="store_true", default=None,
+                        help="up: also start a real node (containerd, kubelet, ...); default $MLOPS_DEV_NODE")
     args = parser.parse_args(argv)
     external = _external_kubeconfig()
 
@@ -738,12 +865,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "up":
-            ensure_cluster()
+            ensure_cluster(node=args.node)
             return 0
         if args.command == "down":
             stop_cluster()
             return 0
-    except DevClusterError as err:
+    except (DevClusterError, devnode.NodeError) as err:
         _say(f"error: {err}")
         return 1
 
