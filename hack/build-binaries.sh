@@ -7,6 +7,9 @@
 #   promtool (only when asked: `build-binaries.sh promtool`) <- go install .../prometheus/cmd/promtool
 #   kubelet, kube-scheduler, kube-proxy (only when asked)    <- hack/kube, like kube-apiserver
 #   coredns (only when asked: the local node's DNS)         <- go install github.com/coredns/coredns
+#   argocd-lua (only when asked: `build-binaries.sh argocd-lua`) <- hack/argocd-lua: Argo CD's Lua
+#       runtime for health scripts (gopher-lua + Argo CD's safe os library from argo-cd/v3 $ARGOCD_VERSION);
+#       it has its own directory, keyed by that version, printed on the last line instead
 # Prints the bin directory on the last line of stdout; progress goes to stderr.
 set -euo pipefail
 
@@ -16,6 +19,8 @@ HELM_VERSION=v3.21.4
 # Prometheus tags its Go module v0.3MM.P for release v3.MM.P; this one is Prometheus 3.16.0.
 PROMETHEUS_MODULE_VERSION=v0.316.0
 COREDNS_VERSION=v1.15.0
+# Argo CD whose health-script runtime hack/argocd-lua reproduces (keep go.mod's versions equal to its).
+ARGOCD_VERSION=v3.6.1
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${MLOPS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlops-operator}
@@ -105,6 +110,46 @@ build_coredns() {
   echo "$COREDNS_VERSION" >"$bin/coredns.version"
   rmdir "$gobin"
 }
+# Argo CD v3 needs a newer Go than this project, so its util/lua package cannot be imported: the
+# harness copies what it runs (gopher-lua's setup and decodeValue, in main.go) and takes Argo CD's own
+# safe os library file from the module as the proxy serves it.
+build_argocd_lua() {
+  local dir="$cache/argocd-lua-$ARGOCD_VERSION"
+  [ -x "$dir/argocd-lua" ] && { echo "$dir"; return 0; }
+  mkdir -p "$dir"
+  log "building argocd-lua (Argo CD $ARGOCD_VERSION health-script runtime: gopher-lua + its safe os library)"
+  local work zip
+  work=$(mktemp -d)
+  cp "$here/argocd-lua/go.mod" "$here/argocd-lua/main.go" "$work/"
+  [ -f "$here/argocd-lua/go.sum" ] && cp "$here/argocd-lua/go.sum" "$work/"
+  log "  fetching github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION from the Go module proxy (about 20 MB)"
+  # The module's go directive is newer than our Go, so `go mod download` complains after fetching;
+  # the verified zip is in the module cache all the same.
+  (cd "$work" && GOTOOLCHAIN=local go mod download "github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION" 2>/dev/null || true)
+  zip="$(go env GOMODCACHE)/cache/download/github.com/argoproj/argo-cd/v3/@v/$ARGOCD_VERSION.zip"
+  [ -f "$zip" ] || { log "could not fetch argo-cd/v3@$ARGOCD_VERSION (no $zip)"; rm -rf "$work"; return 1; }
+  python3 - "$zip" "$work/oslib_safe.go" "$ARGOCD_VERSION" <<'PY'
+import sys, zipfile
+zip_path, target, version = sys.argv[1:]
+name = f"github.com/argoproj/argo-cd/v3@{version}/util/lua/oslib_safe.go"
+source = zipfile.ZipFile(zip_path).read(name).decode()
+header = f"// Copied at build time from {name} (Apache-2.0). Do not edit.\n"
+open(target, "w").write(header + source.replace("package lua\n", "package main\n", 1))
+PY
+  (cd "$work" && with_ticker argocd-lua env CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "-s -w" -o "$dir/argocd-lua.tmp" .)
+  mv "$dir/argocd-lua.tmp" "$dir/argocd-lua"
+  rm -rf "$work"
+  echo "$dir"
+}
+if [ "${1:-}" = argocd-lua ]; then
+  command -v go >/dev/null || [ -x "$cache/argocd-lua-$ARGOCD_VERSION/argocd-lua" ] || {
+    log "Go is required to build argocd-lua (apt-get install golang, or https://go.dev/dl)"; exit 1; }
+  mkdir -p "$cache"
+  exec 9>"$cache/.argocd-lua.lock"
+  command -v flock >/dev/null && { flock -n 9 || { log "another argocd-lua build is running; waiting for it"; flock 9; }; }
+  build_argocd_lua
+  exit $?
+fi
 
 want=${*:-etcd kube-apiserver kube-controller-manager kubectl helm}
 

@@ -11,7 +11,9 @@ What it writes, and from what:
 * ``manifests/``: a kustomize base for users without Helm, rendered from the chart with its default
   values by ``helm template`` (Helm-only labels and annotations removed);
 * ``deploy/argocd/argocd-cm.yaml``: the Argo CD health checks, each kind's script in
-  ``deploy/argocd/health/`` behind the shared ``common.lua``.
+  ``deploy/argocd/health/`` behind the shared ``common.lua``;
+* ``docs/argocd-health.md``: the health of every condition combination, computed by running those
+  scripts (``hack/argocd_health.py``, lupa).
 
 Needs helm (``hack/build-binaries.sh helm``; set ``HELM`` to use another binary).
 """
@@ -86,6 +88,17 @@ def argocd_config_map() -> dict[Path, str]:
         lines.append(f"  resource.customizations.health.{GROUP}_{kind}: |\n")
         lines += [f"    {line}\n" if line else "\n" for line in script.rstrip("\n").split("\n")]
     return {ARGOCD / "argocd-cm.yaml": "".join(lines)}
+
+
+def argocd_health_table(config_map: dict[Path, str]) -> dict[Path, str]:
+    """docs/argocd-health.md from the scripts as they ship in the config map."""
+    sys.path.insert(0, str(REPO / "hack"))
+    import argocd_health
+
+    data = yaml.safe_load(config_map[ARGOCD / "argocd-cm.yaml"])["data"]
+    prefix = f"resource.customizations.health.{GROUP}_"
+    scripts = {key.removeprefix(prefix): value for key, value in data.items() if key.startswith(prefix)}
+    return {REPO / "docs" / "argocd-health.md": argocd_health.render(scripts)}
 
 
 def _strip_helm_metadata(node: object) -> None:
@@ -163,7 +176,9 @@ def generated_files(helm: str) -> tuple[dict[Path, str], list[Path]]:
     """Every generated file with its content, and the directories that hold nothing else."""
     files: dict[Path, str] = {}
     files.update(chart_crds())
-    files.update(argocd_config_map())
+    config_map = argocd_config_map()
+    files.update(config_map)
+    files.update(argocd_health_table(config_map))
     files.update(kustomize_base(helm))
     return files, [CHART_CRDS, MANIFESTS]
 

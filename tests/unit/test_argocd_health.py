@@ -9,7 +9,13 @@ against the kind's pydantic status model, so a fixture cannot use a field the AP
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, get_args
 
@@ -23,6 +29,17 @@ from mlops_operator.api.modeldeployment import ModelDeploymentStatus
 from mlops_operator.api.modeltraining import ModelTrainingStatus
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_hack_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "hack" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+argocd_health = _load_hack_module("argocd_health")
 CONFIG_MAP = REPO / "deploy" / "argocd" / "argocd-cm.yaml"
 ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 STATUS_MODELS = {
@@ -51,27 +68,9 @@ def health_scripts() -> dict[str, str]:
 SCRIPTS = health_scripts()
 
 
-def argo_lua_runtime() -> lua51.LuaRuntime:
-    """A Lua 5.1 state limited to what Argo CD opens for custom health scripts."""
-    lua = lua51.LuaRuntime(register_eval=False, register_builtins=False)
-    lua.execute(
-        """
-        local time, date, clock = os.time, os.date, os.clock
-        os = {time = time, date = date, clock = clock}   -- Argo CD's OpenSafeOs
-        string, math, io, debug, coroutine = nil, nil, nil, nil, nil
-        getmetatable("").__index = nil                   -- no ("x"):upper() without the string library
-        """
-    )
-    return lua
-
-
 def run_health(kind: str, obj: dict[str, Any], script: str | None = None) -> dict[str, Any]:
     """Run a health script with ``obj`` as the global ``obj``; return the table it returns."""
-    lua = argo_lua_runtime()
-    lua.globals().obj = lua.table_from(obj, recursive=True)
-    result = lua.execute(script if script is not None else SCRIPTS[kind])
-    assert lua.eval("type")(result) == "table", f"the script returned {result!r}"
-    return {key: value for key, value in result.items()}
+    return argocd_health.evaluate(script if script is not None else SCRIPTS[kind], obj)
 
 
 def cond(type_: str, status: str, reason: str, message: str = "", generation: int | None = 1) -> dict[str, Any]:
@@ -161,6 +160,26 @@ CASES: list[tuple[str, str, dict[str, Any], str, str]] = [
                                 "conditions": [cond("Succeeded", "True", "RunSucceeded"),
                                                cond("Validated", "True", "ModelValidated")]}),
      "Healthy", "Model version 3 is validated"),
+    # Issue 13: a new run of an edited spec failed; only Succeeded was refreshed.
+    ("mt-edited-run-failed", "ModelTraining",
+     resource("ModelTraining", {"observedGeneration": 2, "phase": "Failed", "latestValidatedModel": VALIDATED,
+                                "latestRun": run("iris-2-abc", "Failed", reason="TrainingFailed"),
+                                "conditions": [cond("Succeeded", "False", "TrainingFailed", "estimator diverged", 2),
+                                               cond("Validated", "True", "ModelValidated", generation=1)]},
+              generation=2),
+     "Degraded", "TrainingFailed: estimator diverged"),
+    ("mt-edited-invalid", "ModelTraining",
+     resource("ModelTraining", {"observedGeneration": 2, "phase": "Invalid", "latestValidatedModel": VALIDATED,
+                                "conditions": [cond("Succeeded", "False", "InvalidSpec", "spec.schedule: never fires", 2),
+                                               cond("Validated", "True", "ModelValidated", generation=1)]},
+              generation=2),
+     "Degraded", "InvalidSpec: spec.schedule: never fires"),
+    ("mt-old-invalid-fixed", "ModelTraining",
+     resource("ModelTraining", {"observedGeneration": 1, "phase": "Invalid",
+                                "conditions": [cond("Succeeded", "False", "InvalidSpec", "bad", 1),
+                                               cond("Validated", "Unknown", "Reconciling", generation=1)]},
+              generation=2),
+     "Progressing", "observe generation 2"),
     ("mt-schedule-suspended", "ModelTraining",
      resource("ModelTraining", {"observedGeneration": 1, "phase": "Succeeded", "latestValidatedModel": VALIDATED,
                                 "conditions": [cond("Succeeded", "True", "RunSucceeded"),
@@ -242,6 +261,15 @@ CASES: list[tuple[str, str, dict[str, Any], str, str]] = [
      resource("ModelDeployment", {"observedGeneration": 1, "phase": "Invalid",
                                   "conditions": [cond("Ready", "False", "InvalidSpec", "spec.model: one of uri or fromTraining")]}),
      "Degraded", "InvalidSpec"),
+    # Issue 13: a spec edited into an invalid one; the operator refreshes only Ready.
+    ("md-edited-invalid", "ModelDeployment",
+     resource("ModelDeployment", {"observedGeneration": 2, "phase": "Invalid", "stableVersion": "3",
+                                  "conditions": [cond("Ready", "False", "InvalidSpec", "spec.replicas: too many", 2),
+                                                 cond("Progressing", "False", "Idle", generation=1),
+                                                 cond("AwaitingApproval", "False", "NotRequired", generation=1),
+                                                 cond("Degraded", "False", "AsExpected", generation=1)]},
+              generation=2),
+     "Degraded", "InvalidSpec: spec.replicas"),
     ("md-healthy", "ModelDeployment",
      resource("ModelDeployment", {"observedGeneration": 1, "phase": "Ready", "stableVersion": "3",
                                   "traffic": [{"predictor": "stable", "version": "3", "weight": 100}],
@@ -292,6 +320,24 @@ CASES: list[tuple[str, str, dict[str, Any], str, str]] = [
                                "conditions": [cond("Ready", "False", "ReferenceUnavailable", "profile.json not found"),
                                               cond("DriftDetected", "Unknown", "Reconciling")]}),
      "Degraded", "ReferenceUnavailable"),
+    # Issue 13: a correct first install (sync waves) must not go red before the first request.
+    ("dm-no-request-yet", "DriftMonitor",
+     resource("DriftMonitor", {"observedGeneration": 1, "phase": "Pending",
+                               "conditions": [cond("Ready", "False", "NoRequestsYet",
+                                                   "ModelDeployment iris has not served a request yet"),
+                                              cond("DriftDetected", "Unknown", "CheckFailed")]}),
+     "Healthy", "has not served a request yet"),
+    ("dm-no-served-model", "DriftMonitor",
+     resource("DriftMonitor", {"observedGeneration": 1, "phase": "Pending",
+                               "conditions": [cond("Ready", "False", "NoServedModel", "serves no model version yet"),
+                                              cond("DriftDetected", "Unknown", "CheckFailed")]}),
+     "Progressing", "serves no model version yet"),
+    ("dm-edited-invalid", "DriftMonitor",
+     resource("DriftMonitor", {"observedGeneration": 3, "phase": "Invalid",
+                               "conditions": [cond("Ready", "False", "InvalidSpec", "spec.tests: empty", 3),
+                                              cond("DriftDetected", "False", "NoDrift", generation=2)]},
+              generation=3),
+     "Degraded", "InvalidSpec"),
     ("dm-invalid", "DriftMonitor",
      resource("DriftMonitor", {"observedGeneration": 1, "phase": "Invalid",
                                "conditions": [cond("Ready", "False", "InvalidSpec", "spec.tests: empty")]}),
@@ -346,10 +392,11 @@ def test_every_state_is_covered() -> None:
 @pytest.mark.parametrize("kind", sorted(STATUS_MODELS))
 def test_script_names_only_real_conditions_and_phases(kind: str) -> None:
     script = SCRIPTS[kind]
-    named_conditions = set(re.findall(r'condition\(obj, "(\w+)"\)', script))
+    named_conditions = set(re.findall(r'(?:condition|fresh)\(obj, "(\w+)"\)', script))
+    settled = re.search(r'settled\(obj, "(\w+)"\)', script)
     lagging = re.search(r"lagging\(obj, \{([^}]*)\}\)", script)
-    assert lagging, "the script must check observedGeneration"
-    lagging_conditions = set(re.findall(r'"(\w+)"', lagging.group(1)))
+    assert settled and lagging, "the script must check observedGeneration"
+    lagging_conditions = {settled.group(1)} | set(re.findall(r'"(\w+)"', lagging.group(1)))
     assert named_conditions <= set(CONDITION_TYPES[kind])
     assert lagging_conditions == set(CONDITION_TYPES[kind]), "every condition's observedGeneration is checked"
     phases = set(get_args(get_args(STATUS_MODELS[kind].model_fields["phase"].annotation)[0]))
@@ -388,3 +435,136 @@ def test_condition_types_match_the_handlers() -> None:
     handlers = {"ModelTraining": modeltraining, "ModelDeployment": modeldeployment, "DriftMonitor": driftmonitor}
     for kind, module in handlers.items():
         assert set(module.CONDITIONS) == set(CONDITION_TYPES[kind]), kind
+
+
+
+# ---------------------------------------------------------------- every combination, and the docs table
+
+
+def test_docs_table_is_current_and_complete() -> None:
+    """docs/argocd-health.md is what the shipped scripts answer (fix: python hack/gen-manifests.py write)."""
+    assert (REPO / "docs" / "argocd-health.md").read_text() == argocd_health.render(SCRIPTS)
+    for kind in STATUS_MODELS:
+        columns, rows = argocd_health.combinations(kind)
+        assert len(rows) == len({cells for cells, _ in rows}), "each row is one combination"
+        for _, obj in rows:
+            STATUS_MODELS[kind].model_validate(obj["status"])
+
+
+def test_combinations_that_must_never_be_healthy_or_stuck() -> None:
+    """Across the whole table: a current InvalidSpec is Degraded, a status behind the spec is never
+    Healthy, and a current failure verdict is never Progressing."""
+    for kind, cells, obj in argocd_health.all_rows():
+        health = run_health(kind, obj)["status"]
+        if cells[0] == "False/InvalidSpec" and "Succeeded behind" not in cells[-1]:
+            assert health == "Degraded", (kind, cells, health)
+        if "behind" in cells[-1] and "InvalidSpec" not in cells[0] and "RunFailed" not in cells[0] \
+                and "ServerCrashLoop" not in cells[0]:
+            assert health == "Progressing", (kind, cells, health)
+        if cells[0] in ("False/RunFailed", "False/ServerCrashLoop", "False/ReferenceUnavailable") \
+                and "behind" not in cells[-1]:
+            assert health == "Degraded", (kind, cells, health)
+
+
+# ---------------------------------------------------------------- malformed status shapes
+
+JUNK = [None, True, False, 0, -1, 2.5, 10**12, "", "x", "True", "Invalid", [], [1, "a"], {}, {"a": 1},
+        {"type": "Ready"}, [{"type": 1}], "InvalidSpec", "Running"]
+
+
+def _junk(rng: random.Random, depth: int = 0) -> Any:
+    choice = rng.random()
+    if depth < 2 and choice < 0.15:
+        return {rng.choice(["type", "status", "reason", "message", "observedGeneration", "x"]): _junk(rng, depth + 1)
+                for _ in range(rng.randint(0, 4))}
+    if depth < 2 and choice < 0.25:
+        # No nulls inside lists: the API server never stores them (and Lua 5.1 would see a hole).
+        return [item for item in (_junk(rng, depth + 1) for _ in range(rng.randint(0, 3))) if item is not None]
+    return rng.choice(JUNK)
+
+
+def malformed_objects(kind: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """Objects whose status (and metadata) have every wrong type in every place the scripts read."""
+    rng = random.Random(seed)
+    conditions = CONDITION_TYPES[kind]
+    fields = ["phase", "observedGeneration", "conditions", "latestRun", "latestValidatedModel", "candidateVersion",
+              "stableVersion", "sampleSize"]
+    objects = []
+    for i in range(n):
+        status: Any
+        shape = i % 4
+        if shape == 0:
+            status = _junk(rng)
+        else:
+            status = {f: _junk(rng) for f in rng.sample(fields, rng.randint(0, len(fields)))}
+            if shape >= 2:
+                status["conditions"] = [
+                    {k: (v if rng.random() < 0.6 else _junk(rng)) for k, v in {
+                        "type": rng.choice(conditions), "status": rng.choice(["True", "False", "Unknown", 1]),
+                        "reason": rng.choice(["InvalidSpec", "NoServedModel", "NoRequestsYet", "WaitingForModel",
+                                              "Starting", "X", 5]),
+                        "message": rng.choice(["m", "", 3, None]),
+                        "observedGeneration": rng.choice([1, 2, 3, "2", None]),
+                    }.items() if rng.random() < 0.9}
+                    for _ in range(rng.randint(0, 6))]
+            if shape == 3:
+                status["latestRun"] = {"name": _junk(rng), "state": rng.choice(["Running", "Pending", 7, None])}
+        metadata = {"name": rng.choice(["iris", 5, None]), "generation": rng.choice([1, 2, 3, "2", None, 2.0])}
+        obj = {"apiVersion": "mlops.dev/v1alpha1", "kind": kind,
+               "metadata": {k: v for k, v in metadata.items() if v is not None},
+               "spec": rng.choice([{}, {"suspend": True, "schedule": "0 3 * * *"}, {"suspend": "yes"}, "x"])}
+        if status is not None:
+            obj["status"] = status
+        objects.append(json.loads(json.dumps(obj)))  # no shared sub-objects (lupa converts a tree)
+    return objects
+
+
+FUZZ_PER_KIND = 700
+
+
+@pytest.mark.parametrize("kind", sorted(STATUS_MODELS))
+def test_never_raises_on_malformed_shapes(kind: str) -> None:
+    for obj in malformed_objects(kind, FUZZ_PER_KIND, seed=13):
+        try:
+            result = run_health(kind, obj)
+        except lua51.LuaError as error:  # pragma: no cover - the failure message shows the shape
+            pytest.fail(f"{kind} health raised on {json.dumps(obj)}: {error}")
+        assert result["status"] in ARGO_STATUSES and isinstance(result["message"], str) and result["message"], obj
+
+
+# ---------------------------------------------------------------- Argo CD's own runtime
+
+
+def argocd_lua_binary() -> Path:
+    """hack/argocd-lua built (once, cached by Argo CD version) by hack/build-binaries.sh."""
+    if os.environ.get("MLOPS_ARGOCD_LUA"):
+        return Path(os.environ["MLOPS_ARGOCD_LUA"])
+    built = subprocess.run([str(REPO / "hack" / "build-binaries.sh"), "argocd-lua"], capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.fail(f"hack/build-binaries.sh argocd-lua failed:\n{built.stderr[-3000:]}")
+    return Path(built.stdout.strip().splitlines()[-1]) / "argocd-lua"
+
+
+@pytest.mark.slow
+def test_argo_cd_runtime_gives_the_same_answers() -> None:
+    """Every fixture, every combination of the docs table and the malformed shapes, evaluated by
+    gopher-lua with Argo CD v3.6.1's sandbox (what users' Argo CD runs): no error, and the same
+    status and message as the Lua 5.1 runs above."""
+    cases = [(kind, obj) for _, kind, obj, _, _ in CASES]
+    cases += [(kind, obj) for kind, _, obj in argocd_health.all_rows()]
+    for kind in sorted(STATUS_MODELS):
+        cases += [(kind, obj) for obj in malformed_objects(kind, FUZZ_PER_KIND, seed=13)]
+    payload = json.dumps({"scripts": SCRIPTS, "cases": [{"kind": k, "obj": o} for k, o in cases]})
+    done = subprocess.run([str(argocd_lua_binary())], input=payload, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(answers) == len(cases)
+    mismatches = []
+    for (kind, obj), answer in zip(cases, answers):
+        assert "error" not in answer, (kind, json.dumps(obj), answer)
+        assert answer["status"] in ARGO_STATUSES - {"Unknown"}, (kind, obj, answer)
+        expected = run_health(kind, obj)
+        if (answer["status"], answer["message"]) != (expected["status"], expected["message"]):
+            mismatches.append((kind, json.dumps(obj), answer, expected))
+    assert not mismatches, mismatches[:5]
+    print(f"\n{len(cases)} objects evaluated by Argo CD's Lua runtime: all agree with Lua 5.1")

@@ -4,40 +4,47 @@
 --   Suspended    a rollout waits for manual approval (annotation mlops.dev/approve)
 --   Degraded     invalid spec; Degraded=True (e.g. a rollout was aborted and rolled back); Ready=False
 --   Healthy      Ready=True and nothing in flight
-local hs = lagging(obj, {"Ready", "Progressing", "AwaitingApproval", "Degraded"}) or invalid(obj, "Ready")
+local hs = settled(obj, "Ready")
 if hs ~= nil then
   return hs
 end
 
 local status = obj.status
 local ready = condition(obj, "Ready")
-local progressing = condition(obj, "Progressing")
-local awaiting = condition(obj, "AwaitingApproval")
-local degraded = condition(obj, "Degraded")
+local degraded = fresh(obj, "Degraded")
 
-if degraded ~= nil and degraded.status == "True" then
+if status_is(degraded, "True") then
   return {status = "Degraded", message = explain(degraded, "The deployment is degraded")}
-end
-if awaiting ~= nil and awaiting.status == "True" then
-  local version = tostring(status.candidateVersion or "the candidate")
-  return {status = "Suspended",
-          message = message_of(awaiting, "Version " .. version .. " awaits approval: kubectl annotate " ..
-                                         "modeldeployment " .. tostring(obj.metadata.name) ..
-                                         " mlops.dev/approve=" .. version)}
-end
-if progressing ~= nil and progressing.status == "True" then
-  return {status = "Progressing", message = message_of(progressing, "A rollout is in progress")}
 end
 -- Not serving yet, for reasons that resolve themselves: the ModelTraining it follows has not
 -- validated a model yet, or the model server is starting.
-if ready == nil or ready.status == "Unknown" or ready.reason == "WaitingForModel" or ready.reason == "Starting" then
-  return {status = "Progressing", message = message_of(ready, "Waiting for the model servers")}
-end
-if ready.status == "False" then
+local waiting = ready == nil or not (status_is(ready, "True") or status_is(ready, "False"))
+  or reason_is(ready, "WaitingForModel") or reason_is(ready, "Starting")
+if status_is(ready, "False") and not waiting then
   return {status = "Degraded", message = explain(ready, "The deployment does not serve")}
 end
-local text = "Serving"
-if status.stableVersion ~= nil then
-  text = "Serving model version " .. tostring(status.stableVersion)
+hs = lagging(obj, {"Progressing", "AwaitingApproval", "Degraded"})
+if hs ~= nil then
+  return hs
 end
-return {status = "Healthy", message = text}
+local awaiting = condition(obj, "AwaitingApproval")
+local progressing = condition(obj, "Progressing")
+if status_is(awaiting, "True") then
+  local version = text(field(status, "candidateVersion"), "the candidate")
+  return {status = "Suspended",
+          message = message_of(awaiting, "Version " .. version .. " awaits approval: kubectl annotate " ..
+                                         "modeldeployment " .. text(field(obj.metadata, "name"), "NAME") ..
+                                         " mlops.dev/approve=" .. version)}
+end
+if status_is(progressing, "True") then
+  return {status = "Progressing", message = message_of(progressing, "A rollout is in progress")}
+end
+if waiting then
+  return {status = "Progressing", message = message_of(ready, "Waiting for the model servers")}
+end
+local message = "Serving"
+local stable = text(field(status, "stableVersion"), nil)
+if stable ~= nil then
+  message = "Serving model version " .. stable
+end
+return {status = "Healthy", message = message}

@@ -4,39 +4,45 @@
 --                passed the validation gate yet
 --   Suspended    spec.suspend pauses the schedule and nothing else is wrong
 --   Healthy      the latest run succeeded; a validated model version exists
-local hs = lagging(obj, {"Succeeded", "Validated"}) or invalid(obj, "Succeeded")
+local hs = settled(obj, "Succeeded")
 if hs ~= nil then
   return hs
 end
 
 local status = obj.status
 local succeeded = condition(obj, "Succeeded")
-local validated = condition(obj, "Validated")
-local model = status.latestValidatedModel
-local run = status.latestRun
+local model = field(status, "latestValidatedModel")
+local run = field(status, "latestRun")
+local state = field(run, "state")
 
-if run ~= nil and (run.state == "Pending" or run.state == "Running") then
-  return {status = "Progressing", message = "Run " .. tostring(run.name) .. " is " .. run.state}
-end
-if succeeded == nil or succeeded.status == "Unknown" then
-  return {status = "Progressing", message = message_of(succeeded, "Waiting for the first run")}
-end
-if succeeded.status == "False" then
+-- A failed run of the current spec is a verdict, whatever the other conditions still say.
+if status_is(succeeded, "False") then
   return {status = "Degraded", message = explain(succeeded, "The latest run failed")}
 end
-if validated ~= nil and validated.status == "False" and model == nil then
+if state == "Pending" or state == "Running" then
+  return {status = "Progressing", message = "Run " .. text(field(run, "name"), "?") .. " is " .. state}
+end
+hs = lagging(obj, {"Validated"})
+if hs ~= nil then
+  return hs
+end
+local validated = condition(obj, "Validated")
+if succeeded == nil or not status_is(succeeded, "True") then
+  return {status = "Progressing", message = message_of(succeeded, "Waiting for the first run")}
+end
+if status_is(validated, "False") and type(model) ~= "table" then
   return {status = "Degraded", message = explain(validated, "No model version passed the validation gate")}
 end
-if obj.spec ~= nil and obj.spec.suspend == true and obj.spec.schedule ~= nil then
+if field(obj.spec, "suspend") == true and field(obj.spec, "schedule") ~= nil then
   return {status = "Suspended", message = "The schedule is suspended (spec.suspend)"}
 end
 
-local text = "The latest run succeeded"
-if model ~= nil then
-  text = "Model version " .. tostring(model.version) .. " is validated"
+local message = "The latest run succeeded"
+if type(model) == "table" then
+  message = "Model version " .. text(field(model, "version"), "?") .. " is validated"
 end
-if validated ~= nil and validated.status == "False" then
+if status_is(validated, "False") then
   -- The gate rejected the newest model: the previous validated version stays in service.
-  text = text .. "; the latest model was rejected: " .. message_of(validated, "validation failed")
+  message = message .. "; the latest model was rejected: " .. message_of(validated, "validation failed")
 end
-return {status = "Healthy", message = text}
+return {status = "Healthy", message = message}

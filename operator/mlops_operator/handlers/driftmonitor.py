@@ -180,8 +180,8 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
     root = get_settings().artifact_root_uri
     try:
         if not await asyncio.to_thread(drift_data.inference_log_exists, root, namespace, deployment_name):
-            raise CheckFailed(logic.INFERENCE_LOG_UNAVAILABLE, f"ModelDeployment {deployment_name} has no inference "
-                              "log yet (no request served)")
+            raise CheckFailed(logic.NO_REQUESTS_YET, f"ModelDeployment {deployment_name} has not served a request "
+                              "yet (no inference log)")
         window = await asyncio.to_thread(
             drift_data.read_inference_window, root, namespace, deployment_name, max_rows=spec.window.rows,
             since=logic.window_since(spec.window, now), feature_names=tensor_columns)

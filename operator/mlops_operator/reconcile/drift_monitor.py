@@ -55,6 +55,7 @@ ERROR = "Error"
 CHECKED = "Checked"
 DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
 NO_SERVED_MODEL = "NoServedModel"
+NO_REQUESTS_YET = "NoRequestsYet"
 REFERENCE_UNAVAILABLE = "ReferenceUnavailable"
 INFERENCE_LOG_UNAVAILABLE = "InferenceLogUnavailable"
 FEATURE_MISMATCH = "FeatureMismatch"
@@ -402,7 +403,8 @@ def failed_status(status: Mapping[str, Any], reason: str, message: str, generati
     """Status after a check that could not run: Ready False with the reason, DriftDetected Unknown.
     The results of the last check that ran stay (lastCheckTime and phase Error say they are old)."""
     result = dict(status)
-    result["phase"] = ERROR
+    # Nothing to check yet (no model served, no request served) is not an error: it resolves by itself.
+    result["phase"] = PENDING if reason in (NO_SERVED_MODEL, NO_REQUESTS_YET) else ERROR
     result["lastCheckTime"] = now_rfc3339(now)
     conditions = set_condition(status.get("conditions"), READY, FALSE, reason, message, generation=generation,
                                now=now)
