@@ -66,10 +66,10 @@ DEFAULT_CONTROLLERS = (
 NODE_CONTROLLERS = (
     "node-lifecycle-controller",
     "endpointslice-controller",
-    "endpointslicemirroring-controller",
+    "endpointslice-mirroring-controller",
     "deployment-controller",
     "replicaset-controller",
-    "podgc-controller",
+    "pod-garbage-collector-controller",
 )
 
 # Order matters: started in this order, stopped in reverse.

@@ -458,7 +458,12 @@ def start_node(
         kc[name] = _write(nd / f"{name}.kubeconfig", kubeconfig_text(server, user, name), 0o600)
 
     # CoreDNS reads Services, EndpointSlices, Pods and Namespaces (the rules of its upstream role).
-    api_json("PUT", "/apis/rbac.authorization.k8s.io/v1/clusterroles/mlops-dev:coredns", {
+    def put(path: str, body: dict[str, Any]) -> None:
+        code, answer = api_json("PUT", path, body)
+        if code not in (200, 201):
+            raise NodeError(f"PUT {path}: HTTP {code} {answer.get('message', '')}")
+
+    put("/apis/rbac.authorization.k8s.io/v1/clusterroles/mlops-dev:coredns", {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "mlops-dev:coredns"},
         "rules": [
@@ -466,7 +471,7 @@ def start_node(
              "verbs": ["list", "watch"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
         ]})
-    api_json("PUT", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/mlops-dev:coredns", {
+    put("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/mlops-dev:coredns", {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": "mlops-dev:coredns"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "mlops-dev:coredns"},
