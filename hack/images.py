@@ -318,10 +318,13 @@ def operator_image() -> Image:
         tmp_archive.unlink(missing_ok=True)
         _run([*buildah, "push", "--quiet", ref, f"docker-archive:{tmp_archive}:{ref}"], f"export {ref}", log=log)
         tmp_archive.replace(archive)
-        # The layer cache stays (warm rebuilds after a code change reuse the dependency layer);
-        # dangling images of older builds are pruned.
-        with contextlib.suppress(ImageError):
-            _run([*buildah, "rmi", "--prune"], "buildah rmi --prune", log=log)
+        # The layer cache stays (a rebuild after a code change reuses the dependency layer: no
+        # prune, which would drop the untagged cache images); older tags of the image go.
+        listed = subprocess.run([*buildah, "images", "--format", "{{.Name}}:{{.Tag}}"], capture_output=True,
+                                text=True, check=False).stdout.split()
+        for old in listed:
+            if old.startswith(OPERATOR_REPO + ":") and old != ref:
+                subprocess.run([*buildah, "rmi", old], capture_output=True, check=False)
         release_storage()
 
     return _cached("operator", ref, key, build)
