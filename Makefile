@@ -107,4 +107,5 @@ bench: venv ## Benchmarks: training overhead, router overhead, drift engine vs E
 .PHONY: clean
 clean: ## Remove the virtualenv and local state (not the binary cache)
 	-$(PY) hack/devcluster.py down
-	rm -rf $(VENV) .dev
+	-MLOPS_DEV_DIR=$(CURDIR)/.dev-e2e $(PY) hack/devcluster.py down
+	rm -rf $(VENV) .dev .dev-e2e
