@@ -15,7 +15,13 @@ from prometheus_client import Counter, Gauge, Histogram
 RECONCILE_TOTAL = Counter(
     "mlops_reconcile_total", "Reconciliations per kind and result (success, error, requeue).", ["kind", "result"]
 )
-RECONCILE_ERRORS = Counter("mlops_reconcile_errors_total", "Reconciliations that ended in an error.", ["kind"])
+RECONCILE_ERRORS = Counter(
+    "mlops_reconcile_errors_total", "Reconciliations that ended in an error of the operator (never a user's spec).",
+    ["kind"])
+INVALID_SPECS = Counter(
+    "mlops_invalid_spec_total",
+    "Reconciliations that found the spec invalid (InvalidSpec condition): the user's to fix, not an operator fault.",
+    ["kind"])
 RECONCILE_TIME = Histogram(
     "mlops_reconcile_time_seconds",
     "Time spent in one reconciliation.",
@@ -57,7 +63,8 @@ RETRAIN_REQUESTS = Counter("mlops_retrain_requests_total", "Retrain requests mad
 @contextmanager
 def reconcile_timer(kind: str) -> Iterator[dict[str, str]]:
     """Count and time one reconciliation. The caller may set ``outcome["result"] = "requeue"``;
-    an exception counts as an error (and is re-raised), kopf's TemporaryError as a requeue."""
+    an exception counts as an error (and is re-raised), kopf's TemporaryError as a requeue;
+    ``outcome["result"] = "invalid"`` counts an invalid spec apart, in ``mlops_invalid_spec_total``."""
     start = time.perf_counter()
     outcome = {"result": "success"}
     try:
@@ -70,5 +77,9 @@ def reconcile_timer(kind: str) -> Iterator[dict[str, str]]:
         raise
     else:
         RECONCILE_TOTAL.labels(kind, outcome["result"]).inc()
+        if outcome["result"] == "invalid":
+            INVALID_SPECS.labels(kind).inc()
+        elif outcome["result"] == "error":  # handled by the caller (a condition and a backoff)
+            RECONCILE_ERRORS.labels(kind).inc()
     finally:
         RECONCILE_TIME.labels(kind).observe(time.perf_counter() - start)

@@ -262,6 +262,18 @@ RULE_TESTS: list[dict[str, Any]] = [
              "exp_alerts": [alert("MlopsReconcileErrors", kind="ModelTraining")]},
         ],
     },
+    {   # Users' invalid specs are theirs to fix (conditions and events tell them): no operator alert fires,
+        # however many there are (issue 13).
+        "interval": "1m",
+        "input_series": [
+            {"series": 'mlops_invalid_spec_total{kind="ModelTraining"}', "values": "0+5x60"},
+            {"series": 'mlops_reconcile_total{kind="ModelTraining", result="invalid"}', "values": "0+5x60"},
+            {"series": 'mlops_reconcile_errors_total{kind="ModelTraining"}', "values": "0x60"},
+            {"series": 'up{job="mlops-operator", instance="a"}', "values": "1x60"},
+        ],
+        "alert_rule_test": [{"eval_time": "45m", "alertname": name, "exp_alerts": []}
+                            for name in ("MlopsReconcileErrors", "MlopsOperatorDown", "MlopsTrainingRunFailed")],
+    },
     {   # The first failure creates the series at 1 (prometheus_client): still an alert, then it resolves.
         "interval": "1m",
         "input_series": [

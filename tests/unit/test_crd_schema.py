@@ -102,6 +102,7 @@ def test_optional_fields_are_not_nullable_and_not_required():
         "description": model["properties"]["uri"]["description"],
         "type": "string",
         "maxLength": 2048,
+        "pattern": r"^[^\s\x00-\x1f\x7f]+$",
     }
 
 

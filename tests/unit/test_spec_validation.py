@@ -72,3 +72,85 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+# ---------------------------------------------------------------- issue 13: judged before any run
+
+
+def test_a_cron_that_never_fires_is_refused():
+    for schedule in ("0 0 31 2 *", "0 0 30 2 *"):
+        problems = training_spec_errors(training(schedule=schedule))
+        assert problems == [f"spec.schedule: {schedule!r} never fires (no time matches it in the next four years)"]
+    assert training_spec_errors(training(schedule="0 0 29 2 *")) == []  # leap days come
+
+
+def test_kfp_host_must_be_http():
+    for host, words in (("http://[::1", "not a URL"), ("http://kfp:port", "not a URL"), ("ftp://kfp", "http://")):
+        problems = training_spec_errors(training(backend="kfp"), default_kfp_host=host)
+        assert len(problems) == 1 and problems[0].startswith("spec.kfp.host") and words in problems[0], problems
+
+
+def test_huge_free_form_parameters_are_refused():
+    spec = training(training={"parameters": {"note": "x" * 20_000}})
+    assert training_spec_errors(spec) == [
+        "spec.training.parameters: 20011 bytes as JSON, at most 16384 are allowed"]
+
+
+def test_metrics_must_fit_the_task():
+    thresholds = {"thresholds": [{"metric": "rmse", "max": 1.0}]}
+    tasks = {"RandomForestClassifier": "classification", "RandomForestRegressor": "regression"}
+    problems = training_spec_errors(training(validation=thresholds), estimator_task=tasks.get)
+    assert problems == ["spec.validation.thresholds: rmse do not apply to classification (estimator "
+                        "RandomForestClassifier); use accuracy, f1, rocAuc"]
+    regression = training(validation={"thresholds": [{"metric": "accuracy", "min": 0.5}]},
+                          training={"estimator": "RandomForestRegressor"})
+    assert "accuracy do not apply to regression" in training_spec_errors(regression, estimator_task=tasks.get)[0]
+    explicit = training(validation=thresholds, training={"estimator": "Unknown", "task": "regression"})
+    assert training_spec_errors(explicit) == []
+
+
+def test_resources_are_judged_like_quantities():
+    """Also for objects stored before the CRD's stricter pattern (the schema is not re-applied)."""
+    from mlops_operator.api.modeldeployment import ResourceList
+
+    def problems(**requests):
+        spec = ModelDeploymentSpec.model_validate({"model": {"fromTraining": "x"}})
+        spec.resources.requests = ResourceList.model_construct(**{"cpu": None, "memory": None, **requests})
+        return deployment_spec_errors(spec)
+    assert problems(cpu="500m", memory="1Gi") == []
+    assert problems(cpu="1.2.3") == ["spec.resources.requests.cpu: '1.2.3' is not a Kubernetes quantity"]
+    assert problems(cpu="2000") == ["spec.resources.requests.cpu: '2000' must be above 0 and at most 1024 cores"]
+    assert problems(memory="0") == ["spec.resources.requests.memory: '0' must be above 0 and at most 64Ti"]
+
+
+def test_drift_monitor_namespace_and_durations():
+    other = DriftMonitorSpec.model_validate({"deploymentRef": {"name": "d", "namespace": "b"}})
+    assert drift_spec_errors(other, "a")[0].startswith("spec.deploymentRef.namespace: 'b' is not this")
+    assert drift_spec_errors(other, "b") == []
+    long = DriftMonitorSpec.model_validate({"deploymentRef": {"name": "d"}, "interval": "999999d"})
+    assert drift_spec_errors(long) == ["spec.interval: duration '999999d' is longer than 3650 days"]
+
+
+def test_durations_never_overflow():
+    with pytest.raises(ValueError, match="longer than 3650 days"):
+        parse_duration("999999999999999999999d")
+
+
+@pytest.mark.slow  # imports the handlers package (kopf and every backend)
+def test_digest_diff_base_is_small_and_tells_changes():
+    import kopf
+
+    from mlops_operator.handlers.diffbase import DigestDiffBaseStorage
+
+    storage = DigestDiffBaseStorage(prefix="mlops.dev", key="last-handled-configuration")
+    body = {"apiVersion": "mlops.dev/v1alpha1", "kind": "ModelTraining",
+            "metadata": {"name": "a", "annotations": {}}, "spec": {"blob": "x" * 300_000}}
+    patch = kopf.Patch()
+    storage.store(body=kopf.Body(body), patch=patch, essence=storage.build(body=kopf.Body(body)))
+    annotations = dict(patch["metadata"]["annotations"])
+    assert len(annotations["mlops.dev/last-handled-configuration"]) < 100
+    same = kopf.Body({**body, "metadata": {**body["metadata"], "annotations": annotations}})
+    assert storage.fetch(body=same) == storage.build(body=same)  # no change
+    changed = kopf.Body({**body, "metadata": {**body["metadata"], "annotations": annotations}, "spec": {"blob": "y"}})
+    assert storage.fetch(body=changed) != storage.build(body=changed)  # a change
+    assert storage.fetch(body=kopf.Body({**body, "metadata": {"name": "a"}})) is None  # never handled

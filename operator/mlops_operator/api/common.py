@@ -8,7 +8,7 @@ Every field has an attribute docstring: it becomes the schema's ``description`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -21,8 +21,24 @@ CATEGORY = "mlops"
 # values) must leave room for suffixes; 48 keeps "<name>-<8 hex>-<generation>" under 63.
 MAX_NAME_LENGTH = 48
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-# A Go-style duration limited to the units people use for intervals and windows: 30s, 5m, 1h30m, 7d.
-DURATION = r"^([0-9]+(s|m|h|d))+$"
+# A Go-style duration limited to the units people use for intervals and windows: 30s, 5m, 1h30m, 7d
+# (at most six digits per part, so no duration overflows; the operator bounds the total too).
+DURATION = r"^([0-9]{1,6}(s|m|h|d)){1,4}$"
+# The name of an object in the same namespace (DNS-1123 subdomain): no slash, no "..", no control
+# characters, so "kube-system/iris" or "" is refused at admission instead of waiting forever.
+OBJECT_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A ConfigMap or Secret key.
+DATA_KEY = r"^[-._a-zA-Z0-9]+$"
+# A URI or path: printable, no whitespace or control characters (the operator checks the scheme).
+URI = r"^[^\s\x00-\x1f\x7f]+$"
+# An http(s) URL (a KFP API, Prometheus).
+HTTP_URL = r"^https?://[^\s/?#\x00-\x1f\x7f]+(/[^\s\x00-\x1f\x7f]*)?$"
+# A column or feature name: printable, no control characters.
+COLUMN = r"^[^\x00-\x1f\x7f]+$"
+ColumnName = Annotated[str, Field(min_length=1, max_length=253, pattern=COLUMN)]
+# Largest serialized size of a free-form map (estimator or pipeline parameters): far below the
+# 256 KiB annotation and 1.5 MiB object limits. The API server bounds the keys; the operator the size.
+MAX_PARAMETERS_BYTES = 16 * 1024
 
 
 class Model(BaseModel):
@@ -68,25 +84,25 @@ class Condition(Model):
 class LocalObjectReference(Model):
     """A reference to an object of a known kind in the same namespace."""
 
-    name: str = Field(max_length=253, min_length=1)
+    name: str = Field(max_length=253, min_length=1, pattern=OBJECT_NAME)
     """Name of the referenced object."""
 
 
 class SecretKeyReference(Model):
     """A key of a Secret in the same namespace. Its value is read when needed and never copied."""
 
-    name: str = Field(max_length=253, min_length=1)
+    name: str = Field(max_length=253, min_length=1, pattern=OBJECT_NAME)
     """Name of the Secret."""
-    key: str = Field(max_length=253, min_length=1)
+    key: str = Field(max_length=253, min_length=1, pattern=DATA_KEY)
     """Key within the Secret."""
 
 
 class ConfigMapKeyReference(Model):
     """A key of a ConfigMap in the same namespace."""
 
-    name: str = Field(max_length=253, min_length=1)
+    name: str = Field(max_length=253, min_length=1, pattern=OBJECT_NAME)
     """Name of the ConfigMap."""
-    key: str = Field(max_length=253, min_length=1)
+    key: str = Field(max_length=253, min_length=1, pattern=DATA_KEY)
     """Key within the ConfigMap."""
 
 

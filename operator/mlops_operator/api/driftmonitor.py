@@ -8,7 +8,11 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from mlops_operator.api.common import (
+    DNS_LABEL,
     DURATION,
+    OBJECT_NAME,
+    URI,
+    ColumnName,
     NAME_LENGTH_RULE,
     KindInfo,
     LocalObjectReference,
@@ -25,11 +29,11 @@ class Reference(Model):
     """What live data is compared with. At most one of profileUri and datasetUri; with neither, the
     reference profile of the model version the deployment serves (written by its training run)."""
 
-    profile_uri: str | None = Field(None, max_length=2048)
+    profile_uri: str | None = Field(None, max_length=2048, pattern=URI)
     """A reference data profile (profile.json written by a training run)."""
-    dataset_uri: str | None = Field(None, max_length=2048)
+    dataset_uri: str | None = Field(None, max_length=2048, pattern=URI)
     """A reference dataset (CSV or Parquet through fsspec, or sklearn://<name>)."""
-    target: str | None = Field(None, max_length=253)
+    target: ColumnName | None = None
     """Label column of the reference dataset, excluded from the comparison."""
 
     model_config = Model.model_config | {
@@ -66,20 +70,37 @@ class DriftTest(Model):
     wasserstein (numeric; distance in reference standard deviations above threshold), ks (numeric;
     corrected p-value below threshold), chi2 (categorical; corrected p-value below threshold), js
     (categorical; Jensen-Shannon distance in [0, 1] above threshold)."""
-    threshold: float = Field(ge=0, le=100)
-    """The test's threshold (a score or a p-value, see name)."""
+    threshold: float = Field(gt=0, le=100)
+    """The test's threshold (a score or a p-value, see name): ks and chi2 take a significance level
+    in (0, 1), js a distance in (0, 1), psi and wasserstein a positive score."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(self.name in ['ks', 'chi2']) || self.threshold < 1.0",
+                    "message": "ks and chi2 thresholds are significance levels in (0, 1): at 1 or above every "
+                    "feature would drift",
+                },
+                {
+                    "rule": "self.name != 'js' || self.threshold < 1.0",
+                    "message": "the js distance lies in [0, 1]: a threshold of 1 or more can never be crossed",
+                },
+            ]
+        }
+    }
 
 
 class Performance(Model):
     """Concept drift: the live model metric from ground-truth labels, compared with training."""
 
-    labels_uri: str = Field(min_length=1, max_length=2048)
+    labels_uri: str = Field(min_length=1, max_length=2048, pattern=URI)
     """A CSV or Parquet file (or a directory of them) read through fsspec, with columns id (the
     request id of the inference log) and label, and optionally row (the row within a
     multi-row request; without it a label belongs to row 0)."""
     metric: Literal["accuracy", "f1", "rmse", "mae"] = "accuracy"
     """Metric computed on the labelled requests."""
-    max_degradation: float = Field(0.05, ge=0)
+    max_degradation: float = Field(0.05, ge=0, le=1_000_000)
     """How much worse than the training metric the live metric may be (absolute)."""
     min_samples: int = Field(30, ge=1, le=10_000_000)
     """Fewest labelled requests in the window needed for a verdict."""
@@ -103,10 +124,20 @@ class OnDrift(Model):
     """Request a retrain of a ModelTraining."""
 
 
+class DeploymentReference(Model):
+    """The ModelDeployment watched: in the same namespace."""
+
+    name: str = Field(max_length=253, min_length=1, pattern=OBJECT_NAME)
+    """Name of the ModelDeployment."""
+    namespace: str | None = Field(None, max_length=63, pattern=DNS_LABEL)
+    """Only the DriftMonitor's own namespace is allowed (a different one is reported as InvalidSpec,
+    not silently ignored)."""
+
+
 class DriftMonitorSpec(Model):
     """Desired state of a DriftMonitor."""
 
-    deployment_ref: LocalObjectReference
+    deployment_ref: DeploymentReference
     """The ModelDeployment whose inference log is watched (same namespace)."""
     reference: Reference = Field(default_factory=Reference, json_schema_extra={"default": {}})
     """What live data is compared with."""
@@ -114,7 +145,8 @@ class DriftMonitorSpec(Model):
     """Which recent requests are compared."""
     interval: str = Field("5m", max_length=32, pattern=DURATION)
     """How often to check."""
-    features: list[str] = Field(default_factory=list, max_length=512)
+    features: list[ColumnName] = Field(default_factory=list, max_length=512,
+                                       json_schema_extra={"x-kubernetes-list-type": "set"})
     """Features to check; empty means all features of the reference."""
     tests: list[DriftTest] = Field(
         default_factory=lambda: [
@@ -122,6 +154,7 @@ class DriftMonitorSpec(Model):
             DriftTest(name="ks", threshold=0.05),
             DriftTest(name="chi2", threshold=0.05),
         ],
+        min_length=1,
         max_length=5,
         json_schema_extra={
             "default": [

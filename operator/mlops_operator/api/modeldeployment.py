@@ -8,7 +8,10 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from mlops_operator.api.common import (
+    HTTP_URL,
     NAME_LENGTH_RULE,
+    OBJECT_NAME,
+    URI,
     KindInfo,
     Model,
     PrinterColumn,
@@ -16,19 +19,20 @@ from mlops_operator.api.common import (
     StatusBase,
 )
 
-# A Kubernetes resource quantity (100m, 0.5, 2Gi, 512Mi, ...).
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# A non-negative Kubernetes resource quantity (100m, 0.5, 2Gi, 512Mi, ...): Kubernetes' own
+# grammar without the sign, so "1.2.3" or "5mm" never reach the cost code.
+QUANTITY = (r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 REGIONS = ("us-east-1", "us-east-2", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-1")
 
 
 class ModelSource(Model):
     """Which model is served: exactly one of uri (with version) or fromTraining."""
 
-    uri: str | None = Field(None, max_length=2048)
+    uri: str | None = Field(None, max_length=2048, pattern=URI)
     """URI of a model version directory (holding model-settings.json and the model file)."""
     version: str | None = Field(None, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
     """Version label of the model at uri; required with uri."""
-    from_training: str | None = Field(None, max_length=253)
+    from_training: str | None = Field(None, min_length=1, max_length=253, pattern=OBJECT_NAME)
     """Name of a ModelTraining in the same namespace; its status.latestValidatedModel is served,
     so every newly validated version rolls out without editing this object."""
     name: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -54,9 +58,28 @@ class ResourceList(Model):
     """Amounts of CPU and memory."""
 
     cpu: str | None = Field(None, max_length=32, pattern=QUANTITY)
-    """CPU, as a Kubernetes quantity (e.g. 500m, 2)."""
+    """CPU, as a Kubernetes quantity (e.g. 500m, 2); above 0 and at most 1024 cores."""
     memory: str | None = Field(None, max_length=32, pattern=QUANTITY)
-    """Memory, as a Kubernetes quantity (e.g. 512Mi, 2Gi)."""
+    """Memory, as a Kubernetes quantity (e.g. 512Mi, 2Gi); above 0 and at most 64Ti."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.cpu) || !isQuantity(self.cpu) || (quantity(self.cpu).isGreaterThan(quantity('0')) && "
+                    "quantity(self.cpu).compareTo(quantity('1024')) <= 0)",
+                    "message": "cpu must be above 0 and at most 1024 cores",
+                    "fieldPath": ".cpu",
+                },
+                {
+                    "rule": "!has(self.memory) || !isQuantity(self.memory) || (quantity(self.memory).isGreaterThan(quantity('0')) && "
+                    "quantity(self.memory).compareTo(quantity('64Ti')) <= 0)",
+                    "message": "memory must be above 0 and at most 64Ti",
+                    "fieldPath": ".memory",
+                },
+            ]
+        }
+    }
 
 
 class Resources(Model):
@@ -109,12 +132,33 @@ class Shadow(Model):
 class ModelMetricCheck(Model):
     """A bound on one of the candidate's training metrics (from the model version's metrics.json)."""
 
-    name: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     """Metric name, e.g. accuracy."""
     min: float | None = None
     """The metric must be at least this."""
     max: float | None = None
     """The metric must be at most this."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "has(self.min) || has(self.max)", "message": "a metric bound needs min or max"},
+                {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max",
+                 "message": "min must not exceed max"},
+                {
+                    "rule": "!(self.name in ['accuracy', 'f1', 'rocAuc']) || "
+                    "((!has(self.min) || (self.min >= 0.0 && self.min <= 1.0)) && "
+                    "(!has(self.max) || (self.max >= 0.0 && self.max <= 1.0)))",
+                    "message": "accuracy, f1 and rocAuc lie in [0, 1]: a bound outside can never be met or never fail",
+                },
+                {
+                    "rule": "!(self.name in ['rmse', 'mae']) || ((!has(self.min) || self.min >= 0.0) && "
+                    "(!has(self.max) || self.max > 0.0))",
+                    "message": "rmse and mae are at least 0",
+                },
+            ]
+        }
+    }
 
 
 class Analysis(Model):
@@ -130,7 +174,7 @@ class Analysis(Model):
     """How many times a step may be extended for lack of requests before the rollout is aborted."""
     model_metric: ModelMetricCheck | None = None
     """Optionally, a bound on one of the candidate's evaluation metrics."""
-    prometheus_url: str | None = Field(None, max_length=2048)
+    prometheus_url: str | None = Field(None, max_length=2048, pattern=HTTP_URL)
     """Read request metrics from this Prometheus (HTTP query API) instead of the router."""
 
 
@@ -192,7 +236,7 @@ class ModelDeploymentSpec(Model):
     """How new model versions roll out."""
     region: Literal["us-east-1", "us-east-2", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-1"] | None = None
     """AWS region for the cost estimate in status.estimatedMonthlyCost."""
-    instance_type: str | None = Field(None, max_length=63)
+    instance_type: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*$")
     """Instance type for the cost estimate; default: the smallest in the price table that fits the requests."""
     service_account_name: str | None = Field(None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     """Service account the model servers run as (backend seldon), e.g. one bound to an IAM role (EKS

@@ -6,12 +6,15 @@ annotation changes, or when ``spec.schedule`` fires.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from mlops_operator.api.common import (
     DNS_LABEL,
+    HTTP_URL,
+    URI,
+    ColumnName,
     NAME_LENGTH_RULE,
     ConfigMapKeyReference,
     KindInfo,
@@ -44,7 +47,7 @@ class PipelineSource(Model):
     validate the model, export with lineage and a reference data profile)."""
     config_map_ref: ConfigMapKeyReference | None = None
     """A ConfigMap key holding a compiled KFP v2 pipeline package (IR YAML)."""
-    uri: str | None = Field(None, max_length=2048)
+    uri: str | None = Field(None, max_length=2048, pattern=URI)
     """A URI (file://, s3://, https://) of a compiled KFP v2 pipeline package (IR YAML)."""
     parameters: dict[str, Any] = Field(default_factory=dict, max_length=64)
     """Extra pipeline parameters, passed to the run as they are (values: string, number, bool, object)."""
@@ -53,14 +56,15 @@ class PipelineSource(Model):
 class Dataset(Model):
     """Where the training data comes from."""
 
-    uri: str = Field(min_length=1, max_length=2048)
+    uri: str = Field(min_length=1, max_length=2048, pattern=URI)
     """Dataset URI read through fsspec: file://, s3://, a plain path, or sklearn://<name> for the
     datasets bundled with scikit-learn (iris, wine, breast_cancer, diabetes, digits)."""
     format: Literal["auto", "csv", "parquet"] = "auto"
     """File format; auto picks it from the URI's extension."""
-    target: str = Field(min_length=1, max_length=253)
+    target: ColumnName
     """Name of the label column."""
-    features: list[str] = Field(default_factory=list, max_length=512)
+    features: list[ColumnName] = Field(default_factory=list, max_length=512,
+                                       json_schema_extra={"x-kubernetes-list-type": "set"})
     """Feature columns to use; empty means every column except the target."""
     credentials_secret_ref: LocalObjectReference | None = None
     """A Secret in the same namespace whose keys are passed to fsspec as storage options (for
@@ -70,7 +74,7 @@ class Dataset(Model):
 class ColumnCheck(Model):
     """Expectations for one column of the dataset."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: ColumnName
     """Column name; the column must exist."""
     type: Literal["numeric", "integer", "categorical", "boolean"] | None = None
     """Expected type of the column's values."""
@@ -78,7 +82,7 @@ class ColumnCheck(Model):
     """Smallest allowed value (numeric columns)."""
     max: float | None = None
     """Largest allowed value (numeric columns)."""
-    allowed_values: list[str] = Field(default_factory=list, max_length=256)
+    allowed_values: list[Annotated[str, Field(max_length=253)]] = Field(default_factory=list, max_length=256)
     """Allowed values (categorical columns); empty allows any."""
     max_missing_fraction: float | None = Field(None, ge=0, le=1)
     """Largest allowed fraction of missing values in this column."""
@@ -91,7 +95,9 @@ class DataValidation(Model):
     """Fewest rows the dataset must have."""
     max_missing_fraction: float = Field(0.1, ge=0, le=1)
     """Largest allowed fraction of missing values in any column."""
-    columns: list[ColumnCheck] = Field(default_factory=list, max_length=512)
+    columns: list[ColumnCheck] = Field(
+        default_factory=list, max_length=512,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     """Per-column expectations."""
 
 
@@ -102,7 +108,8 @@ class Training(Model):
     """A scikit-learn estimator class name (e.g. RandomForestClassifier, LogisticRegression,
     GradientBoostingRegressor), or XGBClassifier/LGBMClassifier and friends when installed."""
     parameters: dict[str, Any] = Field(default_factory=dict, max_length=64)
-    """Constructor parameters of the estimator."""
+    """Constructor parameters of the estimator (at most 16 KiB as JSON; the operator checks them
+    against the estimator before any run starts)."""
     task: Literal["auto", "classification", "regression"] = "auto"
     """Learning task; auto infers it from the estimator."""
     test_size: float = Field(0.25, gt=0, lt=1)
@@ -129,6 +136,21 @@ class MetricThreshold(Model):
                     "rule": "!has(self.min) || !has(self.max) || self.min <= self.max",
                     "message": "min must not exceed max",
                 },
+                {
+                    "rule": "!(self.metric in ['accuracy', 'f1', 'rocAuc']) || "
+                    "((!has(self.min) || (self.min >= 0.0 && self.min <= 1.0)) && "
+                    "(!has(self.max) || (self.max >= 0.0 && self.max <= 1.0)))",
+                    "message": "accuracy, f1 and rocAuc lie in [0, 1]: a bound outside can never be met or never fail",
+                },
+                {
+                    "rule": "!(self.metric in ['rmse', 'mae']) || ((!has(self.min) || self.min >= 0.0) && "
+                    "(!has(self.max) || self.max > 0.0))",
+                    "message": "rmse and mae are at least 0: max must be above 0 and min not below 0",
+                },
+                {
+                    "rule": "self.metric != 'r2' || ((!has(self.min) || self.min <= 1.0) && (!has(self.max) || self.max <= 1.0))",
+                    "message": "r2 is at most 1: a bound above 1 can never be met or never fail",
+                },
             ]
         }
     }
@@ -138,7 +160,9 @@ class Validation(Model):
     """The model validation gate. A model that fails it is kept as a version but not validated,
     so ModelDeployments following this training do not pick it up."""
 
-    thresholds: list[MetricThreshold] = Field(default_factory=list, max_length=12)
+    thresholds: list[MetricThreshold] = Field(
+        default_factory=list, max_length=12,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["metric"]})
     """Absolute bounds on evaluation metrics."""
     max_regression: float | None = Field(None, ge=0, le=1)
     """If set, no metric may be worse than the current validated model's by more than this: an
@@ -149,9 +173,9 @@ class Validation(Model):
 class KfpBackend(Model):
     """Connection to a Kubeflow Pipelines v2 API (backend kfp). Unset fields use the operator's settings."""
 
-    host: str | None = Field(None, max_length=2048)
+    host: str | None = Field(None, max_length=2048, pattern=HTTP_URL)
     """KFP API endpoint, e.g. http://ml-pipeline.kubeflow.svc:8888."""
-    namespace: str | None = Field(None, max_length=63)
+    namespace: str | None = Field(None, max_length=63, pattern=DNS_LABEL)
     """Kubeflow profile namespace (multi-user mode)."""
     experiment: str = Field("mlops-operator", min_length=1, max_length=128)
     """KFP experiment the runs are filed under."""

@@ -26,6 +26,9 @@ from mlops_operator.settings import Settings
 
 INVALID_SPEC = "InvalidSpec"
 ACCEPTED = "Accepted"
+RECONCILE_ERROR = "ReconcileError"
+# How long an object waits after the operator failed on it unexpectedly (doubling up to 4x).
+ERROR_BACKOFF_SECONDS = 60.0
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 Status = dict[str, Any]
@@ -60,6 +63,28 @@ def describe_validation_error(error: pydantic.ValidationError) -> str:
         path = ".".join(str(part) for part in problem["loc"])
         lines.append(f"spec.{path}: {problem['msg']}")
     return "; ".join(lines)
+
+
+def describe_api_error(error: BaseException, what: str) -> str:
+    """A Kubernetes API error in one readable line (never the raw response with its headers)."""
+    status = getattr(error, "status", None)
+    if status == 404:
+        return f"{what} not found"
+    if status == 403:
+        return f"the operator may not read {what} (RBAC: forbidden)"
+    if status is not None:
+        reason = getattr(error, "reason", "") or ""
+        message = ""
+        body = getattr(error, "body", None)
+        if body:
+            try:
+                import json
+
+                message = json.loads(body).get("message", "")
+            except (ValueError, AttributeError, TypeError):
+                message = ""
+        return f"cannot read {what}: HTTP {status} {reason}{': ' + message if message else ''}"[:512]
+    return f"cannot read {what}: {type(error).__name__}: {error}"[:512]
 
 
 def parse_spec(model: type[M], spec: Mapping[str, Any]) -> M:
@@ -147,6 +172,7 @@ async def reconcile_object(
     key = (plural, namespace, name)
     if not from_change and time.monotonic() < _backoff.get(key, (0.0, 0.0))[0]:
         return
+    invalid = None
     async with _lock(plural, namespace, name):
         with reconcile_timer(kind) as outcome:
             obj = await kube.get_object(plural, namespace, name)
@@ -171,9 +197,10 @@ async def reconcile_object(
                 if changes:
                     await kube.patch_status(plural, namespace, name, changes)
                     post_event(obj, INVALID_SPEC, message, warning=True)
-                if from_change:
-                    raise kopf.PermanentError(f"{INVALID_SPEC}: {message}") from None
-                return
+                # The user's to fix: counted apart from the operator's errors, never retried on a
+                # timer (is_invalid_generation), and no exception for kopf to retry.
+                outcome["result"] = "invalid"
+                invalid = message
             except Retry as retry:
                 changes = changed_fields(live, retry.status)
                 if changes:
@@ -184,10 +211,33 @@ async def reconcile_object(
                 outcome["result"] = "requeue"
                 log.info("%s %s/%s: %s (retrying in %.0fs)", kind, namespace, name, retry, delay)
                 return
-            _backoff.pop(key, None)
-            changes = changed_fields(live, desired)
-            if changes:
-                await kube.patch_status(plural, namespace, name, changes)
+            except (kopf.PermanentError, kopf.TemporaryError, asyncio.CancelledError):
+                raise
+            except Exception as error:
+                # A fault of the operator (or a case nobody foresaw): the object still gets a
+                # condition that says so, and is retried with a backoff instead of kopf's tight loop.
+                log.exception("%s %s/%s: reconciliation failed", kind, namespace, name)
+                message = f"The operator failed on this object: {type(error).__name__}: {error}"[:1024]
+                desired = dict(base)
+                desired["conditions"] = set_condition(
+                    base["conditions"], summary_condition, FALSE, RECONCILE_ERROR, message, generation=generation)
+                changes = changed_fields(live, desired)
+                if changes:
+                    await kube.patch_status(plural, namespace, name, changes)
+                previous = _backoff.get(key, (0.0, 0.0))[1]
+                delay = min(previous * 2, ERROR_BACKOFF_SECONDS * 4) if previous else ERROR_BACKOFF_SECONDS
+                _backoff[key] = (time.monotonic() + delay, delay)
+                outcome["result"] = "error"
+                return
+            if invalid is None:
+                _backoff.pop(key, None)
+                changes = changed_fields(live, desired)
+                if changes:
+                    await kube.patch_status(plural, namespace, name, changes)
+    if invalid is not None and from_change:
+        # kopf records the change as handled and does not retry it; outside the timer, so it is
+        # not counted as an operator error.
+        raise kopf.PermanentError(f"{INVALID_SPEC}: {invalid}")
 
 
 def is_invalid_generation(status: Mapping[str, Any], generation: int) -> bool:

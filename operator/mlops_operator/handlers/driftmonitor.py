@@ -258,7 +258,7 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
     previous_phase = obj["status"].get("phase")
     status = dict(obj["status"])
     spec = parse_spec(DriftMonitorSpec, obj.get("spec") or {})
-    problems = drift_spec_errors(spec)
+    problems = drift_spec_errors(spec, meta.get("namespace"))
     if problems:
         raise InvalidSpec("; ".join(problems))
     if status.get("phase") in (None, "Invalid"):

@@ -26,6 +26,7 @@ from mlops_operator.backends import artifacts, kube, training_kfp, training_loca
 from mlops_operator.handlers.common import (
     InvalidSpec,
     Retry,
+    describe_api_error,
     forget,
     get_settings,
     is_invalid_generation,
@@ -64,9 +65,10 @@ async def _kfp_connection(spec: ModelTrainingSpec, namespace: str) -> training_k
         ref = spec.kfp.token_secret_ref
         try:
             token = await kube.read_secret_key(namespace, ref.name, ref.key)
+        except KeyError:
+            raise InvalidSpec(f"spec.kfp.tokenSecretRef: Secret {ref.name} has no key {ref.key}") from None
         except Exception as error:  # the message names the Secret, never its value
-            raise InvalidSpec(f"spec.kfp.tokenSecretRef: cannot read Secret {ref.name} key {ref.key}: "
-                              f"{type(error).__name__}") from None
+            raise InvalidSpec(f"spec.kfp.tokenSecretRef: {describe_api_error(error, f'Secret {ref.name}')}") from None
     return training_kfp.KfpConnection(host=host or "", namespace=(spec.kfp and spec.kfp.namespace)
                                       or settings.kfp_namespace, token=token)
 
@@ -77,8 +79,12 @@ async def _pipeline_package(spec: ModelTrainingSpec, namespace: str) -> str | No
     if source.config_map_ref:
         try:
             text = await kube.read_config_map_key(namespace, source.config_map_ref.name, source.config_map_ref.key)
+        except KeyError:
+            raise InvalidSpec(f"spec.pipeline.configMapRef: ConfigMap {source.config_map_ref.name} has no key "
+                              f"{source.config_map_ref.key}") from None
         except Exception as error:
-            raise InvalidSpec(f"spec.pipeline.configMapRef: {error}") from None
+            raise InvalidSpec("spec.pipeline.configMapRef: "
+                              + describe_api_error(error, f"ConfigMap {source.config_map_ref.name}")) from None
         path = get_settings().data_dir / "pipelines" / namespace / f"{source.config_map_ref.name}-{source.config_map_ref.key}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -95,6 +101,37 @@ async def _pipeline_package(spec: ModelTrainingSpec, namespace: str) -> str | No
             raise InvalidSpec(f"spec.pipeline.uri: cannot read {source.uri}: {error}") from None
         return str(path)
     return None
+
+
+def _estimator_task(name: str) -> str | None:
+    from mlops_operator.steps.train import estimator_task
+
+    return estimator_task(name)
+
+
+def _estimator_problems(spec: ModelTrainingSpec) -> list[str]:
+    """The estimator and its parameters, judged as the train step will build them, before any run
+    (the built-in pipeline only: a custom pipeline interprets spec.training itself)."""
+    if spec.pipeline.config_map_ref or spec.pipeline.uri:
+        return []
+    from mlops_operator.steps import train
+
+    training = spec.training
+    try:
+        estimator_task = train.estimator_task(training.estimator)
+        if estimator_task is None:
+            train.resolve_estimator(training.estimator)  # unknown: raises with a did-you-mean hint
+            return [f"spec.training.estimator: {training.estimator} is neither a classifier nor a regressor"]
+        task = training.task if training.task != "auto" else estimator_task
+        estimator, _ = train.build_estimator(training.estimator, dict(training.parameters), task, training.seed)
+        validate = getattr(estimator, "_validate_params", None)  # scikit-learn's own parameter checks
+        if callable(validate):
+            validate()
+    except train.InvalidSpec as error:
+        return [f"spec.training: {str(error).removeprefix('InvalidSpec: ')}"]
+    except Exception as error:  # InvalidParameterError (ValueError + TypeError) and anything the class raises
+        return [f"spec.training.parameters: estimator {training.estimator}: {error}"[:1024]]
+    return []
 
 
 def _record_from_local(run: training_local.RunStatus, trigger: str) -> dict[str, Any]:
@@ -191,7 +228,7 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
 
     # 1. The spec.
     spec = parse_spec(ModelTrainingSpec, obj.get("spec") or {})
-    problems = training_spec_errors(spec, settings.kfp_host)
+    problems = training_spec_errors(spec, settings.kfp_host, _estimator_task) or _estimator_problems(spec)
     if problems:
         raise InvalidSpec("; ".join(problems))
     if status.get("phase") in (None, "Invalid"):

@@ -12,6 +12,7 @@ from mlops_operator import __version__
 from mlops_operator.api.common import GROUP
 from mlops_operator.backends import kube
 from mlops_operator.handlers.common import get_settings
+from mlops_operator.handlers.diffbase import DigestDiffBaseStorage
 
 FINALIZER = f"{GROUP}/finalizer"
 
@@ -24,9 +25,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     ours = get_settings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    # A digest, not the whole spec: the annotation can never approach the 256 KiB limit.
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # only warnings and errors logged by handlers become events
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

@@ -7,6 +7,9 @@ from datetime import timedelta
 
 _PART = re.compile(r"([0-9]+)(s|m|h|d)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Ten years: longer intervals, windows or cooldowns mean "never" and are a typo; far below where
+# datetime arithmetic overflows.
+MAX_SECONDS = 3650 * 86400
 
 
 def parse_duration(value: str) -> timedelta:
@@ -14,4 +17,7 @@ def parse_duration(value: str) -> timedelta:
     text = value.strip()
     if not text or _PART.sub("", text):
         raise ValueError(f"invalid duration {value!r}: use a number with s, m, h or d, e.g. 30s, 5m, 1h30m")
-    return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text)))
+    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text))
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"duration {value!r} is longer than {MAX_SECONDS // 86400} days")
+    return timedelta(seconds=seconds)

@@ -6,29 +6,106 @@ InvalidSpec and not retried until its spec changes.
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Callable
+from urllib.parse import urlsplit
+
 from croniter import croniter
 
 from mlops_operator.api.driftmonitor import DriftMonitorSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec
+from mlops_operator.api.common import MAX_PARAMETERS_BYTES
+from mlops_operator.reconcile.cost import parse_quantity
 from mlops_operator.reconcile.durations import parse_duration
 
 SUPPORTED_URI_SCHEMES = ("file", "s3", "gs", "memory", "sklearn", "http", "https")
+CLASSIFICATION_METRICS = ("accuracy", "f1", "rocAuc")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+# A schedule must fire within this horizon (a valid cron such as "0 0 31 2 *" never does).
+SCHEDULE_HORIZON = timedelta(days=4 * 366)
+MAX_CPU_CORES = 1024
+MAX_MEMORY_BYTES = 64 * 2**40
 
 
 def _scheme(uri: str) -> str:
     return uri.split("://", 1)[0] if "://" in uri else "file"
 
 
-def training_spec_errors(spec: ModelTrainingSpec, default_kfp_host: str | None = None) -> list[str]:
-    """Problems with a ModelTraining spec."""
+def http_url_problem(url: str) -> str | None:
+    """Why ``url`` is not an http(s) URL with a host, or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as error:
+        return f"{url!r} is not a URL: {error}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} is not an http:// or https:// URL with a host"
+    return None
+
+
+def schedule_problem(schedule: str, now: datetime | None = None) -> str | None:
+    """Why a cron schedule is unusable (invalid, or never fires), or None."""
+    if not croniter.is_valid(schedule):
+        return f"{schedule!r} is not a valid cron expression"
+    start = now or datetime.now(UTC)
+    try:
+        following = croniter(schedule, start).get_next(datetime)
+    except Exception:  # croniter gives up on dates that never come (CroniterBadDateError and friends)
+        following = None
+    if following is None or following - start > SCHEDULE_HORIZON:
+        return f"{schedule!r} never fires (no time matches it in the next four years)"
+    return None
+
+
+def parameters_problem(field: str, parameters: dict) -> str | None:
+    """Why a free-form parameter map is unusable (too large, not JSON), or None."""
+    try:
+        size = len(json.dumps(parameters, separators=(",", ":")))
+    except (TypeError, ValueError) as error:
+        return f"{field}: not JSON: {error}"
+    if size > MAX_PARAMETERS_BYTES:
+        return f"{field}: {size} bytes as JSON, at most {MAX_PARAMETERS_BYTES} are allowed"
+    return None
+
+
+def training_spec_errors(spec: ModelTrainingSpec, default_kfp_host: str | None = None,
+                         estimator_task: Callable[[str], str | None] | None = None) -> list[str]:
+    """Problems with a ModelTraining spec, all found before any run starts.
+
+    ``estimator_task`` tells an estimator name's task (classification, regression, None: unknown),
+    so metrics that do not fit the task are refused at once rather than after training.
+    """
     problems = []
-    if spec.schedule and not croniter.is_valid(spec.schedule):
-        problems.append(f"spec.schedule: {spec.schedule!r} is not a valid cron expression")
+    if spec.schedule:
+        problem = schedule_problem(spec.schedule)
+        if problem:
+            problems.append(f"spec.schedule: {problem}")
     if _scheme(spec.dataset.uri) not in SUPPORTED_URI_SCHEMES:
         problems.append(f"spec.dataset.uri: unsupported scheme {_scheme(spec.dataset.uri)!r}")
     if spec.backend == "kfp" and not ((spec.kfp and spec.kfp.host) or default_kfp_host):
         problems.append("spec.kfp.host: backend kfp needs a KFP API host (here or in the operator's MLOPS_KFP_HOST)")
+    if spec.backend == "kfp":
+        host = (spec.kfp and spec.kfp.host) or default_kfp_host
+        problem = http_url_problem(host) if host else None
+        if problem:
+            problems.append(f"spec.kfp.host: {problem}")
+    for field, parameters in (("spec.training.parameters", spec.training.parameters),
+                              ("spec.pipeline.parameters", spec.pipeline.parameters)):
+        problem = parameters_problem(field, parameters)
+        if problem:
+            problems.append(problem)
+    task = spec.training.task
+    if task == "auto" and estimator_task is not None:
+        task = estimator_task(spec.training.estimator) or "auto"
+    metrics = [t.metric for t in spec.validation.thresholds]
+    wrong = [m for m in metrics if m in (REGRESSION_METRICS if task == "classification" else
+                                         CLASSIFICATION_METRICS if task == "regression" else ())]
+    if wrong:
+        problems.append(f"spec.validation.thresholds: {', '.join(wrong)} do not apply to {task} "
+                        f"(estimator {spec.training.estimator}); use "
+                        f"{', '.join(CLASSIFICATION_METRICS if task == 'classification' else REGRESSION_METRICS)}")
     if spec.dataset.target in spec.dataset.features:
         problems.append("spec.dataset.features: must not contain the target column")
     for check in spec.data_validation.columns:
@@ -40,6 +117,24 @@ def training_spec_errors(spec: ModelTrainingSpec, default_kfp_host: str | None =
 def deployment_spec_errors(spec: ModelDeploymentSpec, known_instance_types: set[str] | None = None) -> list[str]:
     """Problems with a ModelDeployment spec."""
     problems = []
+    for kind in ("requests", "limits"):
+        amounts = getattr(spec.resources, kind)
+        for resource, value, most in (("cpu", amounts.cpu, MAX_CPU_CORES), ("memory", amounts.memory, MAX_MEMORY_BYTES)):
+            if value is None:
+                continue
+            try:
+                amount = parse_quantity(value)
+            except (ValueError, ArithmeticError):
+                problems.append(f"spec.resources.{kind}.{resource}: {value!r} is not a Kubernetes quantity")
+                continue
+            if not 0 < amount <= most:
+                problems.append(f"spec.resources.{kind}.{resource}: {value!r} must be above 0 and at most "
+                                f"{'1024 cores' if resource == 'cpu' else '64Ti'}")
+    url = spec.rollout.analysis.prometheus_url
+    if url:
+        problem = http_url_problem(url)
+        if problem:
+            problems.append(f"spec.rollout.analysis.prometheusUrl: {problem}")
     if spec.model.uri and _scheme(spec.model.uri) not in SUPPORTED_URI_SCHEMES:
         problems.append(f"spec.model.uri: unsupported scheme {_scheme(spec.model.uri)!r}")
     if spec.runtime != "sklearn" and spec.backend == "local":
@@ -55,9 +150,15 @@ def deployment_spec_errors(spec: ModelDeploymentSpec, known_instance_types: set[
     return problems
 
 
-def drift_spec_errors(spec: DriftMonitorSpec) -> list[str]:
-    """Problems with a DriftMonitor spec."""
+def drift_spec_errors(spec: DriftMonitorSpec, namespace: str | None = None) -> list[str]:
+    """Problems with a DriftMonitor spec (``namespace``: the DriftMonitor's own)."""
     problems = []
+    ref_namespace = spec.deployment_ref.namespace
+    if ref_namespace and namespace and ref_namespace != namespace:
+        problems.append(f"spec.deploymentRef.namespace: {ref_namespace!r} is not this DriftMonitor's namespace "
+                        f"{namespace!r}; the ModelDeployment must be in the same namespace")
+    if not spec.tests:
+        problems.append("spec.tests: needs at least one test")
     for field, value in (("spec.interval", spec.interval), ("spec.window.duration", spec.window.duration)):
         if value is None:
             continue

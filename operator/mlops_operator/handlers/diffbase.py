@@ -1,0 +1,46 @@
+"""kopf's diff base as a digest, so the annotation stays small whatever the spec's size.
+
+kopf keeps the last handled "essence" of each object (spec, labels, annotations) to tell a real
+change from a status write. Stored whole in an annotation (kopf's default), a spec near the API
+server's 256 KiB annotation limit makes every later patch fail with ``metadata.annotations: Too
+long``: kopf retries forever and the finalizer can never be removed, so the object (and its
+namespace) stays Terminating. The handlers here never read kopf's ``diff`` or ``old`` (each
+reconciliation reads the live object), so a digest of the essence is all kopf needs: the same
+digest means nothing changed; another means a change, and kopf calls the update handlers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import kopf
+
+DIGEST_KEY = "sha256"
+
+
+def essence_digest(essence: Any) -> str:
+    """A stable digest of an essence (key order does not matter)."""
+    text = json.dumps(essence, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """``kopf.AnnotationsDiffBaseStorage`` that stores ``{"sha256": <digest of the essence>}``.
+
+    ``fetch`` answers the current essence when the digest matches (no change), else a stand-in that
+    differs from it (a change). A full essence stored by an older version is read as it is.
+    """
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        super().store(body=body, patch=patch, essence={DIGEST_KEY: essence_digest(essence)})
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        stored = super().fetch(body=body)
+        if not isinstance(stored, dict) or set(stored) != {DIGEST_KEY}:
+            return stored
+        current = self.build(body=body)
+        if essence_digest(current) == stored[DIGEST_KEY]:
+            return current
+        return {"metadata": {"annotations": {f"{self.prefix}/previous-digest": stored[DIGEST_KEY]}}}
