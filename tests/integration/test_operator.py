@@ -53,10 +53,13 @@ def test_invalid_spec_is_reported_once_and_not_retried(operator, objects):
     assert obj["status"]["phase"] == "Invalid"
     wait_until(lambda: [e for e in objects.events("iris") if e.reason == "InvalidSpec"], what="InvalidSpec event")
 
-    errors = operator.metric("mlops_reconcile_total", kind="ModelTraining", result="error")
-    assert errors >= 1
-    time.sleep(4)  # four poll intervals: a retry loop would show up as more errors
-    assert operator.metric("mlops_reconcile_total", kind="ModelTraining", result="error") == errors
+    # A user's mistake, counted as such: never as an operator error (issue 13).
+    invalid = operator.metric("mlops_invalid_spec_total", kind="ModelTraining")
+    assert invalid >= 1 and operator.metric("mlops_reconcile_total", kind="ModelTraining", result="invalid") >= 1
+    assert operator.metric("mlops_reconcile_errors_total", kind="ModelTraining") == 0
+    time.sleep(4)  # four poll intervals: a retry loop would show up as more verdicts
+    assert operator.metric("mlops_invalid_spec_total", kind="ModelTraining") == invalid
+    assert operator.metric("mlops_reconcile_total", kind="ModelTraining", result="error") == 0
     assert not (operator.data_dir / "runs").exists() or not any((operator.data_dir / "runs").rglob("request.json"))
 
     # Fixing the spec clears the condition (and starts the first run).
