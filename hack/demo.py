@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """`make demo`: the whole MLOps loop on the local control plane, unattended.
 
-    train → deploy → normal traffic (no drift) → shifted traffic → DriftDetected → retrain
-          → canary → promoted → summary
+    train → deploy → normal traffic (no drift) → shifted, labelled traffic → DriftDetected
+          → retrain on the labelled production window → v2 beats v1 on it → canary → promoted
+          → NoDrift against v2 while the shifted traffic continues → summary
 
 It brings up the control plane (unless KUBECONFIG points at a cluster), installs the CRDs, starts
 the operator in the background, applies examples/, sends real V2 inference requests built from
@@ -147,48 +148,80 @@ def wait(probe: Callable[[], Any], timeout: float, what: str, interval: float = 
 
 
 class Traffic:
-    """Real V2 inference requests from iris rows, optionally shifted, on loopback."""
+    """Real V2 inference requests from iris rows, optionally shifted, on loopback, with ground truth.
 
-    def __init__(self, endpoint: str, model: str, seed: int = 7):
+    Every request carries an id; its true species goes to the label feed (``labels_dir``, one CSV
+    file per burst with columns id,label, written atomically), as a labelling team would deliver
+    it. The shift is a new measuring device that reports petals 2 cm longer: the flowers, and so
+    their species, are the same, so a model trained before the shift is wrong about most of them.
+    """
+
+    def __init__(self, endpoint: str, model: str, labels_dir: Path, seed: int = 7):
         from sklearn.datasets import load_iris
 
         # status.endpoint is the model's V2 URL (…/v2/models/<name>); older forms give the server's root.
         base = endpoint.rstrip("/")
         self.url = f"{base}/infer" if "/v2/models/" in base else f"{base}/v2/models/{model}/infer"
-        self.rows = load_iris().data
+        iris = load_iris()
+        self.rows, self.species = iris.data, iris.target
+        self.labels_dir = labels_dir
+        labels_dir.mkdir(parents=True, exist_ok=True)
         self.rng = np.random.default_rng(seed)
         self.sent = self.failed = 0
+        self._count = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _row(self, shift: float) -> list[float]:
-        row = self.rows[self.rng.integers(len(self.rows))] + self.rng.normal(0, 0.02, 4)
-        row[2:] += shift  # petal length and width grow: the kind of change a new supplier brings
-        return [round(float(v), 3) for v in row]
+    def _row(self, shift: float) -> tuple[list[float], int]:
+        index = self.rng.integers(len(self.rows))
+        row = self.rows[index] + self.rng.normal(0, 0.02, 4)
+        row[2:] += shift  # petal length and width read 2 cm longer: a new measuring device
+        return [round(float(v), 3) for v in row], int(self.species[index])
 
-    def _send(self, row: list[float]) -> None:
-        body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": row}]})
+    def _send(self, item: tuple[str, list[float]]) -> None:
+        request_id, row = item
+        body = json.dumps({"id": request_id,
+                           "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": row}]})
         request = urllib.request.Request(self.url, body.encode(), {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 response.read()
-            self.sent += 1
+            with self._lock:
+                self.sent += 1
         except (urllib.error.URLError, OSError):
-            self.failed += 1
+            with self._lock:
+                self.failed += 1
 
-    def burst(self, count: int, shift: float = 0.0) -> None:
-        rows = [self._row(shift) for _ in range(count)]
+    def burst(self, count: int, shift: float = 0.0, glitches: int = 0) -> None:
+        """``count`` requests, then their labels; the last ``glitches`` have a negative sepal width
+        (a broken sensor), which the training's data checks must count and leave out."""
+        rows, labels = [], []
+        for number in range(count):
+            row, species = self._row(shift)
+            if number >= count - glitches:
+                row[1] = -1.0
+            with self._lock:
+                self._count += 1
+                request_id = f"demo-{self._count:06d}"
+            rows.append((request_id, row))
+            labels.append(f"{request_id},{species}")
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(self._send, rows))
+        name = rows[0][0] if rows else "empty"
+        tmp = self.labels_dir / f".{name}.tmp"
+        tmp.write_text("id,label\n" + "\n".join(labels) + "\n")
+        tmp.replace(self.labels_dir / f"{name}.csv")
 
-    def start_background(self, per_second: float = 15.0) -> None:
-        """Steady normal traffic (what keeps a canary's analysis fed) until stop()."""
+    def start_background(self, per_second: float = 15.0, shift: float = 0.0) -> None:
+        """Steady traffic (what keeps a canary's analysis fed) until stop()."""
         def loop() -> None:
             while not self._stop.is_set():
                 started = time.monotonic()
-                self.burst(int(per_second))
+                self.burst(int(per_second), shift=shift)
                 self._stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
 
+        self._stop.clear()
         self._thread = threading.Thread(target=loop, daemon=True)
         self._thread.start()
 
@@ -259,17 +292,47 @@ def describe_monitor(obj: dict) -> str:
             f"samples={status.get('sampleSize')} drifted={status.get('driftedFeatures')}")
 
 
-def run_loop(cluster: Cluster, timeout: float = 600) -> dict[str, Any]:
-    """Apply the examples and drive the loop to a promoted retrained model. Returns a summary."""
-    say("step 1/6  training: kubectl apply -f examples/training.yaml")
-    cluster.apply(example("training.yaml"))
+def with_labels(body: dict[str, Any], labels_uri: str) -> dict[str, Any]:
+    """An example with its label feed pointed at ``labels_uri`` (productionData / performance)."""
+    body = copy.deepcopy(body)
+    spec = body["spec"]
+    for key in ("productionData", "performance"):
+        if key in spec:
+            spec[key]["labelsUri"] = labels_uri
+    return body
+
+
+def comparison_text(run: dict[str, Any]) -> str:
+    comparison = run.get("comparison") or {}
+    new = (comparison.get("challenger") or {}).get("metrics") or {}
+    old = comparison.get("champion") or {}
+    if "accuracy" not in new:
+        return "no comparison recorded"
+    text = (f"on the {comparison.get('holdout')} holdout ({comparison.get('holdoutRows')} rows): "
+            f"v{run.get('modelVersion')} accuracy {new['accuracy']:.3f}")
+    if (old.get("metrics") or {}).get("accuracy") is not None:
+        text += f", v{old.get('version')} accuracy {old['metrics']['accuracy']:.3f}"
+    return text
+
+
+def run_loop(cluster: Cluster, timeout: float = 600, labels_dir: Path | None = None) -> dict[str, Any]:
+    """Apply the examples and drive the loop to a promoted retrained model that has solved the
+    drift. Returns a summary."""
+    started = time.monotonic()
+    labels_dir = Path(labels_dir or demo_dir() / "labels")
+    if labels_dir.exists():
+        for old in labels_dir.glob("*.csv"):
+            old.unlink()
+    labels_uri = f"file://{labels_dir.resolve()}/"
+    say("step 1/7  training: kubectl apply -f examples/training.yaml")
+    cluster.apply(with_labels(example("training.yaml"), labels_uri))
     mt = watch_phase(cluster, "ModelTraining", "iris",
                      lambda o: (o.get("status", {}).get("latestValidatedModel") or {}).get("version") == 1,
                      timeout, "model version 1", describe_training)
     metrics = mt["status"]["latestValidatedModel"]["metrics"]
     say(f"   version 1 validated: {', '.join(f'{k}={v:.3f}' for k, v in metrics.items())}")
 
-    say("step 2/6  serving: kubectl apply -f examples/deployment.yaml")
+    say("step 2/7  serving: kubectl apply -f examples/deployment.yaml")
     cluster.apply(example("deployment.yaml"))
     md = watch_phase(cluster, "ModelDeployment", "iris",
                      lambda o: o.get("status", {}).get("phase") == "Ready" and o["status"].get("endpoint"),
@@ -277,41 +340,55 @@ def run_loop(cluster: Cluster, timeout: float = 600) -> dict[str, Any]:
     endpoint = md["status"]["endpoint"]
     say(f"   serving v{md['status']['stableVersion']} at {endpoint}")
 
-    say("step 3/6  monitoring: kubectl apply -f examples/driftmonitor.yaml; 300 requests of normal traffic")
-    traffic = Traffic(endpoint, "iris")
+    say("step 3/7  monitoring: kubectl apply -f examples/driftmonitor.yaml; 300 labelled requests of normal traffic")
+    traffic = Traffic(endpoint, "iris", labels_dir)
     traffic.burst(300)
     if traffic.failed:
         raise RuntimeError(f"{traffic.failed} of 300 requests to {traffic.url} failed")
-    say(f"   300 predictions from {traffic.url}")
-    cluster.apply(example("driftmonitor.yaml"))
-    watch_phase(cluster, "DriftMonitor", "iris", lambda o: o.get("status", {}).get("phase") == "NoDrift",
-                timeout, "a check without drift", describe_monitor)
+    say(f"   300 predictions from {traffic.url}; their labels in {labels_dir}")
+    cluster.apply(with_labels(example("driftmonitor.yaml"), labels_uri))
+    dm = watch_phase(cluster, "DriftMonitor", "iris", lambda o: o.get("status", {}).get("phase") == "NoDrift",
+                     timeout, "a check without drift", describe_monitor)
+    before_shift = condition(dm, "DriftDetected").get("message")
 
-    say("step 4/6  shifted traffic: 400 requests whose petals are 2 cm longer")
-    traffic.burst(400, shift=2.0)
+    say("step 4/7  shifted traffic: a new device reads petals 2 cm longer (same flowers, same species);"
+        " 400 labelled requests, the last 4 from a broken sepal sensor")
+    traffic.burst(400, shift=2.0, glitches=4)
     dm = watch_phase(cluster, "DriftMonitor", "iris", lambda o: condition(o, "DriftDetected").get("status") == "True",
                      timeout, "DriftDetected", describe_monitor)
     drift_scores = {
         f"{r['feature']}/{t['test']}": round(t["score"], 4)
         for r in dm["status"].get("results", []) for t in r.get("tests", []) if t.get("drifted")
     }
-    say(f"   drift: {condition(dm, 'DriftDetected').get('message')}")
+    drifted = {"message": condition(dm, "DriftDetected").get("message"), "modelVersion": dm["status"].get("modelVersion"),
+               "performance": dm["status"].get("performance")}
+    say(f"   drift: {drifted['message']}")
 
-    say("step 5/6  retrain requested by the DriftMonitor; normal traffic keeps flowing for the canary")
-    traffic.start_background()
+    say("step 5/7  retrain requested by the DriftMonitor with its window; shifted, labelled traffic keeps flowing")
+    traffic.start_background(shift=2.0)
     try:
         mt = watch_phase(cluster, "ModelTraining", "iris",
                          lambda o: (o.get("status", {}).get("latestValidatedModel") or {}).get("version") == 2,
                          timeout, "model version 2", describe_training)
-        say(f"   retrain trigger: {mt['status']['latestRun']['trigger'][:160]}")
-        say("step 6/6  canary of version 2 (10% → 50% → promoted, analysed between steps)")
+        run = mt["status"]["latestRun"]
+        say(f"   retrain trigger: {run['trigger'][:160]}")
+        for source in run.get("sources", []):
+            say(f"   source {source['name']}: {source.get('rows')} rows, digest {str(source.get('digest'))[:12]}"
+                + (f", {source.get('rejectedRows')} rejected {source.get('rejections')}"
+                   if source.get("rejectedRows") else ""))
+        say(f"   champion vs challenger {comparison_text(run)}")
+        say("step 6/7  canary of version 2 (10% → 50% → promoted, analysed between steps)")
         md = watch_phase(cluster, "ModelDeployment", "iris",
                          lambda o: o.get("status", {}).get("stableVersion") == "2"
                          and o["status"].get("phase") == "Ready",
                          timeout, "version 2 promoted", describe_deployment)
+        say("step 7/7  the DriftMonitor compares the still shifted traffic with version 2's profile")
+        dm = watch_phase(cluster, "DriftMonitor", "iris",
+                         lambda o: o.get("status", {}).get("phase") == "NoDrift"
+                         and o["status"].get("modelVersion") == "2",
+                         timeout, "NoDrift against version 2", describe_monitor)
     finally:
         traffic.stop()
-    dm = cluster.get("DriftMonitor", "iris")
     return {
         "endpoint": endpoint,
         "inferUrl": traffic.url,
@@ -319,10 +396,17 @@ def run_loop(cluster: Cluster, timeout: float = 600) -> dict[str, Any]:
         "versions": [r.get("modelVersion") for r in mt["status"].get("history", [])],
         "metrics": mt["status"]["latestValidatedModel"]["metrics"],
         "drift": drift_scores,
+        "driftBefore": before_shift,
+        "driftDetected": drifted,
+        "driftAfter": {"message": condition(dm, "DriftDetected").get("message"),
+                       "modelVersion": dm["status"].get("modelVersion"), "phase": dm["status"].get("phase"),
+                       "performance": dm["status"].get("performance")},
+        "run": mt["status"]["latestRun"],
         "lastAnalysis": md["status"].get("lastAnalysis"),
         "requests": traffic.sent,
         "failedRequests": traffic.failed,
         "retrainRequest": dm["status"].get("lastRetrainRequest"),
+        "seconds": round(time.monotonic() - started, 1),
     }
 
 
@@ -385,14 +469,22 @@ def main() -> int:
     say("done: the loop closed without anyone editing a spec")
     print()
     print("Summary")
+    run = summary["run"]
     print(f"  model versions        {summary['versions']} (stable: v{summary['stable']})")
-    print(f"  metrics of v{summary['stable']:<10}" + ", ".join(f"{k}={v:.3f}" for k, v in summary["metrics"].items()))
+    for source in run.get("sources", []):
+        print(f"  v{run.get('modelVersion')} trained on      {source['name']}: {source.get('rows')} rows "
+              f"(sha256 {str(source.get('digest'))[:12]}), {source.get('rejectedRows') or 0} rejected by the data checks")
+    print(f"  v1 vs v2 on shifted   {comparison_text(run)}")
     analysis = summary.get("lastAnalysis") or {}
     if analysis:
         print(f"  last canary analysis  {analysis.get('message')}")
     print(f"  drifted feature/test  " + ", ".join(f"{k}={v}" for k, v in summary["drift"].items()))
+    print(f"  drift against v{summary['driftDetected']['modelVersion']}      {summary['driftDetected']['message']}")
+    print(f"  drift against v{summary['driftAfter']['modelVersion']}      {summary['driftAfter']['phase']}: "
+          f"{summary['driftAfter']['message']}")
     print(f"  retrain requested     {summary['retrainRequest']}")
     print(f"  requests sent         {summary['requests']} ({summary['failedRequests']} failed)")
+    print(f"  loop wall time        {summary['seconds']}s")
     print(f"  endpoint              {summary['inferUrl']}")
     print()
     print("Where to look")

@@ -1,6 +1,6 @@
 """The built-in ``tabular-training`` pipeline (Kubeflow Pipelines v2 DSL).
 
-extract → validate-data → split → train → evaluate → validate-model → export
+extract → validate-data → split → train → evaluate (new vs validated model) → validate-model → export
 
 Every component is a lightweight Python component whose body calls one
 ``mlops_operator.steps.*.run_*`` function, so the logic lives (and is tested) in the package.
@@ -30,51 +30,68 @@ COMPILED = Path(__file__).with_name("tabular.yaml")
 def extract(
     dataset_uri: str,
     dataset_format: str,
+    target: str,
+    features: list,
+    production_data: dict,
     dataset: Output[Dataset],
-) -> NamedTuple("ExtractOutputs", [("digest", str), ("rows", int), ("started_at", str)]):
-    """Read the dataset (fsspec URI or sklearn://name) and write it as Parquet, with its sha256 digest."""
+    production: Output[Dataset],
+) -> NamedTuple("ExtractOutputs", [("digest", str), ("rows", int), ("started_at", str), ("sources", list)]):
+    """Read the dataset (the newest object when the URI names many) and the labelled production
+    rows; write both as Parquet, with each source's URI, rows and sha256 digest."""
     from collections import namedtuple
 
-    from mlops_operator.steps.extract import run_extract
+    from mlops_operator.steps.extract import run_extract_sources
 
-    result = run_extract(dataset_uri, dataset_format, dataset.path)
+    result = run_extract_sources(dataset_uri, dataset_format, target, features, production_data, dataset.path,
+                                 production.path)
     dataset.metadata.update({"digest": result["digest"], "rows": result["rows"], "source": dataset_uri})
-    outputs = namedtuple("ExtractOutputs", ["digest", "rows", "started_at"])
-    return outputs(result["digest"], result["rows"], result["started_at"])
+    outputs = namedtuple("ExtractOutputs", ["digest", "rows", "started_at", "sources"])
+    return outputs(result["digest"], result["rows"], result["started_at"], result["sources"])
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def validate_data(
     dataset: Input[Dataset],
+    production: Input[Dataset],
     target: str,
     checks: dict,
     features: list,
     report: Output[Artifact],
-):
-    """Check rows, missing values, columns, types and ranges; fail with DataValidationFailed."""
-    from mlops_operator.steps.validate_data import run_validate_data
+    production_valid: Output[Dataset],
+) -> NamedTuple("ValidateOutputs", [("production", dict)]):
+    """Check the dataset (rows, missing values, columns, types, ranges; fail with
+    DataValidationFailed) and the production rows one by one (rows that fail are counted, not trained on)."""
+    from collections import namedtuple
 
-    run_validate_data(dataset.path, target, checks, features, report.path)
+    from mlops_operator.steps.validate_data import run_validate_sources
+
+    summary = run_validate_sources(dataset.path, production.path, target, checks, features, report.path,
+                                   production_valid.path)
+    return namedtuple("ValidateOutputs", ["production"])(summary)
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def split(
     dataset: Input[Dataset],
+    production: Input[Dataset],
     target: str,
     task: str,
     test_size: float,
     seed: int,
     features: list,
     estimator: str,
+    mix: dict,
     train: Output[Dataset],
     test: Output[Dataset],
 ) -> NamedTuple("SplitOutputs", [("schema", dict), ("task", str)]):
-    """Drop unlabelled rows, settle the task and split train/test (seeded, stratified for classification)."""
+    """Drop unlabelled rows, settle the task and split train/holdout: the newest production rows
+    when there are enough, else the dataset's seeded (stratified) test split; mix the sources."""
     from collections import namedtuple
 
-    from mlops_operator.steps.split import run_split
+    from mlops_operator.steps.split import run_split_sources
 
-    schema = run_split(dataset.path, target, task, test_size, seed, features, estimator, train.path, test.path)
+    schema = run_split_sources(dataset.path, production.path, target, task, test_size, seed, features, estimator,
+                               mix, train.path, test.path)
     outputs = namedtuple("SplitOutputs", ["schema", "task"])
     return outputs(schema, schema["task"])
 
@@ -108,17 +125,21 @@ def evaluate(
     model: Input[Model],
     test: Input[Dataset],
     schema: dict,
+    champion_model_uri: str,
+    baseline_metrics: dict,
     evaluation: Output[Metrics],
-) -> NamedTuple("EvaluateOutputs", [("metrics", dict)]):
-    """Score the model on the held-out split (accuracy/f1/rocAuc or rmse/mae/r2)."""
+) -> NamedTuple("EvaluateOutputs", [("metrics", dict), ("baseline", dict), ("comparison", dict)]):
+    """Score the new model and the current validated one on the same holdout
+    (accuracy/f1/rocAuc or rmse/mae/r2)."""
     from collections import namedtuple
 
-    from mlops_operator.steps.evaluate import run_evaluate
+    from mlops_operator.steps.evaluate import run_evaluate_against
 
-    scores = run_evaluate(model.path, test.path, schema)
-    for name, value in scores.items():
+    result = run_evaluate_against(model.path, test.path, schema, champion_model_uri, baseline_metrics)
+    for name, value in result["metrics"].items():
         evaluation.log_metric(name, value)
-    return namedtuple("EvaluateOutputs", ["metrics"])(scores)
+    outputs = namedtuple("EvaluateOutputs", ["metrics", "baseline", "comparison"])
+    return outputs(result["metrics"], result["baseline"], result["comparison"])
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -159,13 +180,23 @@ def export(
     seed: int,
     pipeline_digest: str,
     started_at: str,
-) -> NamedTuple("ExportOutputs", [("model_version", int), ("model_uri", str), ("profile_uri", str), ("validated", bool)]):
+    sources: list,
+    production_validation: dict,
+    comparison: dict,
+    retrain_window: dict,
+) -> NamedTuple("ExportOutputs", [("model_version", int), ("model_uri", str), ("profile_uri", str), ("validated", bool),
+                                  ("sources", list)]):
     """Publish model.joblib, model-settings.json, metrics, profile and lineage as a model version."""
     import json
     from collections import namedtuple
 
     from mlops_operator.steps.export import run_export
 
+    for source in sources:  # the rows the production checks left out, beside the rows read
+        if source.get("name") == "production":
+            source["rejectedRows"] = int(production_validation.get("rejectedRows") or 0)
+            if production_validation.get("rejections"):
+                source["rejections"] = production_validation["rejections"]
     result = run_export(
         model_path=model.path,
         train_path=train.path,
@@ -182,9 +213,12 @@ def export(
         split={"testSize": test_size, "seed": seed},
         pipeline_digest=pipeline_digest,
         started_at=started_at,
+        sources=sources,
+        comparison=comparison,
+        retrain_window=retrain_window,
     )
-    outputs = namedtuple("ExportOutputs", ["model_version", "model_uri", "profile_uri", "validated"])
-    return outputs(result["model_version"], result["model_uri"], result["profile_uri"], result["validated"])
+    outputs = namedtuple("ExportOutputs", ["model_version", "model_uri", "profile_uri", "validated", "sources"])
+    return outputs(result["model_version"], result["model_uri"], result["profile_uri"], result["validated"], sources)
 
 
 @dsl.pipeline(
@@ -209,6 +243,10 @@ def tabular_training(
     baseline_metrics: dict = {},  # noqa: B006
     max_regression: dict = {},  # noqa: B006
     pipeline_digest: str = "",
+    production_data: dict = {},  # noqa: B006
+    mix: dict = {},  # noqa: B006
+    champion_model_uri: str = "",
+    retrain_window: dict = {},  # noqa: B006
 ) -> NamedTuple(
     "TabularTrainingOutputs",
     [
@@ -219,6 +257,8 @@ def tabular_training(
         ("validation_reasons", list),
         ("profile_uri", str),
         ("dataset_digest", str),
+        ("sources", list),
+        ("comparison", dict),
     ],
 ):
     """Train, evaluate, gate and version a model.
@@ -226,20 +266,28 @@ def tabular_training(
     ``estimator_params`` is a JSON object as text (numbers keep int vs float). ``pipeline_digest``
     is the sha256 of this compiled file, filled in by whoever submits it (it cannot be known at
     compile time). ``run_name`` keys the model version (defaults to the KFP job name).
+    ``production_data`` names labelled production data (see steps.extract.run_extract_sources),
+    ``mix`` how it joins the base dataset (see steps.split.split_sources), ``champion_model_uri``
+    the current validated model scored on the same holdout, ``retrain_window`` the drift window
+    of a retrain request (recorded in the lineage).
     """
-    extract_task = extract(dataset_uri=dataset_uri, dataset_format=dataset_format)
+    extract_task = extract(dataset_uri=dataset_uri, dataset_format=dataset_format, target=target,
+                           features=features, production_data=production_data)
     validate_task = validate_data(
-        dataset=extract_task.outputs["dataset"], target=target, checks=validation, features=features
+        dataset=extract_task.outputs["dataset"], production=extract_task.outputs["production"], target=target,
+        checks=validation, features=features
     )
     split_task = split(
         dataset=extract_task.outputs["dataset"],
+        production=validate_task.outputs["production_valid"],
         target=target,
         task=task,
         test_size=test_size,
         seed=seed,
         features=features,
         estimator=estimator,
-    ).after(validate_task)
+        mix=mix,
+    )
     train_task = train(
         train=split_task.outputs["train"],
         schema=split_task.outputs["schema"],
@@ -248,12 +296,13 @@ def tabular_training(
         seed=seed,
     )
     evaluate_task = evaluate(
-        model=train_task.outputs["model"], test=split_task.outputs["test"], schema=split_task.outputs["schema"]
+        model=train_task.outputs["model"], test=split_task.outputs["test"], schema=split_task.outputs["schema"],
+        champion_model_uri=champion_model_uri, baseline_metrics=baseline_metrics,
     )
     gate_task = validate_model(
         metrics=evaluate_task.outputs["metrics"],
         gate=gate,
-        baseline_metrics=baseline_metrics,
+        baseline_metrics=evaluate_task.outputs["baseline"],
         max_regression=max_regression,
     )
     export_task = export(
@@ -277,6 +326,10 @@ def tabular_training(
         seed=seed,
         pipeline_digest=pipeline_digest,
         started_at=extract_task.outputs["started_at"],
+        sources=extract_task.outputs["sources"],
+        production_validation=validate_task.outputs["production"],
+        comparison=evaluate_task.outputs["comparison"],
+        retrain_window=retrain_window,
     )
     # A retrain on the same URI must read the data again: never reuse cached step results.
     for task_ in (extract_task, validate_task, split_task, train_task, evaluate_task, gate_task, export_task):
@@ -292,6 +345,8 @@ def tabular_training(
             ("validation_reasons", list),
             ("profile_uri", str),
             ("dataset_digest", str),
+            ("sources", list),
+            ("comparison", dict),
         ],
     )
     return outputs(
@@ -302,6 +357,8 @@ def tabular_training(
         validation_reasons=gate_task.outputs["reasons"],
         profile_uri=export_task.outputs["profile_uri"],
         dataset_digest=extract_task.outputs["digest"],
+        sources=export_task.outputs["sources"],
+        comparison=evaluate_task.outputs["comparison"],
     )
 
 

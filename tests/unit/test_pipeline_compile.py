@@ -16,9 +16,10 @@ COMPILED = REPO_ROOT / "pipelines" / "tabular.yaml"
 PARAMETERS = {
     "dataset_uri", "dataset_format", "target", "features", "task", "estimator", "estimator_params", "test_size",
     "seed", "validation", "gate", "baseline_metrics", "max_regression", "artifact_root", "model_name", "run_name",
-    "pipeline_digest",
+    "pipeline_digest", "production_data", "mix", "champion_model_uri", "retrain_window",
 }
-OUTPUTS = {"model_version", "model_uri", "metrics", "validated", "validation_reasons", "profile_uri", "dataset_digest"}
+OUTPUTS = {"model_version", "model_uri", "metrics", "validated", "validation_reasons", "profile_uri", "dataset_digest",
+           "sources", "comparison"}
 STEPS = ["extract", "validate-data", "split", "train", "evaluate", "validate-model", "export"]
 
 

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from mlops_operator.api.common import (
     DNS_LABEL,
+    DURATION,
     HTTP_URL,
     URI,
     ColumnName,
@@ -69,6 +70,46 @@ class Dataset(Model):
     credentials_secret_ref: LocalObjectReference | None = None
     """A Secret in the same namespace whose keys are passed to fsspec as storage options (for
     example key and secret for s3). Read when needed, never copied."""
+
+
+class ProductionWindow(Model):
+    """Which served requests count. A retrain requested by a DriftMonitor starts at the beginning
+    of the window the monitor saw instead of ``duration``; ``rows`` applies either way."""
+
+    duration: str | None = Field("7d", max_length=32, pattern=DURATION)
+    """Only requests younger than this when the run starts (e.g. 1h, 7d); unset: no age limit."""
+    rows: int | None = Field(100_000, ge=1, le=100_000_000)
+    """At most this many labelled rows, the newest."""
+
+
+class DataMix(Model):
+    """How labelled production rows and the base dataset are combined. Applies when the run has
+    at least minRows labelled production rows; with fewer it trains on the base dataset alone."""
+
+    min_rows: int = Field(30, ge=2, le=10_000_000)
+    """Fewest labelled production rows (after validation) for production data to be used."""
+    max_base_rows: int | None = Field(None, ge=0, le=1_000_000_000)
+    """At most this many rows of the base dataset's training split are kept (a seeded sample);
+    0 trains on production data alone (the recent window); unset keeps them all."""
+    production_weight: float = Field(1.0, gt=0, le=1000)
+    """Sample weight of a production row relative to a base row (the estimator's fit must take
+    sample_weight unless this is 1)."""
+
+
+class ProductionData(Model):
+    """Labelled production data: the requests a ModelDeployment served (its inference log) joined
+    with ground-truth labels. The newest testSize fraction of them is the holdout on which the new
+    model and the current validated model are both scored."""
+
+    deployment_ref: LocalObjectReference
+    """The ModelDeployment whose served requests are used (same namespace)."""
+    labels_uri: str = Field(min_length=1, max_length=2048, pattern=URI)
+    """Ground-truth labels, the same feed a DriftMonitor's spec.performance reads: a CSV or Parquet
+    file (or a directory of them) with columns id (request id), label and optionally row."""
+    window: ProductionWindow = Field(default_factory=ProductionWindow, json_schema_extra={"default": {}})
+    """Which served requests count."""
+    mix: DataMix = Field(default_factory=DataMix, json_schema_extra={"default": {}})
+    """How production rows and the base dataset are combined."""
 
 
 class ColumnCheck(Model):
@@ -192,8 +233,11 @@ class ModelTrainingSpec(Model):
     """The training data."""
     training: Training = Field(default_factory=Training, json_schema_extra={"default": {}})
     """Estimator, parameters and split."""
+    production_data: ProductionData | None = None
+    """Labelled production data to train and evaluate on beside the base dataset."""
     data_validation: DataValidation = Field(default_factory=DataValidation, json_schema_extra={"default": {}})
-    """Checks on the data before training."""
+    """Checks on the data before training: the base dataset must pass them all; production rows
+    that fail a row-level check (label, range, allowed values) are counted and left out."""
     validation: Validation = Field(default_factory=Validation)
     """The model validation gate."""
     pipeline: PipelineSource = Field(default_factory=PipelineSource)
@@ -235,6 +279,75 @@ class ModelTrainingSpec(Model):
     }
 
 
+class DataSource(Model):
+    """One source of a run's data."""
+
+    name: Literal["base", "production"]
+    """base (spec.dataset) or production (labelled served requests)."""
+    uri: str = Field(max_length=4096)
+    """Where it was read from (for production: the inference log and the label feed)."""
+    resolved_uri: str | None = Field(None, max_length=2048)
+    """The object read when the dataset URI names many (glob, prefix, date template)."""
+    rows: int = Field(0, ge=0)
+    """Rows read (production: labelled rows)."""
+    digest: str | None = Field(None, max_length=128)
+    """Content digest (sha256)."""
+    served_rows: int | None = Field(None, ge=0)
+    """Production: served rows in the range."""
+    unlabelled_rows: int | None = Field(None, ge=0)
+    """Production: served rows without a label (not used)."""
+    rejected_rows: int | None = Field(None, ge=0)
+    """Production: labelled rows that failed a data check (not used)."""
+    rejections: dict[str, int] = Field(default_factory=dict, max_length=64)
+    """Production: rejected rows per failed check."""
+    from_: str | None = Field(None, alias="from")
+    """Production: time of the oldest row used (RFC 3339)."""
+    to: str | None = None
+    """Production: time of the newest row used (RFC 3339)."""
+    message: str | None = Field(None, max_length=1024)
+    """Why nothing (or less) was used, if so."""
+
+
+class ModelScore(Model):
+    """A model's metrics on the holdout."""
+
+    version: int | None = Field(None, ge=1)
+    """Model version (the new one has none until exported)."""
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=32)
+    """Its metrics on the holdout."""
+    message: str | None = Field(None, max_length=1024)
+    """Why it could not be scored, if so."""
+
+
+class ModelComparison(Model):
+    """The new model (challenger) and the current validated one (champion) on the same holdout;
+    the gate's maxRegression compares these two."""
+
+    holdout: str = Field(max_length=32)
+    """production (the newest labelled production rows) or dataset (the dataset's test split)."""
+    holdout_rows: int = Field(0, ge=0)
+    """Rows in the holdout."""
+    challenger: ModelScore
+    """The new model."""
+    champion: ModelScore | None = None
+    """The validated model it would replace (none on the first run)."""
+
+
+class RetrainWindow(Model):
+    """The window a DriftMonitor saw when it requested the retrain."""
+
+    monitor: str | None = Field(None, max_length=253)
+    """The DriftMonitor."""
+    start: str | None = None
+    """Oldest request of the window (RFC 3339); production data is read from here on."""
+    end: str | None = None
+    """Newest request of the window (RFC 3339)."""
+    rows: int | None = Field(None, ge=0)
+    """Rows in the window."""
+    drifted_features: list[str] = Field(default_factory=list, max_length=512)
+    """The features that drifted."""
+
+
 class RunRecord(Model):
     """One training run."""
 
@@ -266,6 +379,12 @@ class RunRecord(Model):
     """The reference data profile for drift monitoring."""
     dataset_digest: str | None = Field(None, max_length=128)
     """Content digest of the training data (sha256)."""
+    sources: list[DataSource] = Field(default_factory=list, max_length=2)
+    """Each data source with its URI, rows and content digest (also in the version's lineage.json)."""
+    comparison: ModelComparison | None = None
+    """The new and the current validated model scored on the same holdout."""
+    retrain_window: RetrainWindow | None = None
+    """The drift window of the retrain request that started the run."""
 
 
 class ValidatedModel(Model):

@@ -47,7 +47,7 @@ from mlops_operator.handlers.common import (
 from mlops_operator.reconcile import drift
 from mlops_operator.reconcile import drift_monitor as logic
 from mlops_operator.reconcile.conditions import FALSE, set_condition
-from mlops_operator.reconcile.modeltraining import RETRAIN_ANNOTATION
+from mlops_operator.reconcile.modeltraining import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
 from mlops_operator.reconcile.validation import drift_spec_errors
 
 KIND = "DriftMonitor"
@@ -237,7 +237,9 @@ async def _request_retrain(obj: dict[str, Any], spec: DriftMonitorSpec, status: 
                                              message, generation=generation, now=now)
         return status
     value = logic.retrain_annotation_value(now, verdict.summary)
-    await kube.patch_annotations(TRAININGS, namespace, training_name, {RETRAIN_ANNOTATION: value})
+    # One patch: the ModelTraining sees the request and the window it belongs to together.
+    await kube.patch_annotations(TRAININGS, namespace, training_name, {
+        RETRAIN_ANNOTATION: value, RETRAIN_WINDOW_ANNOTATION: logic.retrain_window_value(name, status, verdict, value)})
     metrics.RETRAIN_REQUESTS.labels(namespace, name).inc()
     log.info("DriftMonitor %s/%s asked ModelTraining %s to retrain: %s", namespace, name, training_name, value)
     post_event(obj, "RetrainRequested", f"Asked ModelTraining {training_name} to retrain: {value}")

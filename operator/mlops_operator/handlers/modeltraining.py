@@ -160,7 +160,8 @@ def _kfp_outputs(spec: ModelTrainingSpec, run_name: str) -> dict[str, Any]:
     info = artifacts.read_model_version(root, spec.model, version)
     return {"model_version": version, "model_uri": info["uri"], "metrics": info["metrics"],
             "validated": info["validated"], "validation_reasons": info["validationReasons"],
-            "profile_uri": info["profileUri"], "dataset_digest": (info["lineage"].get("dataset") or {}).get("digest")}
+            "profile_uri": info["profileUri"], "dataset_digest": (info["lineage"].get("dataset") or {}).get("digest"),
+            "sources": info["lineage"].get("sources"), "comparison": info["lineage"].get("comparison")}
 
 
 async def _observe(spec: ModelTrainingSpec, namespace: str, record: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -177,10 +178,15 @@ async def _observe(spec: ModelTrainingSpec, namespace: str, record: dict[str, An
     return _record_from_kfp(run, record["trigger"], outputs), list(outputs.get("validation_reasons") or [])
 
 
-async def _submit(spec: ModelTrainingSpec, namespace: str, name: str, trigger: str, baseline: dict[str, float] | None
-                  ) -> dict[str, Any]:
+async def _submit(spec: ModelTrainingSpec, namespace: str, name: str, trigger: str, validated: dict[str, Any],
+                  retrain_window: dict[str, Any] | None) -> dict[str, Any]:
     settings = get_settings()
-    params = logic.pipeline_parameters(spec, settings.artifact_root_uri, baseline)
+    # The inference log lives under the artifact root (the same place the router and the
+    # DriftMonitor use).
+    production = logic.production_parameters(spec, namespace, settings.artifact_root_uri, _now(), retrain_window)
+    params = logic.pipeline_parameters(spec, settings.artifact_root_uri, validated.get("metrics"),
+                                       champion_uri=validated.get("uri"), production=production,
+                                       retrain_window=retrain_window)
     package = await _pipeline_package(spec, namespace)
     if spec.backend == "local":
         request = {"namespace": namespace, "parameters": params, **({"pipeline_package": package} if package else {})}
@@ -239,6 +245,8 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
         latest = status.get("latestRun")
         if latest and latest["state"] in logic.ACTIVE_STATES:
             observed, reasons = await _observe(spec, namespace, latest)
+            if latest.get("retrainWindow"):  # known at submission, not returned by the backends
+                observed["retrainWindow"] = latest["retrainWindow"]
             if observed["state"] in logic.ACTIVE_STATES:
                 status = logic.running_status(status, observed, generation)
             else:
@@ -264,13 +272,18 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
         if triggers:
             run_name = logic.run_name(name, meta["uid"], triggers)
             description = "; ".join(t.description for t in triggers)
-            baseline = (status.get("latestValidatedModel") or {}).get("metrics")
+            validated = status.get("latestValidatedModel") or {}
+            annotations = meta.get("annotations") or {}
+            retrain_window = (logic.parse_retrain_window(annotations)
+                              if any(t.kind == "retrain" for t in triggers) else None)
             try:
-                record = await _submit(spec, namespace, run_name, description, baseline)
+                record = await _submit(spec, namespace, run_name, description, validated, retrain_window)
             except training_kfp.RequestRejected as error:  # the KFP API will never take this run as it is
                 stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
                 record = logic.run_record(run_name, description, None, "Failed", stamp, stamp, "InvalidSpec",
                                           str(error))
+            if retrain_window:
+                record["retrainWindow"] = retrain_window
             status.update(logic.mark_handled(triggers, generation, meta.get("annotations") or {}, now))
             if record["state"] in logic.ACTIVE_STATES:
                 status = logic.running_status(status, record, generation)
@@ -306,9 +319,11 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
 
 def _announce(obj: dict[str, Any], record: dict[str, Any], reasons: list[str]) -> None:
     if record["state"] == "Succeeded" and record.get("validated"):
+        compared = logic.comparison_summary(record)
         post_event(obj, "ModelValidated",
                    f"Run {record['name']} validated model version {record.get('modelVersion')} "
-                          f"({', '.join(f'{k}={v:.4g}' for k, v in (record.get('metrics') or {}).items())}).")
+                   f"({', '.join(f'{k}={v:.4g}' for k, v in (record.get('metrics') or {}).items())})"
+                   + (f"; {compared}." if compared else "."))
     elif record["state"] == "Succeeded":
         post_event(obj, "ValidationFailed",
                    f"Model version {record.get('modelVersion')} failed the gate: {'; '.join(reasons)}", warning=True)

@@ -499,3 +499,19 @@ def record_retrain(status: Mapping[str, Any], decision: RetrainDecision, value: 
     result["lastRetrainReason"] = value
     result["retrainRequests"] = decision.recent + [now_rfc3339(now)]
     return result
+
+
+def retrain_window_value(monitor: str, status: Mapping[str, Any], verdict: Verdict, request: str) -> str:
+    """The value of mlops.dev/retrain-window: the window the check saw, as JSON (the ModelTraining
+    reads its production data from the window's start on and records it in the run's lineage).
+    ``request`` is the retrain request it belongs to, so a later request without a window (kubectl
+    mlops retrain) does not reuse it."""
+    import json
+
+    window = {"request": request, "monitor": monitor, "start": status.get("windowStart"), "end": status.get("windowEnd"),
+              "rows": status.get("sampleSize"), "driftedFeatures": list(verdict.drifted)}
+    text = json.dumps({k: v for k, v in window.items() if v is not None}, separators=(",", ":"))
+    while len(text) > 8192 and window["driftedFeatures"]:  # annotations stay small; the start matters most
+        window["driftedFeatures"] = window["driftedFeatures"][: len(window["driftedFeatures"]) // 2]
+        text = json.dumps({k: v for k, v in window.items() if v is not None}, separators=(",", ":"))
+    return text

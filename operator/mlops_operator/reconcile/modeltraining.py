@@ -9,6 +9,7 @@ run again instead of starting a second one.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,9 @@ from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.reconcile.conditions import FALSE, TRUE, UNKNOWN, parse_rfc3339, set_condition
 
 RETRAIN_ANNOTATION = "mlops.dev/retrain-requested"
+RETRAIN_WINDOW_ANNOTATION = "mlops.dev/retrain-window"
+"""JSON beside a DriftMonitor's retrain request: the window it saw (monitor, start, end, rows,
+driftedFeatures). Set in the same patch as the request."""
 ACTIVE_STATES = ("Pending", "Running")
 
 
@@ -92,9 +96,67 @@ def mark_handled(triggers: list[Trigger], generation: int, annotations: dict[str
     return fields
 
 
-def pipeline_parameters(spec: ModelTrainingSpec, artifact_root: str, baseline: dict[str, float] | None
-                        ) -> dict[str, Any]:
-    """Arguments of the built-in tabular pipeline for this spec."""
+def parse_retrain_window(annotations: dict[str, str]) -> dict[str, Any] | None:
+    """The retrain-window annotation as a status.latestRun.retrainWindow dict; None when absent,
+    unreadable, or written for another retrain request than the current one (the run then uses
+    spec.productionData.window)."""
+    value = annotations.get(RETRAIN_WINDOW_ANNOTATION)
+    if not value:
+        return None
+    try:
+        raw = json.loads(value)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(raw, dict) or raw.get("request") != annotations.get(RETRAIN_ANNOTATION):
+        return None
+    window: dict[str, Any] = {}
+    for key in ("monitor", "start", "end"):
+        if isinstance(raw.get(key), str) and raw[key]:
+            window[key] = raw[key][:253]
+    if isinstance(raw.get("rows"), int) and raw["rows"] >= 0:
+        window["rows"] = raw["rows"]
+    features = raw.get("driftedFeatures")
+    if isinstance(features, list):
+        window["driftedFeatures"] = [str(f)[:253] for f in features[:512]]
+    if window.get("start"):
+        try:
+            parse_rfc3339(window["start"])
+        except (TypeError, ValueError):
+            del window["start"]
+    return window or None
+
+
+def production_parameters(spec: ModelTrainingSpec, namespace: str, log_root: str, now: datetime,
+                          retrain_window: dict[str, Any] | None) -> dict[str, Any]:
+    """The pipeline's ``production_data`` for spec.productionData: where the inference log and the
+    labels are and which time range counts (from the retrain window's start when a DriftMonitor
+    asked, else spec.productionData.window.duration before now)."""
+    production = spec.production_data
+    if production is None:
+        return {}
+    # No upper bound: the run reads what has been served and labelled by the time it extracts
+    # (the lineage records the range and digest of what it read).
+    params: dict[str, Any] = {"root": log_root, "namespace": namespace,
+                              "deployment": production.deployment_ref.name, "labelsUri": production.labels_uri}
+    if retrain_window and retrain_window.get("start"):
+        params["since"] = retrain_window["start"]
+    elif production.window.duration:
+        from mlops_operator.reconcile.durations import parse_duration
+
+        params["since"] = (now - parse_duration(production.window.duration)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if production.window.rows:
+        params["maxRows"] = production.window.rows
+    return params
+
+
+def pipeline_parameters(spec: ModelTrainingSpec, artifact_root: str, baseline: dict[str, float] | None,
+                        *, champion_uri: str | None = None, production: dict[str, Any] | None = None,
+                        retrain_window: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Arguments of the built-in tabular pipeline for this spec.
+
+    ``champion_uri`` (the current validated version) is scored on the new model's holdout;
+    ``production`` is production_parameters(); both, and ``retrain_window``, are passed only to
+    the built-in template (a custom pipeline takes the parameters it declares)."""
     params: dict[str, Any] = {
         "dataset_uri": spec.dataset.uri,
         "dataset_format": spec.dataset.format,
@@ -113,8 +175,60 @@ def pipeline_parameters(spec: ModelTrainingSpec, artifact_root: str, baseline: d
         "baseline_metrics": dict(baseline or {}),
         "max_regression": {"*": spec.validation.max_regression} if spec.validation.max_regression is not None else {},
     }
+    builtin = spec.pipeline.config_map_ref is None and spec.pipeline.uri is None
+    if builtin and production:
+        params["production_data"] = production
+        mix = spec.production_data.mix if spec.production_data else None
+        if mix is not None:
+            params["mix"] = {"minRows": mix.min_rows, "productionWeight": mix.production_weight,
+                             **({"maxBaseRows": mix.max_base_rows} if mix.max_base_rows is not None else {})}
+    if builtin and champion_uri:
+        params["champion_model_uri"] = champion_uri
+    if builtin and retrain_window:
+        params["retrain_window"] = retrain_window
     params.update(spec.pipeline.parameters)
     return params
+
+
+_SOURCE_KEYS = {"name": str, "uri": str, "resolvedUri": str, "rows": int, "digest": str, "servedRows": int,
+                "unlabelledRows": int, "rejectedRows": int, "from": str, "to": str, "message": str}
+
+
+def _sources(raw: Any) -> list[dict[str, Any]] | None:
+    """Pipeline ``sources`` output in API form (KFP turns integers into floats)."""
+    if not isinstance(raw, list):
+        return None
+    sources = []
+    for item in raw[:2]:
+        if not isinstance(item, dict) or item.get("name") not in ("base", "production"):
+            continue
+        source = {k: kind(item[k]) for k, kind in _SOURCE_KEYS.items() if item.get(k) is not None}
+        source["uri"] = source.get("uri", "")[:4096]
+        if source.get("message"):
+            source["message"] = source["message"][:1024]
+        if isinstance(item.get("rejections"), dict) and item["rejections"]:
+            source["rejections"] = {str(k)[:253]: int(v) for k, v in list(item["rejections"].items())[:64]}
+        sources.append(source)
+    return sources or None
+
+
+def _comparison(raw: Any) -> dict[str, Any] | None:
+    """Pipeline ``comparison`` output in API form."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("challenger"), dict):
+        return None
+    holdout = raw.get("holdout") or {}
+    result: dict[str, Any] = {"holdout": str(holdout.get("source") or "dataset"),
+                              "holdoutRows": int(holdout.get("rows") or 0),
+                              "challenger": {"metrics": {k: float(v) for k, v in raw["challenger"].items()}}}
+    champion = raw.get("champion")
+    if isinstance(champion, dict):
+        entry: dict[str, Any] = {"metrics": {k: float(v) for k, v in (champion.get("metrics") or {}).items()}}
+        if champion.get("version") is not None:
+            entry["version"] = int(champion["version"])
+        if champion.get("message"):
+            entry["message"] = str(champion["message"])[:1024]
+        result["champion"] = entry
+    return result
 
 
 def run_record(name: str, trigger: str, backend_run_id: str | None, state: str, started: str | None,
@@ -135,9 +249,31 @@ def run_record(name: str, trigger: str, backend_run_id: str | None, state: str, 
         "modelUri": outputs.get("model_uri"),
         "profileUri": outputs.get("profile_uri"),
         "datasetDigest": outputs.get("dataset_digest"),
+        "sources": _sources(outputs.get("sources")),
+        "comparison": _comparison(outputs.get("comparison")),
     }
     record.update({k: v for k, v in optional.items() if v is not None})
     return record
+
+
+def comparison_summary(record: dict[str, Any]) -> str:
+    """One line on the new versus the validated model on the same holdout ("" without a comparison)."""
+    comparison = record.get("comparison")
+    if not comparison:
+        return ""
+    new = comparison["challenger"]["metrics"]
+    champion = comparison.get("champion") or {}
+    name = next((m for m in ("accuracy", "rmse", "f1", "r2", "mae", "rocAuc") if m in new), None)
+    if name is None:
+        return ""
+    where = f"on the {comparison['holdout']} holdout ({comparison['holdoutRows']} rows)"
+    text = f"{name} {new[name]:.4g} {where}"
+    old = (champion.get("metrics") or {}).get(name)
+    if old is not None:
+        text += f" vs {old:.4g} for version {champion.get('version', '?')}"
+    elif champion.get("message"):
+        text += f"; validated model not scored: {champion['message']}"
+    return text
 
 
 def finished_status(status: dict[str, Any], record: dict[str, Any], history_limit: int, generation: int,
@@ -154,7 +290,8 @@ def finished_status(status: dict[str, Any], record: dict[str, Any], history_limi
                                    generation=generation, now=now)
         if record.get("validated"):
             conditions = set_condition(conditions, "Validated", TRUE, "ModelValidated",
-                                       f"Model version {record.get('modelVersion')} passed the validation gate.",
+                                       f"Model version {record.get('modelVersion')} passed the validation gate"
+                                       + (f": {comparison_summary(record)}." if comparison_summary(record) else "."),
                                        generation=generation, now=now)
             result["latestValidatedModel"] = {
                 "version": record["modelVersion"],

@@ -77,3 +77,61 @@ def run_evaluate(model_path: str, test_path: str, schema: dict[str, Any], report
         with open(report_path, "w") as handle:
             json.dump(scores, handle, indent=2, sort_keys=True)
     return scores
+
+
+def score_champion(test: pd.DataFrame, schema: dict[str, Any], champion_uri: str) -> dict[str, Any]:
+    """The current validated model (the champion) scored on the challenger's holdout.
+
+    Returns ``{"version", "uri", "metrics"}``, or ``{"uri", "message"}`` when it cannot be scored
+    there (unreadable, or trained on other features).
+    """
+    import fsspec
+
+    from mlops_operator.backends.artifacts import LINEAGE_FILE, MODEL_FILE, read_json_uri
+
+    base = champion_uri.rstrip("/")
+    result: dict[str, Any] = {"uri": champion_uri}
+    try:
+        lineage = read_json_uri(f"{base}/{LINEAGE_FILE}")
+        with fsspec.open(f"{base}/{MODEL_FILE}", "rb") as handle:
+            champion = joblib.load(handle)
+    except Exception as err:  # a missing or unreadable version: compare with its recorded metrics instead
+        return {**result, "message": f"cannot load the validated model: {type(err).__name__}: {err}"[:500]}
+    if isinstance(lineage, dict) and lineage.get("version") is not None:
+        result["version"] = int(lineage["version"])
+    trained_on = list((lineage or {}).get("features") or [])
+    if trained_on and trained_on != list(schema["features"]):
+        return {**result, "message": "the validated model was trained on other features "
+                                     f"({', '.join(trained_on[:8])}); it cannot be scored on this holdout"}
+    try:
+        result["metrics"] = evaluate_model(champion, test, schema)
+    except Exception as err:  # e.g. a label it never saw: say so instead of failing the run
+        return {**result, "message": f"cannot score the validated model: {type(err).__name__}: {err}"[:500]}
+    return result
+
+
+@reported("evaluate")
+def run_evaluate_against(
+    model_path: str,
+    test_path: str,
+    schema: dict[str, Any],
+    champion_uri: str,
+    recorded_baseline: dict[str, float] | None,
+) -> dict[str, Any]:
+    """Step entry: score the new model (challenger) and the current validated one (champion) on
+    the same holdout. Returns ``{"metrics", "baseline", "comparison"}``: ``baseline`` is what the
+    gate's maxRegression compares with (the champion's holdout metrics, else its recorded ones),
+    ``comparison`` what lineage and status record."""
+    test = pd.read_parquet(test_path)
+    scores = evaluate_model(joblib.load(model_path), test, schema)
+    holdout = dict(schema.get("holdout") or {"source": "dataset", "rows": int(len(test))})
+    comparison: dict[str, Any] = {"holdout": holdout, "challenger": scores}
+    baseline = dict(recorded_baseline or {})
+    if champion_uri:
+        champion = score_champion(test, schema, champion_uri)
+        comparison["champion"] = champion
+        if champion.get("metrics"):
+            baseline = champion["metrics"]
+        elif baseline:
+            champion["message"] = champion.get("message", "") + "; the gate compares with its recorded metrics"
+    return {"metrics": scores, "baseline": baseline, "comparison": comparison}

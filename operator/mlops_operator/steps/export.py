@@ -33,9 +33,19 @@ def build_lineage(
     validated: bool,
     started_at: str,
     finished_at: str,
+    sources: list[dict[str, Any]] | None = None,
+    comparison: dict[str, Any] | None = None,
+    retrain_window: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The lineage record stored as ``lineage.json``."""
-    return {
+    """The lineage record stored as ``lineage.json``.
+
+    ``sources``: every data source the run read (base dataset, labelled production data) with its
+    URI, rows, content digest and rejected rows; ``comparison``: the new and the current validated
+    model scored on the same holdout; ``retrainWindow``: the drift window a retrain request carried.
+    """
+    optional = {"sources": sources, "comparison": comparison, "retrainWindow": retrain_window,
+                "mix": schema.get("mix"), "holdout": schema.get("holdout")}
+    record = {
         "model": model_name,
         "version": int(version),
         "run": {"name": run_name, "id": run_id},
@@ -55,6 +65,8 @@ def build_lineage(
         "started": started_at,
         "finished": finished_at,
     }
+    record.update({k: v for k, v in optional.items() if v})
+    return record
 
 
 def model_signature(schema: dict[str, Any], target: pd.Series) -> dict[str, Any]:
@@ -109,6 +121,9 @@ def run_export(
     split: dict[str, Any],
     pipeline_digest: str,
     started_at: str,
+    sources: list[dict[str, Any]] | None = None,
+    comparison: dict[str, Any] | None = None,
+    retrain_window: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Step entry: allocate (or reuse) the run's version and write its files.
 
@@ -142,6 +157,7 @@ def run_export(
         model_name=model_name, version=version, run_name=run_name, run_id=run_id, dataset=dataset,
         schema=schema, estimator=estimator, split=split, pipeline_digest=pipeline_digest,
         metrics=metrics, validated=validated, started_at=started_at, finished_at=finished_at,
+        sources=sources, comparison=comparison, retrain_window=retrain_window,
     )
     info = artifacts.publish_model_version(
         artifact_root, model_name, version, model_file=model_path, metrics=metrics,

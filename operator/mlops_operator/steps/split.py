@@ -128,3 +128,102 @@ def run_split(
     train.to_parquet(train_path, index=False)
     test.to_parquet(test_path, index=False)
     return schema
+
+
+def split_sources(
+    frame: pd.DataFrame,
+    production: pd.DataFrame,
+    target: str,
+    task: str,
+    test_size: float,
+    seed: int,
+    features: list[str] | None = None,
+    estimator: str = "",
+    mix: dict[str, Any] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Train and holdout from the base dataset and the labelled production rows.
+
+    With at least ``mix["minRows"]`` (default 1) production rows, the holdout is the newest
+    ``test_size`` of them (recent data, the same rows both models are scored on), and training
+    takes the older production rows plus the base dataset's training split, of which at most
+    ``mix["maxBaseRows"]`` rows are kept (a seeded sample; 0 keeps none; unset keeps all).
+    ``mix["productionWeight"]`` (default 1) becomes a sample weight column for production rows.
+    With fewer, the base dataset is split as in ``split_dataset`` and production rows are not used.
+    ``schema["holdout"]`` says which it was; ``schema["mix"]`` how many rows of each source trained.
+    """
+    from mlops_operator.backends.training_data import BASE, PRODUCTION, SOURCE_COLUMN, TIME_COLUMN, WEIGHT_COLUMN
+
+    mix = mix or {}
+    train, test, schema = split_dataset(frame, target, task, test_size, seed, features, estimator)
+    columns = schema["features"] + [target]
+    min_rows = max(2, int(mix.get("minRows") or 2))
+    usable = production.loc[production[target].notna()] if target in production.columns else production.iloc[0:0]
+    if len(usable) < min_rows:
+        schema["holdout"] = {"source": "dataset", "rows": int(len(test))}
+        schema["mix"] = {BASE: int(len(train)), PRODUCTION: 0}
+        if len(usable):
+            schema["mix"]["note"] = (f"{len(usable)} labelled production rows, fewer than the {min_rows} "
+                                     "needed; trained on the base dataset alone")
+        return train.assign(**{SOURCE_COLUMN: BASE}), test, schema
+    usable = usable.sort_values(TIME_COLUMN, kind="stable").reset_index(drop=True)
+    usable = usable.assign(**{target: _like(usable[target], frame[target])})
+    holdout_rows = min(len(usable) - 1, max(1, int(round(len(usable) * float(test_size)))))
+    recent = usable.iloc[len(usable) - holdout_rows:]
+    older = usable.iloc[:len(usable) - holdout_rows]
+    max_base = mix.get("maxBaseRows")
+    if max_base is not None and len(train) > int(max_base):
+        train = train.sample(n=int(max_base), random_state=int(seed)) if int(max_base) else train.iloc[0:0]
+    weight = float(mix.get("productionWeight") or 1.0)
+    parts = [train[columns].assign(**{SOURCE_COLUMN: BASE}),
+             older[columns].assign(**{SOURCE_COLUMN: PRODUCTION})]
+    combined = pd.concat([p for p in parts if len(p)], ignore_index=True)
+    if weight != 1.0:
+        combined[WEIGHT_COLUMN] = (combined[SOURCE_COLUMN] == PRODUCTION).map({True: weight, False: 1.0})
+    if schema["task"] == "classification":
+        counts = combined[target].value_counts()
+        if len(counts) < 2:
+            raise DataValidationFailed(f"classification needs at least two classes in {target!r} among the "
+                                       f"training rows, found {len(counts)}")
+        schema["classes"] = sorted(set(counts.index.tolist()) | set(recent[target].tolist()), key=str)
+    schema["holdout"] = {"source": PRODUCTION, "rows": int(len(recent)),
+                         "from": str(recent[TIME_COLUMN].iloc[0]), "to": str(recent[TIME_COLUMN].iloc[-1])}
+    schema["mix"] = {BASE: int(len(train)), PRODUCTION: int(len(older))}
+    if weight != 1.0:
+        schema["mix"]["productionWeight"] = weight
+    schema["rows"] = {"train": int(len(combined)), "test": int(len(recent)),
+                      "dropped_unlabelled": int(len(production) - len(usable))}
+    return combined, recent[columns].reset_index(drop=True), schema
+
+
+def _like(values: pd.Series, reference: pd.Series) -> pd.Series:
+    """Labels read from a label feed in the base target's type where they convert (1 and "1" are one class)."""
+    if ptypes.is_numeric_dtype(reference.dtype) and not ptypes.is_numeric_dtype(values.dtype):
+        numbers = pd.to_numeric(values, errors="coerce")
+        if numbers.notna().all():
+            values = numbers
+    if ptypes.is_integer_dtype(reference.dtype) and ptypes.is_float_dtype(values.dtype):
+        if bool((values == values.round()).all()):
+            return values.astype(reference.dtype)
+    return values
+
+
+@reported("split")
+def run_split_sources(
+    dataset_path: str,
+    production_path: str,
+    target: str,
+    task: str,
+    test_size: float,
+    seed: int,
+    features: list[str] | None,
+    estimator: str,
+    mix: dict[str, Any] | None,
+    train_path: str,
+    test_path: str,
+) -> dict[str, Any]:
+    """Step entry: ``split_sources`` on the Parquet files; return the schema."""
+    train, test, schema = split_sources(pd.read_parquet(dataset_path), pd.read_parquet(production_path), target,
+                                        task, test_size, seed, features, estimator, mix)
+    train.to_parquet(train_path, index=False)
+    test.to_parquet(test_path, index=False)
+    return schema

@@ -137,8 +137,17 @@ def train_model(
     model = build_model(instance, schema)
     features = train[schema["features"]]
     labels = train[schema["target"]]
+    fit_params = {}
+    weights = train["_mlops_weight"] if "_mlops_weight" in train.columns else None
+    if weights is not None and not bool((weights == 1.0).all()):
+        from sklearn.utils.validation import has_fit_parameter
+
+        if not has_fit_parameter(instance, "sample_weight"):
+            raise InvalidSpec(f"estimator {estimator or type(instance).__name__} takes no sample_weight, so "
+                              "productionData.mix.productionWeight cannot be applied; leave it at 1")
+        fit_params["estimator__sample_weight"] = weights.to_numpy(dtype=float)
     try:
-        model.fit(features, labels)
+        model.fit(features, labels, **fit_params)
     except (ValueError, TypeError) as err:
         # scikit-learn's InvalidParameterError (bad parameter value) subclasses both.
         if type(err).__name__ == "InvalidParameterError":

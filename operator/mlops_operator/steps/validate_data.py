@@ -173,3 +173,40 @@ def _range_check(name: str, series: pd.Series, low: Any, high: Any) -> dict[str,
     if problems:
         return {**check, "passed": False, "detail": f"column {name!r} " + ", ".join(problems)}
     return {**check, "passed": True, "detail": f"column {name!r} within range"}
+
+
+@reported("validate-data")
+def run_validate_sources(
+    dataset_path: str,
+    production_path: str,
+    target: str,
+    checks: dict[str, Any] | None,
+    features: list[str] | None,
+    report_path: str,
+    production_output_path: str,
+) -> dict[str, Any]:
+    """Step entry: the checks on every source.
+
+    The base dataset must pass every check (else DataValidationFailed, as in run_validate_data).
+    Labelled production rows are checked row by row (missing label, range, allowed values, no
+    missing values where a column allows none): rows that fail are left out of training and
+    counted per check in the report and the return value ``{"rows", "rejectedRows",
+    "rejections"}``, never dropped silently. The rows kept go to ``production_output_path``.
+    """
+    from mlops_operator.backends.training_data import row_rejections
+
+    frame = pd.read_parquet(dataset_path)
+    results = check_dataset(frame, target, checks, features)
+    failed = [r for r in results if not r["passed"]]
+    production = pd.read_parquet(production_path)
+    rejected, counts = row_rejections(production, target, checks)
+    kept = production.loc[~rejected].reset_index(drop=True)
+    kept.to_parquet(production_output_path, index=False)
+    summary = {"rows": int(len(kept)), "rejectedRows": int(rejected.sum()), "rejections": counts}
+    report = {"passed": not failed, "checks": len(results), "failed": len(failed), "results": results,
+              "production": summary}
+    with open(report_path, "w") as handle:
+        json.dump(report, handle, indent=2, default=str)
+    if failed:
+        raise DataValidationFailed(failure_message(results), {"failed": failed})
+    return summary
