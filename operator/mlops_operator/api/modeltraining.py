@@ -59,7 +59,10 @@ class Dataset(Model):
 
     uri: str = Field(min_length=1, max_length=2048, pattern=URI)
     """Dataset URI read through fsspec: file://, s3://, a plain path, or sklearn://<name> for the
-    datasets bundled with scikit-learn (iris, wine, breast_cancer, diabetes, digits)."""
+    datasets bundled with scikit-learn (iris, wine, breast_cancer, diabetes, digits). Data that
+    grows: a glob (s3://b/sales/*/part.parquet) or a prefix ending in / reads the newest object by
+    name on each run; a date template (s3://b/sales/dt={date:%Y-%m-%d}/part.parquet) the newest
+    partition not after the run's date. The object read is in status.latestRun.sources."""
     format: Literal["auto", "csv", "parquet"] = "auto"
     """File format; auto picks it from the URI's extension."""
     target: ColumnName
