@@ -13,7 +13,9 @@ import pytest
 
 from kube_support import REPO
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+# The whole loop trains twice, starts model servers and waits for a canary and two drift verdicts:
+# longer than the suite's default per-test timeout on a loaded 2-core machine.
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def load_demo():

@@ -184,7 +184,11 @@ def test_local_run_of_iris_end_to_end(tmp_path: Path) -> None:
     assert status.state == tl.SUCCEEDED, (status, tl.read_log("iris-e2e", tmp_path, "ml")[-3000:])
     outputs = status.outputs
     assert set(outputs) == {"model_version", "model_uri", "metrics", "validated", "validation_reasons",
-                            "profile_uri", "dataset_digest"}
+                            "profile_uri", "dataset_digest", "sources", "comparison"}
+    assert outputs["sources"] == [{"name": "base", "uri": "sklearn://iris", "rows": 150,
+                                   "digest": outputs["dataset_digest"]}]
+    assert outputs["comparison"]["holdout"] == {"source": "dataset", "rows": 38}
+    assert outputs["comparison"]["challenger"] == outputs["metrics"] and "champion" not in outputs["comparison"]
     root = artifacts.default_artifact_root(tmp_path)
     assert outputs["model_version"] == 1 and outputs["model_uri"] == f"{root}/models/iris/1"
     assert outputs["validated"] is True and outputs["validation_reasons"] == []
