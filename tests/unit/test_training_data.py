@@ -245,3 +245,29 @@ def test_iris_labels_of_the_demo_shift_are_learnable():
     shifted = iris.data.copy()
     shifted[:, 2:] += 2.0
     assert (model.predict(shifted) == iris.target).mean() < 0.5
+
+
+def test_extract_and_validate_steps_record_every_source(tmp_path):
+    from mlops_operator.steps.extract import run_extract_sources
+    from mlops_operator.steps.validate_data import run_validate_sources
+
+    data = tmp_path / "data"
+    for day in ("2026-03-01", "2026-03-02"):
+        (data / day).mkdir(parents=True)
+        pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [0.0, 1.0, 0.5], "y": [0, 1, 0]}).to_csv(data / day / "d.csv",
+                                                                                          index=False)
+    write_log(tmp_path, [(f"2026-03-01T10:00:{i:02d}.000000Z", [float(i) - 1, 1.0], 200) for i in range(4)])
+    (tmp_path / "labels.csv").write_text("id,label\nr0,0\nr1,1\nr2,1\n")
+    production = {"root": f"file://{tmp_path}", "namespace": "default", "deployment": "dep",
+                  "labelsUri": str(tmp_path / "labels.csv")}
+    result = run_extract_sources(f"file://{data}/*/d.csv", "auto", "y", [], production, str(tmp_path / "base.pq"),
+                                 str(tmp_path / "prod.pq"))
+    base, served = result["sources"]
+    assert base["resolvedUri"] == f"file://{data}/2026-03-02/d.csv" and base["rows"] == 3
+    assert served["rows"] == 3 and served["servedRows"] == 4 and served["unlabelledRows"] == 1
+    summary = run_validate_sources(str(tmp_path / "base.pq"), str(tmp_path / "prod.pq"), "y",
+                                   {"columns": [{"name": "a", "min": 0}]}, [], str(tmp_path / "report.json"),
+                                   str(tmp_path / "prod-valid.pq"))
+    assert summary == {"rows": 2, "rejectedRows": 1, "rejections": {"a below min 0": 1}}
+    assert pd.read_parquet(tmp_path / "prod-valid.pq")["a"].tolist() == [0.0, 1.0]
+    assert json.loads((tmp_path / "report.json").read_text())["production"] == summary
