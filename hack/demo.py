@@ -364,12 +364,14 @@ def run_loop(cluster: Cluster, timeout: float = 600, labels_dir: Path | None = N
                "performance": dm["status"].get("performance")}
     say(f"   drift: {drifted['message']}")
 
-    say("step 5/7  retrain requested by the DriftMonitor with its window; shifted, labelled traffic keeps flowing")
+    say("step 5/7  retrain requested by the DriftMonitor with its window: v2 trains on the newest labelled rows")
+    # No traffic while v2 trains, so the newest 400 labelled rows (productionData.window.rows) are
+    # exactly the shifted burst, glitches included: the figures below do not depend on timing.
+    mt = watch_phase(cluster, "ModelTraining", "iris",
+                     lambda o: (o.get("status", {}).get("latestValidatedModel") or {}).get("version") == 2,
+                     timeout, "model version 2", describe_training)
     traffic.start_background(shift=2.0)
     try:
-        mt = watch_phase(cluster, "ModelTraining", "iris",
-                         lambda o: (o.get("status", {}).get("latestValidatedModel") or {}).get("version") == 2,
-                         timeout, "model version 2", describe_training)
         run = mt["status"]["latestRun"]
         say(f"   retrain trigger: {run['trigger'][:160]}")
         for source in run.get("sources", []):
@@ -377,7 +379,8 @@ def run_loop(cluster: Cluster, timeout: float = 600, labels_dir: Path | None = N
                 + (f", {source.get('rejectedRows')} rejected {source.get('rejections')}"
                    if source.get("rejectedRows") else ""))
         say(f"   champion vs challenger {comparison_text(run)}")
-        say("step 6/7  canary of version 2 (10% → 50% → promoted, analysed between steps)")
+        say("step 6/7  canary of version 2 (10% → 50% → promoted, analysed between steps); shifted,"
+            " labelled traffic keeps flowing")
         md = watch_phase(cluster, "ModelDeployment", "iris",
                          lambda o: o.get("status", {}).get("stableVersion") == "2"
                          and o["status"].get("phase") == "Ready",
