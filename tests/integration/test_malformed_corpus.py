@@ -96,7 +96,7 @@ def test_malformed_corpus_is_refused_or_invalid_and_the_operator_stays_well(obje
     started = time.monotonic()
     training = objects.wait("ModelTraining", "valid-mt",
                             lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Invalid"),
-                            timeout=WATCH_SECONDS + 240, what="the valid ModelTraining's run")
+                            timeout=480, what="the valid ModelTraining's run")  # 2 shared cores: a run can take minutes
     assert training["status"]["phase"] == "Succeeded", training["status"]
     wait_until(lambda: time.monotonic() - started >= WATCH_SECONDS, timeout=WATCH_SECONDS + 5, interval=1,
                what="the 60 s watch")

@@ -108,7 +108,6 @@ def test_failures_are_named(operator, objects):
     for name, reason, text in (
         ("missing", "DatasetUnavailable", "nonexistent"),
         ("toosmall", "DataValidationFailed", "1000"),
-        ("badestimator", "InvalidSpec", "NoSuchForestClassifier"),
     ):
         mt = objects.wait("ModelTraining", name, finished, timeout=RUN_TIMEOUT, what=name)
         succeeded = condition(mt, "Succeeded")
@@ -116,5 +115,12 @@ def test_failures_are_named(operator, objects):
         assert text in succeeded["message"], succeeded["message"]
         assert mt["status"]["latestRun"]["reason"] == reason
         wait_until(lambda: [e for e in objects.events(name) if e.reason == reason], what=f"{reason} event")
-    assert operator.metric("mlops_training_runs_total", result="failed") == 3
+    # An unknown estimator is judged by the operator before any run (issue 13): Invalid, no run.
+    bad = objects.wait("ModelTraining", "badestimator", lambda o: (o.get("status") or {}).get("phase") == "Invalid",
+                       what="badestimator Invalid")
+    succeeded = condition(bad, "Succeeded")
+    assert (succeeded["status"], succeeded["reason"]) == ("False", "InvalidSpec")
+    assert succeeded["message"].startswith("spec.training") and "NoSuchForestClassifier" in succeeded["message"]
+    assert "latestRun" not in bad["status"]
+    assert operator.metric("mlops_training_runs_total", result="failed") == 2
     assert operator.metric("mlops_training_runs_total", result="rejected") == 1
