@@ -10,6 +10,8 @@
 #   argocd-lua (only when asked: `build-binaries.sh argocd-lua`) <- hack/argocd-lua: Argo CD's Lua
 #       runtime for health scripts (gopher-lua + Argo CD's safe os library from argo-cd/v3 $ARGOCD_VERSION);
 #       it has its own directory, keyed by that version, printed on the last line instead
+#   prometheus (only when asked)      <- go install .../prometheus/cmd/prometheus (Kubernetes SD only)
+#   minio (only when asked)           <- go install github.com/minio/minio (the S3 server the tests use)
 # Prints the bin directory on the last line of stdout; progress goes to stderr.
 set -euo pipefail
 
@@ -21,6 +23,8 @@ PROMETHEUS_MODULE_VERSION=v0.316.0
 COREDNS_VERSION=v1.15.0
 # Argo CD whose health-script runtime hack/argocd-lua reproduces (keep go.mod's versions equal to its).
 ARGOCD_VERSION=v3.6.1
+# MinIO publishes no semver module tags; this pseudo-version is the RELEASE.2026-02-12 commit the proxy serves.
+MINIO_MODULE_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${MLOPS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mlops-operator}
@@ -150,6 +154,26 @@ if [ "${1:-}" = argocd-lua ]; then
   build_argocd_lua
   exit $?
 fi
+# Binaries whose version is not part of the bin directory's name are stored as <name>-<version> with a
+# <name> symlink beside it, so a version bump rebuilds them and a warm cache reuses them.
+build_versioned() {
+  local name=$1 version=$2 pkg=$3 tags=$4
+  if [ -x "$bin/$name-$version" ]; then
+    ln -sfn "$name-$version" "$bin/$name"
+    return 0
+  fi
+  log "building $name from $pkg@$version (go install; several minutes on 2 cores)"
+  local gobin
+  gobin=$(mktemp -d)
+  with_ticker "$name" env CGO_ENABLED=0 GOBIN="$gobin" go install -trimpath -tags "$tags" -ldflags "-s -w" "$pkg@$version"
+  mv "$gobin/$name" "$bin/$name-$version"
+  rmdir "$gobin"
+  ln -sfn "$name-$version" "$bin/$name"
+}
+
+build_minio() {
+  build_versioned minio "$MINIO_MODULE_VERSION" github.com/minio/minio ""
+}
 
 want=${*:-etcd kube-apiserver kube-controller-manager kubectl helm}
 
@@ -157,6 +181,7 @@ want=${*:-etcd kube-apiserver kube-controller-manager kubectl helm}
 missing=0
 for b in $want; do [ -x "$bin/$b" ] || missing=1; done
 [ "$want" = "${want/coredns/}" ] || [ "$(cat "$bin/coredns.version" 2>/dev/null)" = "$COREDNS_VERSION" ] || missing=1
+[ "$want" = "${want/minio/}" ] || [ -x "$bin/minio-$MINIO_MODULE_VERSION" ] || missing=1
 if [ $missing = 0 ]; then
   echo "$bin"
   exit 0
@@ -169,20 +194,31 @@ for b in $want; do
     exit 1
   fi
 done
-# One build at a time per cache dir (e.g. `make up` and a test session started together).
-if command -v flock >/dev/null; then
-  exec 9>"$bin/.lock"
-  flock -n 9 || { log "another build is running in $bin; waiting for it"; flock 9; }
-fi
+# One build at a time per cache dir (e.g. `make up` and a test session started together). The S3 and
+# Prometheus servers, which only some tests need, have their own lock so their long builds do not hold up
+# the control plane's.
+lock() {
+  local file=$1 fd=$2
+  command -v flock >/dev/null || return 0
+  eval "exec $fd>\"\$file\""
+  flock -n "$fd" || { log "another build is running in $bin ($(basename "$file")); waiting for it"; flock "$fd"; }
+}
+locked_main=
 for b in $want; do
+  case $b in
+    minio|prometheus) lock "$bin/.lock-$b" 8 ;;
+    *) [ -n "$locked_main" ] || { lock "$bin/.lock" 9; locked_main=1; } ;;
+  esac
   case $b in
     etcd) build_etcd ;;
     helm) build_helm ;;
     promtool) build_promtool ;;
     coredns) build_coredns ;;
+    minio) build_minio ;;
     kube-apiserver|kube-controller-manager|kubectl|kubelet|kube-scheduler|kube-proxy) build_kube "$b" ;;
     *) log "unknown binary $b"; exit 2 ;;
   esac
+  case $b in minio|prometheus) exec 8>&- ;; esac
 done
 log "binaries ready in $bin"
 echo "$bin"

@@ -104,3 +104,32 @@ def namespace(kube_api, request: pytest.FixtureRequest) -> Iterator[str]:
     except ApiException as err:
         if err.status != 404:
             raise
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["S3Server"]:  # noqa: F821
+    """A real S3 server (MinIO from its Go module) on a free loopback port, with generated
+    credentials and an empty bucket; stopped at session end. Built on first use (cached)."""
+    from s3_support import S3Server, minio_binary
+
+    binary = minio_binary()
+    server = S3Server(binary, tmp_path_factory.mktemp("s3"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch: pytest.MonkeyPatch) -> "S3Server":  # noqa: F821
+    """The S3 server's credentials and endpoint in this test's environment (botocore/s3fs read them,
+    and so do the processes the operator starts); fsspec's cached S3 filesystems are dropped so the
+    next one is made with these settings."""
+    from s3fs import S3FileSystem
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    S3FileSystem.clear_instance_cache()
+    yield s3_server
+    S3FileSystem.clear_instance_cache()

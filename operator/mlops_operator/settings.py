@@ -29,7 +29,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     """Working directory of the local backends: run directories, model server and router state."""
     artifact_root: str | None = None
-    """fsspec URI under which model versions and inference logs are stored; default <dataDir>/artifacts."""
+    """fsspec URI under which model versions and inference logs are stored; default <dataDir>/artifacts.
+    The one setting for both: the local router, the Seldon request-logger sink and the DriftMonitor
+    all use ``<artifactRoot>/inference/<namespace>/<deployment>/`` (``s3://bucket/prefix`` on a
+    cluster, with credentials from the environment: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or
+    AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE (IRSA), and AWS_ENDPOINT_URL for other S3 servers)."""
     log_format: Literal["text", "json"] = "text"
     """Log line format."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -56,3 +60,8 @@ class Settings(BaseSettings):
     def artifact_root_uri(self) -> str:
         """The artifact root as a URI."""
         return self.artifact_root or (self.data_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def inference_log_root_uri(self) -> str:
+        """Where inference logs are written and read: the artifact root (one setting for both)."""
+        return self.artifact_root_uri

@@ -126,6 +126,24 @@ def test_one_restricted_operator_pod() -> None:
     assert all("emptyDir" in volumes[name] for name in mounts.values())
 
 
+def test_one_setting_for_models_and_inference_logs_and_s3_credentials_by_reference() -> None:
+    (deployment,) = of_kind(render(*ALL_OPTIONS), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["MLOPS_ARTIFACT_ROOT"]["value"] == "s3://mlops-artifacts/models"
+    assert not [name for name in env if "INFERENCE" in name], "the inference log follows the artifact root"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.minio.svc:9000"
+    assert env["AWS_REGION"]["value"] == "eu-central-1"
+    assert env["HTTPS_PROXY"]["value"] == "http://proxy.internal:3128"  # extraEnv comes on top
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] == "mlops-s3"
+    plain = {item["name"] for item in container["env"]}
+    (default,) = of_kind(render(), "Deployment")
+    default_env = {item["name"] for item in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not {n for n in default_env if n.startswith("AWS_")} and "MLOPS_ARTIFACT_ROOT" not in default_env
+    assert plain >= {"MLOPS_ARTIFACT_ROOT", "AWS_ACCESS_KEY_ID"}
+
+
 def test_every_object_has_the_standard_labels() -> None:
     for doc in render(*ALL_OPTIONS):
         labels = doc["metadata"].get("labels", {})
@@ -249,6 +267,8 @@ def test_secrets_are_never_listed_and_can_be_narrowed() -> None:
     ("operator.logFormat=xml", "logFormat"),
     ("seldonLogger.mode=sometimes", "mode"),
     ("replicas=2", "replicas"),
+    ("operator.artifactRoot=bucket/no-scheme", "artifactRoot"),
+    ("operator.s3.endpointUrl=minio:9000", "endpointUrl"),
 ])
 def test_schema_refuses_bad_values(value: str, complaint: str) -> None:
     result = helm("template", "x", str(CHART), "--kube-version", "v1.34.0", "--set", value, check=False)

@@ -223,13 +223,34 @@ def test_parse_message_reads_go_timestamps_and_defaults_to_arrival_time():
     assert message.time == T0 + timedelta(hours=1) and message.type == "response"
 
 
-def test_settings_and_remote_roots(monkeypatch):
+def test_settings(monkeypatch):
     monkeypatch.setenv("MLOPS_SELDON_LOGGER_MODE", "always")
     monkeypatch.setenv("MLOPS_SELDON_LOGGER_PORT", "0")
     settings = SinkSettings()
     assert (settings.mode, settings.port, settings.host) == ("always", 0, "127.0.0.1")
-    with pytest.raises(ValueError, match="not local"):
-        sink_module.local_root("memory://artifacts")
+
+
+@pytest.mark.asyncio
+async def test_a_remote_root_gets_the_log_as_objects(http):
+    """A non-local root (here fsspec's memory store; tests/integration/test_s3.py uses a real S3
+    server) gets one object per flushed batch, which read_window reads like a local log."""
+    import fsspec
+
+    root = "memory://sink-remote-root"
+    server = SeldonLoggerSink(root, port=0, pair_timeout=5, flush_interval=3600)
+    await server.start()
+    try:
+        url = server.logger_url("ml", "iris", "stable", model_version="3")
+        for i in range(2):
+            await post(http, url, v2_request([[5.1, 3.5, 1.4, 0.2]]), headers(REQUEST_TYPE, f"r{i}"))
+            await post(http, url, v2_response([0]), headers(RESPONSE_TYPE, f"r{i}"))
+            await server.flush()
+    finally:
+        await server.close()
+    frame = read_window(root, "ml", "iris", feature_names=FEATURES)
+    assert list(frame.request_id) == ["r0", "r1"]
+    objects = fsspec.filesystem("memory").find("/sink-remote-root/inference/ml/iris")
+    assert len(objects) == 2 and all(o.endswith(".jsonl") and "/2026/" in o for o in objects), objects
 
 
 @pytest.mark.asyncio

@@ -47,6 +47,18 @@ class VersionImmutable(RuntimeError):
     """Raised when writing into a model version that is already complete."""
 
 
+def open_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of ``uri``, with no stale listings.
+
+    fsspec shares one filesystem object per set of options and s3fs caches directory listings in
+    it; versions and log files are written by other processes (training runs, routers), so every
+    look starts from a fresh listing.
+    """
+    fs, path = url_to_fs(uri)
+    fs.invalidate_cache()
+    return fs, path
+
+
 def default_artifact_root(data_dir: str | Path) -> str:
     """The default artifact root under the operator's data dir, as a ``file://`` URI."""
     return Path(data_dir).resolve().joinpath("artifacts").as_uri()
@@ -76,7 +88,7 @@ def allocate_version(root: str, model: str, run_name: str | None = None) -> int:
         existing = version_for_run(root, model, run_name)
         if existing is not None:
             return existing
-    fs, base = url_to_fs(root)
+    fs, base = open_fs(root)
     model_dir = f"{base.rstrip('/')}/models/{model}"
     candidate = max(_claimed_versions(fs, model_dir), default=0) + 1
     claim = json.dumps({"run": run_name, "claimedAt": _now()}).encode()
@@ -87,7 +99,9 @@ def allocate_version(root: str, model: str, run_name: str | None = None) -> int:
             with fs.open(f"{version_dir}/{CLAIM_FILE}", "xb") as handle:
                 handle.write(claim)
             return candidate
-        except FileExistsError:
+        except OSError as error:
+            if not _already_exists(error):
+                raise
             candidate += 1
     raise RuntimeError(f"could not claim a version of model {model!r} under {root}")
 
@@ -95,7 +109,7 @@ def allocate_version(root: str, model: str, run_name: str | None = None) -> int:
 def version_for_run(root: str, model: str, run_name: str) -> int | None:
     """The version claimed by ``run_name``, or None. The lowest wins if there are several."""
     _check_model_name(model)
-    fs, base = url_to_fs(root)
+    fs, base = open_fs(root)
     model_dir = f"{base.rstrip('/')}/models/{model}"
     for version in _claimed_versions(fs, model_dir):
         claim = _read_json(fs, f"{model_dir}/{version}/{CLAIM_FILE}")
@@ -107,7 +121,7 @@ def version_for_run(root: str, model: str, run_name: str) -> int | None:
 def list_versions(root: str, model: str, include_incomplete: bool = False) -> list[int]:
     """Version numbers of ``model``, ascending. Only complete versions unless ``include_incomplete``."""
     _check_model_name(model)
-    fs, base = url_to_fs(root)
+    fs, base = open_fs(root)
     model_dir = f"{base.rstrip('/')}/models/{model}"
     versions = _claimed_versions(fs, model_dir)
     if include_incomplete:
@@ -117,7 +131,7 @@ def list_versions(root: str, model: str, include_incomplete: bool = False) -> li
 
 def is_complete(root: str, model: str, version: int) -> bool:
     """Whether the version has been fully written (and so is immutable)."""
-    fs, path = url_to_fs(file_uri(root, model, version, COMPLETE_FILE))
+    fs, path = open_fs(file_uri(root, model, version, COMPLETE_FILE))
     return fs.exists(path)
 
 
@@ -129,7 +143,7 @@ def read_model_version(root: str, model: str, version: int) -> dict[str, Any]:
     Raises FileNotFoundError if the version does not exist or is not complete.
     """
     uri = model_uri(root, model, version)
-    fs, path = url_to_fs(uri)
+    fs, path = open_fs(uri)
     if not fs.exists(f"{path}/{COMPLETE_FILE}"):
         raise FileNotFoundError(f"model {model!r} has no complete version {version} under {root}")
     metrics = _read_json(fs, f"{path}/{METRICS_FILE}") or {}
@@ -179,7 +193,7 @@ def publish_model_version(
     VersionImmutable if the version is already complete.
     """
     uri = model_uri(root, model, version)
-    fs, path = url_to_fs(uri)
+    fs, path = open_fs(uri)
     if fs.exists(f"{path}/{COMPLETE_FILE}"):
         raise VersionImmutable(f"model {model!r} version {version} is complete and cannot change")
     fs.makedirs(path, exist_ok=True)
@@ -217,19 +231,34 @@ def mlserver_model_settings(model: str, version: int, signature: dict[str, Any] 
 
 def read_json_uri(uri: str) -> Any:
     """Read a JSON document from any fsspec URI (e.g. a version's profile.json)."""
-    with fsspec.open(uri, "rt") as handle:
+    fs, path = open_fs(uri)
+    with fs.open(path, "rt") as handle:
         return json.load(handle)
 
 
+def _already_exists(error: OSError) -> bool:
+    """Whether an exclusive create failed because the file exists.
+
+    s3fs raises FileExistsError when the server's 412 names the If-None-Match condition, as AWS
+    does; MinIO answers the same 412 PreconditionFailed without naming it, which s3fs turns into
+    an OSError. The create sends no other precondition, so that 412 also means "exists".
+    """
+    if isinstance(error, FileExistsError):
+        return True
+    response = getattr(error.__cause__, "response", None) or {}
+    return (response.get("Error") or {}).get("Code") == "PreconditionFailed"
+
+
 def _claimed_versions(fs: fsspec.AbstractFileSystem, model_dir: str) -> list[int]:
+    # One listing (a prefix listing on S3), not a request per version.
     try:
-        entries = fs.ls(model_dir, detail=False)
+        claims = fs.glob(f"{model_dir}/*/{CLAIM_FILE}")
     except FileNotFoundError:
         return []
     versions = []
-    for entry in entries:
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if name.isdigit() and int(name) > 0 and fs.exists(f"{model_dir}/{name}/{CLAIM_FILE}"):
+    for claim in claims:
+        name = claim.rstrip("/").rsplit("/", 2)[-2]
+        if name.isdigit() and int(name) > 0:
             versions.append(int(name))
     return sorted(versions)
 

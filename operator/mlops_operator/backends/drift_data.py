@@ -18,9 +18,8 @@ from typing import Any
 
 import fsspec
 import pandas as pd
-from fsspec.core import url_to_fs
 
-from mlops_operator.backends.artifacts import METRICS_FILE, PROFILE_FILE, read_json_uri
+from mlops_operator.backends.artifacts import METRICS_FILE, PROFILE_FILE, open_fs, read_json_uri
 from mlops_operator.backends.serving_local.inference_log import inference_log_dir, read_window
 from mlops_operator.reconcile.drift import build_profile
 
@@ -80,7 +79,7 @@ def read_training_metrics(model_uri: str) -> dict[str, Any] | None:
 def _dataset_key(uri: str) -> str:
     if uri.startswith("sklearn://"):
         return uri
-    fs, path = url_to_fs(uri)
+    fs, path = open_fs(uri)
     return str(fs.ukey(path))
 
 
@@ -107,7 +106,7 @@ def dataset_profile(uri: str, target: str | None) -> dict[str, Any]:
 
 def inference_log_exists(root: str, namespace: str, deployment: str) -> bool:
     """Whether the deployment has an inference log directory yet."""
-    fs, path = url_to_fs(inference_log_dir(root, namespace, deployment))
+    fs, path = open_fs(inference_log_dir(root, namespace, deployment))
     return bool(fs.exists(path))
 
 
@@ -138,7 +137,7 @@ def read_labels(uri: str) -> pd.DataFrame:
     """Ground-truth labels: a CSV or Parquet file, or a directory of them (concatenated in name
     order), with columns ``id``, ``label`` and optionally ``row``. Raises FileNotFoundError or
     ValueError with a readable message."""
-    fs, path = url_to_fs(uri)
+    fs, path = open_fs(uri)
     if fs.isdir(path):
         files = sorted(p for p in fs.ls(path, detail=False) if p.lower().endswith(LABEL_SUFFIXES))
         if not files:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import fsspec
-from fsspec.core import url_to_fs
 
 from mlops_operator.api.modeldeployment import ModelSource
 from mlops_operator.backends import artifacts, kube
@@ -34,8 +31,7 @@ class WaitingForModel(Exception):
 
 def _metrics(uri: str) -> dict[str, float]:
     try:
-        with fsspec.open(f"{uri.rstrip('/')}/{artifacts.METRICS_FILE}", "rt") as handle:
-            data = json.load(handle)
+        data = artifacts.read_json_uri(f"{uri.rstrip('/')}/{artifacts.METRICS_FILE}")
     except (OSError, ValueError, ImportError):
         return {}
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))}
@@ -46,7 +42,7 @@ def check_model_uri(uri: str) -> None:
     model.joblib). A scheme whose filesystem is not installed here (s3 without s3fs) is not checked:
     the serving backend reports the failure instead."""
     try:
-        fs, path = url_to_fs(uri)
+        fs, path = artifacts.open_fs(uri)
     except (ImportError, ValueError) as error:
         log.debug("not checking %s: %s", uri, error)
         return
@@ -95,7 +91,7 @@ def local_model_dir(uri: str, cache_dir: Path) -> Path:
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        fs, path = url_to_fs(uri)
+        fs, path = artifacts.open_fs(uri)
         fs.get(path.rstrip("/") + "/", str(partial) + "/", recursive=True)
     except Exception as error:
         shutil.rmtree(partial, ignore_errors=True)

@@ -42,11 +42,15 @@ from typing import Any, Literal, Mapping
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
-from fsspec.core import url_to_fs
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mlops_operator.backends.serving_local.inference_log import InferenceLogWriter, LogEntry, inference_log_dir
+from mlops_operator.backends.serving_local.inference_log import (
+    InferenceLogWriter,
+    LogEntry,
+    inference_log_dir,
+    local_path,
+)
 
 REQUEST_TYPE = "io.seldon.serving.inference.request"
 RESPONSE_TYPE = "io.seldon.serving.inference.response"
@@ -205,15 +209,6 @@ def log_entry(request: LoggedMessage, response: LoggedMessage | None, pair_timeo
                     request=payload if isinstance(payload, dict) else None, response_body=response.body)
 
 
-def local_root(artifact_root: str | Path) -> Path:
-    """The local directory of a file:// (or plain path) artifact root; ValueError for remote ones."""
-    fs, path = url_to_fs(str(artifact_root))
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" not in protocols and "local" not in protocols:
-        raise ValueError(f"the Seldon logger sink writes a local inference log; {artifact_root} is not local")
-    return Path(path)
-
-
 class SeldonLoggerSink:
     """The sink as an aiohttp server: ``await start()``, ``url``, ``await close()``.
 
@@ -222,8 +217,10 @@ class SeldonLoggerSink:
     """
 
     def __init__(self, artifact_root: str | Path, *, host: str = "127.0.0.1", port: int = 0,
-                 pair_timeout: float = 30.0, flush_interval: float = 1.0, advertised_url: str | None = None):
-        self.root = local_root(artifact_root)
+                 pair_timeout: float = 30.0, flush_interval: float | None = None, advertised_url: str | None = None):
+        # A local directory or an fsspec URI (s3://...): the writer appends files or puts objects.
+        local = local_path(artifact_root)
+        self.root: Path | str = local if local is not None else str(artifact_root).rstrip("/")
         self.host = host
         self.port = port
         self.pair_timeout = pair_timeout

@@ -177,7 +177,7 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
     trained_on = await asyncio.to_thread(drift_data.model_input_features, stable_uri) if stable_uri else None
     tensor_columns = list(trained_on) if trained_on and set(trained_on) == set(reference_features) \
         else reference_features
-    root = get_settings().artifact_root_uri
+    root = get_settings().inference_log_root_uri
     try:
         if not await asyncio.to_thread(drift_data.inference_log_exists, root, namespace, deployment_name):
             raise CheckFailed(logic.NO_REQUESTS_YET, f"ModelDeployment {deployment_name} has not served a request "
@@ -317,7 +317,7 @@ async def on_delete(namespace: str, name: str, **_: Any) -> None:
 
 async def _start_sink() -> None:
     try:
-        await seldon_logger_sink.ensure_running(get_settings().artifact_root_uri)
+        await seldon_logger_sink.ensure_running(get_settings().inference_log_root_uri)
     except (OSError, ValueError) as error:  # port taken, or a remote artifact root
         log.error("cannot start the Seldon request-logger sink: %s", error)
 

@@ -17,9 +17,7 @@ import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import aiohttp
 import kopf
@@ -71,10 +69,8 @@ def local_manager() -> LocalServingManager:
     global _manager
     if _manager is None:
         settings = get_settings()
-        parsed = urlparse(settings.artifact_root_uri)
-        # The inference log goes under the artifact root when it is local (DriftMonitor reads it there).
-        log_root = Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else settings.data_dir / "artifacts"
-        _manager = LocalServingManager(settings.data_dir, log_root, ready_timeout=15)
+        # The router writes the inference log where the DriftMonitor reads it, local or s3://.
+        _manager = LocalServingManager(settings.data_dir, settings.inference_log_root_uri, ready_timeout=15)
     return _manager
 
 
@@ -197,8 +193,8 @@ async def _logger_urls(namespace: str, name: str, plan: Sequence[PredictorPlan])
         return None
     try:
         sink = seldon_logger_sink.running() or await seldon_logger_sink.ensure_running(
-            get_settings().artifact_root_uri)
-    except (OSError, ValueError) as error:  # port taken, or a remote artifact root
+            get_settings().inference_log_root_uri)
+    except OSError as error:  # port taken
         log.warning("%s/%s: no request logging (the Seldon request-logger sink cannot start: %s)", namespace, name,
                     error)
         return None

@@ -1,7 +1,9 @@
 """Inference log: every served request and response as JSON Lines in hourly files.
 
 Layout: ``<root>/inference/<namespace>/<deployment>/YYYY/MM/DD/HH.jsonl`` (UTC hour of the
-record's ``ts``). The format is documented in ``docs/inference-log.md``; keep both in step.
+record's ``ts``) on a local disk; on an object store (``s3://…``), which cannot append, every
+flushed batch is its own object ``YYYY/MM/DD/HH.<writer>.<sequence>.jsonl``. The format is
+documented in ``docs/inference-log.md``; keep both in step.
 
 The writer lives in the router's event loop: ``append`` only queues, and a single background
 thread formats and writes batches (every ``flush_every`` records or ``flush_interval`` seconds,
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,6 +46,10 @@ META_COLUMNS = (
     "latency_ms",
 )
 PREDICTION_COLUMN = "prediction"
+# How often a writer flushes when nothing else asks it to: a local file is cheap to append to; an
+# object store gets one object per flush, so it is flushed less often.
+LOCAL_FLUSH_SECONDS = 1.0
+REMOTE_FLUSH_SECONDS = 5.0
 
 
 def inference_log_dir(root: str | os.PathLike, namespace: str, deployment: str) -> str:
@@ -50,15 +57,31 @@ def inference_log_dir(root: str | os.PathLike, namespace: str, deployment: str) 
     return f"{str(root).rstrip('/')}/inference/{namespace}/{deployment}"
 
 
+def local_path(location: str | os.PathLike) -> Path | None:
+    """The local directory of a plain path or ``file://`` URI; None for a remote URI (``s3://…``)."""
+    text = os.fspath(location)
+    if "://" not in text:
+        return Path(text)
+    parsed = urlparse(text)
+    if parsed.scheme in ("file", "local"):
+        return Path(unquote(parsed.path))
+    return None
+
+
 def format_ts(moment: datetime) -> str:
     """RFC3339 UTC with microseconds and a ``Z`` suffix, as written in ``ts``."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def hour_file(directory: str | os.PathLike, moment: datetime) -> Path:
-    """Path of the hourly file a record stamped ``moment`` belongs to."""
+def hour_stem(moment: datetime) -> str:
+    """``YYYY/MM/DD/HH``: where the records stamped ``moment`` go, relative to the log directory."""
     utc = moment.astimezone(timezone.utc)
-    return Path(directory) / f"{utc:%Y}" / f"{utc:%m}" / f"{utc:%d}" / f"{utc:%H}.jsonl"
+    return f"{utc:%Y}/{utc:%m}/{utc:%d}/{utc:%H}"
+
+
+def hour_file(directory: str | os.PathLike, moment: datetime) -> Path:
+    """Path of the hourly file a record stamped ``moment`` belongs to (local logs)."""
+    return Path(directory) / f"{hour_stem(moment)}.jsonl"
 
 
 def request_id_of(request: dict | None) -> str:
@@ -127,8 +150,11 @@ def build_record(entry: LogEntry) -> dict[str, Any]:
 class InferenceLogWriter:
     """Buffered, ordered appender of :class:`LogEntry` to hourly JSONL files.
 
-    Use from one event loop: ``start()``, then ``append()`` per request, ``await close()`` on
-    shutdown. Batches are written by one thread, so records keep their order within a file.
+    ``directory`` is a local path, a ``file://`` URI or a remote fsspec URI (``s3://…``, with the
+    credentials of the environment). Use from one event loop: ``start()``, then ``append()`` per
+    request, ``await close()`` on shutdown. Batches are written by one thread, so records keep
+    their order within a file. A batch the object store refused is kept and retried with the next
+    flush (within ``max_buffered``), so a store that is briefly down loses nothing.
     """
 
     def __init__(
@@ -136,15 +162,23 @@ class InferenceLogWriter:
         directory: str | os.PathLike,
         *,
         flush_every: int = 256,
-        flush_interval: float = 1.0,
+        flush_interval: float | None = None,
         max_buffered: int = 100_000,
     ):
-        self.directory = Path(directory)
+        self.location = os.fspath(directory)
+        self.directory = local_path(directory)
+        """The local directory, or None when the log goes to a remote store."""
         self.flush_every = flush_every
-        self.flush_interval = flush_interval
+        default_interval = LOCAL_FLUSH_SECONDS if self.directory is not None else REMOTE_FLUSH_SECONDS
+        self.flush_interval = default_interval if flush_interval is None else flush_interval
         self.max_buffered = max_buffered
         self.dropped = 0
         self.written = 0
+        self.write_errors = 0
+        self._writer_id = uuid.uuid4().hex[:12]
+        self._sequence = 0
+        self._remote_fs: Any = None
+        self._unsent: list[tuple[str, list[str]]] = []
         self._buffer: list[LogEntry] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-log")
         self._pending: set[asyncio.Future] = set()
@@ -199,29 +233,64 @@ class InferenceLogWriter:
 
     def write_batch(self, batch: Sequence[LogEntry]) -> None:
         """Format and append a batch synchronously (runs in the writer thread)."""
-        by_file: dict[Path, list[str]] = {}
+        by_hour: dict[str, list[str]] = {}
         for entry in batch:
             try:
                 line = json.dumps(build_record(entry), separators=(",", ":"), default=str)
             except (TypeError, ValueError) as exc:  # an unserialisable input must not lose the batch
                 log.warning("inference log: dropping record %s: %s", entry.request_id, exc)
                 continue
-            by_file.setdefault(hour_file(self.directory, entry.ts), []).append(line)
+            by_hour.setdefault(hour_stem(entry.ts), []).append(line)
         with self._write_lock:
-            for path, lines in by_file.items():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "a", encoding="utf-8") as fh:
-                    fh.write("\n".join(lines) + "\n")
-                self.written += len(lines)
+            if self.directory is not None:
+                for stem, lines in by_hour.items():
+                    path = self.directory / f"{stem}.jsonl"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "a", encoding="utf-8") as fh:
+                        fh.write("\n".join(lines) + "\n")
+                    self.written += len(lines)
+            else:
+                self._write_remote(list(by_hour.items()))
         if self.dropped:
             log.warning("inference log: %d records dropped so far (buffer full)", self.dropped)
+
+    def _write_remote(self, parts: list[tuple[str, list[str]]]) -> None:
+        """One new object per hour of the batch (object stores cannot append); failures are kept for the next flush."""
+        pending = self._unsent + parts
+        self._unsent = []
+        for index, (stem, lines) in enumerate(pending):
+            self._sequence += 1
+            name = f"{stem}.{self._writer_id}.{self._sequence:08d}.jsonl"
+            try:
+                if self._remote_fs is None:
+                    from fsspec.core import url_to_fs
+
+                    self._remote_fs, self._remote_base = url_to_fs(self.location)
+                self._remote_fs.pipe_file(f"{self._remote_base.rstrip('/')}/{name}",
+                                          ("\n".join(lines) + "\n").encode("utf-8"))
+            except Exception as exc:  # noqa: BLE001 - any store error: keep the records, retry later
+                self.write_errors += 1
+                log.warning("inference log: cannot write to %s (%s: %s); retrying with the next flush",
+                            self.location, type(exc).__name__, exc)
+                self._unsent = pending[index:]
+                kept = sum(len(lines) for _, lines in self._unsent)
+                while self._unsent and kept > self.max_buffered:
+                    _, dropped = self._unsent.pop(0)
+                    kept -= len(dropped)
+                    self.dropped += len(dropped)
+                return
+            self.written += len(lines)
 
 
 # ---------------------------------------------------------------- reading
 
 
-def _hour_files_newest_first(fs, directory: str) -> Iterator[tuple[datetime, str]]:
-    """``(hour_start_utc, path)`` of every hourly file, newest first, listing lazily."""
+def _hour_files_newest_first(fs, directory: str) -> Iterator[tuple[datetime, list[str]]]:
+    """``(hour_start_utc, paths)`` of every hour's files, newest hour first, listing lazily.
+
+    An hour is one ``HH.jsonl`` (a local log) or several ``HH.<writer>.<sequence>.jsonl`` objects
+    (an object store), or both.
+    """
 
     def children(path: str, digits: int) -> list[tuple[int, str]]:
         try:
@@ -231,7 +300,7 @@ def _hour_files_newest_first(fs, directory: str) -> Iterator[tuple[datetime, str
         out = []
         for entry in entries:
             name = entry.rstrip("/").rsplit("/", 1)[-1]
-            stem = name[: -len(".jsonl")] if name.endswith(".jsonl") else name
+            stem = name[: -len(".jsonl")].split(".", 1)[0] if name.endswith(".jsonl") else name
             if len(stem) == digits and stem.isdigit():
                 out.append((int(stem), entry))
         return sorted(out, reverse=True)
@@ -239,9 +308,12 @@ def _hour_files_newest_first(fs, directory: str) -> Iterator[tuple[datetime, str
     for year, ypath in children(directory, 4):
         for month, mpath in children(ypath, 2):
             for day, dpath in children(mpath, 2):
+                hours: dict[int, list[str]] = {}
                 for hour, hpath in children(dpath, 2):
                     if hpath.endswith(".jsonl"):
-                        yield datetime(year, month, day, hour, tzinfo=timezone.utc), hpath
+                        hours.setdefault(hour, []).append(hpath)
+                for hour in sorted(hours, reverse=True):
+                    yield datetime(year, month, day, hour, tzinfo=timezone.utc), sorted(hours[hour])
 
 
 def _tensor_array(tensor: dict) -> "np.ndarray":
@@ -398,28 +470,30 @@ def read_window(
 
     since_utc = _as_utc(since)
     fs, base = fsspec.core.url_to_fs(inference_log_dir(root, namespace, deployment), **(storage_options or {}))
+    fs.invalidate_cache()  # s3fs keeps listings; routers and sinks add files all the time
     chunks: list[list[dict]] = []
     found_rows = 0
-    for hour_start, path in _hour_files_newest_first(fs, base):
+    for hour_start, paths in _hour_files_newest_first(fs, base):
         if since_utc is not None and hour_start + timedelta(hours=1) <= since_utc:
             break
         kept: list[dict] = []
-        with fs.open(path, "rt", encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line of a file being written
-                if not include_shadow and record.get("shadow"):
-                    continue
-                if not include_errors and int(record.get("status") or 0) >= 400:
-                    continue
-                if since_utc is not None and _as_utc(record.get("ts")) < since_utc:
-                    continue
-                kept.append(record)
-                found_rows += _record_rows(record)
+        for path in paths:
+            with fs.open(path, "rt", encoding="utf-8") as fh:
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue  # a torn last line of a file being written
+                    if not include_shadow and record.get("shadow"):
+                        continue
+                    if not include_errors and int(record.get("status") or 0) >= 400:
+                        continue
+                    if since_utc is not None and _as_utc(record.get("ts")) < since_utc:
+                        continue
+                    kept.append(record)
+                    found_rows += _record_rows(record)
         chunks.append(kept)
         if max_rows is not None and found_rows >= max_rows:
             break

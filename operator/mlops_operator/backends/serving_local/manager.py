@@ -20,7 +20,7 @@ from typing import Collection, Iterable, Mapping
 
 import aiohttp
 
-from .inference_log import inference_log_dir
+from .inference_log import inference_log_dir, local_path
 from .mlserver import MLServerProcess, PredictorState, predictor_workdir
 from .processes import pids_under, read_cmdline, stop_process
 from .router_process import (
@@ -61,14 +61,16 @@ class AdoptedProcess:
 class LocalServingManager:
     """Runs MLServer processes and a router per deployment on 127.0.0.1.
 
-    ``data_dir`` holds process state (``serving/``); ``artifact_root`` (default ``data_dir``) is
-    where the inference log goes (``<artifact_root>/inference/<namespace>/<deployment>/``).
+    ``data_dir`` holds process state (``serving/``); ``artifact_root`` (default ``data_dir``; a
+    local path or an fsspec URI such as ``s3://bucket/prefix``) is where the inference log goes
+    (``<artifact_root>/inference/<namespace>/<deployment>/``).
     ``ready_timeout`` is how long calls wait for readiness when ``wait`` is not given.
     """
 
     def __init__(self, data_dir: str | Path, artifact_root: str | Path | None = None, *, ready_timeout: float = 60.0):
         self.data_dir = Path(data_dir).resolve()
-        self.artifact_root = Path(artifact_root).resolve() if artifact_root is not None else self.data_dir
+        local = local_path(artifact_root) if artifact_root is not None else self.data_dir
+        self.artifact_root: Path | str = local.resolve() if local is not None else str(artifact_root).rstrip("/")
         self.ready_timeout = ready_timeout
         self._locks: dict[Path, asyncio.Lock] = {}
 

@@ -109,7 +109,7 @@ class Router:
     def __init__(
         self,
         workdir: Path,
-        inference_log_dir: Path | None,
+        inference_log_dir: Path | str | None,
         *,
         upstream_timeout: float = 30.0,
         max_shadow_in_flight: int = 64,
@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, type=Path)
     parser.add_argument("--port", required=True, type=int)
-    parser.add_argument("--inference-log-dir", type=Path, default=None)
+    parser.add_argument("--inference-log-dir", default=None, help="a directory or an fsspec URI (s3://...)")
     parser.add_argument("--namespace", default="")
     parser.add_argument("--deployment", default="")
     args = parser.parse_args(argv)
