@@ -8,6 +8,7 @@ router's inference log lands on S3 and the DriftMonitor reads it there.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -98,3 +99,117 @@ async def test_the_inference_log_is_written_as_objects_and_read_back(root):
     fs, base = artifacts.open_fs(f"{root}/inference/ml/iris")
     assert len(fs.find(base)) == 3, "one object per flushed batch"
     assert len(read_window(root, "ml", "iris", max_rows=5)) == 5
+
+
+# ---------------------------------------------------------------- the local loop on S3
+
+
+def load_demo():
+    import importlib.util
+
+    from kube_support import REPO
+
+    spec = importlib.util.spec_from_file_location("mlops_demo", REPO / "hack" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mlops_demo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def s3_operator(s3_env, kubeconfig, namespace, crds, objects, tmp_path):
+    """The operator as a real process with ``MLOPS_ARTIFACT_ROOT=s3://…`` and the S3 server's
+    credentials in its environment (as the chart's operator.s3 values give them)."""
+    from kube_support import OperatorProcess, wait_until
+
+    root = f"s3://{s3_env.bucket}/{namespace}"
+    process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator",
+                              env={**s3_env.env(), "MLOPS_ARTIFACT_ROOT": root}).start()
+    process.artifact_root = root
+    yield process
+    if process.process is not None and process.process.poll() is None:
+        remaining = objects.delete_all()
+        wait_until(lambda: not objects.list_all(), timeout=180, what=f"deletion of {remaining}")
+    process.stop()
+
+
+@pytest.mark.cluster
+def test_the_loop_with_an_s3_artifact_root(s3_operator, objects, kubeconfig, namespace):
+    """ModelTraining publishes version 1 to S3 → the local backend serves it → the router's
+    inference log lands on S3 → the DriftMonitor reads it there: no drift, then drift."""
+    demo = load_demo()
+    cluster = demo.Cluster(kubeconfig, namespace)
+    root = s3_operator.artifact_root
+    cluster.apply(demo.example("training.yaml"))
+    mt = objects.wait("ModelTraining", "iris",
+                      lambda o: (o.get("status", {}).get("latestValidatedModel") or {}).get("version") == 1,
+                      timeout=300)
+    assert mt["status"]["latestValidatedModel"]["uri"] == f"{root}/models/iris/1"
+    assert artifacts.read_model_version(root, "iris", 1)["validated"]
+
+    deployment = demo.example("deployment.yaml")
+    deployment["spec"]["rollout"] = {"strategy": "direct"}
+    cluster.apply(deployment)
+    md = objects.wait("ModelDeployment", "iris",
+                      lambda o: o.get("status", {}).get("phase") == "Ready" and o["status"].get("endpoint"),
+                      timeout=180)
+    traffic = demo.Traffic(md["status"]["endpoint"], "iris")
+    traffic.burst(200)
+    assert traffic.failed == 0
+
+    monitor = demo.example("driftmonitor.yaml")
+    monitor["spec"].pop("onDrift")
+    monitor["spec"]["interval"] = "5s"
+    cluster.apply(monitor)
+    dm = objects.wait("DriftMonitor", "iris", lambda o: o.get("status", {}).get("phase") == "NoDrift", timeout=120)
+    assert dm["status"]["sampleSize"] >= 100
+    fs, base = artifacts.open_fs(f"{root}/inference/{namespace}/iris")
+    logged = fs.find(base)
+    assert logged and all(".jsonl" in path for path in logged), logged
+    assert not (s3_operator.data_dir / "artifacts").exists(), "nothing is written under the data dir"
+
+    traffic.burst(300, shift=2.0)
+    dm = objects.wait("DriftMonitor", "iris",
+                      lambda o: any(c["type"] == "DriftDetected" and c["status"] == "True"
+                                    for c in o.get("status", {}).get("conditions", [])), timeout=120)
+    assert traffic.failed == 0
+
+
+@pytest.mark.cluster
+def test_a_dataset_is_read_with_the_referenced_secret_whose_value_goes_nowhere(
+        s3_server, operator, objects, kube_api, namespace):
+    """The operator has no S3 credentials of its own here: training can only read the dataset
+    through spec.dataset.credentialsSecretRef. Afterwards no secret value is in the status, the
+    events, the operator's log or the run's files."""
+    import fsspec
+    from kubernetes import client
+    from sklearn.datasets import load_iris
+
+    assert "AWS_SECRET_ACCESS_KEY" not in operator.env
+    dataset = f"s3://{s3_server.bucket}/datasets/{namespace}/iris.csv"
+    with fsspec.open(dataset, "wt", **s3_server.storage_options()) as handle:
+        load_iris(as_frame=True).frame.to_csv(handle, index=False)
+    client.CoreV1Api(kube_api).create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="dataset-s3"),
+        string_data={"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+                     "AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_REGION": "us-east-1"}))
+    objects.create({"apiVersion": "mlops.dev/v1alpha1", "kind": "ModelTraining", "metadata": {"name": "iris"},
+                    "spec": {"model": "iris", "dataset": {"uri": dataset, "target": "target",
+                                                          "credentialsSecretRef": {"name": "dataset-s3"}},
+                             "training": {"estimator": "LogisticRegression", "parameters": {"max_iter": 300}}}})
+    mt = objects.wait("ModelTraining", "iris",
+                      lambda o: (o.get("status", {}).get("latestRun") or {}).get("state") in ("Succeeded", "Failed"),
+                      timeout=300)
+    assert mt["status"]["latestRun"]["state"] == "Succeeded", mt["status"]["latestRun"]
+
+    secret = s3_server.secret_key
+    events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
+    places = {"status": json.dumps(mt["status"]), "spec": json.dumps(mt["spec"]),
+              "events": " ".join(f"{e.reason} {e.message}" for e in events), "operator log": operator.logs()}
+    run_dir = operator.data_dir / "runs" / namespace
+    for path in run_dir.rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            places[str(path.relative_to(run_dir))] = path.read_text(errors="replace")
+    assert any(name.endswith("request.json") for name in places) and any(n.endswith("runner.log") for n in places)
+    leaked = [name for name, text in places.items() if secret in text or s3_server.access_key in text]
+    assert not leaked, f"the Secret's value appears in {leaked}"

@@ -88,6 +88,15 @@ async def read_secret_key(namespace: str, name: str, key: str) -> str:
     return await asyncio.to_thread(call)
 
 
+async def read_secret(namespace: str, name: str) -> dict[str, str]:
+    """Every key of a Secret, decoded. The caller must never log or store the values."""
+    def call() -> dict[str, str]:
+        secret = client.CoreV1Api(api_client()).read_namespaced_secret(name, namespace)
+        return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+
+    return await asyncio.to_thread(call)
+
+
 async def read_config_map_key(namespace: str, name: str, key: str) -> str:
     """One value of a ConfigMap."""
     def call() -> str:

@@ -186,8 +186,12 @@ def pipeline_arguments(
     return args
 
 
-def submit(run_name: str, request: dict[str, Any], data_dir: str | Path, namespace: str | None = None) -> RunStatus:
+def submit(run_name: str, request: dict[str, Any], data_dir: str | Path, namespace: str | None = None,
+           env: dict[str, str] | None = None) -> RunStatus:
     """Start a run in a detached runner process, or return the status of the run that exists.
+
+    ``env`` is added to the runner's environment (and so its steps'); unlike the request it is
+    written nowhere: the way to hand a run credentials.
 
     Idempotent: the run directory is created exclusively, so a second submit of the same run name
     (even from another process) starts nothing and returns the existing run's status. A request
@@ -216,7 +220,7 @@ def submit(run_name: str, request: dict[str, Any], data_dir: str | Path, namespa
         "submitted": now,
     })
     _write_state(directory, PENDING)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     with open(directory / LOG_FILE, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "mlops_operator.backends.training_runner", str(directory.resolve())],

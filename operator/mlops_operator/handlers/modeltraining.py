@@ -22,7 +22,7 @@ import kopf
 from mlops_operator import metrics
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.modeltraining import ModelTrainingSpec
-from mlops_operator.backends import artifacts, kube, training_kfp, training_local
+from mlops_operator.backends import artifacts, kube, storage_credentials, training_kfp, training_local
 from mlops_operator.handlers.common import (
     InvalidSpec,
     Retry,
@@ -71,6 +71,21 @@ async def _kfp_connection(spec: ModelTrainingSpec, namespace: str) -> training_k
             raise InvalidSpec(f"spec.kfp.tokenSecretRef: {describe_api_error(error, f'Secret {ref.name}')}") from None
     return training_kfp.KfpConnection(host=host or "", namespace=(spec.kfp and spec.kfp.namespace)
                                       or settings.kfp_namespace, token=token)
+
+
+async def _dataset_credentials_env(spec: ModelTrainingSpec, namespace: str) -> dict[str, str]:
+    """The run's environment carrying spec.dataset.credentialsSecretRef's keys (read now, never stored)."""
+    ref = spec.dataset.credentials_secret_ref
+    if ref is None:
+        return {}
+    try:
+        data = await kube.read_secret(namespace, ref.name)
+    except Exception as error:  # the message names the Secret, never a value
+        reason = getattr(error, "reason", None) or type(error).__name__
+        raise InvalidSpec(f"spec.dataset.credentialsSecretRef: cannot read Secret {ref.name}: {reason}") from None
+    if not data:
+        raise InvalidSpec(f"spec.dataset.credentialsSecretRef: Secret {ref.name} has no keys")
+    return storage_credentials.dataset_env(data)
 
 
 async def _pipeline_package(spec: ModelTrainingSpec, namespace: str) -> str | None:
@@ -190,7 +205,8 @@ async def _submit(spec: ModelTrainingSpec, namespace: str, name: str, trigger: s
     package = await _pipeline_package(spec, namespace)
     if spec.backend == "local":
         request = {"namespace": namespace, "parameters": params, **({"pipeline_package": package} if package else {})}
-        run = await asyncio.to_thread(training_local.submit, name, request, settings.data_dir, namespace)
+        env = await _dataset_credentials_env(spec, namespace)
+        run = await asyncio.to_thread(training_local.submit, name, request, settings.data_dir, namespace, env)
         return _record_from_local(run, trigger)
     conn = await _kfp_connection(spec, namespace)
     package = package or str(training_local.default_pipeline_package())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,6 +21,9 @@ import pandas as pd
 from mlops_operator.steps.errors import DatasetUnavailable, InvalidSpec, reported
 
 SKLEARN_SCHEME = "sklearn://"
+# fsspec storage options for the dataset (JSON), set by the operator from spec.dataset.credentialsSecretRef
+# (mlops_operator.backends.storage_credentials.DATASET_STORAGE_OPTIONS_ENV; steps do not import backends).
+STORAGE_OPTIONS_ENV = "MLOPS_DATASET_STORAGE_OPTIONS"
 SKLEARN_DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 FORMATS = ("csv", "parquet")
 
@@ -40,9 +45,11 @@ def dataset_format(uri: str, declared: str = "") -> str:
     raise InvalidSpec(f"cannot tell the format of {uri!r} from its extension; set the dataset format (csv or parquet)")
 
 
-def load_dataset(uri: str, declared_format: str = "") -> tuple[pd.DataFrame, str]:
+def load_dataset(uri: str, declared_format: str = "", storage_options: dict[str, Any] | None = None
+                 ) -> tuple[pd.DataFrame, str]:
     """Load a dataset and return ``(frame, sha256 hex digest)``.
 
+    ``storage_options`` go to fsspec (credentials of the dataset's store; default: the environment's).
     The digest is of the source bytes, or, for ``sklearn://`` datasets, of a canonical CSV dump.
     Raises DatasetUnavailable when the source is missing, unreachable or unreadable, and
     InvalidSpec for an unknown format or sklearn dataset name.
@@ -51,7 +58,7 @@ def load_dataset(uri: str, declared_format: str = "") -> tuple[pd.DataFrame, str
         return _load_sklearn(uri[len(SKLEARN_SCHEME):].strip("/"))
     fmt = dataset_format(uri, declared_format)
     try:
-        with fsspec.open(uri, "rb") as handle:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
             raw = handle.read()
     except (FileNotFoundError, IsADirectoryError) as err:
         raise DatasetUnavailable(f"dataset {uri} not found") from err
@@ -90,7 +97,8 @@ def run_extract(dataset_uri: str, declared_format: str, output_path: str) -> dic
     Returns ``{"digest", "rows", "columns", "started_at"}``.
     """
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-    frame, digest = load_dataset(dataset_uri, declared_format)
+    options = json.loads(os.environ[STORAGE_OPTIONS_ENV]) if os.environ.get(STORAGE_OPTIONS_ENV) else None
+    frame, digest = load_dataset(dataset_uri, declared_format, options)
     frame.to_parquet(output_path, index=False)
     return {"digest": digest, "rows": int(len(frame)), "columns": list(frame.columns), "started_at": started_at}
 
