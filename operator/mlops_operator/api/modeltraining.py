@@ -71,8 +71,11 @@ class Dataset(Model):
                                        json_schema_extra={"x-kubernetes-list-type": "set"})
     """Feature columns to use; empty means every column except the target."""
     credentials_secret_ref: LocalObjectReference | None = None
-    """A Secret in the same namespace whose keys are passed to fsspec as storage options (for
-    example key and secret for s3). Read when needed, never copied."""
+    """A Secret in the same namespace whose keys are passed to fsspec as storage options for the
+    dataset: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL,
+    AWS_REGION, or fsspec option names (key, secret, endpoint_url, ...). Read when a run starts and
+    handed to it through its environment; never copied into status, events or logs. Backend local
+    only; without it the run uses the operator's own credentials (environment or IRSA)."""
 
 
 class ProductionWindow(Model):
