@@ -171,6 +171,14 @@ build_versioned() {
   ln -sfn "$name-$version" "$bin/$name"
 }
 
+# The server with only Kubernetes service discovery compiled in: plugins/plugin_kubernetes.go is built
+# under `!remove_all_sd || enable_kubernetes_sd` (checked in v0.316.0's source), every other SD plugin
+# only without remove_all_sd.
+build_prometheus() {
+  build_versioned prometheus "$PROMETHEUS_MODULE_VERSION" github.com/prometheus/prometheus/cmd/prometheus \
+      remove_all_sd,enable_kubernetes_sd
+}
+
 build_minio() {
   build_versioned minio "$MINIO_MODULE_VERSION" github.com/minio/minio ""
 }
@@ -182,6 +190,7 @@ missing=0
 for b in $want; do [ -x "$bin/$b" ] || missing=1; done
 [ "$want" = "${want/coredns/}" ] || [ "$(cat "$bin/coredns.version" 2>/dev/null)" = "$COREDNS_VERSION" ] || missing=1
 [ "$want" = "${want/minio/}" ] || [ -x "$bin/minio-$MINIO_MODULE_VERSION" ] || missing=1
+[ "$want" = "${want/prometheus/}" ] || [ -x "$bin/prometheus-$PROMETHEUS_MODULE_VERSION" ] || missing=1
 if [ $missing = 0 ]; then
   echo "$bin"
   exit 0
@@ -215,6 +224,7 @@ for b in $want; do
     promtool) build_promtool ;;
     coredns) build_coredns ;;
     minio) build_minio ;;
+    prometheus) build_prometheus ;;
     kube-apiserver|kube-controller-manager|kubectl|kubelet|kube-scheduler|kube-proxy) build_kube "$b" ;;
     *) log "unknown binary $b"; exit 2 ;;
   esac
