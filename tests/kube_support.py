@@ -105,14 +105,14 @@ class OperatorProcess:
             **self.extra_env,
         }
 
-    def start(self) -> "OperatorProcess":
+    def start(self, timeout: float = 60) -> "OperatorProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlops_operator"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
             cwd=REPO, start_new_session=True,
         )
-        wait_until(self.healthy, timeout=60, what="operator liveness endpoint")
+        wait_until(self.healthy, timeout=timeout, what="operator liveness endpoint")
         return self
 
     def healthy(self) -> bool:

@@ -116,21 +116,34 @@ def load_demo():
     return module
 
 
-@pytest.fixture
-def s3_operator(s3_env, kubeconfig, namespace, crds, objects, tmp_path):
-    """The operator as a real process with ``MLOPS_ARTIFACT_ROOT=s3://…`` and the S3 server's
-    credentials in its environment (as the chart's operator.s3 values give them)."""
+def run_operator(kubeconfig, namespace, objects, data_dir, env):
+    """The operator as a real process (started with a generous deadline: its imports take long on a
+    busy machine); afterwards the test's objects are deleted while it still runs."""
     from kube_support import OperatorProcess, wait_until
 
-    root = f"s3://{s3_env.bucket}/{namespace}"
-    process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator",
-                              env={**s3_env.env(), "MLOPS_ARTIFACT_ROOT": root}).start()
-    process.artifact_root = root
+    process = OperatorProcess(kubeconfig, namespace, data_dir, env=env).start(timeout=240)
     yield process
     if process.process is not None and process.process.poll() is None:
         remaining = objects.delete_all()
         wait_until(lambda: not objects.list_all(), timeout=180, what=f"deletion of {remaining}")
     process.stop()
+
+
+@pytest.fixture
+def s3_operator(s3_env, kubeconfig, namespace, crds, objects, tmp_path):
+    """The operator with ``MLOPS_ARTIFACT_ROOT=s3://…`` and the S3 server's credentials in its
+    environment (as the chart's operator.s3 values give them)."""
+    root = f"s3://{s3_env.bucket}/{namespace}"
+    for process in run_operator(kubeconfig, namespace, objects, tmp_path / "operator",
+                                {**s3_env.env(), "MLOPS_ARTIFACT_ROOT": root}):
+        process.artifact_root = root
+        yield process
+
+
+@pytest.fixture
+def plain_operator(s3_server, kubeconfig, namespace, crds, objects, tmp_path):
+    """The operator with a local artifact root and no S3 credentials of its own."""
+    yield from run_operator(kubeconfig, namespace, objects, tmp_path / "operator", {})
 
 
 @pytest.mark.cluster
@@ -143,7 +156,7 @@ def test_the_loop_with_an_s3_artifact_root(s3_operator, objects, kubeconfig, nam
     cluster.apply(demo.example("training.yaml"))
     mt = objects.wait("ModelTraining", "iris",
                       lambda o: (o.get("status", {}).get("latestValidatedModel") or {}).get("version") == 1,
-                      timeout=300)
+                      timeout=480)
     assert mt["status"]["latestValidatedModel"]["uri"] == f"{root}/models/iris/1"
     assert artifacts.read_model_version(root, "iris", 1)["validated"]
 
@@ -177,7 +190,7 @@ def test_the_loop_with_an_s3_artifact_root(s3_operator, objects, kubeconfig, nam
 
 @pytest.mark.cluster
 def test_a_dataset_is_read_with_the_referenced_secret_whose_value_goes_nowhere(
-        s3_server, operator, objects, kube_api, namespace):
+        s3_server, plain_operator, objects, kube_api, namespace):
     """The operator has no S3 credentials of its own here: training can only read the dataset
     through spec.dataset.credentialsSecretRef. Afterwards no secret value is in the status, the
     events, the operator's log or the run's files."""
@@ -185,7 +198,7 @@ def test_a_dataset_is_read_with_the_referenced_secret_whose_value_goes_nowhere(
     from kubernetes import client
     from sklearn.datasets import load_iris
 
-    assert "AWS_SECRET_ACCESS_KEY" not in operator.env
+    assert "AWS_SECRET_ACCESS_KEY" not in plain_operator.env
     dataset = f"s3://{s3_server.bucket}/datasets/{namespace}/iris.csv"
     with fsspec.open(dataset, "wt", **s3_server.storage_options()) as handle:
         load_iris(as_frame=True).frame.to_csv(handle, index=False)
@@ -199,14 +212,14 @@ def test_a_dataset_is_read_with_the_referenced_secret_whose_value_goes_nowhere(
                              "training": {"estimator": "LogisticRegression", "parameters": {"max_iter": 300}}}})
     mt = objects.wait("ModelTraining", "iris",
                       lambda o: (o.get("status", {}).get("latestRun") or {}).get("state") in ("Succeeded", "Failed"),
-                      timeout=300)
+                      timeout=480)
     assert mt["status"]["latestRun"]["state"] == "Succeeded", mt["status"]["latestRun"]
 
     secret = s3_server.secret_key
     events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
     places = {"status": json.dumps(mt["status"]), "spec": json.dumps(mt["spec"]),
-              "events": " ".join(f"{e.reason} {e.message}" for e in events), "operator log": operator.logs()}
-    run_dir = operator.data_dir / "runs" / namespace
+              "events": " ".join(f"{e.reason} {e.message}" for e in events), "operator log": plain_operator.logs()}
+    run_dir = plain_operator.data_dir / "runs" / namespace
     for path in run_dir.rglob("*"):
         if path.is_file() and path.stat().st_size < 5_000_000:
             places[str(path.relative_to(run_dir))] = path.read_text(errors="replace")
