@@ -209,8 +209,8 @@ def _cached(name: str, ref: str, key: str, build: Callable[[Path], None]) -> Ima
         lock.close()
     img = Image(name, ref, archive, True, time.monotonic() - start)
     _say(f"built {ref} in {img.seconds:.0f}s ({img.size_mib():.0f} MiB archive)")
-    for old in cache.glob(f"{name}-*.tar"):  # keep only the newest build of each image
-        if old != archive:
+    for old in [*cache.glob(f"{name}-*.tar"), *cache.glob(f"{name}-*.log")]:  # only the newest build
+        if old.stem != archive.stem:
             old.unlink(missing_ok=True)
     return img
 
@@ -302,9 +302,9 @@ def operator_image() -> Image:
             # docker-archive loads keep the archive's tag; make sure the ref resolves.
         with tempfile.TemporaryDirectory() as tmp:
             # Build-time only (never in the image): the host's CA bundle so uv reaches PyPI through
-            # this network's TLS proxy, and a uv config telling uv to use the system trust store.
+            # this network's TLS proxy, and a uv config telling uv to use the system trust store (``system-certs``).
             uv_toml = Path(tmp) / "uv.toml"
-            uv_toml.write_text("native-tls = true\n")
+            uv_toml.write_text("system-certs = true\n")
             volumes = [f"{uv_toml}:/etc/uv/uv.toml:ro"]
             ca = os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
             if Path(ca).exists():
