@@ -116,7 +116,7 @@ def _measure(prepare: Callable[[], Any], step: Callable[[Any], Any]) -> dict[str
 
 
 def run_ours_build(rows: int, seed: int, workdir: str) -> dict[str, Any]:
-    from mlops_operator.reconcile import drift
+    from mlops_operator import drift
 
     def step(reference):
         profile = drift.build_profile(reference)
@@ -130,7 +130,7 @@ def run_ours_build(rows: int, seed: int, workdir: str) -> dict[str, Any]:
 
 
 def run_ours_profile(rows: int, seed: int, workdir: str) -> dict[str, Any]:
-    from mlops_operator.reconcile import drift
+    from mlops_operator import drift
 
     def step(current):
         profile = json.loads(Path(workdir, "profile.json").read_text())
@@ -140,7 +140,7 @@ def run_ours_profile(rows: int, seed: int, workdir: str) -> dict[str, Any]:
 
 
 def run_ours_raw(rows: int, seed: int, workdir: str) -> dict[str, Any]:
-    from mlops_operator.reconcile import drift
+    from mlops_operator import drift
 
     def step(frames):
         return drift.compare(frames[0], frames[1]).drifted_features

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mlops_operator.backends import training_local
-from mlops_operator.steps import evaluate, extract, split, train
+from mlops_operator.components import evaluate, extract, split, train
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STEP_START = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - Executing task '([\w-]+)'")

@@ -3,7 +3,7 @@
 extract → validate-data → split → train → evaluate (new vs validated model) → validate-model → export
 
 Every component is a lightweight Python component whose body calls one
-``mlops_operator.steps.*.run_*`` function, so the logic lives (and is tested) in the package.
+``mlops_operator.components.*.run_*`` function, so the logic lives (and is tested) in the package.
 On a KFP cluster the components run in the operator image, which contains the package; locally
 ``kfp.local.SubprocessRunner(use_venv=False)`` runs them with the operator's own interpreter.
 
@@ -40,7 +40,7 @@ def extract(
     rows; write both as Parquet, with each source's URI, rows and sha256 digest."""
     from collections import namedtuple
 
-    from mlops_operator.steps.extract import run_extract_sources
+    from mlops_operator.components.extract import run_extract_sources
 
     result = run_extract_sources(dataset_uri, dataset_format, target, features, production_data, dataset.path,
                                  production.path)
@@ -63,7 +63,7 @@ def validate_data(
     DataValidationFailed) and the production rows one by one (rows that fail are counted, not trained on)."""
     from collections import namedtuple
 
-    from mlops_operator.steps.validate_data import run_validate_sources
+    from mlops_operator.components.validate_data import run_validate_sources
 
     summary = run_validate_sources(dataset.path, production.path, target, checks, features, report.path,
                                    production_valid.path)
@@ -88,7 +88,7 @@ def split(
     when there are enough, else the dataset's seeded (stratified) test split; mix the sources."""
     from collections import namedtuple
 
-    from mlops_operator.steps.split import run_split_sources
+    from mlops_operator.components.split import run_split_sources
 
     schema = run_split_sources(dataset.path, production.path, target, task, test_size, seed, features, estimator,
                                mix, train.path, test.path)
@@ -113,7 +113,7 @@ def train(
     import json
     from collections import namedtuple
 
-    from mlops_operator.steps.train import run_train
+    from mlops_operator.components.train import run_train
 
     info = run_train(train.path, schema, estimator, estimator_params, seed, model.path)
     model.metadata.update({"estimator": info["class"], "framework": "scikit-learn"})
@@ -133,7 +133,7 @@ def evaluate(
     (accuracy/f1/rocAuc or rmse/mae/r2)."""
     from collections import namedtuple
 
-    from mlops_operator.steps.evaluate import run_evaluate_against
+    from mlops_operator.components.evaluate import run_evaluate_against
 
     result = run_evaluate_against(model.path, test.path, schema, champion_model_uri, baseline_metrics)
     for name, value in result["metrics"].items():
@@ -152,7 +152,7 @@ def validate_model(
     """The model gate: thresholds and no regression against the baseline. Never fails the run."""
     from collections import namedtuple
 
-    from mlops_operator.steps.gate import run_gate
+    from mlops_operator.components.gate import run_gate
 
     result = run_gate(metrics, gate, baseline_metrics, max_regression)
     return namedtuple("GateOutputs", ["validated", "reasons"])(result["validated"], result["reasons"])
@@ -190,7 +190,7 @@ def export(
     import json
     from collections import namedtuple
 
-    from mlops_operator.steps.export import run_export
+    from mlops_operator.components.export import run_export
 
     for source in sources:  # the rows the production checks left out, beside the rows read
         if source.get("name") == "production":

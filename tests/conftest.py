@@ -4,7 +4,7 @@
 local dev cluster (hack/devcluster.py: real etcd, kube-apiserver, kube-controller-manager).
 
 Session end: the dev cluster is left running, whether this session started it or found it, so
-the next run starts in seconds; stop it with ``make down`` (``hack/devcluster.py down``). Set
+the next run starts in seconds; stop it with ``make cluster-down`` (``hack/devcluster.py down``). Set
 ``MLOPS_DEV_TEARDOWN=1`` to stop it at session end if this session started it (e.g. in CI).
 
 Mark tests that use these fixtures with ``@pytest.mark.cluster``.

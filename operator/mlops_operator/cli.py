@@ -17,10 +17,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
-GROUP, VERSION = "mlops.dev", "v1alpha1"
-APPROVE_ANNOTATION = "mlops.dev/approve"
-ROLLBACK_ANNOTATION = "mlops.dev/rollback"
-RETRAIN_ANNOTATION = "mlops.dev/retrain-requested"
+from mlops_operator.api.annotations import APPROVE_ANNOTATION, RETRAIN_ANNOTATION, ROLLBACK_ANNOTATION
+from mlops_operator.api.common import GROUP, VERSION
 
 
 class CommandError(Exception):

@@ -19,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from kube_support import condition, wait_until
 from sklearn.datasets import load_iris
 
-from kube_support import condition, wait_until
 from mlops_operator.backends.serving_local.inference_log import InferenceLogWriter, LogEntry, inference_log_dir
-from mlops_operator.reconcile.drift import build_profile
+from mlops_operator.drift import build_profile
 
 pytestmark = pytest.mark.cluster
 

@@ -22,7 +22,7 @@ import os
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 import yaml

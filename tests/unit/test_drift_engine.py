@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from mlops_operator.reconcile import drift
+from mlops_operator import drift
 
 K = drift.DEFAULT_QUANTILE_COUNT
 
@@ -57,7 +57,7 @@ def test_block_boundaries_do_not_change_results(case: str, chunk: int, monkeypat
     entry = drift.build_profile(pd.DataFrame({"x": ref}), quantile_count=200)["features"]["x"]
     whole = (drift.ks_2samp(ref, cur), drift.wasserstein(ref, cur), drift.ks_2samp_profile(entry, cur),
              drift.wasserstein_profile(entry, cur))
-    monkeypatch.setattr(drift, "_CHUNK", chunk)
+    monkeypatch.setattr(drift.stats, "_CHUNK", chunk)
     blocked = (drift.ks_2samp(ref, cur), drift.wasserstein(ref, cur), drift.ks_2samp_profile(entry, cur),
                drift.wasserstein_profile(entry, cur))
     assert blocked[0] == pytest.approx(whole[0], rel=1e-12)
@@ -242,7 +242,7 @@ def test_profile_statistics_within_stated_error_of_raw(case: str) -> None:
     bins = drift.DEFAULT_PSI_BINS
     i = np.arange(1, bins)
     raw_edges = np.unique(ref_sorted[(ref.size * i + bins - 1) // bins - 1])
-    reference = drift._NumericReference.from_profile("x", entry)
+    reference = drift.stats._NumericReference.from_profile("x", entry)
     assert np.array_equal(reference.psi_edges(bins), raw_edges)
     raw_props = np.diff(np.concatenate([[0], np.searchsorted(ref_sorted, raw_edges, "right") / ref.size, [1]]))
     profile_props = np.diff(np.concatenate([[0], reference.cdf(raw_edges), [1]]))

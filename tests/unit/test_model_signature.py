@@ -19,8 +19,8 @@ from mlops_operator.backends.serving_local.v2_protocol import (
     in_declared_order,
     parse_request,
 )
-from mlops_operator.steps.export import model_signature
-from mlops_operator.steps.train import build_model
+from mlops_operator.components.export import model_signature
+from mlops_operator.components.train import build_model
 
 FRAME = pd.DataFrame({"size": [1.0, 2, 3, 4, 5, 6, 7, 8], "color": list("rgbrgbrg"),
                       "label": list("abababab"), "price": [1.0, 2, 3, 4, 5, 6, 7, 8.5]})

@@ -67,4 +67,4 @@ def test_steps_run_in_the_operator_image_without_installs_or_cache(committed: di
         container = executor["container"]
         assert container["image"] == module.BASE_IMAGE, name
         assert not any("pip install" in part for part in container["command"]), name
-        assert "from mlops_operator.steps." in container["command"][-1], name
+        assert "from mlops_operator.components." in container["command"][-1], name

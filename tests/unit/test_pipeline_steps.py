@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_operator.backends import artifacts
-from mlops_operator.steps import errors, evaluate, export, extract, gate, split, train, validate_data
+from mlops_operator.backends import artifacts, datasets
+from mlops_operator.components import errors, evaluate, export, extract, gate, split, train, validate_data
 
 
 @pytest.fixture
@@ -47,12 +47,12 @@ def test_extract_sklearn_iris_is_deterministic(tmp_path: Path) -> None:
     frame = pd.read_parquet(tmp_path / "a.parquet")
     assert "target" in frame.columns and frame.shape == (150, 5)
     # Different bundled datasets have different digests.
-    assert extract.load_dataset("sklearn://wine")[1] != first["digest"]
+    assert datasets.load_dataset("sklearn://wine")[1] != first["digest"]
 
 
-@pytest.mark.parametrize("name", extract.SKLEARN_DATASETS)
+@pytest.mark.parametrize("name", datasets.SKLEARN_DATASETS)
 def test_extract_every_bundled_dataset_loads_offline(name: str) -> None:
-    frame, digest = extract.load_dataset(f"sklearn://{name}")
+    frame, digest = datasets.load_dataset(f"sklearn://{name}")
     assert len(frame) > 100 and "target" in frame.columns and len(digest) == 64
 
 
@@ -70,13 +70,13 @@ def test_extract_parquet_gzip_csv_and_memory_uri(tiny_csv: Path, tmp_path: Path)
 
     frame = pd.read_csv(tiny_csv)
     frame.to_parquet(tmp_path / "data.pq", index=False)
-    assert extract.load_dataset(str(tmp_path / "data.pq"))[0].shape == frame.shape
+    assert datasets.load_dataset(str(tmp_path / "data.pq"))[0].shape == frame.shape
     (tmp_path / "data.csv.gz").write_bytes(gzip.compress(tiny_csv.read_bytes()))
-    assert extract.load_dataset(str(tmp_path / "data.csv.gz"))[0].shape == frame.shape
+    assert datasets.load_dataset(str(tmp_path / "data.csv.gz"))[0].shape == frame.shape
     uri = f"memory://datasets-{uuid.uuid4().hex}/data.bin"
     with fsspec.open(uri, "wb") as handle:
         handle.write(tiny_csv.read_bytes())
-    assert extract.load_dataset(uri, "csv")[0].shape == frame.shape
+    assert datasets.load_dataset(uri, "csv")[0].shape == frame.shape
 
 
 def test_extract_missing_dataset_is_dataset_unavailable(tmp_path: Path, error_file: Path) -> None:
@@ -91,13 +91,13 @@ def test_extract_missing_dataset_is_dataset_unavailable(tmp_path: Path, error_fi
 def test_extract_unreadable_dataset_is_dataset_unavailable(tmp_path: Path) -> None:
     (tmp_path / "broken.parquet").write_bytes(b"this is not parquet")
     with pytest.raises(errors.DatasetUnavailable, match="not readable as parquet"):
-        extract.load_dataset(str(tmp_path / "broken.parquet"))
+        datasets.load_dataset(str(tmp_path / "broken.parquet"))
 
 
 @pytest.mark.parametrize("uri, fmt", [("sklearn://california_housing", ""), ("/data/table.xlsx", ""), ("/d/x.csv", "feather")])
 def test_extract_bad_names_and_formats_are_invalid_spec(uri: str, fmt: str) -> None:
     with pytest.raises(errors.InvalidSpec):
-        extract.load_dataset(uri, fmt)
+        datasets.load_dataset(uri, fmt)
 
 
 # --- validate data ---------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def test_column_types() -> None:
 # --- split ----------------------------------------------------------------------------------
 
 def test_split_is_seeded_and_stratified(tmp_path: Path) -> None:
-    frame, _ = extract.load_dataset("sklearn://iris")
+    frame, _ = datasets.load_dataset("sklearn://iris")
     train_a, test_a, schema = split.split_dataset(frame, "target", "auto", 0.2, 7)
     train_b, test_b, _ = split.split_dataset(frame, "target", "auto", 0.2, 7)
     _, test_c, _ = split.split_dataset(frame, "target", "auto", 0.2, 8)
@@ -177,7 +177,7 @@ def test_split_is_seeded_and_stratified(tmp_path: Path) -> None:
 
 
 def test_split_infers_regression_and_drops_unlabelled() -> None:
-    frame, _ = extract.load_dataset("sklearn://diabetes")
+    frame, _ = datasets.load_dataset("sklearn://diabetes")
     frame.loc[:9, "target"] = np.nan
     train_, test_, schema = split.split_dataset(frame, "target", "auto", 0.25, 0)
     assert schema["task"] == "regression"
@@ -201,7 +201,7 @@ def test_split_task_from_estimator_and_feature_subset(tiny_csv: Path) -> None:
 # --- train + evaluate -------------------------------------------------------------------------
 
 def fit_iris(tmp_path: Path, estimator: str = "", params: object = None) -> tuple[Path, Path, dict]:
-    frame, _ = extract.load_dataset("sklearn://iris")
+    frame, _ = datasets.load_dataset("sklearn://iris")
     train_, test_, schema = split.split_dataset(frame, "target", "auto", 0.25, 42)
     train_.to_parquet(tmp_path / "train.parquet")
     test_.to_parquet(tmp_path / "test.parquet")
@@ -245,7 +245,7 @@ def test_train_handles_categorical_csv(tmp_path: Path, tiny_csv: Path) -> None:
 
 
 def test_regression_metrics(tmp_path: Path) -> None:
-    frame, _ = extract.load_dataset("sklearn://diabetes")
+    frame, _ = datasets.load_dataset("sklearn://diabetes")
     train_, test_, schema = split.split_dataset(frame, "target", "regression", 0.25, 0)
     model, _ = train.train_model(train_, schema, "Ridge", {}, 0)
     scores = evaluate.evaluate_model(model, test_, schema)

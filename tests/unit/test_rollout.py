@@ -171,7 +171,7 @@ def test_canary_step_decisions(step, verdict, approval, phase, next_step, result
     if result == "aborted":
         assert out.state.stable == V1 and out.state.rejected == ("2",)
         assert out.degraded == (ROLLOUT_ABORTED, out.events[-1].message)
-        assert "maxErrorRate" in out.events[-1].message and out.events[-1].type == "Warning"
+        assert "maxErrorRate" in out.events[-1].message and out.events[-1].warning
 
 
 def test_a_passed_step_restarts_the_clock_and_the_extensions():

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import aiohttp
 import joblib
-import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression

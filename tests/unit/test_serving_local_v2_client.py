@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from mlops_operator.backends import artifacts
 from mlops_operator.backends.serving_local import LocalServingManager
-from mlops_operator.steps.export import model_signature
+from mlops_operator.components.export import model_signature
 
 pytestmark = pytest.mark.slow
 

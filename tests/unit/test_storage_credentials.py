@@ -11,7 +11,7 @@ from mlops_operator.backends.storage_credentials import (
     storage_options_from_secret,
 )
 from mlops_operator.reconcile.validation import training_spec_errors
-from mlops_operator.steps.extract import STORAGE_OPTIONS_ENV
+from mlops_operator.components.extract import STORAGE_OPTIONS_ENV
 
 
 def test_aws_names_and_fsspec_names_become_s3fs_options():

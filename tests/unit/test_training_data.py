@@ -14,13 +14,13 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 
+from mlops_operator.api.annotations import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
 from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.backends import training_data as td
-from mlops_operator.reconcile import drift_monitor
-from mlops_operator.reconcile import modeltraining as logic
-from mlops_operator.steps.evaluate import run_evaluate_against
-from mlops_operator.steps.split import split_sources
-from mlops_operator.steps.train import build_model
+from mlops_operator.components.evaluate import run_evaluate_against
+from mlops_operator.components.split import split_sources
+from mlops_operator.components.train import build_model
+from mlops_operator.reconcile import driftmonitor, modeltraining
 
 FEATURES = ["a", "b"]
 
@@ -180,38 +180,38 @@ def spec(**overrides) -> ModelTrainingSpec:
 
 
 def test_drift_window_travels_with_its_request_only():
-    verdict = drift_monitor.Verdict("Drift", True, False, ["petal_length"], 4, "1/4 features drifted")
+    verdict = driftmonitor.Verdict("Drift", True, False, ["petal_length"], 4, "1/4 features drifted")
     status = {"windowStart": "2026-03-01T10:00:00Z", "windowEnd": "2026-03-01T10:05:00Z", "sampleSize": 300}
-    value = drift_monitor.retrain_window_value("iris", status, verdict, "t1 drift: ...")
-    annotations = {logic.RETRAIN_ANNOTATION: "t1 drift: ...", logic.RETRAIN_WINDOW_ANNOTATION: value}
-    assert logic.parse_retrain_window(annotations) == {
+    value = driftmonitor.retrain_window_value("iris", status, verdict, "t1 drift: ...")
+    annotations = {RETRAIN_ANNOTATION: "t1 drift: ...", RETRAIN_WINDOW_ANNOTATION: value}
+    assert modeltraining.parse_retrain_window(annotations) == {
         "monitor": "iris", "start": "2026-03-01T10:00:00Z", "end": "2026-03-01T10:05:00Z", "rows": 300,
         "driftedFeatures": ["petal_length"]}
-    manual = {**annotations, logic.RETRAIN_ANNOTATION: "t2 new labels"}  # kubectl mlops retrain
-    assert logic.parse_retrain_window(manual) is None
-    assert logic.parse_retrain_window({**annotations, logic.RETRAIN_WINDOW_ANNOTATION: "{not json"}) is None
+    manual = {**annotations, RETRAIN_ANNOTATION: "t2 new labels"}  # kubectl mlops retrain
+    assert modeltraining.parse_retrain_window(manual) is None
+    assert modeltraining.parse_retrain_window({**annotations, RETRAIN_WINDOW_ANNOTATION: "{not json"}) is None
 
 
 def test_production_range_starts_at_the_drift_window_else_the_spec_duration():
     now = datetime(2026, 3, 2, 12, tzinfo=UTC)
-    params = logic.production_parameters(spec(), "ns", "s3://root", now, None)
+    params = modeltraining.production_parameters(spec(), "ns", "s3://root", now, None)
     assert params == {"root": "s3://root", "namespace": "ns", "deployment": "iris", "labelsUri": "s3://b/labels/",
                       "since": "2026-03-01T12:00:00.000000Z", "maxRows": 500}
-    params = logic.production_parameters(spec(), "ns", "s3://root", now, {"start": "2026-03-02T11:00:00Z"})
+    params = modeltraining.production_parameters(spec(), "ns", "s3://root", now, {"start": "2026-03-02T11:00:00Z"})
     assert params["since"] == "2026-03-02T11:00:00Z"
-    assert logic.production_parameters(spec(productionData=None), "ns", "s3://root", now, None) == {}
+    assert modeltraining.production_parameters(spec(productionData=None), "ns", "s3://root", now, None) == {}
 
 
 def test_new_parameters_go_to_the_builtin_template_only():
     production = {"deployment": "iris"}
-    builtin = logic.pipeline_parameters(spec(), "s3://root", {"accuracy": 0.9}, champion_uri="s3://root/models/iris/1",
-                                        production=production, retrain_window={"start": "x"})
+    builtin = modeltraining.pipeline_parameters(spec(), "s3://root", {"accuracy": 0.9}, champion_uri="s3://root/models/iris/1",
+                                                production=production, retrain_window={"start": "x"})
     assert builtin["champion_model_uri"] == "s3://root/models/iris/1"
     assert builtin["production_data"] == production
     assert builtin["mix"] == {"minRows": 30, "productionWeight": 1.0, "maxBaseRows": 0}
     assert builtin["retrain_window"] == {"start": "x"}
-    custom = logic.pipeline_parameters(spec(pipeline={"uri": "s3://p.yaml"}), "s3://root", None,
-                                       champion_uri="s3://root/models/iris/1", production=production)
+    custom = modeltraining.pipeline_parameters(spec(pipeline={"uri": "s3://p.yaml"}), "s3://root", None,
+                                               champion_uri="s3://root/models/iris/1", production=production)
     assert not {"champion_model_uri", "production_data", "mix", "retrain_window"} & set(custom)
 
 
@@ -224,13 +224,13 @@ def test_run_record_and_condition_carry_sources_and_the_comparison():
                "comparison": {"holdout": {"source": "production", "rows": 99.0},
                               "challenger": {"accuracy": 0.95},
                               "champion": {"version": 1.0, "uri": "u1", "metrics": {"accuracy": 0.33}}}}
-    record = logic.run_record("run", "retrain", "run", "Succeeded", "t0", "t1", outputs=outputs)
+    record = modeltraining.run_record("run", "retrain", "run", "Succeeded", "t0", "t1", outputs=outputs)
     assert record["sources"][1] == {"name": "production", "uri": "log + labels", "rows": 396, "digest": "d2",
                                     "rejectedRows": 4, "rejections": {"sepal width (cm) below min 0": 4}}
     assert record["comparison"] == {"holdout": "production", "holdoutRows": 99,
                                     "challenger": {"metrics": {"accuracy": 0.95}},
                                     "champion": {"version": 1, "metrics": {"accuracy": 0.33}}}
-    status = logic.finished_status({}, {**record, "modelVersion": 2, "modelUri": "u"}, 10, 1)
+    status = modeltraining.finished_status({}, {**record, "modelVersion": 2, "modelUri": "u"}, 10, 1)
     validated = next(c for c in status["conditions"] if c["type"] == "Validated")
     assert "accuracy 0.95 on the production holdout (99 rows) vs 0.33 for version 1" in validated["message"]
     from mlops_operator.api.modeltraining import ModelTrainingStatus
@@ -248,8 +248,8 @@ def test_iris_labels_of_the_demo_shift_are_learnable():
 
 
 def test_extract_and_validate_steps_record_every_source(tmp_path):
-    from mlops_operator.steps.extract import run_extract_sources
-    from mlops_operator.steps.validate_data import run_validate_sources
+    from mlops_operator.components.extract import run_extract_sources
+    from mlops_operator.components.validate_data import run_validate_sources
 
     data = tmp_path / "data"
     for day in ("2026-03-01", "2026-03-02"):

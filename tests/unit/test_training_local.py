@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import pytest
 
 from mlops_operator.backends import artifacts
 from mlops_operator.backends import training_local as tl
-from mlops_operator.steps import errors
+from mlops_operator.components import errors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IRIS = {"dataset_uri": "sklearn://iris", "target": "target", "model_name": "iris"}
@@ -95,7 +94,7 @@ def test_step_reasons_agree_with_the_steps() -> None:
 def test_parse_step_error_reads_traceback_lines() -> None:
     log = "\n".join([
         "Traceback (most recent call last):",
-        "mlops_operator.steps.errors.DataValidationFailed: DataValidationFailed: 1 of 3 data checks failed: x",
+        "mlops_operator.api.errors.DataValidationFailed: DataValidationFailed: 1 of 3 data checks failed: x",
         "RuntimeError: Pipeline 'tabular-training' finished with status FAILURE.",
     ])
     assert tl.parse_step_error(log) == ("DataValidationFailed", "1 of 3 data checks failed: x")

@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mlops_operator.api.annotations import RETRAIN_ANNOTATION
 from mlops_operator.api.modeltraining import ModelTrainingSpec
-from mlops_operator.reconcile import modeltraining as logic
+from mlops_operator.reconcile import modeltraining
 from mlops_operator.reconcile.conditions import find_condition
 
 CREATED = datetime(2026, 11, 23, 10, 0, 30, tzinfo=UTC)
@@ -21,54 +22,54 @@ def spec(**overrides) -> ModelTrainingSpec:
 
 
 def test_new_generation_is_a_trigger_once():
-    triggers = logic.pending_triggers(spec(), 1, {}, {}, CREATED, CREATED)
+    triggers = modeltraining.pending_triggers(spec(), 1, {}, {}, CREATED, CREATED)
     assert [(t.kind, t.key) for t in triggers] == [("spec", "g1")]
-    handled = logic.mark_handled(triggers, 1, {}, CREATED)
-    assert logic.pending_triggers(spec(), 1, handled, {}, CREATED, CREATED) == []
-    assert [t.key for t in logic.pending_triggers(spec(), 2, handled, {}, CREATED, CREATED)] == ["g2"]
+    handled = modeltraining.mark_handled(triggers, 1, {}, CREATED)
+    assert modeltraining.pending_triggers(spec(), 1, handled, {}, CREATED, CREATED) == []
+    assert [t.key for t in modeltraining.pending_triggers(spec(), 2, handled, {}, CREATED, CREATED)] == ["g2"]
 
 
 def test_retrain_annotation_triggers_on_every_new_value():
     status = {"triggeredGeneration": 1}
-    ann = {logic.RETRAIN_ANNOTATION: "t1 drift in petal_length"}
-    triggers = logic.pending_triggers(spec(), 1, status, ann, CREATED, CREATED)
+    ann = {RETRAIN_ANNOTATION: "t1 drift in petal_length"}
+    triggers = modeltraining.pending_triggers(spec(), 1, status, ann, CREATED, CREATED)
     assert [t.kind for t in triggers] == ["retrain"]
     assert triggers[0].description == "retrain requested: t1 drift in petal_length"
-    status.update(logic.mark_handled(triggers, 1, ann, CREATED))
-    assert logic.pending_triggers(spec(), 1, status, ann, CREATED, CREATED) == []
-    again = {logic.RETRAIN_ANNOTATION: "t2 drift again"}
-    assert [t.kind for t in logic.pending_triggers(spec(), 1, status, again, CREATED, CREATED)] == ["retrain"]
+    status.update(modeltraining.mark_handled(triggers, 1, ann, CREATED))
+    assert modeltraining.pending_triggers(spec(), 1, status, ann, CREATED, CREATED) == []
+    again = {RETRAIN_ANNOTATION: "t2 drift again"}
+    assert [t.kind for t in modeltraining.pending_triggers(spec(), 1, status, again, CREATED, CREATED)] == ["retrain"]
 
 
 def test_schedule_fires_once_per_due_time_and_collapses_missed_ones():
     s = spec(schedule="*/5 * * * *")
     status = {"triggeredGeneration": 1}
-    assert logic.pending_triggers(s, 1, status, {}, CREATED, CREATED + timedelta(minutes=2)) == []
+    assert modeltraining.pending_triggers(s, 1, status, {}, CREATED, CREATED + timedelta(minutes=2)) == []
     now = CREATED + timedelta(minutes=17)  # 10:05, 10:10 and 10:15 are due: one run, for 10:15
-    triggers = logic.pending_triggers(s, 1, status, {}, CREATED, now)
+    triggers = modeltraining.pending_triggers(s, 1, status, {}, CREATED, now)
     assert [(t.kind, t.key) for t in triggers] == [("schedule", "s202611231015")]
-    status.update(logic.mark_handled(triggers, 1, {}, now))
+    status.update(modeltraining.mark_handled(triggers, 1, {}, now))
     assert status["lastScheduleTime"] == "2026-11-23T10:15:00Z"
-    assert logic.pending_triggers(s, 1, status, {}, CREATED, now) == []
-    assert logic.next_schedule_time(s, now) == datetime(2026, 11, 23, 10, 20, tzinfo=UTC)
+    assert modeltraining.pending_triggers(s, 1, status, {}, CREATED, now) == []
+    assert modeltraining.next_schedule_time(s, now) == datetime(2026, 11, 23, 10, 20, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("overrides", [{"suspend": True}, {"backend": "kfp", "kfp": {"host": "http://kfp"}}])
 def test_schedule_not_fired_locally_when_suspended_or_on_kfp(overrides):
     s = spec(schedule="*/5 * * * *", **overrides)
-    assert logic.pending_triggers(s, 1, {"triggeredGeneration": 1}, {}, CREATED, CREATED + timedelta(hours=1)) == []
+    assert modeltraining.pending_triggers(s, 1, {"triggeredGeneration": 1}, {}, CREATED, CREATED + timedelta(hours=1)) == []
 
 
 def test_run_names_are_deterministic_and_distinct_per_trigger():
-    g1 = logic.run_name("iris", UID, [logic.Trigger("spec", "g1", "")])
-    assert g1 == "iris-9e4533d8-g1" == logic.run_name("iris", UID, [logic.Trigger("spec", "g1", "")])
-    assert logic.run_name("iris", UID, [logic.Trigger("retrain", "rabc", "")]) != g1
+    g1 = modeltraining.run_name("iris", UID, [modeltraining.Trigger("spec", "g1", "")])
+    assert g1 == "iris-9e4533d8-g1" == modeltraining.run_name("iris", UID, [modeltraining.Trigger("spec", "g1", "")])
+    assert modeltraining.run_name("iris", UID, [modeltraining.Trigger("retrain", "rabc", "")]) != g1
 
 
 def test_pipeline_parameters_map_the_spec():
     s = spec(validation={"thresholds": [{"metric": "accuracy", "min": 0.9}], "maxRegression": 0.02},
              training={"estimator": "LogisticRegression", "parameters": {"C": 2.0}})
-    params = logic.pipeline_parameters(s, "file:///a", {"accuracy": 0.95})
+    params = modeltraining.pipeline_parameters(s, "file:///a", {"accuracy": 0.95})
     assert params["gate"] == {"accuracy": {"min": 0.9}}
     assert params["max_regression"] == {"*": 0.02}
     assert params["baseline_metrics"] == {"accuracy": 0.95}
@@ -77,14 +78,14 @@ def test_pipeline_parameters_map_the_spec():
 
 
 def record(state="Succeeded", validated=True, version=1, name="r1"):
-    return logic.run_record(name, "spec generation 1", name, state, "2026-11-23T10:00:00Z", "2026-11-23T10:01:00Z",
-                            None if state == "Succeeded" else "DatasetUnavailable", None if state == "Succeeded" else "gone",
-                            {"metrics": {"accuracy": 0.9}, "validated": validated, "model_version": version,
+    return modeltraining.run_record(name, "spec generation 1", name, state, "2026-11-23T10:00:00Z", "2026-11-23T10:01:00Z",
+                                    None if state == "Succeeded" else "DatasetUnavailable", None if state == "Succeeded" else "gone",
+                                    {"metrics": {"accuracy": 0.9}, "validated": validated, "model_version": version,
                              "model_uri": f"file:///m/{version}", "profile_uri": f"file:///m/{version}/profile.json"})
 
 
 def test_validated_run_updates_latest_validated_model():
-    status = logic.finished_status({}, record(), 10, 1)
+    status = modeltraining.finished_status({}, record(), 10, 1)
     assert status["phase"] == "Succeeded"
     assert status["latestValidatedModel"] == {"version": 1, "uri": "file:///m/1", "metrics": {"accuracy": 0.9},
                                               "profileUri": "file:///m/1/profile.json", "run": "r1"}
@@ -92,9 +93,9 @@ def test_validated_run_updates_latest_validated_model():
 
 
 def test_rejected_run_keeps_the_previous_validated_model():
-    before = logic.finished_status({}, record(), 10, 1)
-    after = logic.finished_status(before, record(validated=False, version=2, name="r2"), 10, 1,
-                                  ["accuracy 0.9 < min 0.99"])
+    before = modeltraining.finished_status({}, record(), 10, 1)
+    after = modeltraining.finished_status(before, record(validated=False, version=2, name="r2"), 10, 1,
+                                          ["accuracy 0.9 < min 0.99"])
     assert after["latestValidatedModel"]["version"] == 1
     validated = find_condition(after["conditions"], "Validated")
     assert (validated["status"], validated["reason"]) == ("False", "ValidationFailed")
@@ -104,8 +105,8 @@ def test_rejected_run_keeps_the_previous_validated_model():
 def test_failed_run_names_its_reason_and_history_is_bounded():
     status: dict = {}
     for i in range(12):
-        status = logic.finished_status(status, record(name=f"r{i}", version=i + 1), 10, 1)
-    status = logic.finished_status(status, record(state="Failed", name="bad"), 10, 1)
+        status = modeltraining.finished_status(status, record(name=f"r{i}", version=i + 1), 10, 1)
+    status = modeltraining.finished_status(status, record(state="Failed", name="bad"), 10, 1)
     assert len(status["history"]) == 10 and status["history"][0]["name"] == "bad"
     succeeded = find_condition(status["conditions"], "Succeeded")
     assert (succeeded["status"], succeeded["reason"], succeeded["message"]) == ("False", "DatasetUnavailable", "gone")
@@ -114,6 +115,6 @@ def test_failed_run_names_its_reason_and_history_is_bounded():
 
 
 def test_running_status():
-    status = logic.running_status({}, {"name": "r", "trigger": "spec generation 1", "state": "Running"}, 1)
+    status = modeltraining.running_status({}, {"name": "r", "trigger": "spec generation 1", "state": "Running"}, 1)
     assert status["phase"] == "Running"
     assert find_condition(status["conditions"], "Succeeded")["reason"] == "Running"

@@ -10,10 +10,10 @@ from pydantic import Field
 from mlops_operator.api.common import (
     DNS_LABEL,
     DURATION,
+    NAME_LENGTH_RULE,
     OBJECT_NAME,
     URI,
     ColumnName,
-    NAME_LENGTH_RULE,
     KindInfo,
     LocalObjectReference,
     Model,

@@ -212,7 +212,7 @@ def mlserver_model_settings(model: str, version: int, signature: dict[str, Any] 
     """MLServer ``model-settings.json`` for a scikit-learn model stored beside it.
 
     With ``signature`` (``{"inputs", "outputs", "parameters"?}``, see
-    :func:`mlops_operator.steps.export.model_signature`) the model's V2 metadata lists its inputs and
+    :func:`mlops_operator.components.export.model_signature`) the model's V2 metadata lists its inputs and
     outputs, and the router refuses requests that do not fit them.
     """
     settings: dict[str, Any] = {

@@ -21,7 +21,7 @@ import pandas as pd
 
 from mlops_operator.backends.artifacts import METRICS_FILE, PROFILE_FILE, open_fs, read_json_uri
 from mlops_operator.backends.serving_local.inference_log import inference_log_dir, read_window
-from mlops_operator.reconcile.drift import build_profile
+from mlops_operator.drift import build_profile
 
 _DATASET_CACHE_SIZE = 8
 _dataset_profiles: OrderedDict[tuple[str, str | None, str], dict[str, Any]] = OrderedDict()
@@ -86,7 +86,7 @@ def _dataset_key(uri: str) -> str:
 def dataset_profile(uri: str, target: str | None) -> dict[str, Any]:
     """A profile of a reference dataset (CSV/Parquet through fsspec, or sklearn://<name>), the
     target column left out. Built once per dataset content (bounded size, so cheap to keep)."""
-    from mlops_operator.steps.extract import load_dataset  # pandas readers shared with training
+    from mlops_operator.backends.datasets import load_dataset  # the loader training uses too
 
     key = (uri, target, _dataset_key(uri))
     with _dataset_lock:

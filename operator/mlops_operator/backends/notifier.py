@@ -18,13 +18,14 @@ from typing import Any
 
 import aiohttp
 
+from mlops_operator.api.annotations import NOTIFICATIONS_SECRET_ANNOTATION
 from mlops_operator.backends import kube
 from mlops_operator.reconcile import notify
 from mlops_operator.reconcile.notify import Deduplicator, Notice, TokenBucket
 
 log = logging.getLogger("mlops_operator.notifications")
 
-SECRET_ANNOTATION = "mlops.dev/notifications-secret"
+SECRET_ANNOTATION = NOTIFICATIONS_SECRET_ANNOTATION
 NAMESPACE_SECRET = "mlops-notifications"
 SECRET_CACHE_SECONDS = 30.0
 

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Literal, Mapping
 from urllib.parse import quote, urlencode
 
 from aiohttp import web

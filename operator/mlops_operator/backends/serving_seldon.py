@@ -14,12 +14,10 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from mlops_operator.api.annotations import SPEC_HASH_ANNOTATION
+from mlops_operator.api.errors import BackendUnavailable
 from mlops_operator.backends import kube
-from mlops_operator.reconcile.seldon import SELDON_GROUP, SELDON_PLURAL, SELDON_VERSION, SPEC_HASH_ANNOTATION
-
-
-class BackendUnavailable(Exception):
-    """Seldon Core is not installed: the API server does not know SeldonDeployments."""
+from mlops_operator.reconcile.seldondeployment import SELDON_GROUP, SELDON_PLURAL, SELDON_VERSION
 
 
 class ManifestRejected(Exception):

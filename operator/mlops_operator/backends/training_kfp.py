@@ -13,7 +13,7 @@ therefore write what the operator needs (metrics, model, profile) to the artifac
 handler reads it there; :class:`KfpRun` carries the task states and output artifact ids for
 reference.
 
-Errors: :class:`BackendUnavailable` for anything worth retrying later (host unreachable, timeouts,
+Errors: :class:`~mlops_operator.api.errors.BackendUnavailable` for anything worth retrying later (host unreachable, timeouts,
 5xx, 429, rejected credentials), :class:`RequestRejected` for requests that will not succeed as
 they are (invalid package or parameters, other 4xx). Neither ever contains the bearer token.
 """
@@ -39,6 +39,8 @@ from croniter import croniter
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from kfp_server_api.rest import RESTClientObject
+
+from mlops_operator.api.errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -73,16 +75,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 
 
-class KfpError(Exception):
-    """Base of the errors of this backend. Messages never contain the bearer token."""
-
-
-class BackendUnavailable(KfpError):
-    """The KFP API could not serve the request now (unreachable, timeout, 5xx, 429, credentials
-    rejected). Retrying later may succeed."""
-
-
-class RequestRejected(KfpError):
+class RequestRejected(Exception):
     """The request cannot succeed as it is: an invalid pipeline package or parameters, or a 4xx
     answer from the API. ``status`` is the HTTP status, or None when rejected before sending."""
 
@@ -207,7 +200,7 @@ class KfpConnection:
         return text.replace(self._token, "***") if self._token else text
 
     def _call(self, operation: str, call: Callable[[], _T]) -> _T:
-        """Runs one API call, turning every failure into a token-free :class:`KfpError`."""
+        """Runs one API call, turning every failure into a token-free BackendUnavailable or RequestRejected."""
         where = _display_host(self.host)
         try:
             return call()
@@ -222,7 +215,7 @@ class KfpConnection:
             what = "timed out" if timed_out else "unreachable"
             raise BackendUnavailable(f"KFP API at {where} {what} ({operation}): {self._redact(str(cause))}") from None
 
-    def _api_error(self, operation: str, where: str, err: kfp_server_api.ApiException) -> KfpError:
+    def _api_error(self, operation: str, where: str, err: kfp_server_api.ApiException) -> BackendUnavailable | RequestRejected:
         status = err.status or 0
         if status == 0:  # raised by the generated client itself, e.g. on a TLS failure
             return BackendUnavailable(f"KFP API at {where} unreachable ({operation}): {self._redact(str(err.reason))}")

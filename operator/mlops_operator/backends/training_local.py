@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from mlops_operator.api.errors import STEP_REASONS, Failure, InvalidSpec
 from mlops_operator.backends.artifacts import default_artifact_root
 
 PENDING = "PENDING"
@@ -47,9 +48,9 @@ FAILED = "FAILED"
 CANCELED = "CANCELED"
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELED})
 
-REASON_INVALID_SPEC = "InvalidSpec"
+REASON_INVALID_SPEC = InvalidSpec.reason
 REASON_RUNNER_LOST = "RunnerLost"
-REASON_PIPELINE_FAILED = "PipelineFailed"
+REASON_PIPELINE_FAILED = Failure.reason
 REASON_CANCELED = "Canceled"
 
 REQUEST_FILE = "request.json"
@@ -61,11 +62,9 @@ CANCEL_FILE = "cancel-requested"
 PIPELINE_ROOT_DIR = "pipeline_root"
 
 PIPELINE_PACKAGE_ENV = "MLOPS_PIPELINE_PACKAGE"
-# Where a failing step writes {"step", "reason", "message"} (mlops_operator.steps.errors reads the
-# same variable; backends do not import steps, which sit above them).
+# Where a failing step writes {"step", "reason", "message"} (mlops_operator.components.errors reads
+# the same variable; backends do not import components, which sit above them).
 STEP_ERROR_FILE_ENV = "MLOPS_STEP_ERROR_FILE"
-# Reasons a step states at the start of its error message ("DatasetUnavailable: ...").
-STEP_REASONS = ("DatasetUnavailable", "DataValidationFailed", "InvalidSpec")
 # Greedy prefix: a traceback line reads "pkg.errors.InvalidSpec: InvalidSpec: <message>".
 _REASON_LINE = re.compile(r"^.*\b(" + "|".join(STEP_REASONS) + r"): (.+)$")
 # Keys of a request that are not pipeline parameters.

@@ -1,4 +1,4 @@
-"""kopf handlers: thin wrappers that parse the body, call pure code and backends, and patch status.
+"""kopf handlers: register each kind with kopf, call the pure reconcile code and the backends, patch status.
 
 Importing this package registers every handler with kopf.
 """

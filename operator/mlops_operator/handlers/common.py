@@ -18,13 +18,14 @@ from typing import Any, TypeVar
 import kopf
 import pydantic
 
+from mlops_operator.api.errors import InvalidSpec
 from mlops_operator.backends import kube, notifier
 from mlops_operator.metrics import reconcile_timer
 from mlops_operator.reconcile.conditions import FALSE, initial_conditions, set_condition
 from mlops_operator.reconcile.notify import NOTIFIED
 from mlops_operator.settings import Settings
 
-INVALID_SPEC = "InvalidSpec"
+INVALID_SPEC = InvalidSpec.reason
 ACCEPTED = "Accepted"
 RECONCILE_ERROR = "ReconcileError"
 # How long an object waits after the operator failed on it unexpectedly (doubling up to 4x).
@@ -41,10 +42,6 @@ log = logging.getLogger("mlops_operator")
 def get_settings() -> Settings:
     """The process's settings, read once from the environment."""
     return Settings()
-
-
-class InvalidSpec(Exception):
-    """The object passed admission but cannot be acted on; the message says why."""
 
 
 class Retry(Exception):
@@ -187,7 +184,7 @@ async def reconcile_object(
             try:
                 desired = await reconciler(obj)
             except InvalidSpec as error:
-                message = str(error)
+                message = error.message
                 desired = dict(base)
                 desired["conditions"] = set_condition(
                     base["conditions"], summary_condition, FALSE, INVALID_SPEC, message, generation=generation

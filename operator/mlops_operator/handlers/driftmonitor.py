@@ -30,12 +30,13 @@ from typing import Any
 
 import kopf
 
-from mlops_operator import metrics
+from mlops_operator import drift, metrics
+from mlops_operator.api.annotations import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.driftmonitor import DriftMonitorSpec
+from mlops_operator.api.errors import InvalidSpec
 from mlops_operator.backends import drift_data, kube, seldon_logger_sink
 from mlops_operator.handlers.common import (
-    InvalidSpec,
     Retry,
     forget,
     get_settings,
@@ -44,18 +45,16 @@ from mlops_operator.handlers.common import (
     post_event,
     reconcile_object,
 )
-from mlops_operator.reconcile import drift
-from mlops_operator.reconcile import drift_monitor as logic
+from mlops_operator.reconcile import driftmonitor
 from mlops_operator.reconcile.conditions import FALSE, set_condition
-from mlops_operator.reconcile.modeltraining import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
 from mlops_operator.reconcile.validation import drift_spec_errors
 
 KIND = "DriftMonitor"
 PLURAL = "driftmonitors"
-CONDITIONS = logic.CONDITIONS
+CONDITIONS = driftmonitor.CONDITIONS
 DEPLOYMENTS = "modeldeployments"
 TRAININGS = "modeltrainings"
-CHECK_RESULTS = {logic.DRIFT: "drift", logic.NO_DRIFT: "nodrift", logic.INSUFFICIENT_DATA: "insufficient"}
+CHECK_RESULTS = {driftmonitor.DRIFT: "drift", driftmonitor.NO_DRIFT: "nodrift", driftmonitor.INSUFFICIENT_DATA: "insufficient"}
 
 log = logging.getLogger("mlops_operator.drift")
 
@@ -79,7 +78,7 @@ class CheckFailed(Exception):
 _score_series: dict[tuple[str, str], set[tuple[str, str]]] = {}
 
 
-def _export_metrics(namespace: str, name: str, report: drift.DriftReport, verdict: logic.Verdict) -> None:
+def _export_metrics(namespace: str, name: str, report: drift.DriftReport, verdict: driftmonitor.Verdict) -> None:
     series = set()
     for feature in report.features.values():
         for test, result in feature.tests.items():
@@ -88,7 +87,7 @@ def _export_metrics(namespace: str, name: str, report: drift.DriftReport, verdic
     for stale in _score_series.get((namespace, name), set()) - series:
         metrics.DRIFT_SCORE.remove(namespace, name, *stale)
     _score_series[(namespace, name)] = series
-    metrics.DRIFT_DETECTED.labels(namespace, name).set(1 if verdict.phase == logic.DRIFT else 0)
+    metrics.DRIFT_DETECTED.labels(namespace, name).set(1 if verdict.phase == driftmonitor.DRIFT else 0)
     metrics.DRIFT_CHECKS.labels(CHECK_RESULTS[verdict.phase]).inc()
 
 
@@ -118,7 +117,7 @@ async def _reference(spec: DriftMonitorSpec, deployment_status: dict[str, Any]
     else:
         stable_uri = deployment_status.get("stableUri")
         if not stable_uri:
-            raise CheckFailed(logic.NO_SERVED_MODEL, f"ModelDeployment {spec.deployment_ref.name} serves no model "
+            raise CheckFailed(driftmonitor.NO_SERVED_MODEL, f"ModelDeployment {spec.deployment_ref.name} serves no model "
                               "version yet (no status.stableUri) and spec.reference names no profile or dataset")
         uri = drift_data.model_version_profile_uri(stable_uri)
         description = f"the training profile of model version {deployment_status.get('stableVersion') or '?'}"
@@ -126,7 +125,7 @@ async def _reference(spec: DriftMonitorSpec, deployment_status: dict[str, Any]
     try:
         profile = await asyncio.to_thread(load)
     except Exception as error:  # missing file, bad JSON, unreadable dataset: all a missing reference
-        raise CheckFailed(logic.REFERENCE_UNAVAILABLE, f"cannot read the reference {uri}: "
+        raise CheckFailed(driftmonitor.REFERENCE_UNAVAILABLE, f"cannot read the reference {uri}: "
                           f"{type(error).__name__}: {error}"[:1024]) from None
     return profile, uri, description
 
@@ -142,20 +141,20 @@ async def _performance(spec: DriftMonitorSpec, window, deployment_status: dict[s
     except Exception as error:
         message = f"cannot read labels {performance.labels_uri}: {type(error).__name__}: {error}"[:1024]
         return ({"metric": performance.metric, "samples": 0, "degraded": False, "message": message},
-                (logic.LABELS_UNAVAILABLE, message))
+                (driftmonitor.LABELS_UNAVAILABLE, message))
     stable_uri = deployment_status.get("stableUri")
     training = await asyncio.to_thread(drift_data.read_training_metrics, stable_uri) if stable_uri else None
     try:
-        y_true, y_pred = logic.join_labels(window, labels, deployment_status.get("stableVersion"))
+        y_true, y_pred = driftmonitor.join_labels(window, labels, deployment_status.get("stableVersion"))
     except ValueError as error:
         message = str(error)[:1024]
         return ({"metric": performance.metric, "samples": 0, "degraded": False, "message": message},
-                (logic.LABELS_UNAVAILABLE, message))
-    return logic.performance_result(performance, y_true, y_pred, training), None
+                (driftmonitor.LABELS_UNAVAILABLE, message))
+    return driftmonitor.performance_result(performance, y_true, y_pred, training), None
 
 
 async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, Any], now: datetime
-                 ) -> tuple[dict[str, Any], drift.DriftReport, logic.Verdict]:
+                 ) -> tuple[dict[str, Any], drift.DriftReport, driftmonitor.Verdict]:
     meta = obj["metadata"]
     namespace, generation = meta["namespace"], meta.get("generation") or 0
     deployment_name = spec.deployment_ref.name
@@ -163,13 +162,13 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
     # The deployment and the reference.
     deployment = await kube.get_object(DEPLOYMENTS, namespace, deployment_name)
     if deployment is None:
-        raise CheckFailed(logic.DEPLOYMENT_NOT_FOUND, f"ModelDeployment {deployment_name} not found")
+        raise CheckFailed(driftmonitor.DEPLOYMENT_NOT_FOUND, f"ModelDeployment {deployment_name} not found")
     deployment_status = deployment.get("status") or {}
     profile, reference_uri, description = await _reference(spec, deployment_status)
     reference_features = list(profile["features"])
-    unknown = logic.missing_features(spec, reference_features)
+    unknown = driftmonitor.missing_features(spec, reference_features)
     if unknown:
-        raise CheckFailed(logic.FEATURE_MISMATCH, f"spec.features not in the reference {reference_uri}: "
+        raise CheckFailed(driftmonitor.FEATURE_MISMATCH, f"spec.features not in the reference {reference_uri}: "
                           f"{', '.join(unknown)}")
 
     # The window. A request's 2-D tensor has the served model's input columns in training order.
@@ -180,52 +179,52 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
     root = get_settings().inference_log_root_uri
     try:
         if not await asyncio.to_thread(drift_data.inference_log_exists, root, namespace, deployment_name):
-            raise CheckFailed(logic.NO_REQUESTS_YET, f"ModelDeployment {deployment_name} has not served a request "
+            raise CheckFailed(driftmonitor.NO_REQUESTS_YET, f"ModelDeployment {deployment_name} has not served a request "
                               "yet (no inference log)")
         window = await asyncio.to_thread(
             drift_data.read_inference_window, root, namespace, deployment_name, max_rows=spec.window.rows,
-            since=logic.window_since(spec.window, now), feature_names=tensor_columns)
+            since=driftmonitor.window_since(spec.window, now), feature_names=tensor_columns)
     except CheckFailed:
         raise
     except Exception as error:
-        raise CheckFailed(logic.INFERENCE_LOG_UNAVAILABLE, f"cannot read the inference log of {deployment_name}: "
+        raise CheckFailed(driftmonitor.INFERENCE_LOG_UNAVAILABLE, f"cannot read the inference log of {deployment_name}: "
                           f"{type(error).__name__}: {error}"[:1024]) from None
     feature_columns = list(window.attrs.get("feature_columns") or [])
-    mismatch = logic.feature_mismatch(reference_features, feature_columns, len(window))
+    mismatch = driftmonitor.feature_mismatch(reference_features, feature_columns, len(window))
     if mismatch:
-        raise CheckFailed(logic.FEATURE_MISMATCH, mismatch)
+        raise CheckFailed(driftmonitor.FEATURE_MISMATCH, mismatch)
 
     # The comparison.
     current = window[[name for name in feature_columns if name in set(reference_features)]]
     try:
         report = await asyncio.to_thread(
-            drift.compare, profile, current, logic.engine_tests(spec), spec.features or None,
-            correction=logic.engine_correction(spec), min_samples=spec.window.min_samples)
+            drift.compare, profile, current, driftmonitor.engine_tests(spec), spec.features or None,
+            correction=driftmonitor.engine_correction(spec), min_samples=spec.window.min_samples)
     except ValueError as error:
-        raise CheckFailed(logic.CHECK_FAILED, f"drift comparison failed: {error}"[:1024]) from None
+        raise CheckFailed(driftmonitor.CHECK_FAILED, f"drift comparison failed: {error}"[:1024]) from None
     performance, problem = await _performance(spec, window, deployment_status)
-    verdict = logic.verdict_of(report, spec.drift_share, len(window), spec.window.min_samples, performance)
-    status = logic.checked_status(
-        status, verdict, results=logic.feature_results(report), sample_size=len(window),
-        window=logic.window_bounds(window), reference_uri=reference_uri, reference_description=description,
+    verdict = driftmonitor.verdict_of(report, spec.drift_share, len(window), spec.window.min_samples, performance)
+    status = driftmonitor.checked_status(
+        status, verdict, results=driftmonitor.feature_results(report), sample_size=len(window),
+        window=driftmonitor.window_bounds(window), reference_uri=reference_uri, reference_description=description,
         reference_size=profile.get("rows"), model_version=deployment_status.get("stableVersion"),
         performance=performance, problem=problem, generation=generation, now=now)
     return status, report, verdict
 
 
 async def _request_retrain(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, Any],
-                           verdict: logic.Verdict, now: datetime) -> dict[str, Any]:
+                           verdict: driftmonitor.Verdict, now: datetime) -> dict[str, Any]:
     """Ask the ModelTraining for a run when the policy allows it; the status records the outcome."""
     policy = spec.on_drift.retrain
     assert policy is not None
     meta = obj["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation") or 0
-    decision = logic.retrain_decision(policy, status, now)
+    decision = driftmonitor.retrain_decision(policy, status, now)
     status = {**status, "retrainRequests": decision.recent}
-    drift_condition = next(c for c in status["conditions"] if c["type"] == logic.DRIFT_DETECTED)
+    drift_condition = next(c for c in status["conditions"] if c["type"] == driftmonitor.DRIFT_DETECTED)
     if not decision.allowed:
         status["conditions"] = set_condition(
-            status["conditions"], logic.DRIFT_DETECTED, drift_condition["status"], drift_condition["reason"],
+            status["conditions"], driftmonitor.DRIFT_DETECTED, drift_condition["status"], drift_condition["reason"],
             f"{drift_condition['message']}; retrain not requested: {decision.message}", generation=generation,
             now=now)
         return status
@@ -233,22 +232,22 @@ async def _request_retrain(obj: dict[str, Any], spec: DriftMonitorSpec, status: 
     training = await kube.get_object(TRAININGS, namespace, training_name)
     if training is None:
         message = f"ModelTraining {training_name} (spec.onDrift.retrain.trainingRef) not found; no retrain requested"
-        status["conditions"] = set_condition(status["conditions"], logic.READY, FALSE, logic.TRAINING_NOT_FOUND,
+        status["conditions"] = set_condition(status["conditions"], driftmonitor.READY, FALSE, driftmonitor.TRAINING_NOT_FOUND,
                                              message, generation=generation, now=now)
         return status
-    value = logic.retrain_annotation_value(now, verdict.summary)
+    value = driftmonitor.retrain_annotation_value(now, verdict.summary)
     # One patch: the ModelTraining sees the request and the window it belongs to together.
     await kube.patch_annotations(TRAININGS, namespace, training_name, {
-        RETRAIN_ANNOTATION: value, RETRAIN_WINDOW_ANNOTATION: logic.retrain_window_value(name, status, verdict, value)})
+        RETRAIN_ANNOTATION: value, RETRAIN_WINDOW_ANNOTATION: driftmonitor.retrain_window_value(name, status, verdict, value)})
     metrics.RETRAIN_REQUESTS.labels(namespace, name).inc()
     log.info("DriftMonitor %s/%s asked ModelTraining %s to retrain: %s", namespace, name, training_name, value)
     post_event(obj, "RetrainRequested", f"Asked ModelTraining {training_name} to retrain: {value}")
     post_event(training, "RetrainRequested", f"DriftMonitor {name} requested a retrain: {value}")
-    return logic.record_retrain(status, decision, value, now)
+    return driftmonitor.record_retrain(status, decision, value, now)
 
 
 def _announce(obj: dict[str, Any], previous_phase: str | None, status: dict[str, Any]) -> None:
-    event = logic.verdict_event(previous_phase, status)
+    event = driftmonitor.verdict_event(previous_phase, status)
     if event is not None:
         post_event(obj, event.reason, event.message, warning=event.warning)
 
@@ -264,20 +263,20 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
     if problems:
         raise InvalidSpec("; ".join(problems))
     if status.get("phase") in (None, "Invalid"):
-        status["phase"] = logic.PENDING
+        status["phase"] = driftmonitor.PENDING
     now = _now()
-    if not logic.check_due(spec, status, generation, now):
+    if not driftmonitor.check_due(spec, status, generation, now):
         return status
     try:
         status, report, verdict = await _check(obj, spec, status, now)
     except CheckFailed as failure:
-        status = logic.failed_status(status, failure.reason, failure.message, generation, now)
+        status = driftmonitor.failed_status(status, failure.reason, failure.message, generation, now)
         metrics.DRIFT_CHECKS.labels("error").inc()
         _announce(obj, previous_phase, status)
         raise Retry(f"{failure.reason}: {failure.message}", status,
-                    delay=logic.RETRY_AFTER_FAILURE.total_seconds()) from None
+                    delay=driftmonitor.RETRY_AFTER_FAILURE.total_seconds()) from None
     _export_metrics(meta["namespace"], meta["name"], report, verdict)
-    if verdict.phase == logic.DRIFT and spec.on_drift.retrain:
+    if verdict.phase == driftmonitor.DRIFT and spec.on_drift.retrain:
         status = await _request_retrain(obj, spec, status, verdict, now)
     _announce(obj, previous_phase, status)
     return status

@@ -25,13 +25,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from mlops_operator import metrics
+from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATION
 from mlops_operator.api.common import GROUP, VERSION
+from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.backends import kube, model_source, prometheus, seldon_logger_sink, serving_seldon
 from mlops_operator.backends.serving_local import LocalServingManager, Phase, PredictorState
 from mlops_operator.handlers import common
 from mlops_operator.handlers.common import (
-    InvalidSpec,
     Retry,
     forget,
     get_settings,
@@ -40,8 +41,7 @@ from mlops_operator.handlers.common import (
     post_event,
     reconcile_object,
 )
-from mlops_operator.reconcile import modeldeployment as logic
-from mlops_operator.reconcile import seldon
+from mlops_operator.reconcile import modeldeployment, seldondeployment
 from mlops_operator.reconcile.conditions import FALSE, TRUE, find_condition, set_condition
 from mlops_operator.reconcile.cost import default_price_table, estimate_monthly_cost
 from mlops_operator.reconcile.modeldeployment import ModelRef, PredictorPlan, RequestStats, ServingObservation
@@ -53,7 +53,7 @@ CONDITIONS = ("Ready", "Progressing", "AwaitingApproval", "Degraded")
 LOCAL_PREDICTOR = "model"  # local model servers are keyed by version; routes name the role
 # A candidate whose model server failed to start this many times in a row cannot be served.
 CANDIDATE_RESTART_LIMIT = 2
-PREDICTORS = (logic.STABLE, logic.CANARY, logic.SHADOW)
+PREDICTORS = (modeldeployment.STABLE, modeldeployment.CANARY, modeldeployment.SHADOW)
 
 log = logging.getLogger("mlops_operator.deployment")
 
@@ -117,14 +117,14 @@ async def apply_local(namespace: str, name: str, model_name: str, plan: Sequence
         elif failure := _server_failure(state):
             view.failures[version] = failure
 
-    served = logic.effective_predictors(plan, view.ready)
+    served = modeldeployment.effective_predictors(plan, view.ready)
     routes = [{"name": p.name, "version": p.model.version, "weight": p.weight, "shadow": p.shadow,
                "mirrorPercent": p.mirror_percent, "url": states[p.model.version].url,
                "modelName": states[p.model.version].model_name}
               for p in served if p.model.version in states and states[p.model.version].url]
     served = [p for p in served if any(r["name"] == p.name for r in routes)]
     endpoint, router_problem = None, None
-    if routes and any(r["name"] == logic.STABLE for r in routes):
+    if routes and any(r["name"] == modeldeployment.STABLE for r in routes):
         router = await manager.ensure_router(namespace, name, model_name, routes, wait=10)
         if router.endpoint_url:
             endpoint = f"{router.endpoint_url}/v2/models/{model_name}"
@@ -139,11 +139,11 @@ async def apply_local(namespace: str, name: str, model_name: str, plan: Sequence
         if version not in wanted:
             await manager.stop_predictor(namespace, name, LOCAL_PREDICTOR, version)
 
-    stable = next((p for p in plan if p.name == logic.STABLE), None)
+    stable = next((p for p in plan if p.name == modeldeployment.STABLE), None)
     stable_state = states.get(stable.model.version) if stable else None
     problem, degrades = router_problem, router_problem is not None and router_problem[0] != "Starting"
     if stable and stable.model.version in view.failures and stable_state is None:
-        problem, degrades = (logic.MODEL_UNAVAILABLE, view.failures[stable.model.version]), True
+        problem, degrades = (modeldeployment.MODEL_UNAVAILABLE, view.failures[stable.model.version]), True
     elif stable_state and stable_state.phase == Phase.BACKOFF:
         # The supervisor restarts it with a growing delay; the condition says how often and why.
         reason = "ServerCrashLoop" if stable_state.restarts >= CANDIDATE_RESTART_LIMIT else "ServerRestarting"
@@ -163,27 +163,27 @@ async def apply_seldon(obj: dict[str, Any], spec: ModelDeploymentSpec, model_nam
     view = BackendView()
     if not plan:
         return view
-    manifest = seldon.build_seldon_deployment(meta["name"], meta["namespace"], meta["uid"], spec, model_name, plan,
-                                              await _logger_urls(meta["namespace"], meta["name"], plan))
+    manifest = seldondeployment.build_seldon_deployment(meta["name"], meta["namespace"], meta["uid"], spec, model_name, plan,
+                                                        await _logger_urls(meta["namespace"], meta["name"], plan))
     live = await serving_seldon.apply_seldon_deployment(manifest)
-    observed = seldon.observe_seldon_deployment(live, [p.name for p in plan])
+    observed = seldondeployment.observe_seldon_deployment(live, [p.name for p in plan])
     for version in {p.model.version for p in plan}:
         if all(observed.ready.get(p.name) for p in plan if p.model.version == version):
             view.ready_versions.add(version)
     problem, degrades = None, False
-    candidate = next((p for p in plan if p.name != logic.STABLE), None)
-    if observed.state == seldon.FAILED:
+    candidate = next((p for p in plan if p.name != modeldeployment.STABLE), None)
+    if observed.state == seldondeployment.FAILED:
         message = f"SeldonDeployment {manifest['metadata']['name']} failed: {observed.description or 'no reason given'}"
         if rollout_in_flight and candidate:
             view.failures[candidate.model.version] = message  # what changed is the candidate
         problem, degrades = ("SeldonDeploymentFailed", message), True
-    elif observed.state != seldon.AVAILABLE:
+    elif observed.state != seldondeployment.AVAILABLE:
         problem = ("Creating", f"SeldonDeployment {manifest['metadata']['name']} is "
                                f"{observed.state or 'waiting for Seldon Core to report its state'}")
-    stable = next(p for p in plan if p.name == logic.STABLE)
+    stable = next(p for p in plan if p.name == modeldeployment.STABLE)
     view.serving = ServingObservation(
         served=list(plan), stable_ready=view.ready(stable.model), endpoint=observed.endpoint,
-        ready_replicas=seldon.stable_ready_replicas(observed, spec.replicas), problem=problem, degrades=degrades)
+        ready_replicas=seldondeployment.stable_ready_replicas(observed, spec.replicas), problem=problem, degrades=degrades)
     return view
 
 
@@ -209,7 +209,7 @@ async def candidate_stats(spec: ModelDeploymentSpec, namespace: str, name: str, 
     """
     url = spec.rollout.analysis.prometheus_url or get_settings().prometheus_url
     if url:
-        queries = logic.prometheus_queries(spec.backend, namespace, name, predictor, (now - since).total_seconds())
+        queries = modeldeployment.prometheus_queries(spec.backend, namespace, name, predictor, (now - since).total_seconds())
         try:
             return await prometheus.candidate_stats(url, queries), True
         except prometheus.PrometheusUnavailable as error:
@@ -253,10 +253,10 @@ def _forget_metrics(namespace: str, name: str) -> None:
                 pass
 
 
-def _announce(obj: dict[str, Any], before: dict[str, Any], after: dict[str, Any], transition: logic.Transition
+def _announce(obj: dict[str, Any], before: dict[str, Any], after: dict[str, Any], transition: modeldeployment.Transition
               ) -> None:
     for event in transition.events:
-        post_event(obj, event.reason, event.message, warning=event.type == "Warning")
+        post_event(obj, event.reason, event.message, warning=event.warning)
     # Trouble that no transition announced (a missing model, a crash loop): once, when it starts.
     old = find_condition(before.get("conditions"), "Degraded") or {}
     new = find_condition(after.get("conditions"), "Degraded") or {}
@@ -287,12 +287,12 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
     try:
         desired = await model_source.resolve_model(spec.model, namespace)
     except model_source.WaitingForModel as error:
-        source_problem = (logic.WAITING_FOR_MODEL, str(error))
+        source_problem = (modeldeployment.WAITING_FOR_MODEL, str(error))
     except model_source.ModelUnavailable as error:
-        source_problem = (logic.MODEL_UNAVAILABLE, f"{error}; the stable version keeps serving"
+        source_problem = (modeldeployment.MODEL_UNAVAILABLE, f"{error}; the stable version keeps serving"
                           if status.get("stableVersion") else str(error))
 
-    state = logic.state_from_status(status)
+    state = modeldeployment.state_from_status(status)
 
     async def apply(plan: list[PredictorPlan], rollout_in_flight: bool) -> BackendView:
         if spec.backend == "seldon":
@@ -301,52 +301,52 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
 
     try:
         # 3. The backend as the status says it should be.
-        view = await apply(logic.desired_predictors(spec.rollout, state), state.rollout is not None)
+        view = await apply(modeldeployment.desired_predictors(spec.rollout, state), state.rollout is not None)
 
         # 4. The analysis, when a step is due.
         verdict = None
-        if state.rollout and logic.analysis_due(spec.rollout, state.rollout, now) and view.ready(state.candidate):
+        if state.rollout and modeldeployment.analysis_due(spec.rollout, state.rollout, now) and view.ready(state.candidate):
             assert state.rollout.step_started is not None
-            predictor = logic.analysed_predictor(state.rollout)
+            predictor = modeldeployment.analysed_predictor(state.rollout)
             stats, readable = await candidate_stats(spec, namespace, name, predictor, state.rollout.step_started, now)
             if readable:
-                verdict = logic.analyse_candidate(spec.rollout.analysis, stats)
+                verdict = modeldeployment.analyse_candidate(spec.rollout.analysis, stats)
 
         # 5. The next step.
         was_ready = (find_condition(status.get("conditions"), "Ready") or {}).get("status") == TRUE
-        observation = logic.Observation(
+        observation = modeldeployment.Observation(
             now=now, desired=desired,
             stable_serving=view.ready(state.stable) or was_ready,
             candidate_ready=view.ready(state.candidate),
             candidate_failure=view.failure(state.candidate),
-            approve=annotations.get(logic.APPROVE_ANNOTATION),
-            rollback=annotations.get(logic.ROLLBACK_ANNOTATION),
+            approve=annotations.get(APPROVE_ANNOTATION),
+            rollback=annotations.get(ROLLBACK_ANNOTATION),
             verdict=verdict,
         )
-        transition = logic.next_rollout_step(spec.rollout, state, observation)
+        transition = modeldeployment.next_rollout_step(spec.rollout, state, observation)
         if transition.state != state:
-            view = await apply(logic.desired_predictors(spec.rollout, transition.state),
+            view = await apply(modeldeployment.desired_predictors(spec.rollout, transition.state),
                                transition.state.rollout is not None)
         await _clean_other_backend(spec, namespace, name, status)
-    except serving_seldon.BackendUnavailable as error:
-        status["conditions"] = set_condition(status.get("conditions"), "Degraded", TRUE, logic.BACKEND_UNAVAILABLE,
-                                             str(error), generation=generation)
+    except BackendUnavailable as error:
+        status["conditions"] = set_condition(status.get("conditions"), "Degraded", TRUE, BackendUnavailable.reason,
+                                             error.message, generation=generation)
         if not status.get("stableVersion") or (find_condition(status["conditions"], "Ready") or {}).get("status") != TRUE:
-            status["conditions"] = set_condition(status["conditions"], "Ready", FALSE, logic.BACKEND_UNAVAILABLE,
-                                                 str(error), generation=generation)
+            status["conditions"] = set_condition(status["conditions"], "Ready", FALSE, BackendUnavailable.reason,
+                                                 error.message, generation=generation)
         old = find_condition(obj["status"].get("conditions"), "Degraded") or {}
-        if old.get("reason") != logic.BACKEND_UNAVAILABLE:
-            post_event(obj, logic.BACKEND_UNAVAILABLE, str(error), warning=True)
+        if old.get("reason") != BackendUnavailable.reason:
+            post_event(obj, BackendUnavailable.reason, error.message, warning=True)
         status["phase"] = "Degraded"
-        raise Retry(str(error), status, delay=30) from None
+        raise Retry(error.message, status, delay=30) from None
     except serving_seldon.ManifestRejected as error:
         raise InvalidSpec(str(error)) from None
 
-    result = logic.deployment_status(status, state, transition, view.serving, desired=desired,
-                                     source_problem=source_problem, generation=generation, now=now,
-                                     rollout=spec.rollout)
+    result = modeldeployment.deployment_status(status, state, transition, view.serving, desired=desired,
+                                               source_problem=source_problem, generation=generation, now=now,
+                                               rollout=spec.rollout)
     result["estimatedMonthlyCost"] = estimate_monthly_cost(spec, prices).cost
-    result["seldonDeployment"] = seldon.seldon_deployment_name(name) if spec.backend == "seldon" else None
+    result["seldonDeployment"] = seldondeployment.seldon_deployment_name(name) if spec.backend == "seldon" else None
     _announce(obj, status, result, transition)
     _record_metrics(namespace, name, result, transition.result)
     return result
@@ -364,7 +364,7 @@ async def _clean_other_backend(spec: ModelDeploymentSpec, namespace: str, name: 
 def _delete_seldon_deployment(namespace: str, name: str) -> None:
     try:
         client.CustomObjectsApi(kube.api_client()).delete_namespaced_custom_object(
-            seldon.SELDON_GROUP, seldon.SELDON_VERSION, namespace, seldon.SELDON_PLURAL, name)
+            seldondeployment.SELDON_GROUP, seldondeployment.SELDON_VERSION, namespace, seldondeployment.SELDON_PLURAL, name)
     except ApiException as error:
         if error.status != 404:
             raise

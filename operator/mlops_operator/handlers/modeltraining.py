@@ -7,13 +7,14 @@
    active, Forbid leaves them pending and Replace cancels the active run.
 4. Submit one run for the pending triggers under a deterministic name (the backends return the
    existing run for a known name), and record the triggers as served.
+5. Schedule bookkeeping: on kfp, keep the recurring run in step with the spec; record
+   nextScheduleTime.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,10 +22,10 @@ import kopf
 
 from mlops_operator import metrics
 from mlops_operator.api.common import GROUP, VERSION
+from mlops_operator.api.errors import STEP_REASONS, BackendUnavailable, Failure, InvalidSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.backends import artifacts, kube, storage_credentials, training_kfp, training_local
 from mlops_operator.handlers.common import (
-    InvalidSpec,
     Retry,
     describe_api_error,
     forget,
@@ -34,14 +35,13 @@ from mlops_operator.handlers.common import (
     post_event,
     reconcile_object,
 )
-from mlops_operator.reconcile import modeltraining as logic
+from mlops_operator.reconcile import modeltraining
 from mlops_operator.reconcile.conditions import FALSE, parse_rfc3339, set_condition
 from mlops_operator.reconcile.validation import training_spec_errors
 
 KIND = "ModelTraining"
 PLURAL = "modeltrainings"
 CONDITIONS = ("Succeeded", "Validated")
-BACKEND_UNAVAILABLE = "BackendUnavailable"
 LOCAL_STATES = {
     training_local.PENDING: "Pending",
     training_local.RUNNING: "Running",
@@ -119,7 +119,7 @@ async def _pipeline_package(spec: ModelTrainingSpec, namespace: str) -> str | No
 
 
 def _estimator_task(name: str) -> str | None:
-    from mlops_operator.steps.train import estimator_task
+    from mlops_operator.components.train import estimator_task
 
     return estimator_task(name)
 
@@ -129,7 +129,7 @@ def _estimator_problems(spec: ModelTrainingSpec) -> list[str]:
     (the built-in pipeline only: a custom pipeline interprets spec.training itself)."""
     if spec.pipeline.config_map_ref or spec.pipeline.uri:
         return []
-    from mlops_operator.steps import train
+    from mlops_operator.components import train
 
     training = spec.training
     try:
@@ -142,16 +142,16 @@ def _estimator_problems(spec: ModelTrainingSpec) -> list[str]:
         validate = getattr(estimator, "_validate_params", None)  # scikit-learn's own parameter checks
         if callable(validate):
             validate()
-    except train.InvalidSpec as error:
-        return [f"spec.training: {str(error).removeprefix('InvalidSpec: ')}"]
+    except InvalidSpec as error:
+        return [f"spec.training: {error.message}"]
     except Exception as error:  # InvalidParameterError (ValueError + TypeError) and anything the class raises
         return [f"spec.training.parameters: estimator {training.estimator}: {error}"[:1024]]
     return []
 
 
 def _record_from_local(run: training_local.RunStatus, trigger: str) -> dict[str, Any]:
-    return logic.run_record(run.run_name, trigger, run.run_name, LOCAL_STATES[run.state], run.started,
-                            run.finished, run.reason, run.message, run.outputs)
+    return modeltraining.run_record(run.run_name, trigger, run.run_name, LOCAL_STATES[run.state], run.started,
+                                    run.finished, run.reason, run.message, run.outputs)
 
 
 def _record_from_kfp(run: training_kfp.KfpRun, trigger: str, outputs: dict[str, Any]) -> dict[str, Any]:
@@ -159,10 +159,9 @@ def _record_from_kfp(run: training_kfp.KfpRun, trigger: str, outputs: dict[str, 
     reason = None
     if run.state == "Failed":
         message = run.message or ""
-        reason = next((r for r in ("DatasetUnavailable", "DataValidationFailed", "InvalidSpec") if r in message),
-                      "PipelineFailed")
-    return logic.run_record(run.name, trigger, run.run_id, run.state, iso(run.started), iso(run.finished),
-                            reason, run.message, outputs)
+        reason = next((r for r in STEP_REASONS if r in message), Failure.reason)
+    return modeltraining.run_record(run.name, trigger, run.run_id, run.state, iso(run.started), iso(run.finished),
+                                    reason, run.message, outputs)
 
 
 def _kfp_outputs(spec: ModelTrainingSpec, run_name: str) -> dict[str, Any]:
@@ -198,10 +197,10 @@ async def _submit(spec: ModelTrainingSpec, namespace: str, name: str, trigger: s
     settings = get_settings()
     # The inference log lives under the artifact root (the same place the router and the
     # DriftMonitor use).
-    production = logic.production_parameters(spec, namespace, settings.artifact_root_uri, _now(), retrain_window)
-    params = logic.pipeline_parameters(spec, settings.artifact_root_uri, validated.get("metrics"),
-                                       champion_uri=validated.get("uri"), production=production,
-                                       retrain_window=retrain_window)
+    production = modeltraining.production_parameters(spec, namespace, settings.artifact_root_uri, _now(), retrain_window)
+    params = modeltraining.pipeline_parameters(spec, settings.artifact_root_uri, validated.get("metrics"),
+                                               champion_uri=validated.get("uri"), production=production,
+                                               retrain_window=retrain_window)
     package = await _pipeline_package(spec, namespace)
     if spec.backend == "local":
         request = {"namespace": namespace, "parameters": params, **({"pipeline_package": package} if package else {})}
@@ -259,21 +258,21 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
     try:
         # 2. The active run.
         latest = status.get("latestRun")
-        if latest and latest["state"] in logic.ACTIVE_STATES:
+        if latest and latest["state"] in modeltraining.ACTIVE_STATES:
             observed, reasons = await _observe(spec, namespace, latest)
             if latest.get("retrainWindow"):  # known at submission, not returned by the backends
                 observed["retrainWindow"] = latest["retrainWindow"]
-            if observed["state"] in logic.ACTIVE_STATES:
-                status = logic.running_status(status, observed, generation)
+            if observed["state"] in modeltraining.ACTIVE_STATES:
+                status = modeltraining.running_status(status, observed, generation)
             else:
-                status = logic.finished_status(status, observed, spec.history_limit, generation, reasons)
+                status = modeltraining.finished_status(status, observed, spec.history_limit, generation, reasons)
                 _record_metrics(namespace, spec, observed)
                 _announce(obj, observed, reasons)
 
         # 3. Pending triggers.
         created = parse_rfc3339(meta["creationTimestamp"])
-        triggers = logic.pending_triggers(spec, generation, status, meta.get("annotations") or {}, created, now)
-        active = status.get("latestRun") and status["latestRun"]["state"] in logic.ACTIVE_STATES
+        triggers = modeltraining.pending_triggers(spec, generation, status, meta.get("annotations") or {}, created, now)
+        active = status.get("latestRun") and status["latestRun"]["state"] in modeltraining.ACTIVE_STATES
         if triggers and active:
             if spec.concurrency_policy == "Forbid":
                 triggers = []  # they stay pending until the active run finishes
@@ -282,31 +281,31 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
                 canceled = {**status["latestRun"], "state": "Canceled", "reason": "Replaced",
                             "message": f"replaced by a new run ({triggers[0].description})",
                             "finished": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
-                status = logic.finished_status(status, canceled, spec.history_limit, generation)
+                status = modeltraining.finished_status(status, canceled, spec.history_limit, generation)
 
         # 4. Start one run for the pending triggers.
         if triggers:
-            run_name = logic.run_name(name, meta["uid"], triggers)
+            run_name = modeltraining.run_name(name, meta["uid"], triggers)
             description = "; ".join(t.description for t in triggers)
             validated = status.get("latestValidatedModel") or {}
             annotations = meta.get("annotations") or {}
-            retrain_window = (logic.parse_retrain_window(annotations)
+            retrain_window = (modeltraining.parse_retrain_window(annotations)
                               if any(t.kind == "retrain" for t in triggers) else None)
             try:
                 record = await _submit(spec, namespace, run_name, description, validated, retrain_window)
             except training_kfp.RequestRejected as error:  # the KFP API will never take this run as it is
                 stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-                record = logic.run_record(run_name, description, None, "Failed", stamp, stamp, "InvalidSpec",
-                                          str(error))
+                record = modeltraining.run_record(run_name, description, None, "Failed", stamp, stamp, "InvalidSpec",
+                                                  str(error))
             if retrain_window:
                 record["retrainWindow"] = retrain_window
-            status.update(logic.mark_handled(triggers, generation, meta.get("annotations") or {}, now))
-            if record["state"] in logic.ACTIVE_STATES:
-                status = logic.running_status(status, record, generation)
+            status.update(modeltraining.mark_handled(triggers, generation, meta.get("annotations") or {}, now))
+            if record["state"] in modeltraining.ACTIVE_STATES:
+                status = modeltraining.running_status(status, record, generation)
                 post_event(obj, "RunStarted", f"Started run {run_name} ({description}).")
             else:  # refused at once (InvalidSpec), or it finished while nobody recorded it
                 known = any(r.get("name") == record["name"] for r in status.get("history", []))
-                status = logic.finished_status(status, record, spec.history_limit, generation, [])
+                status = modeltraining.finished_status(status, record, spec.history_limit, generation, [])
                 if not known:  # count and announce a run once, however often it is looked up
                     _record_metrics(namespace, spec, record)
                     _announce(obj, record, [])
@@ -315,27 +314,27 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
         if spec.schedule and spec.backend == "kfp":
             conn = await _kfp_connection(spec, namespace)
             package = await _pipeline_package(spec, namespace) or str(training_local.default_pipeline_package())
-            params = logic.pipeline_parameters(spec, settings.artifact_root_uri,
-                                               (status.get("latestValidatedModel") or {}).get("metrics"))
+            params = modeltraining.pipeline_parameters(spec, settings.artifact_root_uri,
+                                                       (status.get("latestValidatedModel") or {}).get("metrics"))
             params = training_local.pipeline_arguments({"parameters": params}, f"{name}-scheduled",
                                                        settings.data_dir, package)
             await asyncio.to_thread(training_kfp.ensure_recurring_run, conn, f"{name}-{meta['uid'][:8]}", package,
                                     params, spec.schedule, spec.kfp.experiment if spec.kfp else "mlops-operator",
                                     enabled=not spec.suspend)
-        upcoming = logic.next_schedule_time(spec, now)
+        upcoming = modeltraining.next_schedule_time(spec, now)
         status["nextScheduleTime"] = upcoming.strftime("%Y-%m-%dT%H:%M:%SZ") if upcoming else None
         if status["nextScheduleTime"] is None:
             del status["nextScheduleTime"]
-    except training_kfp.BackendUnavailable as error:
-        status["conditions"] = set_condition(status.get("conditions"), "Succeeded", FALSE, BACKEND_UNAVAILABLE,
-                                             str(error), generation=generation)
-        raise Retry(str(error), status, delay=30) from None
+    except BackendUnavailable as error:
+        status["conditions"] = set_condition(status.get("conditions"), "Succeeded", FALSE, BackendUnavailable.reason,
+                                             error.message, generation=generation)
+        raise Retry(error.message, status, delay=30) from None
     return status
 
 
 def _announce(obj: dict[str, Any], record: dict[str, Any], reasons: list[str]) -> None:
     if record["state"] == "Succeeded" and record.get("validated"):
-        compared = logic.comparison_summary(record)
+        compared = modeltraining.comparison_summary(record)
         post_event(obj, "ModelValidated",
                    f"Run {record['name']} validated model version {record.get('modelVersion')} "
                    f"({', '.join(f'{k}={v:.4g}' for k, v in (record.get('metrics') or {}).items())})"
@@ -373,6 +372,6 @@ async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Bod
 async def on_delete(namespace: str, name: str, status: kopf.Status, spec: kopf.Spec, **_: Any) -> None:
     """Cancel an active local run (model versions are kept: they are immutable records)."""
     latest = status.get("latestRun") or {}
-    if latest.get("state") in logic.ACTIVE_STATES and spec.get("backend", "local") == "local":
+    if latest.get("state") in modeltraining.ACTIVE_STATES and spec.get("backend", "local") == "local":
         await asyncio.to_thread(training_local.cancel, latest["name"], get_settings().data_dir, namespace)
     forget(PLURAL, namespace, name)

@@ -25,19 +25,17 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATION
 from mlops_operator.api.modeldeployment import Analysis, Rollout
 from mlops_operator.reconcile.conditions import (
     FALSE,
     TRUE,
-    UNKNOWN,
     find_condition,
     now_rfc3339,
     parse_rfc3339,
     set_condition,
 )
-
-APPROVE_ANNOTATION = "mlops.dev/approve"
-ROLLBACK_ANNOTATION = "mlops.dev/rollback"
+from mlops_operator.reconcile.events import Event
 
 STABLE, CANARY, SHADOW = "stable", "canary", "shadow"
 SHADOW_PHASE, CANARY_PHASE, AWAITING_APPROVAL, PROMOTING = "Shadow", "Canary", "AwaitingApproval", "Promoting"
@@ -47,7 +45,6 @@ ROLLOUT_ABORTED = "RolloutAborted"
 MODEL_UNAVAILABLE = "ModelUnavailable"
 ROLLED_BACK = "RolledBack"
 WAITING_FOR_MODEL = "WaitingForModel"
-BACKEND_UNAVAILABLE = "BackendUnavailable"
 # Degraded reasons that hold for as long as the model source names the rejected version.
 STICKY_DEGRADED = (ROLLOUT_ABORTED, MODEL_UNAVAILABLE, ROLLED_BACK)
 
@@ -272,15 +269,6 @@ class Observation:
 
 
 @dataclass(frozen=True)
-class Event:
-    """A Kubernetes event to post."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class Transition:
     """What :func:`next_rollout_step` decided."""
 
@@ -323,14 +311,14 @@ def is_rollback(state: DeploymentState) -> bool:
 
 
 def _end(state: DeploymentState, obs: Observation, result: str, reason: str, message: str, *, reject: bool,
-         event_type: Literal["Normal", "Warning"] = "Warning", verdict: Verdict | None = None) -> Transition:
+         warning: bool = True, verdict: Verdict | None = None) -> Transition:
     """The rollout in flight ends without promotion; the stable version keeps all traffic."""
     assert state.candidate is not None
     version = state.candidate.version
     new = replace(state, candidate=None, rollout=None,
                   rejected=_reject(state.rejected, version) if reject else state.rejected)
     degraded = (reason, message) if reject else None
-    return Transition(new, (Event(event_type, reason, message),), result,
+    return Transition(new, (Event(reason, message, warning=warning),), result,
                       _record(version, result, state.rollout, obs.now, message), degraded, verdict)
 
 
@@ -340,10 +328,10 @@ def _finish_promotion(state: DeploymentState, obs: Observation, events: tuple[Ev
     if is_rollback(state):
         message = f"Rolled back to version {state.candidate.version} (version {state.stable.version} rejected)."
         new = DeploymentState(stable=state.candidate, previous_stable=None, rejected=state.rejected)
-        return Transition(new, events + (Event("Normal", "RolledBack", message),), None, None)
+        return Transition(new, events + (Event("RolledBack", message),), None, None)
     message = f"Version {state.candidate.version} is stable and serves all traffic (rollout took {took:.0f}s)."
     new = DeploymentState(stable=state.candidate, previous_stable=state.stable, rejected=state.rejected)
-    return Transition(new, events + (Event("Normal", "Promoted", message),), "promoted",
+    return Transition(new, events + (Event("Promoted", message),), "promoted",
                       _record(state.candidate.version, "promoted", state.rollout, obs.now, message))
 
 
@@ -363,7 +351,7 @@ def _gate(rollout: Rollout, state: DeploymentState, obs: Observation, events: tu
         message = (f"Version {state.candidate.version} passed its analysis and waits for approval: "
                    f"kubectl mlops approve <name> --version {state.candidate.version} "
                    f"(annotation {APPROVE_ANNOTATION}={state.candidate.version}).")
-        return Transition(replace(state, rollout=progress), events + (Event("Normal", "AwaitingApproval", message),))
+        return Transition(replace(state, rollout=progress), events + (Event("AwaitingApproval", message),))
     return _promote(state, obs, events)
 
 
@@ -380,7 +368,7 @@ def _start(rollout: Rollout, state: DeploymentState, desired: ModelRef, obs: Obs
     started = replace(state, candidate=desired, rollout=progress)
     message = (f"Rolling out version {desired.version} next to stable version "
                f"{state.stable.version if state.stable else '-'} ({_describe_plan(rollout)}).")
-    events = events + (Event("Normal", "RolloutStarted", message),)
+    events = events + (Event("RolloutStarted", message),)
     problem = model_metric_problem(rollout.analysis, desired.metrics)
     if problem:
         ended = _end(started, obs, "aborted", ROLLOUT_ABORTED,
@@ -413,7 +401,7 @@ def next_rollout_step(rollout: Rollout, state: DeploymentState, obs: Observation
             back = DeploymentState(stable=state.stable, candidate=previous,
                                    rollout=RolloutProgress(phase=PROMOTING, started=obs.now),
                                    previous_stable=previous, rejected=_reject(state.rejected, state.stable.version))
-            moved = _promote(back, obs, (Event("Warning", ROLLED_BACK, message),))
+            moved = _promote(back, obs, (Event(ROLLED_BACK, message, warning=True),))
             return replace(moved, result="rolledback", degraded=(ROLLED_BACK, message),
                            record=_record(state.stable.version, "rolledback", None, obs.now, message))
 
@@ -424,12 +412,12 @@ def next_rollout_step(rollout: Rollout, state: DeploymentState, obs: Observation
         if state.stable is None:
             message = f"Serving version {desired.version} (the first version is deployed directly)."
             return Transition(DeploymentState(stable=desired, rejected=state.rejected),
-                              (Event("Normal", "Deploying", message),))
+                              (Event("Deploying", message),))
         if desired.version == state.stable.version:
             if state.candidate and not is_rollback(state):
                 return _end(state, obs, "superseded", "RolloutCanceled",
                             f"Rollout of version {state.candidate.version} canceled: the model source names the "
-                            f"stable version {desired.version} again.", reject=False, event_type="Normal")
+                            f"stable version {desired.version} again.", reject=False, warning=False)
         elif desired.version in state.rejected:
             # Rejected versions are not rolled out again (the conditions say so); a rollout of
             # another version is no longer what the source asks for.
@@ -437,19 +425,19 @@ def next_rollout_step(rollout: Rollout, state: DeploymentState, obs: Observation
                 return _end(state, obs, "superseded", "RolloutCanceled",
                             f"Rollout of version {state.candidate.version} canceled: the model source names "
                             f"version {desired.version}, which was rejected earlier.", reject=False,
-                            event_type="Normal")
+                            warning=False)
         elif state.candidate is None or desired.version != state.candidate.version:
             superseded = None
             if state.candidate is not None:
                 superseded = _end(state, obs, "superseded", "RolloutSuperseded",
                                   f"Rollout of version {state.candidate.version} superseded by version "
-                                  f"{desired.version}.", reject=False, event_type="Normal")
+                                  f"{desired.version}.", reject=False, warning=False)
                 state, events = superseded.state, superseded.events
             if not obs.stable_serving:
                 message = (f"Replacing version {state.stable.version}, which does not serve, with version "
                            f"{desired.version} directly.")
                 new = DeploymentState(stable=desired, previous_stable=state.stable, rejected=state.rejected)
-                return Transition(new, events + (Event("Warning", "Replaced", message),),
+                return Transition(new, events + (Event("Replaced", message, warning=True),),
                                   superseded.result if superseded else None, superseded.record if superseded else None)
             started = _start(rollout, state, desired, obs, events)
             if superseded and started.result is None:
@@ -468,7 +456,7 @@ def next_rollout_step(rollout: Rollout, state: DeploymentState, obs: Observation
         return _promote(state, obs) if obs.candidate_ready else Transition(state)
     if progress.phase == AWAITING_APPROVAL:
         if obs.approve == candidate.version:
-            approved = Event("Normal", "Approved", f"Version {candidate.version} approved ({APPROVE_ANNOTATION}).")
+            approved = Event("Approved", f"Version {candidate.version} approved ({APPROVE_ANNOTATION}).")
             return _promote(state, obs, (approved,))
         if obs.verdict and obs.verdict.outcome == "fail":
             return _end(state, obs, "aborted", ROLLOUT_ABORTED,
@@ -506,12 +494,12 @@ def next_rollout_step(rollout: Rollout, state: DeploymentState, obs: Observation
         # The canary clock starts once the candidate serves as canary (on Seldon, a new predictor).
         nxt = replace(progress, phase=CANARY_PHASE, step=0, step_started=None, extensions=0)
         message = f"Version {candidate.version} passed the shadow phase; canary at {rollout.steps[0].weight}%."
-        return Transition(replace(state, rollout=nxt), (Event("Normal", "StepPassed", message),), verdict=verdict)
+        return Transition(replace(state, rollout=nxt), (Event("StepPassed", message),), verdict=verdict)
     if progress.step + 1 < len(rollout.steps):
         nxt = replace(progress, step=progress.step + 1, step_started=now, extensions=0)
         weight = rollout.steps[progress.step + 1].weight
         message = f"Version {candidate.version} passed {where}; canary at {weight}%."
-        return Transition(replace(state, rollout=nxt), (Event("Normal", "StepPassed", message),), verdict=verdict)
+        return Transition(replace(state, rollout=nxt), (Event("StepPassed", message),), verdict=verdict)
     return replace(_gate(rollout, state, obs), verdict=verdict)
 
 

@@ -16,11 +16,10 @@ from typing import Any
 
 from croniter import croniter
 
+from mlops_operator.api.annotations import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
 from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.reconcile.conditions import FALSE, TRUE, UNKNOWN, parse_rfc3339, set_condition
 
-RETRAIN_ANNOTATION = "mlops.dev/retrain-requested"
-RETRAIN_WINDOW_ANNOTATION = "mlops.dev/retrain-window"
 """JSON beside a DriftMonitor's retrain request: the window it saw (monitor, start, end, rows,
 driftedFeatures). Set in the same patch as the request."""
 ACTIVE_STATES = ("Pending", "Running")

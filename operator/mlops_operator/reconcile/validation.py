@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 
 from croniter import croniter
 
+from mlops_operator.api.common import MAX_PARAMETERS_BYTES
 from mlops_operator.api.driftmonitor import DriftMonitorSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec
-from mlops_operator.api.common import MAX_PARAMETERS_BYTES
 from mlops_operator.reconcile.cost import parse_quantity
 from mlops_operator.reconcile.durations import parse_duration
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mlops_operator.steps.errors import InvalidSpec, reported
+from mlops_operator.components.errors import InvalidSpec, reported
 
 HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "rocAuc", "r2"})
 LOWER_IS_BETTER = frozenset({"rmse", "mae"})

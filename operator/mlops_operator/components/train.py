@@ -27,7 +27,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from mlops_operator.steps.errors import InvalidSpec, reported
+from mlops_operator.components.errors import InvalidSpec, reported
 
 DEFAULT_ESTIMATORS = {"classification": "RandomForestClassifier", "regression": "RandomForestRegressor"}
 # scikit-learn-compatible wrappers of optional boosting libraries: name -> module.

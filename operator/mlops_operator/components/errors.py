@@ -1,6 +1,7 @@
-"""Failures of pipeline steps, carrying the stable reason the operator reports.
+"""How a pipeline step reports its failure to the operator.
 
-A step raises a ``StepError`` subclass whose message starts with its reason
+A step raises a :class:`mlops_operator.api.errors.Failure` subclass (``DatasetUnavailable``,
+``DataValidationFailed``, ``InvalidSpec``; re-exported here) whose message starts with its reason
 (``DatasetUnavailable: ...``), so the reason is findable in any log, including a KFP pod's.
 When the environment variable ``MLOPS_STEP_ERROR_FILE`` is set (the local backend sets it),
 ``reported`` also writes ``{"step", "reason", "message", "details"}`` there as JSON.
@@ -14,44 +15,15 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from mlops_operator.api.errors import STEP_REASONS as KNOWN_REASONS
+from mlops_operator.api.errors import DatasetUnavailable, DataValidationFailed, Failure, InvalidSpec
+
 STEP_ERROR_FILE_ENV = "MLOPS_STEP_ERROR_FILE"
-STEP_FAILED = "PipelineFailed"
+STEP_FAILED = Failure.reason
 # Longest message kept in the error file and status; the full text stays in the logs.
 _MAX_MESSAGE = 3000
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class StepError(Exception):
-    """A step failure with a stable, CamelCase reason; ``str(err)`` is ``"<reason>: <message>"``."""
-
-    reason = STEP_FAILED
-
-    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(f"{self.reason}: {message}")
-        self.message = message
-        self.details = details or {}
-
-
-class DatasetUnavailable(StepError):
-    """The dataset could not be found, fetched or parsed."""
-
-    reason = "DatasetUnavailable"
-
-
-class DataValidationFailed(StepError):
-    """The dataset failed one or more data checks."""
-
-    reason = "DataValidationFailed"
-
-
-class InvalidSpec(StepError):
-    """A parameter is wrong: unknown estimator or parameter, bad format, bad split size, ..."""
-
-    reason = "InvalidSpec"
-
-
-KNOWN_REASONS = (DatasetUnavailable.reason, DataValidationFailed.reason, InvalidSpec.reason)
 
 
 def reported(step: str) -> Callable[[F], F]:
@@ -66,7 +38,7 @@ def reported(step: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return func(*args, **kwargs)
-            except StepError as err:
+            except Failure as err:
                 write_step_error(step, err.reason, err.message, err.details)
                 raise
             except Exception as err:
@@ -89,3 +61,9 @@ def write_step_error(step: str, reason: str, message: str, details: dict[str, An
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, default=str, indent=2))
     tmp.replace(path)
+
+
+__all__ = [
+    "KNOWN_REASONS", "STEP_ERROR_FILE_ENV", "STEP_FAILED", "DataValidationFailed", "DatasetUnavailable",
+    "Failure", "InvalidSpec", "reported", "write_step_error",
+]

@@ -15,7 +15,7 @@ import pandas as pd
 from pandas.api import types as ptypes
 from sklearn.model_selection import train_test_split
 
-from mlops_operator.steps.errors import DataValidationFailed, InvalidSpec, reported
+from mlops_operator.components.errors import DataValidationFailed, InvalidSpec, reported
 
 TASKS = ("classification", "regression")
 # An integer label with at most this many distinct values is taken as class labels.
@@ -44,7 +44,7 @@ def resolve_task(task: str, labels: pd.Series, estimator: str = "") -> str:
     if task != "auto":
         raise InvalidSpec(f"unknown task {task!r}; use classification, regression or auto")
     if estimator:
-        from mlops_operator.steps.train import estimator_task
+        from mlops_operator.components.train import estimator_task
 
         kind = estimator_task(estimator)
         if kind:

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_iris
 
+from mlops_operator import drift
 from mlops_operator.api.driftmonitor import DriftMonitorSpec, Performance, RetrainPolicy, Window
-from mlops_operator.reconcile import drift
-from mlops_operator.reconcile import drift_monitor as logic
+from mlops_operator.reconcile import driftmonitor
 from mlops_operator.reconcile.conditions import find_condition, initial_conditions, now_rfc3339, set_condition
 
 NOW = datetime(2026, 11, 23, 4, 0, 0, tzinfo=UTC)
@@ -44,14 +44,14 @@ def shifted_rows(iris, n=300, seed=0) -> pd.DataFrame:
 
 
 def compare(profile, rows, monitor: DriftMonitorSpec) -> drift.DriftReport:
-    return drift.compare(profile, rows, logic.engine_tests(monitor), monitor.features or None,
-                         correction=logic.engine_correction(monitor), min_samples=monitor.window.min_samples)
+    return drift.compare(profile, rows, driftmonitor.engine_tests(monitor), monitor.features or None,
+                         correction=driftmonitor.engine_correction(monitor), min_samples=monitor.window.min_samples)
 
 
 def checked_status_for(report, verdict, status=None, problem=None, performance=None, now=NOW):
-    status = status or {"conditions": initial_conditions(None, logic.CONDITIONS, generation=1, now=now)}
-    return logic.checked_status(
-        status, verdict, results=logic.feature_results(report), sample_size=report.sample_size,
+    status = status or {"conditions": initial_conditions(None, driftmonitor.CONDITIONS, generation=1, now=now)}
+    return driftmonitor.checked_status(
+        status, verdict, results=driftmonitor.feature_results(report), sample_size=report.sample_size,
         window=("2026-11-23T03:59:00Z", "2026-11-23T03:59:59Z"), reference_uri="file:///m/iris/1/profile.json",
         reference_description="the training profile of model version 1", reference_size=150, model_version="1",
         performance=performance, problem=problem, generation=1, now=now)
@@ -62,44 +62,44 @@ def checked_status_for(report, verdict, status=None, problem=None, performance=N
 
 def test_check_is_due_on_first_visit_and_new_generation():
     monitor = spec(interval="5m")
-    first = {"conditions": initial_conditions(None, logic.CONDITIONS, generation=1)}
-    assert logic.check_due(monitor, first, 1, NOW)
+    first = {"conditions": initial_conditions(None, driftmonitor.CONDITIONS, generation=1)}
+    assert driftmonitor.check_due(monitor, first, 1, NOW)
     checked = {"lastCheckTime": now_rfc3339(NOW), "phase": "NoDrift",
                "conditions": set_condition(first["conditions"], "Ready", "True", "Checked", generation=1)}
-    assert not logic.check_due(monitor, checked, 1, NOW + timedelta(seconds=10))
-    assert logic.check_due(monitor, checked, 2, NOW + timedelta(seconds=10)), "a spec change checks at once"
+    assert not driftmonitor.check_due(monitor, checked, 1, NOW + timedelta(seconds=10))
+    assert driftmonitor.check_due(monitor, checked, 2, NOW + timedelta(seconds=10)), "a spec change checks at once"
 
 
 def test_check_is_due_after_interval_and_sooner_after_a_failure():
     monitor = spec(interval="5m")
     ready = set_condition(None, "Ready", "True", "Checked", generation=1)
     status = {"lastCheckTime": now_rfc3339(NOW), "phase": "NoDrift", "conditions": ready}
-    assert not logic.check_due(monitor, status, 1, NOW + timedelta(minutes=4, seconds=59))
-    assert logic.check_due(monitor, status, 1, NOW + timedelta(minutes=5))
+    assert not driftmonitor.check_due(monitor, status, 1, NOW + timedelta(minutes=4, seconds=59))
+    assert driftmonitor.check_due(monitor, status, 1, NOW + timedelta(minutes=5))
     failed = {**status, "phase": "Error",
               "conditions": set_condition(None, "Ready", "False", "DeploymentNotFound", generation=1)}
-    assert not logic.check_due(monitor, failed, 1, NOW + timedelta(seconds=9))
-    assert logic.check_due(monitor, failed, 1, NOW + logic.RETRY_AFTER_FAILURE)
+    assert not driftmonitor.check_due(monitor, failed, 1, NOW + timedelta(seconds=9))
+    assert driftmonitor.check_due(monitor, failed, 1, NOW + driftmonitor.RETRY_AFTER_FAILURE)
     fast = spec(interval="2s")
-    assert logic.check_due(fast, failed, 1, NOW + timedelta(seconds=2)), "interval shorter than the retry wins"
+    assert driftmonitor.check_due(fast, failed, 1, NOW + timedelta(seconds=2)), "interval shorter than the retry wins"
 
 
 def test_window_since_and_engine_arguments():
-    assert logic.window_since(Window(duration="15m"), NOW) == NOW - timedelta(minutes=15)
-    assert logic.window_since(Window(rows=10), NOW) is None
+    assert driftmonitor.window_since(Window(duration="15m"), NOW) == NOW - timedelta(minutes=15)
+    assert driftmonitor.window_since(Window(rows=10), NOW) is None
     monitor = spec(tests=[{"name": "ks", "threshold": 0.01}, {"name": "wasserstein", "threshold": 0.3}],
                    correction="fdr")
-    assert logic.engine_tests(monitor) == {"ks": 0.01, "wasserstein": 0.3}
-    assert logic.engine_correction(monitor) == "benjamini-hochberg"
-    assert logic.engine_correction(spec()) == "bonferroni"
-    assert logic.missing_features(spec(features=["petal length (cm)", "nope"]), FEATURES) == ["nope"]
+    assert driftmonitor.engine_tests(monitor) == {"ks": 0.01, "wasserstein": 0.3}
+    assert driftmonitor.engine_correction(monitor) == "benjamini-hochberg"
+    assert driftmonitor.engine_correction(spec()) == "bonferroni"
+    assert driftmonitor.missing_features(spec(features=["petal length (cm)", "nope"]), FEATURES) == ["nope"]
 
 
 def test_feature_mismatch_only_when_rows_share_no_feature():
-    assert logic.feature_mismatch(FEATURES, ["f0", "f1", "f2", "f3"], rows=10) is not None
-    assert "f0" in logic.feature_mismatch(FEATURES, ["f0"], rows=10)
-    assert logic.feature_mismatch(FEATURES, ["f0"], rows=0) is None
-    assert logic.feature_mismatch(FEATURES, FEATURES[:1], rows=10) is None
+    assert driftmonitor.feature_mismatch(FEATURES, ["f0", "f1", "f2", "f3"], rows=10) is not None
+    assert "f0" in driftmonitor.feature_mismatch(FEATURES, ["f0"], rows=10)
+    assert driftmonitor.feature_mismatch(FEATURES, ["f0"], rows=0) is None
+    assert driftmonitor.feature_mismatch(FEATURES, FEATURES[:1], rows=10) is None
 
 
 # ------------------------------------------------------------------ engine results → status
@@ -108,8 +108,8 @@ def test_feature_mismatch_only_when_rows_share_no_feature():
 def test_no_drift_on_traffic_like_the_training_data(iris, profile):
     monitor = spec()
     report = compare(profile, normal_rows(iris), monitor)
-    verdict = logic.verdict_of(report, monitor.drift_share, report.sample_size, monitor.window.min_samples)
-    assert verdict.phase == logic.NO_DRIFT
+    verdict = driftmonitor.verdict_of(report, monitor.drift_share, report.sample_size, monitor.window.min_samples)
+    assert verdict.phase == driftmonitor.NO_DRIFT
     assert (verdict.evaluated, verdict.drifted) == (4, [])
     assert verdict.summary == "0/4 features drifted"
 
@@ -117,8 +117,8 @@ def test_no_drift_on_traffic_like_the_training_data(iris, profile):
 def test_shifted_traffic_drifts_with_a_readable_summary(iris, profile):
     monitor = spec()
     report = compare(profile, shifted_rows(iris), monitor)
-    verdict = logic.verdict_of(report, monitor.drift_share, report.sample_size, monitor.window.min_samples)
-    assert verdict.phase == logic.DRIFT and verdict.data_drift and not verdict.performance_degraded
+    verdict = driftmonitor.verdict_of(report, monitor.drift_share, report.sample_size, monitor.window.min_samples)
+    assert verdict.phase == driftmonitor.DRIFT and verdict.data_drift and not verdict.performance_degraded
     assert set(verdict.drifted) == {"petal length (cm)", "petal width (cm)"}
     assert verdict.summary.startswith("2/4 features drifted (")
     assert "psi petal length (cm)=" in verdict.summary and "ks petal width (cm) p=" in verdict.summary
@@ -127,7 +127,7 @@ def test_shifted_traffic_drifts_with_a_readable_summary(iris, profile):
 def test_feature_results_carry_score_threshold_verdict_and_p_values(iris, profile):
     monitor = spec()
     report = compare(profile, shifted_rows(iris), monitor)
-    results = {r["feature"]: r for r in logic.feature_results(report)}
+    results = {r["feature"]: r for r in driftmonitor.feature_results(report)}
     assert list(results) == FEATURES
     petal = results["petal length (cm)"]
     assert petal["kind"] == "numeric" and petal["verdict"] == "Drift" and petal["samples"] == 300
@@ -142,10 +142,10 @@ def test_feature_results_carry_score_threshold_verdict_and_p_values(iris, profil
 
 
 def test_numbers_are_api_safe():
-    assert logic._number(float("nan")) is None
-    assert logic._number(float("inf")) == 1e300
-    assert logic._number(0.123456789) == 0.123457
-    assert logic._number(None) is None
+    assert driftmonitor._number(float("nan")) is None
+    assert driftmonitor._number(float("inf")) == 1e300
+    assert driftmonitor._number(0.123456789) == 0.123457
+    assert driftmonitor._number(None) is None
 
 
 def test_drift_share_needs_more_than_that_fraction(iris, profile):
@@ -153,18 +153,18 @@ def test_drift_share_needs_more_than_that_fraction(iris, profile):
     rows["petal length (cm)"] += 2.5
     monitor = spec(driftShare=0.25)
     report = compare(profile, rows, monitor)
-    verdict = logic.verdict_of(report, 0.25, report.sample_size, 100)
+    verdict = driftmonitor.verdict_of(report, 0.25, report.sample_size, 100)
     assert verdict.drifted == ["petal length (cm)"]
-    assert verdict.phase == logic.NO_DRIFT, "1/4 is not more than 0.25"
-    assert logic.verdict_of(report, 0.2, report.sample_size, 100).phase == logic.DRIFT
-    assert logic.verdict_of(report, 0.0, report.sample_size, 100).phase == logic.DRIFT
+    assert verdict.phase == driftmonitor.NO_DRIFT, "1/4 is not more than 0.25"
+    assert driftmonitor.verdict_of(report, 0.2, report.sample_size, 100).phase == driftmonitor.DRIFT
+    assert driftmonitor.verdict_of(report, 0.0, report.sample_size, 100).phase == driftmonitor.DRIFT
 
 
 def test_too_few_samples_is_insufficient_data_not_drift(iris, profile):
     monitor = spec(window={"rows": 1000, "minSamples": 100})
     report = compare(profile, shifted_rows(iris, n=40), monitor)
-    verdict = logic.verdict_of(report, 0.0, report.sample_size, 100)
-    assert verdict.phase == logic.INSUFFICIENT_DATA and not verdict.data_drift
+    verdict = driftmonitor.verdict_of(report, 0.0, report.sample_size, 100)
+    assert verdict.phase == driftmonitor.INSUFFICIENT_DATA and not verdict.data_drift
     assert verdict.summary == "40 requests in the window, 100 needed for a verdict"
     status = checked_status_for(report, verdict)
     assert status["phase"] == "InsufficientData"
@@ -177,14 +177,14 @@ def test_too_few_samples_is_insufficient_data_not_drift(iris, profile):
 def test_insufficient_data_names_a_small_reference(iris):
     small = drift.build_profile(iris.head(50), exclude=("target",))
     report = drift.compare(small, normal_rows(iris), {"ks": 0.05}, min_samples=100)
-    verdict = logic.verdict_of(report, 0.0, report.sample_size, 100)
-    assert verdict.phase == logic.INSUFFICIENT_DATA
+    verdict = driftmonitor.verdict_of(report, 0.0, report.sample_size, 100)
+    assert verdict.phase == driftmonitor.INSUFFICIENT_DATA
     assert "the reference has 50 values" in verdict.summary
 
 
 def test_checked_status_conditions_and_fields(iris, profile):
     report = compare(profile, shifted_rows(iris), spec())
-    verdict = logic.verdict_of(report, 0.0, report.sample_size, 100)
+    verdict = driftmonitor.verdict_of(report, 0.0, report.sample_size, 100)
     status = checked_status_for(report, verdict)
     assert status["phase"] == "Drift"
     assert status["lastCheckTime"] == "2026-11-23T04:00:00Z"
@@ -210,19 +210,19 @@ def test_checked_status_conditions_and_fields(iris, profile):
 
 def test_optional_fields_are_removed_when_unknown(iris, profile):
     report = compare(profile, normal_rows(iris), spec())
-    verdict = logic.verdict_of(report, 0.0, report.sample_size, 100)
+    verdict = driftmonitor.verdict_of(report, 0.0, report.sample_size, 100)
     stale = {"modelVersion": "1", "windowStart": "x", "performance": {"metric": "accuracy"},
-             "conditions": initial_conditions(None, logic.CONDITIONS, generation=1)}
-    status = logic.checked_status(stale, verdict, results=[], sample_size=0, window=(None, None),
-                                  reference_uri="u", reference_description="u", reference_size=None,
-                                  model_version=None, performance=None, problem=None, generation=1, now=NOW)
+             "conditions": initial_conditions(None, driftmonitor.CONDITIONS, generation=1)}
+    status = driftmonitor.checked_status(stale, verdict, results=[], sample_size=0, window=(None, None),
+                                         reference_uri="u", reference_description="u", reference_size=None,
+                                         model_version=None, performance=None, problem=None, generation=1, now=NOW)
     assert not {"modelVersion", "windowStart", "windowEnd", "referenceSize", "performance"} & set(status)
 
 
 def test_failed_status_says_why_and_keeps_the_verdict_unknown():
     status = {"phase": "NoDrift", "sampleSize": 300,
-              "conditions": initial_conditions(None, logic.CONDITIONS, generation=3, now=NOW)}
-    failed = logic.failed_status(status, "DeploymentNotFound", "ModelDeployment iris not found", 3, NOW)
+              "conditions": initial_conditions(None, driftmonitor.CONDITIONS, generation=3, now=NOW)}
+    failed = driftmonitor.failed_status(status, "DeploymentNotFound", "ModelDeployment iris not found", 3, NOW)
     assert failed["phase"] == "Error" and failed["sampleSize"] == 300
     ready = find_condition(failed["conditions"], "Ready")
     assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("False", "DeploymentNotFound", 3)
@@ -237,16 +237,16 @@ def test_events_only_when_the_verdict_changes():
         conditions = set_condition(conditions, "DriftDetected", *detected)
         return {"phase": phase, "conditions": conditions}
 
-    assert logic.verdict_event("NoDrift", status("NoDrift")) is None
-    first = logic.verdict_event("Pending", status("NoDrift"))
+    assert driftmonitor.verdict_event("NoDrift", status("NoDrift")) is None
+    first = driftmonitor.verdict_event("Pending", status("NoDrift"))
     assert (first.reason, first.warning) == ("NoDrift", False)
-    drifted = logic.verdict_event("NoDrift", status("Drift", detected=("True", "DriftDetected", "2/4 features")))
+    drifted = driftmonitor.verdict_event("NoDrift", status("Drift", detected=("True", "DriftDetected", "2/4 features")))
     assert (drifted.reason, drifted.message, drifted.warning) == ("DriftDetected", "2/4 features", True)
-    resolved = logic.verdict_event("Drift", status("NoDrift"))
+    resolved = driftmonitor.verdict_event("Drift", status("NoDrift"))
     assert resolved.reason == "DriftResolved"
-    failed = logic.verdict_event("NoDrift", status("Error", ready=("False", "InferenceLogUnavailable", "no log")))
+    failed = driftmonitor.verdict_event("NoDrift", status("Error", ready=("False", "InferenceLogUnavailable", "no log")))
     assert (failed.reason, failed.message, failed.warning) == ("InferenceLogUnavailable", "no log", True)
-    assert logic.verdict_event("NoDrift", status("InsufficientData")).reason == "InsufficientData"
+    assert driftmonitor.verdict_event("NoDrift", status("InsufficientData")).reason == "InsufficientData"
 
 
 # ------------------------------------------------------------------ concept drift
@@ -268,60 +268,60 @@ def test_join_labels_by_request_id_row_zero_and_served_version():
     window = window_frame([0, 1, 2, 1], versions=["1", "1", "2", "1"], rows=[0, 0, 0, 1],
                           ids=["a", "b", "c", "b"])
     labels = pd.DataFrame({"id": ["a", "b", "c", "a", "zzz"], "label": [9, 1, 2, 0, 5]})
-    y_true, y_pred = logic.join_labels(window, labels, model_version="1")
+    y_true, y_pred = driftmonitor.join_labels(window, labels, model_version="1")
     # a: the last label wins (0); b row 0 only; c served by version 2; zzz is not in the window.
     assert sorted(zip(y_true.tolist(), y_pred.tolist())) == [(0, 0), (1, 1)]
     with_rows = pd.DataFrame({"id": ["b", "b"], "row": [0, 1], "label": [1, 0]})
-    y_true, y_pred = logic.join_labels(window, with_rows, model_version=None)
+    y_true, y_pred = driftmonitor.join_labels(window, with_rows, model_version=None)
     assert sorted(zip(y_true.tolist(), y_pred.tolist())) == [(0, 1), (1, 1)]
     with pytest.raises(ValueError, match="id and label"):
-        logic.join_labels(window, pd.DataFrame({"id": ["a"]}), None)
+        driftmonitor.join_labels(window, pd.DataFrame({"id": ["a"]}), None)
 
 
 def test_live_metrics_match_sklearn_and_normalise_labels():
     labels = pd.Series(["1", "0", "2", "1.0"])
     predictions = pd.Series([1.0, 0.0, 1.0, 1])
-    assert logic.live_metric("accuracy", labels, predictions) == pytest.approx(0.75)
+    assert driftmonitor.live_metric("accuracy", labels, predictions) == pytest.approx(0.75)
     from sklearn.metrics import f1_score
 
-    assert logic.live_metric("f1", labels, predictions) == pytest.approx(
+    assert driftmonitor.live_metric("f1", labels, predictions) == pytest.approx(
         f1_score(["1", "0", "2", "1"], ["1", "0", "1", "1"], average="macro"))
-    assert logic.live_metric("rmse", pd.Series([1.0, 2.0, 3.0]), pd.Series([1.0, 2.0, 5.0])) == pytest.approx(
+    assert driftmonitor.live_metric("rmse", pd.Series([1.0, 2.0, 3.0]), pd.Series([1.0, 2.0, 5.0])) == pytest.approx(
         np.sqrt(4 / 3))
-    assert logic.live_metric("mae", pd.Series([1.0, 2.0, "x"]), pd.Series([2.0, 2.0, 1.0])) == pytest.approx(0.5)
+    assert driftmonitor.live_metric("mae", pd.Series([1.0, 2.0, "x"]), pd.Series([2.0, 2.0, 1.0])) == pytest.approx(0.5)
 
 
 def test_performance_degrades_beyond_max_degradation():
     spec_ = Performance(labelsUri="file:///labels.csv", metric="accuracy", maxDegradation=0.1, minSamples=4)
     labels = pd.Series([0, 1, 2, 1, 0])
-    good = logic.performance_result(spec_, labels, pd.Series([0, 1, 2, 1, 1]), {"accuracy": 0.85})
+    good = driftmonitor.performance_result(spec_, labels, pd.Series([0, 1, 2, 1, 1]), {"accuracy": 0.85})
     assert (good["live"], good["training"], good["samples"], good["degraded"]) == (0.8, 0.85, 5, False)
-    bad = logic.performance_result(spec_, labels, pd.Series([0, 2, 1, 1, 1]), {"accuracy": 0.85})
+    bad = driftmonitor.performance_result(spec_, labels, pd.Series([0, 2, 1, 1, 1]), {"accuracy": 0.85})
     assert bad["live"] == 0.4 and bad["degraded"]
     rmse = Performance(labelsUri="x", metric="rmse", maxDegradation=0.5, minSamples=1)
-    worse = logic.performance_result(rmse, pd.Series([1.0, 2.0]), pd.Series([2.0, 3.0]), {"rmse": 0.2})
+    worse = driftmonitor.performance_result(rmse, pd.Series([1.0, 2.0]), pd.Series([2.0, 3.0]), {"rmse": 0.2})
     assert worse["live"] == 1.0 and worse["degraded"], "a larger error is worse"
-    better = logic.performance_result(rmse, pd.Series([1.0, 2.0]), pd.Series([1.0, 2.0]), {"rmse": 0.2})
+    better = driftmonitor.performance_result(rmse, pd.Series([1.0, 2.0]), pd.Series([1.0, 2.0]), {"rmse": 0.2})
     assert not better["degraded"]
 
 
 def test_performance_without_a_verdict_says_why():
     spec_ = Performance(labelsUri="x", metric="accuracy", minSamples=10)
-    few = logic.performance_result(spec_, pd.Series([0, 1]), pd.Series([1, 0]), {"accuracy": 0.99})
+    few = driftmonitor.performance_result(spec_, pd.Series([0, 1]), pd.Series([1, 0]), {"accuracy": 0.99})
     assert few["live"] == 0.0 and not few["degraded"]
     assert few["message"] == "2 labelled requests in the window, 10 needed for a verdict"
-    none = logic.performance_result(spec_, pd.Series([], dtype=object), pd.Series([], dtype=object), None)
+    none = driftmonitor.performance_result(spec_, pd.Series([], dtype=object), pd.Series([], dtype=object), None)
     assert "live" not in none and none["samples"] == 0
-    untrained = logic.performance_result(Performance(labelsUri="x", minSamples=1), pd.Series([1]), pd.Series([1]),
-                                         {"f1": 0.9})
+    untrained = driftmonitor.performance_result(Performance(labelsUri="x", minSamples=1), pd.Series([1]), pd.Series([1]),
+                                                {"f1": 0.9})
     assert untrained["message"] == "the model version's metrics.json has no accuracy" and not untrained["degraded"]
 
 
 def test_degraded_performance_alone_is_drift(iris, profile):
     report = compare(profile, normal_rows(iris), spec())
     performance = {"metric": "accuracy", "live": 0.5, "training": 0.96, "samples": 50, "degraded": True}
-    verdict = logic.verdict_of(report, 0.0, report.sample_size, 100, performance)
-    assert verdict.phase == logic.DRIFT and not verdict.data_drift and verdict.performance_degraded
+    verdict = driftmonitor.verdict_of(report, 0.0, report.sample_size, 100, performance)
+    assert verdict.phase == driftmonitor.DRIFT and not verdict.data_drift and verdict.performance_degraded
     assert verdict.summary == "0/4 features drifted; accuracy 0.5 live vs 0.96 at training (degraded)"
     status = checked_status_for(report, verdict, performance=performance)
     assert find_condition(status["conditions"], "DriftDetected")["reason"] == "PerformanceDegraded"
@@ -336,55 +336,55 @@ def policy(cooldown="1h", max_per_day=3) -> RetrainPolicy:
 
 
 def test_first_retrain_is_allowed_and_recorded():
-    decision = logic.retrain_decision(policy(), {}, NOW)
+    decision = driftmonitor.retrain_decision(policy(), {}, NOW)
     assert decision.allowed and decision.recent == []
-    value = logic.retrain_annotation_value(NOW, "3/4 features drifted (psi petal length (cm)=0.61)")
+    value = driftmonitor.retrain_annotation_value(NOW, "3/4 features drifted (psi petal length (cm)=0.61)")
     assert value == "2026-11-23T04:00:00Z drift: 3/4 features drifted (psi petal length (cm)=0.61)"
-    status = logic.record_retrain({"phase": "Drift"}, decision, value, NOW)
+    status = driftmonitor.record_retrain({"phase": "Drift"}, decision, value, NOW)
     assert status["lastRetrainRequest"] == "2026-11-23T04:00:00Z"
     assert status["lastRetrainReason"] == value
     assert status["retrainRequests"] == ["2026-11-23T04:00:00Z"]
-    assert len(logic.retrain_annotation_value(NOW, "x" * 5000)) == logic.MAX_ANNOTATION_LENGTH
+    assert len(driftmonitor.retrain_annotation_value(NOW, "x" * 5000)) == driftmonitor.MAX_ANNOTATION_LENGTH
 
 
 def test_cooldown_blocks_until_it_has_passed():
     status = {"lastRetrainRequest": now_rfc3339(NOW), "retrainRequests": [now_rfc3339(NOW)]}
-    blocked = logic.retrain_decision(policy("1h"), status, NOW + timedelta(minutes=59))
+    blocked = driftmonitor.retrain_decision(policy("1h"), status, NOW + timedelta(minutes=59))
     assert not blocked.allowed and blocked.reason == "Cooldown"
     assert blocked.next_allowed == NOW + timedelta(hours=1)
     assert "next possible at 2026-11-23T05:00:00Z" in blocked.message
-    assert logic.retrain_decision(policy("1h"), status, NOW + timedelta(hours=1)).allowed
+    assert driftmonitor.retrain_decision(policy("1h"), status, NOW + timedelta(hours=1)).allowed
 
 
 def test_cooldown_counts_from_last_request_even_without_history():
     status = {"lastRetrainRequest": now_rfc3339(NOW)}
-    assert not logic.retrain_decision(policy("30m"), status, NOW + timedelta(minutes=10)).allowed
+    assert not driftmonitor.retrain_decision(policy("30m"), status, NOW + timedelta(minutes=10)).allowed
 
 
 def test_max_per_day_counts_a_sliding_24_hours():
     times = [NOW - timedelta(hours=h) for h in (30, 20, 10, 2)]
     status = {"retrainRequests": [now_rfc3339(t) for t in times], "lastRetrainRequest": now_rfc3339(times[-1])}
-    blocked = logic.retrain_decision(policy("1h", max_per_day=3), status, NOW)
+    blocked = driftmonitor.retrain_decision(policy("1h", max_per_day=3), status, NOW)
     assert not blocked.allowed and blocked.reason == "MaxPerDay"
     assert blocked.recent == [now_rfc3339(t) for t in times[1:]], "the request 30h ago no longer counts"
     assert blocked.next_allowed == times[1] + timedelta(hours=24)
-    assert logic.retrain_decision(policy("1h", max_per_day=3), status, NOW + timedelta(hours=4, seconds=1)).allowed
-    assert logic.retrain_decision(policy("1h", max_per_day=4), status, NOW).allowed
+    assert driftmonitor.retrain_decision(policy("1h", max_per_day=3), status, NOW + timedelta(hours=4, seconds=1)).allowed
+    assert driftmonitor.retrain_decision(policy("1h", max_per_day=4), status, NOW).allowed
 
 
 def test_unreadable_request_times_are_ignored():
     status = {"retrainRequests": ["yesterday", now_rfc3339(NOW - timedelta(hours=3))]}
-    decision = logic.retrain_decision(policy("1h", max_per_day=2), status, NOW)
+    decision = driftmonitor.retrain_decision(policy("1h", max_per_day=2), status, NOW)
     assert decision.allowed and decision.recent == [now_rfc3339(NOW - timedelta(hours=3))]
 
 
 def test_results_are_bounded_with_drifted_features_first():
     rng = np.random.default_rng(0)
-    reference = pd.DataFrame({f"x{i}": rng.normal(size=200) for i in range(logic.MAX_RESULTS + 10)})
+    reference = pd.DataFrame({f"x{i}": rng.normal(size=200) for i in range(driftmonitor.MAX_RESULTS + 10)})
     current = reference.copy()
     current["x515"] = current["x515"] + 5
     report = drift.compare(reference, current, {"psi": 0.2}, min_samples=100)
-    results = logic.feature_results(report)
-    assert len(results) == logic.MAX_RESULTS
+    results = driftmonitor.feature_results(report)
+    assert len(results) == driftmonitor.MAX_RESULTS
     assert results[0]["feature"] == "x515" and results[0]["verdict"] == "Drift"
     assert [r["feature"] for r in results[1:4]] == ["x0", "x1", "x2"]

@@ -1,9 +1,12 @@
-"""The SeldonDeployment we build per rollout phase, and how we read its status (reconcile/seldon.py)."""
+"""The SeldonDeployment we build per rollout phase, and how we read its status (reconcile/seldondeployment.py)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from mlops_operator.api.annotations import SPEC_HASH_ANNOTATION
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec, Rollout
 from mlops_operator.reconcile.modeldeployment import (
     AWAITING_APPROVAL,
@@ -15,13 +18,11 @@ from mlops_operator.reconcile.modeldeployment import (
     RolloutProgress,
     desired_predictors,
 )
-from mlops_operator.reconcile.seldon import (
-    SPEC_HASH_ANNOTATION,
+from mlops_operator.reconcile.seldondeployment import (
     build_seldon_deployment,
     observe_seldon_deployment,
     stable_ready_replicas,
 )
-from datetime import UTC, datetime
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 V1, V2 = ModelRef("1", "s3://bucket/models/iris/1"), ModelRef("2", "s3://bucket/models/iris/2")

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mlops_operator.api.annotations import SPEC_HASH_ANNOTATION
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.reconcile.modeldeployment import STABLE, PredictorPlan
@@ -27,7 +28,6 @@ SELDON_GROUP = "machinelearning.seldon.io"
 SELDON_VERSION = "v1"
 SELDON_PLURAL = "seldondeployments"
 SELDON_KIND = "SeldonDeployment"
-SPEC_HASH_ANNOTATION = "mlops.dev/spec-hash"
 MANAGED_BY = "mlops-operator"
 
 # Seldon's prepackaged servers that run MLServer under protocol v2.

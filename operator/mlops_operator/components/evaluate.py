@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from mlops_operator.steps.errors import reported
+from mlops_operator.components.errors import reported
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "rocAuc")
 REGRESSION_METRICS = ("rmse", "mae", "r2")

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlops_operator import drift
 from mlops_operator.api.driftmonitor import DriftMonitorSpec, Performance, RetrainPolicy, Window
-from mlops_operator.reconcile import drift
 from mlops_operator.reconcile.conditions import (
     FALSE,
     RECONCILING,
@@ -39,6 +39,7 @@ from mlops_operator.reconcile.conditions import (
     set_condition,
 )
 from mlops_operator.reconcile.durations import parse_duration
+from mlops_operator.reconcile.events import Event
 
 READY = "Ready"
 DRIFT_DETECTED = "DriftDetected"
@@ -411,15 +412,6 @@ def failed_status(status: Mapping[str, Any], reason: str, message: str, generati
     result["conditions"] = set_condition(conditions, DRIFT_DETECTED, UNKNOWN, CHECK_FAILED,
                                          f"No verdict: {message}", generation=generation, now=now)
     return result
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes event to post."""
-
-    reason: str
-    message: str
-    warning: bool = False
 
 
 def verdict_event(previous_phase: str | None, status: Mapping[str, Any]) -> Event | None:

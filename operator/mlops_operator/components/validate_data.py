@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 from pandas.api import types as ptypes
 
-from mlops_operator.steps.errors import DataValidationFailed, InvalidSpec, reported
+from mlops_operator.components.errors import DataValidationFailed, InvalidSpec, reported
 
 COLUMN_TYPES = ("numeric", "integer", "float", "categorical", "boolean", "string")
 # How many offending values a message quotes.

@@ -13,7 +13,7 @@ import pandas as pd
 
 import mlops_operator
 from mlops_operator.backends import artifacts
-from mlops_operator.steps.errors import InvalidSpec, reported
+from mlops_operator.components.errors import InvalidSpec, reported
 
 PIPELINE_NAME = "tabular-training"
 
@@ -129,7 +129,7 @@ def run_export(
 
     Returns ``{"model_version", "model_uri", "profile_uri", "validated", "reused"}``.
     """
-    from mlops_operator.reconcile.drift import build_profile
+    from mlops_operator.drift import build_profile
 
     if not artifact_root:
         raise InvalidSpec("artifact_root is empty")
