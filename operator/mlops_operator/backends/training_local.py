@@ -208,9 +208,12 @@ def submit(run_name: str, request: dict[str, Any], data_dir: str | Path, namespa
     try:
         package = Path(request["pipeline_package"]) if request.get("pipeline_package") else default_pipeline_package()
         arguments = pipeline_arguments(request, run_name, data_dir, package)
-    except (ValueError, KeyError, FileNotFoundError, yaml.YAMLError) as err:
+    except (ValueError, KeyError, TypeError, FileNotFoundError, yaml.YAMLError) as err:
+        # The spec's parameters do not fit the pipeline (a TypeError too: a value of the wrong type).
+        # Recorded as what it is, never left for a false "RunnerLost" later.
         _write_json(directory / REQUEST_FILE, {"request": request, "submitted": now})
-        _write_state(directory, FAILED, reason=REASON_INVALID_SPEC, message=str(err), finished=now)
+        message = str(err) if not isinstance(err, TypeError) else f"pipeline parameters: {err}"
+        _write_state(directory, FAILED, reason=REASON_INVALID_SPEC, message=message, finished=now)
         return status(run_name, data_dir, namespace)
     _write_json(directory / REQUEST_FILE, {
         "request": request,
