@@ -118,3 +118,56 @@ def test_running_status():
     status = modeltraining.running_status({}, {"name": "r", "trigger": "spec generation 1", "state": "Running"}, 1)
     assert status["phase"] == "Running"
     assert find_condition(status["conditions"], "Succeeded")["reason"] == "Running"
+
+
+# --- concurrencyPolicy ----------------------------------------------------------------------
+
+RUNNING = {"name": "iris-g1-abc", "state": "Running", "trigger": "spec generation 1", "started": "2026-11-23T10:00:31Z"}
+
+
+def test_concurrency_policy_values_are_the_apis():
+    field = ModelTrainingSpec.model_fields["concurrency_policy"]
+    assert {policy.value for policy in modeltraining.ConcurrencyPolicy} == set(field.annotation.__args__)
+    assert modeltraining.ConcurrencyPolicy(field.default) is modeltraining.ConcurrencyPolicy.FORBID
+
+
+@pytest.mark.parametrize("policy", ["Forbid", "Replace"])
+def test_without_an_active_run_both_policies_start_the_triggers(policy):
+    triggers = modeltraining.pending_triggers(spec(), 2, {}, {}, CREATED, CREATED)
+    for latest in (None, {**RUNNING, "state": "Succeeded"}, {**RUNNING, "state": "Failed"}):
+        decision = modeltraining.concurrency_step(policy, triggers, latest, CREATED)
+        assert decision.start == triggers and decision.replaced is None
+
+
+@pytest.mark.parametrize("policy", ["Forbid", "Replace"])
+def test_no_trigger_never_touches_the_active_run(policy):
+    decision = modeltraining.concurrency_step(policy, [], RUNNING, CREATED)
+    assert decision.start == [] and decision.replaced is None
+
+
+@pytest.mark.parametrize("state", ["Pending", "Running"])
+def test_forbid_keeps_triggers_pending_while_a_run_is_active(state):
+    triggers = modeltraining.pending_triggers(spec(), 2, {}, {}, CREATED, CREATED)
+    decision = modeltraining.concurrency_step(modeltraining.ConcurrencyPolicy.FORBID, triggers, {**RUNNING, "state": state},
+                                              CREATED)
+    assert decision.start == [] and decision.replaced is None
+    # Nothing was marked handled, so the same trigger is still pending on the next pass.
+    assert modeltraining.pending_triggers(spec(), 2, {}, {}, CREATED, CREATED) == triggers
+
+
+def test_replace_cancels_the_active_run_and_starts_the_triggers():
+    triggers = modeltraining.pending_triggers(spec(), 2, {}, {}, CREATED, CREATED)
+    now = CREATED + timedelta(minutes=3)
+    decision = modeltraining.concurrency_step("Replace", triggers, RUNNING, now)
+    assert decision.start == triggers
+    assert decision.replaced == {**RUNNING, "state": "Canceled", "reason": "Replaced",
+                                 "message": f"replaced by a new run ({triggers[0].description})",
+                                 "finished": "2026-11-23T10:03:30Z"}
+    status = modeltraining.finished_status({"latestRun": RUNNING}, decision.replaced, 10, 2)
+    assert status["latestRun"]["state"] == "Canceled" and status["latestRun"]["reason"] == "Replaced"
+
+
+def test_an_unknown_policy_is_refused():
+    with pytest.raises(ValueError):
+        modeltraining.concurrency_step("Allow", [modeltraining.Trigger("spec", "g2", "spec generation 2")], RUNNING,
+                                       CREATED)

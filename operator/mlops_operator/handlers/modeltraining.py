@@ -272,16 +272,11 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
         # 3. Pending triggers.
         created = parse_rfc3339(meta["creationTimestamp"])
         triggers = modeltraining.pending_triggers(spec, generation, status, meta.get("annotations") or {}, created, now)
-        active = status.get("latestRun") and status["latestRun"]["state"] in modeltraining.ACTIVE_STATES
-        if triggers and active:
-            if spec.concurrency_policy == "Forbid":
-                triggers = []  # they stay pending until the active run finishes
-            else:
-                await _cancel(spec, namespace, status["latestRun"])
-                canceled = {**status["latestRun"], "state": "Canceled", "reason": "Replaced",
-                            "message": f"replaced by a new run ({triggers[0].description})",
-                            "finished": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
-                status = modeltraining.finished_status(status, canceled, spec.history_limit, generation)
+        decision = modeltraining.concurrency_step(spec.concurrency_policy, triggers, status.get("latestRun"), now)
+        triggers = decision.start
+        if decision.replaced is not None:
+            await _cancel(spec, namespace, status["latestRun"])
+            status = modeltraining.finished_status(status, decision.replaced, spec.history_limit, generation)
 
         # 4. Start one run for the pending triggers.
         if triggers:

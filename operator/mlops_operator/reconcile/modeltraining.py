@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from croniter import croniter
@@ -57,6 +58,39 @@ def pending_triggers(
     if due is not None:
         triggers.append(Trigger("schedule", f"s{due:%Y%m%d%H%M}", f"schedule {spec.schedule} at {due:%Y-%m-%dT%H:%M:%SZ}"))
     return triggers
+
+
+class ConcurrencyPolicy(str, Enum):
+    """What a trigger does while a run of the same ModelTraining is still active (spec.concurrencyPolicy)."""
+
+    FORBID = "Forbid"
+    """The trigger stays pending; a run starts for it once the active run has finished."""
+    REPLACE = "Replace"
+    """The active run is canceled (recorded as Canceled/Replaced) and a run starts for the trigger now."""
+
+
+@dataclass(frozen=True)
+class ConcurrencyDecision:
+    """What :func:`concurrency_step` decided for the pending triggers."""
+
+    start: list[Trigger]
+    """The triggers to start one run for now (empty: start nothing now)."""
+    replaced: dict[str, Any] | None = None
+    """Replace: the active run's record as canceled; the caller cancels the run and records this."""
+
+
+def concurrency_step(policy: ConcurrencyPolicy | str, triggers: list[Trigger], latest_run: dict[str, Any] | None,
+                     now: datetime) -> ConcurrencyDecision:
+    """Apply the concurrency policy to the pending triggers, given the latest run's record."""
+    active = bool(latest_run) and latest_run.get("state") in ACTIVE_STATES
+    if not triggers or not active:
+        return ConcurrencyDecision(list(triggers))
+    if ConcurrencyPolicy(policy) is ConcurrencyPolicy.FORBID:
+        return ConcurrencyDecision([])
+    replaced = {**latest_run, "state": "Canceled", "reason": "Replaced",
+                "message": f"replaced by a new run ({triggers[0].description})",
+                "finished": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return ConcurrencyDecision(list(triggers), replaced)
 
 
 def due_schedule_time(spec: ModelTrainingSpec, status: dict[str, Any], created: datetime, now: datetime
