@@ -105,7 +105,7 @@ class OperatorProcess:
             **self.extra_env,
         }
 
-    def start(self, timeout: float = 60) -> "OperatorProcess":
+    def start(self, timeout: float = 180) -> "OperatorProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
