@@ -76,7 +76,7 @@ def test_served_rows_joined_with_labels_unlabelled_counted(tmp_path):
     labels.write_text("id,label\nr0,0\nr1,1\nr2,0\nr3,1\nr6,1\n")
     frame, info = td.read_labelled_production(
         root=f"file://{tmp_path}", namespace="default", deployment="dep", labels_uri=str(labels),
-        features=FEATURES, target="y", since=datetime(2026, 3, 1, 10, 0, 1, tzinfo=UTC), until=None, max_rows=2)
+        features=FEATURES, target="y", since=datetime(2026, 3, 1, 10, 0, 1, tzinfo=UTC), until=None, max_rows=2.0)  # as KFP passes it
     assert info["served"] == 5 and info["unlabelled"] == 2  # r1..r5 in the range; r4, r5 without label
     assert list(frame.columns) == ["a", "b", "y", td.TIME_COLUMN]
     assert frame["a"].tolist() == [2.0, 3.0] and frame["y"].tolist() == [0, 1]  # the newest two

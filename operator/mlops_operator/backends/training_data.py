@@ -189,8 +189,8 @@ def read_labelled_production(
     joined = rows.merge(table, on=["request_id", "row"], how="inner")
     joined = joined[joined["label"].notna()].sort_values("ts", kind="stable")
     info["unlabelled"] = info["served"] - int(len(joined))
-    if max_rows is not None and len(joined) > max_rows:
-        joined = joined.iloc[len(joined) - max_rows:]
+    if max_rows is not None and len(joined) > int(max_rows):  # KFP hands dict numbers over as floats
+        joined = joined.iloc[len(joined) - int(max_rows):]
     frame = joined[features].reset_index(drop=True)
     frame[target] = joined["label"].to_numpy()
     frame[TIME_COLUMN] = pd.to_datetime(joined["ts"], utc=True).map(_rfc3339).to_numpy()
