@@ -416,9 +416,12 @@ def test_unseen_categories_go_to_one_bucket() -> None:
     report = drift.compare(reference, current)
     chi2_result = report.features["c"].tests["chi2"]
     expected = stats.chi2_contingency([[500, 500, 0], [450, 450, 100]], correction=False)
-    assert chi2_result.score == pytest.approx(expected.statistic) and chi2_result.drifted
+    cramers_v = math.sqrt(expected.statistic / 2000)  # the effect size of a 2 x k table
+    assert chi2_result.score == pytest.approx(cramers_v) and chi2_result.drifted
+    assert chi2_result.p_value == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-300)
+    assert chi2_result.method == "asymptotic"  # every expected count >= 5
     profiled = drift.compare(drift.build_profile(reference), current)
-    assert profiled.features["c"].tests["chi2"].score == pytest.approx(expected.statistic)
+    assert profiled.features["c"].tests["chi2"].score == pytest.approx(cramers_v)
 
 
 def test_insufficient_data_is_not_drift() -> None:
@@ -427,7 +430,12 @@ def test_insufficient_data_is_not_drift() -> None:
     current = synthetic(rng, 50, {"mean": 3.0})
     report = drift.compare(reference, current, min_samples=100)
     assert report.status == drift.INSUFFICIENT_DATA and not report.drift_detected
-    assert all(f.status == drift.INSUFFICIENT_DATA and not f.tests for f in report.features.values())
+    for feature in report.features.values():
+        assert feature.status == drift.INSUFFICIENT_DATA and feature.tests
+        for name, test in feature.tests.items():
+            assert test.status == drift.INSUFFICIENT_DATA and test.score is None and not test.drifted
+            assert f"{name} needs 100 non-missing values" in test.message and "the window has 50" in test.message
+        assert "needs 100" in feature.message
     # Enough rows overall, but one feature mostly missing: only that one is insufficient.
     current = synthetic(rng, 500)
     current.loc[current.index[:450], "skewed"] = np.nan
@@ -483,8 +491,9 @@ def test_correction_changes_verdict() -> None:
     n = 20
     reference = pd.DataFrame({f"f{i}": rng.normal(size=4000) for i in range(n)})
     current = pd.DataFrame({f"f{i}": rng.normal(0.07, 1, size=2000) for i in range(n)})
-    bonferroni = drift.compare(reference, current, tests={"ks": None}, correction="bonferroni")
-    bh = drift.compare(reference, current, tests={"ks": None}, correction="benjamini-hochberg")
+    # Effect threshold 0: only significance decides here.
+    bonferroni = drift.compare(reference, current, tests={"ks": 0.0}, correction="bonferroni")
+    bh = drift.compare(reference, current, tests={"ks": 0.0}, correction="benjamini-hochberg")
     assert len(bh.drifted_features) > len(bonferroni.drifted_features)
     result = bh.features["f0"].tests["ks"]
     assert result.adjusted_p_value >= result.p_value
@@ -497,11 +506,12 @@ def test_to_dict_is_camel_case_json() -> None:
     assert data["status"] == "Drift" and data["driftDetected"] is True and data["sampleSize"] == 500
     assert data["driftedFeatures"] == report.drifted_features
     feature = next(f for f in data["features"] if f["name"] == "mean")
-    assert set(feature) == {"name", "kind", "status", "sampleSize", "referenceSize", "missing", "tests"}
+    assert set(feature) == {"name", "kind", "status", "sampleSize", "referenceSize", "missing", "message", "tests"}
     ks = next(t for t in feature["tests"] if t["name"] == "ks")
-    assert set(ks) == {"name", "score", "pValue", "adjustedPValue", "threshold", "drifted"}
+    assert set(ks) == {"name", "status", "score", "pValue", "adjustedPValue", "alpha", "pValueMethod", "threshold",
+                       "drifted", "message"}
     psi_entry = next(t for t in feature["tests"] if t["name"] == "psi")
-    assert psi_entry["pValue"] is None
+    assert 0 <= psi_entry["pValue"] <= 1 and psi_entry["pValueMethod"] in {"asymptotic", "monte-carlo"}
 
 
 def test_bad_profile_is_rejected() -> None:

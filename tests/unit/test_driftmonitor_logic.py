@@ -44,7 +44,7 @@ def shifted_rows(iris, n=300, seed=0) -> pd.DataFrame:
 
 
 def compare(profile, rows, monitor: DriftMonitorSpec) -> drift.DriftReport:
-    return drift.compare(profile, rows, driftmonitor.engine_tests(monitor), monitor.features or None,
+    return drift.compare(profile, rows, driftmonitor.engine_tests(monitor), monitor.features or None, alpha=monitor.alpha,
                          correction=driftmonitor.engine_correction(monitor), min_samples=monitor.window.min_samples)
 
 
@@ -121,7 +121,8 @@ def test_shifted_traffic_drifts_with_a_readable_summary(iris, profile):
     assert verdict.phase == driftmonitor.DRIFT and verdict.data_drift and not verdict.performance_degraded
     assert set(verdict.drifted) == {"petal length (cm)", "petal width (cm)"}
     assert verdict.summary.startswith("2/4 features drifted (")
-    assert "psi petal length (cm)=" in verdict.summary and "ks petal width (cm) p=" in verdict.summary
+    assert "psi petal length (cm)=" in verdict.summary and "ks petal width (cm)=" in verdict.summary
+    assert " p=" in verdict.summary, "the summary gives the adjusted p-value beside the score"
 
 
 def test_feature_results_carry_score_threshold_verdict_and_p_values(iris, profile):
@@ -134,10 +135,13 @@ def test_feature_results_carry_score_threshold_verdict_and_p_values(iris, profil
     tests = {t["test"]: t for t in petal["tests"]}
     assert set(tests) == {"psi", "ks"}, "chi2 does not apply to numeric features"
     assert tests["psi"]["drifted"] and tests["psi"]["score"] > 0.2 and tests["psi"]["threshold"] == 0.2
-    assert "pValue" not in tests["psi"]
+    assert tests["psi"]["verdict"] == "Drift" and tests["psi"]["alpha"] == 0.05
+    assert tests["psi"]["adjustedPValue"] < 0.05 and tests["psi"]["pValueMethod"] in {"asymptotic", "monte-carlo"}
     engine = report.features["petal length (cm)"].tests["ks"]
+    # Every test has a p-value; Bonferroni over 4 numeric features x (psi, ks) = 8.
     assert tests["ks"]["pValue"] == pytest.approx(engine.p_value, rel=1e-5, abs=1e-300)
-    assert tests["ks"]["adjustedPValue"] == pytest.approx(min(1.0, engine.p_value * 4), rel=1e-5, abs=1e-300)
+    assert tests["ks"]["adjustedPValue"] == pytest.approx(min(1.0, engine.p_value * 8), rel=1e-5, abs=1e-300)
+    assert petal["referenceSamples"] == 150
     assert results["sepal width (cm)"]["verdict"] == "NoDrift"
 
 
@@ -171,7 +175,10 @@ def test_too_few_samples_is_insufficient_data_not_drift(iris, profile):
     detected = find_condition(status["conditions"], "DriftDetected")
     assert (detected["status"], detected["reason"]) == ("False", "InsufficientData")
     assert find_condition(status["conditions"], "Ready")["status"] == "True"
-    assert all(r["verdict"] == "InsufficientData" and r["tests"] == [] for r in status["results"])
+    for result in status["results"]:
+        assert result["verdict"] == "InsufficientData"
+        assert {t["test"]: t["verdict"] for t in result["tests"]} == {"psi": "InsufficientData", "ks": "InsufficientData"}
+        assert all("needs 100 non-missing values" in t["message"] and "score" not in t for t in result["tests"])
 
 
 def test_insufficient_data_names_a_small_reference(iris):

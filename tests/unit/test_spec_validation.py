@@ -61,6 +61,11 @@ def test_drift_checks():
     assert drift_spec_errors(no_window) == ["spec.window: needs rows or duration"]
     zero = DriftMonitorSpec.model_validate({"deploymentRef": {"name": "d"}, "interval": "0s"})
     assert drift_spec_errors(zero) == ["spec.interval: must be positive"]
+    unreachable = DriftMonitorSpec.model_validate({"deploymentRef": {"name": "d"},
+                                                   "tests": [{"name": "ks", "threshold": 1.5}]})
+    assert drift_spec_errors(unreachable) == [
+        "spec.tests[ks].threshold: ks's score is in [0, 1], so a threshold of 1.5 never flags drift (it is an "
+        "effect size; significance is spec.alpha)"]
 
 
 @pytest.mark.parametrize("text, seconds", [("30s", 30), ("5m", 300), ("1h30m", 5400), ("7d", 604800)])

@@ -57,34 +57,33 @@ class Window(Model):
     """Most recent rows to use (a request with several rows counts each)."""
     duration: str | None = Field(None, max_length=32, pattern=DURATION)
     """Only requests younger than this (e.g. 15m, 1h, 7d)."""
-    min_samples: int = Field(100, ge=1, le=10_000_000)
-    """Fewest rows (and non-missing values per feature) needed for a verdict; fewer is reported as
-    InsufficientData, not drift."""
+    min_samples: int = Field(50, ge=1, le=10_000_000)
+    """Fewest rows (and non-missing values per feature, in the window and in the reference) needed
+    for a verdict; fewer is reported as InsufficientData, not drift. A test that needs more (psi:
+    5 per bin, 50 with its 10 bins) says so in its result."""
 
 
 class DriftTest(Model):
-    """One statistical test with its threshold."""
+    """One statistical test with its effect-size threshold. A test flags drift only when its score
+    exceeds the threshold AND its p-value, after spec.correction, is below spec.alpha: the threshold
+    says how large a change matters, alpha bounds how often unchanged data is flagged."""
 
     name: TestName
-    """psi (numeric and categorical; population stability index above threshold is drift),
-    wasserstein (numeric; distance in reference standard deviations above threshold), ks (numeric;
-    corrected p-value below threshold), chi2 (categorical; corrected p-value below threshold), js
-    (categorical; Jensen-Shannon distance in [0, 1] above threshold)."""
-    threshold: float = Field(gt=0, le=100)
-    """The test's threshold (a score or a p-value, see name): ks and chi2 take a significance level
-    in (0, 1), js a distance in (0, 1), psi and wasserstein a positive score."""
+    """psi (numeric and categorical; score: population stability index), ks (numeric; score: the
+    Kolmogorov-Smirnov distance D in [0, 1]), wasserstein (numeric; score: Wasserstein-1 distance in
+    reference standard deviations), chi2 (categorical; score: Cramer's V of the chi-squared test,
+    in [0, 1]), js (categorical; score: Jensen-Shannon distance in [0, 1])."""
+    threshold: float = Field(ge=0, le=100)
+    """Smallest score that counts as drift (an effect size; see name for each test's score; 0 lets
+    significance alone decide)."""
 
     model_config = Model.model_config | {
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 {
-                    "rule": "!(self.name in ['ks', 'chi2']) || self.threshold < 1.0",
-                    "message": "ks and chi2 thresholds are significance levels in (0, 1): at 1 or above every "
-                    "feature would drift",
-                },
-                {
-                    "rule": "self.name != 'js' || self.threshold < 1.0",
-                    "message": "the js distance lies in [0, 1]: a threshold of 1 or more can never be crossed",
+                    "rule": "!(self.name in ['ks', 'chi2', 'js']) || self.threshold < 1.0",
+                    "message": "the ks, chi2 and js scores lie in [0, 1]: a threshold of 1 or more can never be "
+                    "crossed (it is an effect size; significance is spec.alpha)",
                 },
             ]
         }
@@ -151,24 +150,31 @@ class DriftMonitorSpec(Model):
     tests: list[DriftTest] = Field(
         default_factory=lambda: [
             DriftTest(name="psi", threshold=0.2),
-            DriftTest(name="ks", threshold=0.05),
-            DriftTest(name="chi2", threshold=0.05),
+            DriftTest(name="ks", threshold=0.1),
+            DriftTest(name="chi2", threshold=0.1),
         ],
         min_length=1,
         max_length=5,
         json_schema_extra={
             "default": [
                 {"name": "psi", "threshold": 0.2},
-                {"name": "ks", "threshold": 0.05},
-                {"name": "chi2", "threshold": 0.05},
+                {"name": "ks", "threshold": 0.1},
+                {"name": "chi2", "threshold": 0.1},
             ],
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["name"],
         },
     )
-    """Tests to run; each test applies to the feature types it supports."""
+    """Tests to run; each test applies to the feature types it supports. Default thresholds: psi 0.2
+    ("PSI >= 0.2: significant change", https://capymoa.org/api/modules/capymoa.drift.detectors.PSI.md),
+    chi2 0.1 (Cohen's "small" effect w = 0.10, Statistical Power Analysis 1988 p. 227, which equals
+    Cramer's V for a 2 x k table; https://peterstatistics.com/CrashCourse/2-SingleVar/Nominal/Nominal-2c-Effect-Size.html)
+    and ks 0.1 (the KS distance of a 0.25 standard deviation shift of a normal, 2*Phi(0.125)-1)."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """Significance level: with bonferroni, the chance that a check of unchanged data flags any
+    feature is at most alpha (measured: benchmarks/drift_calibration_bench.py)."""
     correction: Literal["bonferroni", "fdr", "none"] = "bonferroni"
-    """Multiple-testing correction of the p-values of all ks and chi2 tests of one check together:
+    """Multiple-testing correction of the p-values of all tests of all features of one check together:
     bonferroni (family-wise error), fdr (Benjamini-Hochberg false discovery rate) or none."""
     drift_share: float = Field(0.0, ge=0, le=1)
     """Overall drift is declared when more than this fraction of the features with a verdict drift
@@ -186,16 +192,27 @@ class TestResult(Model):
 
     test: TestName
     """Test name."""
-    score: float
-    """The statistic (ks: D, chi2: the chi-squared statistic) or the distance (psi, js, wasserstein)."""
-    p_value: float | None = None
-    """Raw p-value, for ks and chi2."""
-    adjusted_p_value: float | None = None
-    """p-value after the multiple-testing correction (spec.correction); the verdict uses it."""
+    verdict: Literal["Drift", "NoDrift", "InsufficientData"] = "NoDrift"
+    """Drift when score > threshold and adjustedPValue < alpha; InsufficientData when the window or
+    the reference had fewer values than the test needs (message says how many)."""
+    score: float | None = None
+    """The effect size compared with threshold (psi: PSI, ks: D, wasserstein: distance in reference
+    standard deviations, chi2: Cramer's V, js: Jensen-Shannon distance)."""
     threshold: float
-    """Threshold the verdict used: a significance level for ks and chi2, a score for the others."""
+    """Smallest score that counts as drift."""
+    p_value: float | None = None
+    """p-value under "no change", accounting for both sample sizes (pValueMethod says how)."""
+    adjusted_p_value: float | None = None
+    """p-value after the multiple-testing correction (spec.correction); compared with alpha."""
+    alpha: float | None = None
+    """Significance level the adjusted p-value is compared with (spec.alpha)."""
+    p_value_method: Literal["exact", "asymptotic", "monte-carlo"] | None = None
+    """exact (KS lattice count), asymptotic (chi-squared or Smirnov limit) or monte-carlo (simulated
+    null with a fixed seed; never below 1/(1+draws))."""
     drifted: bool
     """Whether this test calls the feature drifted."""
+    message: str = Field("", max_length=256)
+    """Why there is no verdict (InsufficientData), if so."""
 
 
 class FeatureResult(Model):
@@ -206,10 +223,12 @@ class FeatureResult(Model):
     kind: Literal["numeric", "categorical"]
     """How the feature was compared."""
     verdict: Literal["Drift", "NoDrift", "InsufficientData"]
-    """Drift when any of its tests drifted; InsufficientData when it had fewer than
-    spec.window.minSamples values (never drift)."""
+    """Drift when any of its tests drifted; InsufficientData when no test had enough values (never
+    drift)."""
     samples: int = Field(ge=0)
     """Non-missing values of the feature in the window."""
+    reference_samples: int | None = Field(None, ge=0)
+    """Non-missing values of the feature in the reference."""
     tests: list[TestResult] = Field(
         default_factory=list,
         max_length=5,
@@ -233,6 +252,22 @@ class PerformanceResult(Model):
     """Whether live is worse than training by more than maxDegradation."""
     message: str = Field("", max_length=1024)
     """Why there is no verdict (too few labels, no training metric, unreadable labels), if so."""
+
+
+class ReportStatus(Model):
+    """Where the last drift report is."""
+
+    uri: str = Field(max_length=2048)
+    """The report of that check (self-contained HTML, under the artifact root beside the inference
+    log: drift-reports/<namespace>/<monitor>/)."""
+    latest_uri: str | None = Field(None, max_length=2048)
+    """A copy that is always the newest report of this monitor."""
+    time: str
+    """When the check it shows ran (RFC 3339)."""
+    verdict: str = Field(max_length=63)
+    """The verdict it shows."""
+    request: str | None = Field(None, max_length=1024)
+    """The mlops.dev/report-requested value it answered, when it was written on request."""
 
 
 class DriftMonitorStatus(StatusBase):
@@ -267,6 +302,10 @@ class DriftMonitorStatus(StatusBase):
     """Per-feature results of the last check."""
     performance: PerformanceResult | None = None
     """Concept drift result of the last check (with spec.performance)."""
+    alpha: float | None = None
+    """Significance level of the last check (spec.alpha)."""
+    report: ReportStatus | None = None
+    """The HTML drift report last written (on a changed verdict, or on request)."""
     last_retrain_request: str | None = None
     """When a retrain was last requested (RFC 3339)."""
     last_retrain_reason: str | None = Field(None, max_length=1024)

@@ -106,6 +106,8 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial import distance
 
+from mlops_operator.drift import null
+
 PROFILE_FORMAT_VERSION = 1
 DEFAULT_QUANTILE_COUNT = 1000
 DEFAULT_MAX_CATEGORIES = 100
@@ -121,12 +123,19 @@ INSUFFICIENT_DATA = "InsufficientData"
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "psi": 0.2,
-    "ks": 0.05,
+    "ks": 0.1,
     "wasserstein": 0.1,
-    "chi2": 0.05,
+    "chi2": 0.1,
     "js": 0.1,
 }
-"""Default threshold per test; for the p-value tests (ks, chi2) it is the significance level."""
+"""Default effect-size threshold per test (the score a drift must exceed; see DriftMonitorSpec.tests
+for where each figure comes from)."""
+DEFAULT_ALPHA = 0.05
+DEFAULT_MIN_SAMPLES = 50
+MIN_SAMPLES_PER_PSI_BIN = 5
+"""psi needs this many values per bin on each side (50 with the default 10 bins)."""
+TEST_MIN_SAMPLES: dict[str, int] = {"ks": 20, "wasserstein": 20, "chi2": 20, "js": 20}
+"""Fewest values (window and reference) a test needs besides ``min_samples`` (psi: per bin, above)."""
 
 TEST_KINDS: dict[str, frozenset[str]] = {
     "psi": frozenset({NUMERIC, CATEGORICAL}),
@@ -135,7 +144,8 @@ TEST_KINDS: dict[str, frozenset[str]] = {
     "chi2": frozenset({CATEGORICAL}),
     "js": frozenset({CATEGORICAL}),
 }
-P_VALUE_TESTS = frozenset({"ks", "chi2"})
+P_VALUE_TESTS = frozenset(DEFAULT_THRESHOLDS)
+"""Every test has a p-value (see :mod:`mlops_operator.drift.null`)."""
 CORRECTIONS = ("bonferroni", "benjamini-hochberg", "none")
 _CORRECTION_ALIASES = {"bh": "benjamini-hochberg", "fdr_bh": "benjamini-hochberg", "fdr": "benjamini-hochberg"}
 
@@ -146,28 +156,52 @@ _CORRECTION_ALIASES = {"bh": "benjamini-hochberg", "fdr_bh": "benjamini-hochberg
 
 @dataclass(frozen=True)
 class TestResult:
-    """Outcome of one test on one feature."""
+    """Outcome of one test on one feature: drifted when score > threshold and adjusted p < alpha."""
 
     __test__ = False  # not a pytest test class
 
-    score: float
-    """Statistic or distance (see the module docstring for each test's meaning)."""
+    score: float | None
+    """Effect size (see the module docstring for each test's); None when there was too little data."""
     p_value: float | None
-    """Raw p-value of a p-value test; None for distance tests."""
+    """p-value under "same distribution" (see :mod:`mlops_operator.drift.null`); None without data."""
     threshold: float
-    """Significance level (p-value tests) or distance threshold."""
+    """Effect-size threshold: the score a drift must exceed."""
     drifted: bool
     adjusted_p_value: float | None = None
-    """p-value after the multiple-testing correction; decides ``drifted`` for p-value tests."""
+    """p-value after the multiple-testing correction; compared with ``alpha``."""
+    alpha: float | None = None
+    method: str | None = None
+    """How the p-value was obtained: exact, asymptotic or monte-carlo."""
+    status: str = NO_DRIFT
+    """Drift, NoDrift or InsufficientData."""
+    message: str = ""
+    """Why there is no verdict (InsufficientData: how many values the test needs)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "status": self.status,
             "score": self.score,
             "pValue": self.p_value,
             "adjustedPValue": self.adjusted_p_value,
+            "alpha": self.alpha,
+            "pValueMethod": self.method,
             "threshold": self.threshold,
             "drifted": self.drifted,
+            "message": self.message,
         }
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Reference and current proportions over shared bins (numeric) or categories, for drawing."""
+
+    kind: str
+    reference: list[float]
+    current: list[float]
+    edges: list[float] = field(default_factory=list)
+    """Numeric: bin edges (len = bins + 1); the outer bins also hold what lies beyond them."""
+    labels: list[str] = field(default_factory=list)
+    """Categorical: one label per bar (the last may be "(other)")."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +220,10 @@ class FeatureResult:
     missing: int
     """Missing current values."""
     tests: dict[str, TestResult] = field(default_factory=dict)
+    histogram: Histogram | None = None
+    """Distributions to draw (``compare(histograms=True)``)."""
+    message: str = ""
+    """Why there is no verdict, when status is InsufficientData."""
 
     @property
     def drifted(self) -> bool:
@@ -199,6 +237,7 @@ class FeatureResult:
             "sampleSize": self.sample_size,
             "referenceSize": self.reference_size,
             "missing": self.missing,
+            "message": self.message,
             "tests": [{"name": name, **result.to_dict()} for name, result in self.tests.items()],
         }
 
@@ -213,6 +252,7 @@ class DriftReport:
     """Rows in the current window."""
     correction: str
     features: dict[str, FeatureResult]
+    alpha: float = DEFAULT_ALPHA
 
     @property
     def drift_detected(self) -> bool:
@@ -229,6 +269,7 @@ class DriftReport:
             "driftDetected": self.drift_detected,
             "sampleSize": self.sample_size,
             "correction": self.correction,
+            "alpha": self.alpha,
             "driftedFeatures": self.drifted_features,
             "features": [result.to_dict() for result in self.features.values()],
         }
@@ -829,7 +870,7 @@ def _correction_name(correction: str) -> str:
 # Comparison
 
 
-def _resolve_tests(tests: Mapping[str, float | None] | None, alpha: float) -> dict[str, float]:
+def _resolve_tests(tests: Mapping[str, float | None] | None) -> dict[str, float]:
     if tests is None:
         requested: Mapping[str, float | None] = {name: None for name in DEFAULT_THRESHOLDS}
     else:
@@ -838,46 +879,130 @@ def _resolve_tests(tests: Mapping[str, float | None] | None, alpha: float) -> di
     for name, threshold in requested.items():
         if name not in DEFAULT_THRESHOLDS:
             raise ValueError(f"unknown drift test {name!r}; use one of {', '.join(DEFAULT_THRESHOLDS)}")
-        if threshold is None:
-            threshold = alpha if name in P_VALUE_TESTS else DEFAULT_THRESHOLDS[name]
-        threshold = float(threshold)
-        if not math.isfinite(threshold) or threshold < 0 or (name in P_VALUE_TESTS and threshold > 1):
+        threshold = DEFAULT_THRESHOLDS[name] if threshold is None else float(threshold)
+        if not math.isfinite(threshold) or threshold < 0:
             raise ValueError(f"invalid threshold {threshold!r} for test {name!r}")
         resolved[name] = threshold
     return resolved
 
 
+Scores = dict[str, tuple[float, float, str]]
+"""test -> (score, p-value, p-value method)."""
+
+
+def _psi_counts(reference: _NumericReference, cur_sorted: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, current) counts over the PSI bins (right-closed, reference-quantile edges)."""
+    edges = reference.psi_edges(bins)
+    ref_cdf = np.concatenate(([0.0], reference.cdf(edges, "right"), [1.0]))
+    cur_cum = np.concatenate(([0], np.searchsorted(cur_sorted, edges, side="right"), [cur_sorted.size]))
+    return np.diff(ref_cdf) * reference.count, np.diff(cur_cum).astype(np.float64)
+
+
+def _reference_quantiles(reference: _NumericReference, probabilities: np.ndarray) -> np.ndarray:
+    """Inverted-CDF quantiles of the reference at the given probabilities (profile: nearest stored)."""
+    if reference.sorted_values is not None:
+        n = reference.count
+        index = np.clip(np.ceil(probabilities * n).astype(np.int64) - 1, 0, n - 1)
+        return reference.sorted_values[index]
+    k = reference.quantiles.size - 1
+    return reference.quantiles[np.rint(probabilities * k).astype(np.int64)]
+
+
 def _numeric_scores(
-    reference: _NumericReference, cur_sorted: np.ndarray, tests: Mapping[str, float], psi_bins: int
-) -> dict[str, tuple[float, float | None]]:
-    scores: dict[str, tuple[float, float | None]] = {}
+    reference: _NumericReference, cur_sorted: np.ndarray, tests: Sequence[str], psi_bins: int, alpha: float
+) -> Scores:
+    scores: Scores = {}
+    n, m = reference.count, cur_sorted.size
     if "ks" in tests or "wasserstein" in tests:
         if reference.sorted_values is not None:
             statistic, distance_ = _exact_ecdf_distances(reference.sorted_values, cur_sorted)
         else:
             statistic, distance_ = _profile_ecdf_distances(reference.quantiles, cur_sorted)
         if "ks" in tests:
-            scores["ks"] = (statistic, ks_pvalue(statistic, reference.count, cur_sorted.size))
+            scores["ks"] = (statistic, *null.ks_null_pvalue(statistic, n, m, exact_below=min(1.0, 2 * alpha)))
         if "wasserstein" in tests:
             scale = reference.std if reference.std > 0 else 1.0
-            scores["wasserstein"] = (distance_ / scale, None)
+            grid = _reference_quantiles(reference, np.linspace(0.0, 1.0, null.BRIDGE_GRID + 1))
+            scores["wasserstein"] = (distance_ / scale, *null.wasserstein_pvalue(distance_, grid, n, m))
     if "psi" in tests:
-        scores["psi"] = (_numeric_psi(reference, cur_sorted, psi_bins), None)
+        ref_counts, cur_counts = _psi_counts(reference, cur_sorted, psi_bins)
+        score = psi_from_proportions(ref_counts / n, cur_counts / m)
+        scores["psi"] = (score, *null.numeric_psi_pvalue(ref_counts, cur_counts, score))
     return scores
 
 
 def _categorical_scores(
-    reference: _CategoricalReference, current: Mapping[str, int], tests: Mapping[str, float]
-) -> dict[str, tuple[float, float | None]]:
+    reference: _CategoricalReference, current: Mapping[str, int], tests: Sequence[str]
+) -> Scores:
     ref_counts, cur_counts = reference.aligned_counts(current)
-    scores: dict[str, tuple[float, float | None]] = {}
+    p_values = null.categorical_table_pvalues(ref_counts, cur_counts, tests)
+    scores: Scores = {}
     if "chi2" in tests:
-        scores["chi2"] = chi2(ref_counts, cur_counts)
+        statistic = float(null.chi2_rows(ref_counts, cur_counts))
+        scores["chi2"] = (null.cramers_v(statistic, ref_counts.sum() + cur_counts.sum()), *p_values["chi2"])
     if "js" in tests:
-        scores["js"] = (jensen_shannon(ref_counts, cur_counts), None)
+        scores["js"] = (jensen_shannon(ref_counts, cur_counts), *p_values["js"])
     if "psi" in tests:
-        scores["psi"] = (psi_from_proportions(ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum()), None)
+        score = psi_from_proportions(ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum())
+        scores["psi"] = (score, *p_values["psi"])
     return scores
+
+
+HISTOGRAM_BINS = 30
+HISTOGRAM_CATEGORIES = 20
+
+
+def _numeric_histogram(reference: _NumericReference, cur_sorted: np.ndarray) -> Histogram | None:
+    if reference.count == 0 and cur_sorted.size == 0:
+        return None
+    ends = []
+    if reference.count:
+        ends.extend(_reference_quantiles(reference, np.array([0.005, 0.995])).tolist())
+    if cur_sorted.size:
+        m = cur_sorted.size
+        ends.extend([float(cur_sorted[int(0.005 * (m - 1))]), float(cur_sorted[int(math.ceil(0.995 * (m - 1)))])])
+    low, high = min(ends), max(ends)
+    if not high > low:
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
+    inner = edges[1:-1]
+    if reference.count:
+        ref_share = np.diff(np.concatenate(([0.0], reference.cdf(inner, "right"), [1.0])))
+    else:
+        ref_share = np.zeros(HISTOGRAM_BINS)
+    if cur_sorted.size:
+        cum = np.concatenate(([0], np.searchsorted(cur_sorted, inner, side="right"), [cur_sorted.size]))
+        cur_share = np.diff(cum) / cur_sorted.size
+    else:
+        cur_share = np.zeros(HISTOGRAM_BINS)
+    return Histogram(NUMERIC, ref_share.tolist(), cur_share.tolist(), edges=edges.tolist())
+
+
+def _categorical_histogram(reference: _CategoricalReference, current: Mapping[str, int]) -> Histogram | None:
+    ref_total = reference.count
+    cur_total = sum(current.values())
+    if ref_total == 0 and cur_total == 0:
+        return None
+    labels = list(dict.fromkeys(list(reference.counts) + list(current)))
+    ref_share = {label: reference.counts.get(label, 0) / ref_total if ref_total else 0.0 for label in labels}
+    cur_share = {label: current.get(label, 0) / cur_total if cur_total else 0.0 for label in labels}
+    labels.sort(key=lambda label: -max(ref_share[label], cur_share[label]))
+    shown, rest = labels[:HISTOGRAM_CATEGORIES], labels[HISTOGRAM_CATEGORIES:]
+    reference_values = [ref_share[label] for label in shown]
+    current_values = [cur_share[label] for label in shown]
+    other_ref = sum(ref_share[label] for label in rest) + (reference.other / ref_total if ref_total else 0.0)
+    other_cur = sum(cur_share[label] for label in rest)
+    if other_ref > 0 or other_cur > 0:
+        shown = shown + ["(other)"]
+        reference_values.append(other_ref)
+        current_values.append(other_cur)
+    return Histogram(CATEGORICAL, reference_values, current_values, labels=shown)
+
+
+def _test_need(test: str, kind: str, min_samples: int, psi_bins: int) -> int:
+    if test == "psi" and kind == NUMERIC:
+        return max(min_samples, MIN_SAMPLES_PER_PSI_BIN * psi_bins)
+    return max(min_samples, TEST_MIN_SAMPLES.get(test, 1))
 
 
 def compare(
@@ -885,28 +1010,33 @@ def compare(
     current: pd.DataFrame | Mapping[str, Any],
     tests: Mapping[str, float | None] | None = None,
     features: Sequence[str] | None = None,
-    alpha: float = 0.05,
+    alpha: float = DEFAULT_ALPHA,
     correction: str = "bonferroni",
-    min_samples: int = 100,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
     *,
     categorical: Sequence[str] | None = None,
     psi_bins: int = DEFAULT_PSI_BINS,
+    histograms: bool = False,
 ) -> DriftReport:
     """Compare a current window against a reference (profile dict or raw rows) feature by feature.
 
-    ``tests`` maps test name -> threshold (None: the default; for ks/chi2 the default is ``alpha``);
-    None runs every test that fits each feature's kind. ``features`` defaults to all the reference's
-    features; one absent from ``current`` counts as having no samples. ``categorical`` names
-    numeric-typed columns of a raw reference to treat as categorical, as in :func:`build_profile`
-    (a profile carries its kinds). ``correction`` applies
-    to the p-values of all ks/chi2 tests of this comparison together.
+    ``tests`` maps test name -> effect-size threshold (None: the default); None runs every test
+    that fits each feature's kind. A test flags drift when its score exceeds its threshold AND its
+    p-value, adjusted by ``correction`` over every test of every feature of this comparison, is
+    below ``alpha``. A test whose window or reference has fewer values than it needs
+    (``min_samples``, and psi 5 per bin) is ``InsufficientData`` with a message saying so; a
+    feature is InsufficientData when all its tests are. ``features`` defaults to all the
+    reference's features; one absent from ``current`` counts as having no samples. ``categorical``
+    names numeric-typed columns of a raw reference to treat as categorical, as in
+    :func:`build_profile` (a profile carries its kinds). ``histograms`` adds each feature's
+    reference and current distributions for a report.
     """
     if not 0 < alpha < 1:
         raise ValueError("alpha must be in (0, 1)")
     if psi_bins < 2:
         raise ValueError("psi_bins must be >= 2")
     correction = _correction_name(correction)
-    thresholds = _resolve_tests(tests, alpha)
+    thresholds = _resolve_tests(tests)
     current_columns = _columns(current)
 
     if _is_profile(reference):
@@ -935,48 +1065,61 @@ def compare(
                 return _CategoricalReference.from_values(values)
             return _NumericReference.from_values(values)
 
-    # Pass 1: raw scores per feature and test.
-    evaluated: dict[str, tuple[str, int, int, int, dict[str, tuple[float, float | None]] | None]] = {}
+    # Pass 1: scores and raw p-values per feature and test; too little data -> a message instead.
+    evaluated: dict[str, tuple[str, int, int, int, Scores, dict[str, str], Histogram | None]] = {}
     for name in names:
         ref = reference_of(name)
         kind = NUMERIC if isinstance(ref, _NumericReference) else CATEGORICAL
-        feature_tests = {test: value for test, value in thresholds.items() if kind in TEST_KINDS[test]}
+        feature_tests = [test for test in thresholds if kind in TEST_KINDS[test]]
         values = current_columns.get(name)
         if kind == NUMERIC:
-            if values is None:
-                kept, missing = np.empty(0), 0
-            else:
-                kept, missing = numeric_values(values)
+            kept, missing = (np.empty(0), 0) if values is None else numeric_values(values)
             size = kept.size
-            enough = size >= min_samples and ref.count >= min_samples and size > 0 and ref.count > 0
-            scores = _numeric_scores(ref, np.sort(kept), feature_tests, psi_bins) if enough else None
         else:
             counts, missing = category_counts(values) if values is not None else ({}, 0)
             size = sum(counts.values())
-            enough = size >= min_samples and ref.count >= min_samples and size > 0 and ref.count > 0
-            scores = _categorical_scores(ref, counts, feature_tests) if enough else None
-        evaluated[name] = (kind, size, ref.count, missing, scores)
+        short: dict[str, str] = {}
+        for test in feature_tests:
+            need = _test_need(test, kind, min_samples, psi_bins)
+            if size < need or ref.count < need:
+                short[test] = (f"{test} needs {need} non-missing values in the window and in the reference; "
+                               f"the window has {size}, the reference {ref.count}")
+        runnable = [test for test in feature_tests if test not in short]
+        if kind == NUMERIC:
+            cur_sorted = np.sort(kept)
+            scores = _numeric_scores(ref, cur_sorted, runnable, psi_bins, alpha) if runnable else {}
+            histogram = _numeric_histogram(ref, cur_sorted) if histograms else None
+        else:
+            scores = _categorical_scores(ref, counts, runnable) if runnable else {}
+            histogram = _categorical_histogram(ref, counts) if histograms else None
+        evaluated[name] = (kind, size, ref.count, missing, scores, short, histogram)
         del ref
 
     # Pass 2: one multiple-testing correction over every p-value of this comparison.
-    keys = [(name, test) for name, item in evaluated.items() if item[4] for test in item[4] if test in P_VALUE_TESTS]
+    keys = [(name, test) for name, item in evaluated.items() for test in item[4]]
     adjusted = dict(zip(keys, adjust_p_values([evaluated[name][4][test][1] for name, test in keys], correction)))
 
     results: dict[str, FeatureResult] = {}
-    for name, (kind, size, ref_count, missing, scores) in evaluated.items():
-        if scores is None:
-            results[name] = FeatureResult(name, kind, INSUFFICIENT_DATA, size, ref_count, missing)
-            continue
+    for name, (kind, size, ref_count, missing, scores, short, histogram) in evaluated.items():
         test_results: dict[str, TestResult] = {}
-        for test, (score, p_value) in scores.items():
-            threshold = thresholds[test]
-            if test in P_VALUE_TESTS:
+        for test in thresholds:
+            if test in scores:
+                score, p_value, method = scores[test]
                 adjusted_p = adjusted[(name, test)]
-                test_results[test] = TestResult(float(score), float(p_value), threshold, adjusted_p < threshold, adjusted_p)
-            else:
-                test_results[test] = TestResult(float(score), None, threshold, bool(score > threshold))
-        status = DRIFT if any(result.drifted for result in test_results.values()) else NO_DRIFT
-        results[name] = FeatureResult(name, kind, status, size, ref_count, missing, test_results)
+                drifted = bool(score > thresholds[test] and adjusted_p < alpha)
+                test_results[test] = TestResult(float(score), float(p_value), thresholds[test], drifted, adjusted_p,
+                                                alpha, method, DRIFT if drifted else NO_DRIFT)
+            elif test in short:
+                test_results[test] = TestResult(None, None, thresholds[test], False, None, alpha, None,
+                                                INSUFFICIENT_DATA, short[test])
+        if any(result.drifted for result in test_results.values()):
+            status, message = DRIFT, ""
+        elif scores:
+            status, message = NO_DRIFT, ""
+        else:
+            status = INSUFFICIENT_DATA
+            message = "; ".join(short.values()) or "no test applies"
+        results[name] = FeatureResult(name, kind, status, size, ref_count, missing, test_results, histogram, message)
 
     if any(result.status == DRIFT for result in results.values()):
         overall = DRIFT
@@ -984,4 +1127,5 @@ def compare(
         overall = NO_DRIFT
     else:
         overall = INSUFFICIENT_DATA
-    return DriftReport(status=overall, sample_size=_row_count(current_columns), correction=correction, features=results)
+    return DriftReport(status=overall, sample_size=_row_count(current_columns), correction=correction,
+                       features=results, alpha=alpha)

@@ -199,7 +199,7 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
     try:
         report = await asyncio.to_thread(
             drift.compare, profile, current, driftmonitor.engine_tests(spec), spec.features or None,
-            correction=driftmonitor.engine_correction(spec), min_samples=spec.window.min_samples)
+            alpha=spec.alpha, correction=driftmonitor.engine_correction(spec), min_samples=spec.window.min_samples)
     except ValueError as error:
         raise CheckFailed(driftmonitor.CHECK_FAILED, f"drift comparison failed: {error}"[:1024]) from None
     performance, problem = await _performance(spec, window, deployment_status)

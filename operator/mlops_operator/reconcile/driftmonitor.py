@@ -105,7 +105,7 @@ def window_since(window: Window, now: datetime) -> datetime | None:
 
 
 def engine_tests(spec: DriftMonitorSpec) -> dict[str, float]:
-    """spec.tests as the engine's ``tests`` argument (name → threshold)."""
+    """spec.tests as the engine's ``tests`` argument (name → effect-size threshold)."""
     return {test.name: float(test.threshold) for test in spec.tests}
 
 
@@ -151,19 +151,24 @@ def feature_results(report: drift.DriftReport) -> list[dict[str, Any]]:
     for feature in report.features.values():
         tests = []
         for name, result in feature.tests.items():
-            score = _number(result.score)
             entry: dict[str, Any] = {
                 "test": name,
-                "score": 0.0 if score is None else score,
+                "verdict": result.status,
                 "threshold": _number(result.threshold),
                 "drifted": bool(result.drifted),
             }
-            for key, value in (("pValue", result.p_value), ("adjustedPValue", result.adjusted_p_value)):
+            for key, value in (("score", result.score), ("pValue", result.p_value),
+                               ("adjustedPValue", result.adjusted_p_value), ("alpha", result.alpha)):
                 if _number(value) is not None:
                     entry[key] = _number(value)
+            if result.method:
+                entry["pValueMethod"] = result.method
+            if result.message:
+                entry["message"] = result.message[:256]
             tests.append(entry)
         results.append({"feature": feature.name, "kind": feature.kind, "verdict": feature.status,
-                        "samples": int(feature.sample_size), "tests": tests})
+                        "samples": int(feature.sample_size), "referenceSamples": int(feature.reference_size),
+                        "tests": tests})
     if len(results) > MAX_RESULTS:
         results.sort(key=lambda result: result["verdict"] != drift.DRIFT)  # stable: order kept within groups
         results = results[:MAX_RESULTS]
@@ -213,7 +218,9 @@ def verdict_of(
             parts.append(f"the reference has {smallest_reference} values of a feature, fewer than the "
                          f"{min_samples} needed for a verdict")
         else:
-            parts.append(f"no feature had {min_samples} non-missing values in {sample_size} requests")
+            first = next((f.message for f in report.features.values() if f.message), "")
+            parts.append(f"no feature had enough non-missing values in {sample_size} requests"
+                         + (f" ({first})" if first else ""))
     else:
         parts.append(f"{len(drifted)}/{len(evaluated)} features drifted" + _drift_details(report, drifted))
     if performance and performance.get("live") is not None and performance.get("training") is not None:
@@ -229,10 +236,7 @@ def _drift_details(report: drift.DriftReport, drifted: list[str]) -> str:
     for name in drifted[:_SUMMARY_FEATURES]:
         for test, result in report.features[name].tests.items():
             if result.drifted:
-                if result.adjusted_p_value is not None:
-                    details.append(f"{test} {name} p={result.adjusted_p_value:.2g}")
-                else:
-                    details.append(f"{test} {name}={result.score:.3g}")
+                details.append(f"{test} {name}={result.score:.3g} p={result.adjusted_p_value:.2g}")
     more = ", ..." if len(drifted) > _SUMMARY_FEATURES else ""
     return f" ({', '.join(details)}{more})"
 

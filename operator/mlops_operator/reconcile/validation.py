@@ -153,6 +153,10 @@ def deployment_spec_errors(spec: ModelDeploymentSpec, known_instance_types: set[
     return problems
 
 
+BOUNDED_SCORES = frozenset({"ks", "chi2", "js"})
+"""Tests whose score (an effect size) cannot exceed 1."""
+
+
 def drift_spec_errors(spec: DriftMonitorSpec, namespace: str | None = None) -> list[str]:
     """Problems with a DriftMonitor spec (``namespace``: the DriftMonitor's own)."""
     problems = []
@@ -180,4 +184,8 @@ def drift_spec_errors(spec: DriftMonitorSpec, namespace: str | None = None) -> l
     names = [test.name for test in spec.tests]
     if len(names) != len(set(names)):
         problems.append("spec.tests: each test may appear once")
+    for test in spec.tests:
+        if test.name in BOUNDED_SCORES and test.threshold >= 1:
+            problems.append(f"spec.tests[{test.name}].threshold: {test.name}'s score is in [0, 1], so a threshold of "
+                            f"{test.threshold:g} never flags drift (it is an effect size; significance is spec.alpha)")
     return problems
