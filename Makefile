@@ -59,8 +59,16 @@ check-generated: venv ## Fail when a generated file is stale
 lint: venv ## Import layering contracts
 	$(VENV)/bin/lint-imports
 
+.PHONY: browser
+browser: ## Headless Chromium for the drift report test (Debian's chromium, installed with apt-get when missing)
+	@if command -v chromium >/dev/null 2>&1 || [ -n "$${MLOPS_CHROMIUM:-}" ]; then :; else \
+	  echo "[make] installing Debian's chromium for the drift report browser test (apt-get, a few minutes)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium; \
+	fi
+
 .PHONY: test
-test: venv ## Run every test (starts the local control plane unless KUBECONFIG is set)
+test: venv browser ## Run every test (starts the local control plane unless KUBECONFIG is set)
 	@if [ -z "$${KUBECONFIG:-}" ]; then $(PY) hack/devcluster.py up; fi
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest

@@ -7,6 +7,8 @@ Each command sets one annotation the operator watches; nothing here changes a sp
     kubectl mlops rollback <deployment> [--version V]  # mlops.dev/rollback=V (default: candidate, else stable)
     kubectl mlops retrain <training> --reason TEXT     # mlops.dev/retrain-requested=<time> <reason>
     kubectl mlops status [namespace] [-A]              # deployments and trainings at a glance
+    kubectl mlops report <monitor> [-o FILE] [--open]  # mlops.dev/report-requested=<time>: a check and
+                                                       #   its HTML drift report, copied to FILE
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any, Protocol, TextIO
 
 from mlops_operator.api.annotations import APPROVE_ANNOTATION, RETRAIN_ANNOTATION, ROLLBACK_ANNOTATION
 from mlops_operator.api.common import GROUP, VERSION
+REPORT_ANNOTATION = "mlops.dev/report-requested"
+REPORT_WAIT_SECONDS = 120.0
 
 
 class CommandError(Exception):
@@ -146,6 +150,8 @@ def run(args: argparse.Namespace, api: ObjectsApi, namespace: str, out: TextIO) 
         value = retrain_request(args.reason)
         _annotate(api, namespace, "modeltrainings", args.name, RETRAIN_ANNOTATION, value)
         out.write(f"modeltraining.mlops.dev/{args.name} retraining requested ({value})\n")
+    elif args.command == "report":
+        return _report(args, api, namespace, out)
     else:
         listing = args.all_namespaces or False
         where = args.status_namespace or namespace
@@ -156,6 +162,54 @@ def run(args: argparse.Namespace, api: ObjectsApi, namespace: str, out: TextIO) 
             return api.list_namespaced_custom_object(GROUP, VERSION, where, plural)["items"]
 
         status_tables(items("modeldeployments"), items("modeltrainings"), out, all_namespaces=listing)
+    return 0
+
+
+def _report(args: argparse.Namespace, api: ObjectsApi, namespace: str, out: TextIO) -> int:
+    """Ask the operator for a check and its report (unless --no-refresh), wait for it, copy it here."""
+    import time
+
+    monitor = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "driftmonitors", args.name)
+    if not args.no_refresh:
+        value = retrain_request("kubectl mlops report")
+        _annotate(api, namespace, "driftmonitors", args.name, REPORT_ANNOTATION, value)
+        out.write(f"driftmonitor.mlops.dev/{args.name}: report requested ({value}); waiting for the check")
+        out.flush()
+        deadline = time.monotonic() + args.timeout
+        while True:
+            monitor = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "driftmonitors", args.name)
+            if ((monitor.get("status") or {}).get("report") or {}).get("request") == value:
+                out.write(" done\n")
+                break
+            if time.monotonic() > deadline:
+                out.write("\n")
+                ready = next((c for c in (monitor.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"),
+                             {})
+                raise CommandError(f"no report after {args.timeout:g} s (Ready: {ready.get('reason', '?')}: "
+                                   f"{ready.get('message', '')}); is the operator running?")
+            out.write(".")
+            out.flush()
+            time.sleep(1.0)
+    report = (monitor.get("status") or {}).get("report") or {}
+    if not report.get("uri"):
+        raise CommandError(f"DriftMonitor {args.name} has no report yet")
+    import fsspec
+
+    try:
+        with fsspec.open(report["uri"], "rb") as handle:
+            data = handle.read()
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot read {report['uri']}: {error} (the artifact root must be readable from here)") from None
+    target = args.output or f"{args.name}-drift-report.html"
+    with open(target, "wb") as handle:
+        handle.write(data)
+    out.write(f"{report.get('verdict', '?')} at {report.get('time', '?')}: wrote {target} ({len(data)} bytes) "
+              f"from {report['uri']}\n")
+    if args.open:
+        import webbrowser
+        from pathlib import Path
+
+        webbrowser.open(Path(target).resolve().as_uri())
     return 0
 
 
@@ -179,7 +233,14 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("status_namespace", nargs="?", metavar="namespace",
                         help="namespace (default: -n or the context's)")
     status.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
-    for sub in (approve, rollback, retrain):
+    report = commands.add_parser("report", help="write (and open) the HTML drift report of a DriftMonitor")
+    report.add_argument("name")
+    report.add_argument("-o", "--output", help="file to write (default: <monitor>-drift-report.html)")
+    report.add_argument("--open", action="store_true", help="open it in the web browser")
+    report.add_argument("--no-refresh", action="store_true",
+                        help="copy the last report instead of asking for a check now")
+    report.add_argument("--timeout", type=float, default=REPORT_WAIT_SECONDS, help="seconds to wait for the check")
+    for sub in (approve, rollback, retrain, report):
         sub.add_argument("-n", "--namespace", dest="sub_namespace", help=argparse.SUPPRESS)
     return top
 

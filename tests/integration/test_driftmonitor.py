@@ -11,6 +11,7 @@ no training run, only the DriftMonitor at work.
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -210,6 +211,43 @@ def test_no_drift_then_drift_requests_a_retrain_once_within_the_cooldown(objects
     assert metric(operator, "mlops_retrain_requests_total", namespace=ns, name="iris") == 1
     assert metric(operator, "mlops_drift_checks_total", result="drift") >= 3
     assert metric(operator, "mlops_drift_checks_total", result="nodrift") >= 2
+
+
+def test_drift_report_on_a_changed_verdict_and_on_request(objects, operator, serving, kubeconfig, tmp_path):
+    import fsspec
+
+    from mlops_operator import cli
+
+    serving.create_deployment()
+    serving.serve("1", serving.publish_version("1"))
+    serving.send(normal_traffic())
+    create_monitor(objects, interval="1h")
+
+    # The first check writes a report; status links it.
+    obj = objects.wait("DriftMonitor", "iris", lambda o: (o.get("status") or {}).get("report"), timeout=60,
+                       what="a report after the first check")
+    report = obj["status"]["report"]
+    assert report["verdict"] == obj["status"]["phase"] == "NoDrift" and report["time"] == obj["status"]["lastCheckTime"]
+    assert f"/drift-reports/{objects.namespace}/iris/" in report["uri"] and report["latestUri"].endswith("latest.html")
+    with fsspec.open(report["uri"], "rt", encoding="utf-8") as handle:
+        page = handle.read()
+    assert page.count('<svg class="chart"') == 4 and all(f'data-feature="{name}"' in page for name in FEATURES)
+    assert "model version</dt><dd>1</dd>" in page and "200 rows" in page
+
+    # On request (kubectl mlops report): a check now, despite the 1h interval, and its report copied here.
+    serving.send(shifted_traffic())
+    target = tmp_path / "report.html"
+    out = io.StringIO()
+    code = cli.main(["--kubeconfig", kubeconfig, "-n", objects.namespace, "report", "iris", "-o", str(target),
+                     "--timeout", "60"], out=out)
+    assert code == 0, out.getvalue()
+    obj = objects.get("DriftMonitor", "iris")
+    report = obj["status"]["report"]
+    assert obj["status"]["phase"] == report["verdict"] == "Drift" and report["request"]
+    assert obj["metadata"]["annotations"]["mlops.dev/report-requested"] == report["request"]
+    page = target.read_text(encoding="utf-8")
+    assert 'badge drift">Drift</span></h1>' in page and page.count('<svg class="chart"') == 4
+    assert "wrote " + str(target) in out.getvalue()
 
 
 def test_too_few_samples_is_insufficient_data(objects, operator, serving):

@@ -154,3 +154,57 @@ def read_labels(uri: str) -> pd.DataFrame:
         raise ValueError(f"labels {uri} lack the column(s) {', '.join(missing)} "
                          f"(found {', '.join(labels.columns)})")
     return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Drift reports: <root>/drift-reports/<namespace>/<monitor>/{<time>.html, latest.html, history.jsonl}
+
+REPORT_HISTORY_LIMIT = 500
+"""history.jsonl keeps the last this many checks (the concept-drift chart's points)."""
+
+
+def report_dir(root: str, namespace: str, monitor: str) -> str:
+    """Where a DriftMonitor's reports live: under the artifact root, beside the inference log."""
+    return f"{str(root).rstrip('/')}/drift-reports/{namespace}/{monitor}"
+
+
+def write_report(root: str, namespace: str, monitor: str, page: str, stamp: str) -> tuple[str, str]:
+    """Write one report (and latest.html); returns (its URI, latest.html's URI)."""
+    directory = report_dir(root, namespace, monitor)
+    fs, path = url_to_fs(directory)
+    fs.makedirs(path, exist_ok=True)
+    name = stamp.replace(":", "").replace("-", "") + ".html"
+    data = page.encode("utf-8")
+    for target in (name, "latest.html"):
+        with fs.open(f"{path}/{target}", "wb") as handle:
+            handle.write(data)
+    return f"{directory}/{name}", f"{directory}/latest.html"
+
+
+def record_check(root: str, namespace: str, monitor: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Append one check to history.jsonl (bounded; rewritten whole, so it works on S3 too) and return
+    the history, oldest first."""
+    import json
+
+    directory = report_dir(root, namespace, monitor)
+    fs, path = url_to_fs(directory)
+    fs.makedirs(path, exist_ok=True)
+    target = f"{path}/history.jsonl"
+    history: list[dict[str, Any]] = []
+    if fs.exists(target):
+        with fs.open(target, "rb") as handle:
+            for line in handle.read().decode("utf-8", errors="replace").splitlines():
+                try:
+                    history.append(json.loads(line))
+                except ValueError:
+                    continue  # a torn line from an interrupted write
+    history = (history + [entry])[-REPORT_HISTORY_LIMIT:]
+    with fs.open(target, "wb") as handle:
+        handle.write("".join(json.dumps(item) + "\n" for item in history).encode("utf-8"))
+    return history
+
+
+def read_report(uri: str) -> bytes:
+    """A report's bytes by URI (kubectl mlops report)."""
+    with fsspec.open(uri, "rb") as handle:
+        return handle.read()

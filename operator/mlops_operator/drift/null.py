@@ -35,8 +35,12 @@ p-value under the null hypothesis "reference and current window come from the sa
   grid of ``BRIDGE_GRID`` reference quantiles (bridges shared by all features, fixed seed). It is an
   asymptotic null: not in the default spec; the calibration benchmark measures it at small sizes.
 
-Monte Carlo p-values are never below ``1/(1 + draws)``: with Bonferroni over M p-values a test can
-only be significant when ``alpha/M`` exceeds that.
+Monte Carlo p-values are ``(1 + g) / (1 + N)`` with g of N simulated values at or above the
+observed one. N is ``FIRST_DRAWS`` when that already gives p >= ``EARLY_STOP_P`` (no corrected
+alpha below that can be reached: most unchanged features stop there), else ``NULL_DRAWS``. The
+seed is fixed, so a check is reproducible. They are never below ``1/(1 + NULL_DRAWS)``: with
+Bonferroni over M p-values a test can only be significant when ``alpha/M`` exceeds that (M < 1000
+at alpha 0.05).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ KS_EXACT_MAX_CELLS = 10_000_000
 """The exact KS distribution is counted when n*m is at most this (about 20 ms at the limit)."""
 ASYMPTOTIC_MIN_EXPECTED = {"chi2": 5.0, "psi": 100.0, "js": 100.0}
 """Smallest expected cell count for which a table test uses its chi-squared limit."""
+FIRST_DRAWS = 2000
+EARLY_STOP_P = 0.1
 BRIDGE_GRID = 200
 BRIDGE_DRAWS = 10_000
 SEED = 20_261_129
@@ -264,17 +270,59 @@ def categorical_table_pvalues(ref_counts: np.ndarray, cur_counts: np.ndarray, te
         draws = max(2000, min(draws, CATEGORICAL_DRAW_BUDGET // ref.size))
         rng = np.random.default_rng([SEED, ref.size, int(m)])
         totals = np.rint(ref + cur).astype(np.int64)
-        cur_draws = hypergeometric_tables(totals, int(round(m)), draws, rng).astype(np.float64)
-        ref_draws = totals - cur_draws
+
+        def batch(size: int) -> dict[str, np.ndarray]:
+            cur_draws = hypergeometric_tables(totals, int(round(m)), size, rng).astype(np.float64)
+            ref_draws = totals - cur_draws
+            return {test: TABLE_STATISTICS[test](ref_draws, cur_draws) for test, _ in simulate}
+
+        # One stream of simulated tables (first stage, then the rest); each test reads what it needs.
+        shared: list[dict[str, np.ndarray]] = []
         for test, score in simulate:
-            results[test] = (_monte_carlo_pvalue(TABLE_STATISTICS[test](ref_draws, cur_draws), score), MONTE_CARLO)
+            calls = [0]
+
+            def read(size: int, test: str = test, calls: list[int] = calls) -> np.ndarray:
+                stage = calls[0]
+                calls[0] += 1
+                if len(shared) <= stage:
+                    shared.append(batch(size))
+                return shared[stage][test]
+
+            results[test] = (StagedNull(read, draws).pvalue(score), MONTE_CARLO)
     return {test: results[test] for test in tests}
 
 
+class StagedNull:
+    """Simulated null values, ``FIRST_DRAWS`` first and up to ``NULL_DRAWS`` when a p-value needs them."""
+
+    def __init__(self, simulate, max_draws: int = NULL_DRAWS):
+        self.simulate = simulate
+        """``simulate(size)`` -> that many more simulated statistics."""
+        self.max_draws = max(max_draws, FIRST_DRAWS)
+        self._first: np.ndarray | None = None
+        self._all: np.ndarray | None = None
+
+    def pvalue(self, observed: float) -> float:
+        tolerance = 1e-9 * max(1.0, abs(observed))
+        if self._first is None:
+            self._first = np.sort(self.simulate(FIRST_DRAWS))
+        p = _tail_share(self._first, observed - tolerance)
+        if p >= EARLY_STOP_P or self.max_draws == FIRST_DRAWS:
+            return p
+        if self._all is None:
+            self._all = np.sort(np.concatenate((self._first, self.simulate(self.max_draws - FIRST_DRAWS))))
+        return _tail_share(self._all, observed - tolerance)
+
+
+def _tail_share(ordered: np.ndarray, level: float) -> float:
+    above = ordered.size - int(np.searchsorted(ordered, level, side="left"))
+    return float((1 + above) / (1 + ordered.size))
+
+
 @lru_cache(maxsize=256)
-def _numeric_psi_null(ref_counts: tuple[int, ...], m: int, draws: int) -> np.ndarray:
-    """Sorted simulated PSI values of m current rows against reference-quantile bins holding
-    ``ref_counts`` reference rows (Dirichlet-multinomial; see the module docstring)."""
+def _numeric_psi_null(ref_counts: tuple[int, ...], m: int, draws: int) -> StagedNull:
+    """The null of PSI of m current rows against reference-quantile bins holding ``ref_counts``
+    reference rows (Dirichlet-multinomial; see the module docstring), simulated on demand."""
     ref = np.asarray(ref_counts, dtype=np.float64)
     rng = np.random.default_rng([SEED, len(ref_counts), m, int(ref.sum())])
     # Bins are (-inf, e1], ..., (e_last, inf) with e_i a reference order statistic: the spacings of
@@ -283,11 +331,13 @@ def _numeric_psi_null(ref_counts: tuple[int, ...], m: int, draws: int) -> np.nda
     gaps = np.maximum(ref, 0.0).copy()
     gaps[-1] += 1.0
     gaps = np.maximum(gaps, 1e-3)  # an empty bin (possible with a profile) keeps a tiny mass
-    probabilities = rng.dirichlet(gaps, size=draws)
-    current = rng.multinomial(m, probabilities).astype(np.float64)
-    simulated = psi_rows(np.broadcast_to(ref, current.shape), current)
-    simulated.sort()
-    return simulated
+
+    def simulate(size: int) -> np.ndarray:
+        probabilities = rng.dirichlet(gaps, size=size)
+        current = rng.multinomial(m, probabilities).astype(np.float64)
+        return psi_rows(np.broadcast_to(ref, current.shape), current)
+
+    return StagedNull(simulate, draws)
 
 
 def numeric_psi_pvalue(ref_counts: np.ndarray, cur_counts: np.ndarray, score: float,
@@ -301,10 +351,8 @@ def numeric_psi_pvalue(ref_counts: np.ndarray, cur_counts: np.ndarray, score: fl
     expected_min = float(np.min(ref) * min(n, m) / n)
     if expected_min >= ASYMPTOTIC_MIN_EXPECTED["psi"]:
         return _asymptotic_table_pvalue("psi", score, n, m, ref.size), ASYMPTOTIC
-    simulated = _numeric_psi_null(tuple(int(x) for x in np.rint(ref)), int(round(m)), draws)
-    tolerance = 1e-9 * max(1.0, abs(score))
-    above = simulated.size - int(np.searchsorted(simulated, score - tolerance, side="left"))
-    return float((1 + above) / (1 + simulated.size)), MONTE_CARLO
+    null = _numeric_psi_null(tuple(int(x) for x in np.rint(ref)), int(round(m)), draws)
+    return null.pvalue(score), MONTE_CARLO
 
 
 # ---------------------------------------------------------------------------------------------

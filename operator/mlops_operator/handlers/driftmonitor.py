@@ -45,6 +45,7 @@ from mlops_operator.handlers.common import (
     post_event,
     reconcile_object,
 )
+from mlops_operator.drift import report as drift_report
 from mlops_operator.reconcile import driftmonitor
 from mlops_operator.reconcile.conditions import FALSE, set_condition
 from mlops_operator.reconcile.validation import drift_spec_errors
@@ -199,7 +200,8 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
     try:
         report = await asyncio.to_thread(
             drift.compare, profile, current, driftmonitor.engine_tests(spec), spec.features or None,
-            alpha=spec.alpha, correction=driftmonitor.engine_correction(spec), min_samples=spec.window.min_samples)
+            alpha=spec.alpha, correction=driftmonitor.engine_correction(spec), min_samples=spec.window.min_samples,
+            histograms=True)
     except ValueError as error:
         raise CheckFailed(driftmonitor.CHECK_FAILED, f"drift comparison failed: {error}"[:1024]) from None
     performance, problem = await _performance(spec, window, deployment_status)
@@ -208,8 +210,34 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
         status, verdict, results=driftmonitor.feature_results(report), sample_size=len(window),
         window=driftmonitor.window_bounds(window), reference_uri=reference_uri, reference_description=description,
         reference_size=profile.get("rows"), model_version=deployment_status.get("stableVersion"),
-        performance=performance, problem=problem, generation=generation, now=now)
+        performance=performance, problem=problem, generation=generation, now=now, alpha=spec.alpha)
     return status, report, verdict
+
+
+async def _write_report(obj: dict[str, Any], status: dict[str, Any], report: drift.DriftReport,
+                        verdict: driftmonitor.Verdict, request: str | None) -> dict[str, Any]:
+    """Record the check in the monitor's history and, when due, write its HTML report; a storage
+    failure is logged and leaves the status without a new report (the check itself stands)."""
+    meta = obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    root = get_settings().artifact_root_uri
+    previous_phase = obj["status"].get("phase")
+    try:
+        history = await asyncio.to_thread(drift_data.record_check, root, namespace, name,
+                                          driftmonitor.history_entry(status, verdict))
+        if not driftmonitor.report_due(previous_phase, verdict, obj["status"], request):
+            return status
+        page = drift_report.render_report(report, driftmonitor.report_context(status, verdict, name, namespace, history))
+        uri, latest = await asyncio.to_thread(drift_data.write_report, root, namespace, name, page,
+                                              status["lastCheckTime"])
+    except OSError as error:
+        log.error("DriftMonitor %s/%s: cannot write its drift report under %s: %s", namespace, name, root, error)
+        return status
+    # Store the request this report answers, or keep the one answered before (so an old annotation
+    # does not ask again).
+    previous = (obj["status"].get("report") or {}).get("request")
+    answered = request if driftmonitor.report_pending(obj["status"], request) else previous
+    return driftmonitor.with_report(status, uri, latest, verdict, answered)
 
 
 async def _request_retrain(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, Any],
@@ -265,7 +293,8 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
     if status.get("phase") in (None, "Invalid"):
         status["phase"] = driftmonitor.PENDING
     now = _now()
-    if not driftmonitor.check_due(spec, status, generation, now):
+    report_request = (meta.get("annotations") or {}).get(driftmonitor.REPORT_ANNOTATION)
+    if not driftmonitor.check_due(spec, status, generation, now, report_request):
         return status
     try:
         status, report, verdict = await _check(obj, spec, status, now)
@@ -276,6 +305,7 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
         raise Retry(f"{failure.reason}: {failure.message}", status,
                     delay=driftmonitor.RETRY_AFTER_FAILURE.total_seconds()) from None
     _export_metrics(meta["namespace"], meta["name"], report, verdict)
+    status = await _write_report(obj, status, report, verdict, report_request)
     if verdict.phase == driftmonitor.DRIFT and spec.on_drift.retrain:
         status = await _request_retrain(obj, spec, status, verdict, now)
     _announce(obj, previous_phase, status)

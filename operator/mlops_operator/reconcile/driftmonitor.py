@@ -28,6 +28,7 @@ import pandas as pd
 
 from mlops_operator import drift
 from mlops_operator.api.driftmonitor import DriftMonitorSpec, Performance, RetrainPolicy, Window
+from mlops_operator.drift import report as drift_report
 from mlops_operator.reconcile.conditions import (
     FALSE,
     RECONCILING,
@@ -80,13 +81,16 @@ MAX_RESULTS = 512
 # When and what
 
 
-def check_due(spec: DriftMonitorSpec, status: Mapping[str, Any], generation: int, now: datetime) -> bool:
+def check_due(spec: DriftMonitorSpec, status: Mapping[str, Any], generation: int, now: datetime,
+              report_request: str | None = None) -> bool:
     """Whether a check should run now.
 
-    Due on a first visit, after a spec change (Ready was last set for another generation), and
-    once ``spec.interval`` has passed since ``status.lastCheckTime`` (after a failed check, at most
-    :data:`RETRY_AFTER_FAILURE`).
+    Due on a first visit, after a spec change (Ready was last set for another generation), on a new
+    ``mlops.dev/report-requested`` value (``report_request``), and once ``spec.interval`` has passed
+    since ``status.lastCheckTime`` (after a failed check, at most :data:`RETRY_AFTER_FAILURE`).
     """
+    if report_pending(status, report_request):
+        return True
     ready = find_condition(status.get("conditions"), READY)
     if ready is None or ready.get("reason") == RECONCILING or ready.get("observedGeneration") != generation:
         return True
@@ -97,6 +101,53 @@ def check_due(spec: DriftMonitorSpec, status: Mapping[str, Any], generation: int
     if status.get("phase") == ERROR:
         interval = min(interval, RETRY_AFTER_FAILURE)
     return now - parse_rfc3339(last) >= interval
+
+
+REPORT_ANNOTATION = "mlops.dev/report-requested"
+"""Set (to any new value, e.g. the time) to get a check and a report now (kubectl mlops report)."""
+
+
+def report_pending(status: Mapping[str, Any], report_request: str | None) -> bool:
+    """Whether the annotation asks for a report that status.report has not answered yet."""
+    return bool(report_request) and report_request != (status.get("report") or {}).get("request")
+
+
+def report_due(previous_phase: str | None, verdict: Verdict, status: Mapping[str, Any],
+               report_request: str | None) -> bool:
+    """A check writes a report when its verdict differs from the last one, on request, and on the
+    first check (there is no report to link yet)."""
+    return verdict.phase != previous_phase or report_pending(status, report_request) or not status.get("report")
+
+
+def report_context(status: Mapping[str, Any], verdict: Verdict, monitor: str, namespace: str,
+                   history: Sequence[Mapping[str, Any]] = ()) -> drift_report.ReportContext:
+    """What the report's header says, from the status the check just wrote."""
+    performance = status.get("performance")
+    points = [(str(item.get("time")), float(item["live"])) for item in history if item.get("live") is not None]
+    return drift_report.ReportContext(
+        title=f"DriftMonitor {namespace}/{monitor}", generated=str(status.get("lastCheckTime")), verdict=verdict.phase,
+        summary=verdict.summary, model_version=status.get("modelVersion"), reference_uri=status.get("referenceUri"),
+        reference_rows=status.get("referenceSize"), window_start=status.get("windowStart"),
+        window_end=status.get("windowEnd"), window_rows=status.get("sampleSize"), alpha=status.get("alpha"),
+        performance=performance, performance_history=points)
+
+
+def history_entry(status: Mapping[str, Any], verdict: Verdict) -> dict[str, Any]:
+    """One line of the monitor's check history (history.jsonl beside its reports)."""
+    performance = status.get("performance") or {}
+    return {"time": status.get("lastCheckTime"), "verdict": verdict.phase, "drifted": len(verdict.drifted),
+            "evaluated": verdict.evaluated, "live": performance.get("live"), "metric": performance.get("metric")}
+
+
+def with_report(status: Mapping[str, Any], uri: str, latest_uri: str, verdict: Verdict,
+                report_request: str | None) -> dict[str, Any]:
+    """status.report after a report was written."""
+    result = dict(status)
+    result["report"] = {"uri": uri, "latestUri": latest_uri, "time": status.get("lastCheckTime"),
+                        "verdict": verdict.phase}
+    if report_request:
+        result["report"]["request"] = report_request[:1024]
+    return result
 
 
 def window_since(window: Window, now: datetime) -> datetime | None:
@@ -363,6 +414,7 @@ def checked_status(
     problem: tuple[str, str] | None,
     generation: int,
     now: datetime,
+    alpha: float | None = None,
 ) -> dict[str, Any]:
     """Status after a check that ran. ``reference_description`` says what was compared with (for
     the Ready message). ``problem`` (reason, message) keeps Ready False although the check ran
@@ -374,6 +426,7 @@ def checked_status(
         "sampleSize": int(sample_size),
         "referenceUri": reference_uri,
         "evaluatedFeatures": verdict.evaluated,
+        "alpha": alpha,
         "driftedFeatures": len(verdict.drifted),
         "results": results,
     })

@@ -1,0 +1,141 @@
+"""Test support: a real headless Chromium (Debian's ``chromium``) driven over the DevTools protocol.
+
+``make test`` installs the package when it is missing (``make browser``). The browser runs with a
+fresh profile directory, no network features, and is stopped by pid when the block ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio")
+
+
+def chromium_binary() -> str:
+    """The Chromium executable ($MLOPS_CHROMIUM, else chromium on PATH), or a clear failure."""
+    path = os.environ.get("MLOPS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        raise RuntimeError("headless Chromium is needed for the drift report test: run `make browser` "
+                           "(apt-get install chromium) or set MLOPS_CHROMIUM to its path")
+    return path
+
+
+@dataclass
+class LoadedPage:
+    """What the browser saw."""
+
+    load_seconds: float
+    """From Page.navigate to the load event."""
+    evaluated: Any
+    """The value of the probe expression, evaluated after load."""
+    screenshot: bytes
+    """Full-page PNG."""
+
+
+async def _cdp_load(ws_url: str, url: str, probe: str, width: int, timeout: float) -> LoadedPage:
+    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
+        counter = 0
+        events: list[dict[str, Any]] = []
+
+        async def call(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+            nonlocal counter
+            counter += 1
+            ident = counter
+            await ws.send_json({"id": ident, "method": method, "params": params or {}})
+            while True:
+                message = await asyncio.wait_for(ws.receive_json(), timeout)
+                if message.get("id") == ident:
+                    if "error" in message:
+                        raise RuntimeError(f"{method}: {message['error']}")
+                    return message.get("result", {})
+                events.append(message)
+
+        async def wait_event(name: str) -> None:
+            if any(event.get("method") == name for event in events):
+                return
+            while True:
+                message = await asyncio.wait_for(ws.receive_json(), timeout)
+                if message.get("method") == name:
+                    return
+                events.append(message)
+
+        await call("Page.enable")
+        await call("Emulation.setDeviceMetricsOverride",
+                   {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        started = time.perf_counter()
+        await call("Page.navigate", {"url": url})
+        await wait_event("Page.loadEventFired")
+        load_seconds = time.perf_counter() - started
+        result = await call("Runtime.evaluate", {"expression": probe, "returnByValue": True})
+        evaluated = result.get("result", {}).get("value")
+        shot = await call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+        return LoadedPage(load_seconds, evaluated, base64.b64decode(shot["data"]))
+
+
+@contextmanager
+def chromium() -> Iterator[str]:
+    """A running headless Chromium; yields the DevTools HTTP endpoint (http://127.0.0.1:port)."""
+    binary = chromium_binary()
+    with tempfile.TemporaryDirectory(prefix="mlops-chromium-") as profile:
+        process = subprocess.Popen(
+            [binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            port_file = Path(profile) / "DevToolsActivePort"
+            deadline = time.monotonic() + 30
+            while not (port_file.exists() and port_file.read_text().strip()):
+                if process.poll() is not None:
+                    raise RuntimeError(f"chromium exited {process.returncode}: "
+                                       f"{process.stderr.read().decode(errors='replace')[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("chromium did not open its DevTools port within 30 s")
+                time.sleep(0.05)
+            yield f"http://127.0.0.1:{port_file.read_text().split()[0]}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            process.stderr.close()
+
+
+def load_page(endpoint: str, path: Path, probe: str, *, width: int = 1280, timeout: float = 60) -> LoadedPage:
+    """Open a file in a new tab of the running browser, evaluate ``probe`` after load, screenshot."""
+
+    async def run() -> LoadedPage:
+        async with aiohttp.ClientSession() as session:
+            async with session.put(f"{endpoint}/json/new?about:blank") as response:
+                target = json.loads(await response.text())
+        try:
+            return await _cdp_load(target["webSocketDebuggerUrl"], path.resolve().as_uri(), probe, width, timeout)
+        finally:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{endpoint}/json/close/{target['id']}") as response:
+                    await response.read()
+
+    return asyncio.run(run())
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
