@@ -35,11 +35,7 @@ sys.path.insert(0, str(REPO_ROOT / "operator"))
 
 from mlops_operator.api.driftmonitor import DriftMonitorSpec  # noqa: E402
 
-try:  # the drift package (after the structure move) or the old module
-    from mlops_operator import drift  # noqa: E402
-    drift.compare  # noqa: B018
-except (ImportError, AttributeError):
-    from mlops_operator.reconcile import drift  # noqa: E402
+from mlops_operator import drift  # noqa: E402
 
 SPEC = DriftMonitorSpec.model_validate({"deploymentRef": {"name": "x"}})
 TESTS = {test.name: test.threshold for test in SPEC.tests}

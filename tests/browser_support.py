@@ -98,13 +98,13 @@ def chromium() -> Iterator[str]:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         try:
             port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120
             while not (port_file.exists() and port_file.read_text().strip()):
                 if process.poll() is not None:
                     raise RuntimeError(f"chromium exited {process.returncode}: "
                                        f"{process.stderr.read().decode(errors='replace')[-2000:]}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError("chromium did not open its DevTools port within 30 s")
+                    raise RuntimeError("chromium did not open its DevTools port within 120 s")
                 time.sleep(0.05)
             yield f"http://127.0.0.1:{port_file.read_text().split()[0]}"
         finally:
@@ -117,7 +117,7 @@ def chromium() -> Iterator[str]:
             process.stderr.close()
 
 
-def load_page(endpoint: str, path: Path, probe: str, *, width: int = 1280, timeout: float = 60) -> LoadedPage:
+def load_page(endpoint: str, path: Path, probe: str, *, width: int = 1280, timeout: float = 300) -> LoadedPage:
     """Open a file in a new tab of the running browser, evaluate ``probe`` after load, screenshot."""
 
     async def run() -> LoadedPage:

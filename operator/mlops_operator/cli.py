@@ -19,9 +19,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
-from mlops_operator.api.annotations import APPROVE_ANNOTATION, RETRAIN_ANNOTATION, ROLLBACK_ANNOTATION
+from mlops_operator.api.annotations import (
+    APPROVE_ANNOTATION,
+    REPORT_ANNOTATION,
+    RETRAIN_ANNOTATION,
+    ROLLBACK_ANNOTATION,
+)
 from mlops_operator.api.common import GROUP, VERSION
-REPORT_ANNOTATION = "mlops.dev/report-requested"
 REPORT_WAIT_SECONDS = 120.0
 
 

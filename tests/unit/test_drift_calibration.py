@@ -19,7 +19,7 @@ from sklearn import datasets
 
 from mlops_operator.api.driftmonitor import DriftMonitorSpec
 from mlops_operator.drift import null
-from mlops_operator.reconcile import drift
+from mlops_operator import drift
 
 SPEC = DriftMonitorSpec.model_validate({"deploymentRef": {"name": "x"}})
 TESTS = {test.name: test.threshold for test in SPEC.tests}

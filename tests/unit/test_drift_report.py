@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from browser_support import chromium, load_page, png_size  # noqa: E402
 
 from mlops_operator.drift import report as drift_report  # noqa: E402
-from mlops_operator.reconcile import drift  # noqa: E402
+from mlops_operator import drift  # noqa: E402
 
 # For every chart: its feature, its laid-out size and the drawn size of both distributions.
 CHART_PROBE = """JSON.stringify(Array.from(document.querySelectorAll('svg.chart')).map(svg => {

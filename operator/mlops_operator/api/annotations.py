@@ -20,3 +20,7 @@ RETRAIN_WINDOW_ANNOTATION = "mlops.dev/retrain-window"
 
 NOTIFICATIONS_SECRET_ANNOTATION = "mlops.dev/notifications-secret"
 """On an object or namespace: the Secret naming where notifications about it go."""
+
+REPORT_ANNOTATION = "mlops.dev/report-requested"
+"""On a DriftMonitor: any new value (``kubectl mlops report`` writes the time) asks for a check and its
+HTML drift report now; status.report.request says which value the report answered."""

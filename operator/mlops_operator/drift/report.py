@@ -185,7 +185,7 @@ small{color:#666;font-weight:normal}
 tr.drift td{background:#fdecea}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:2px 6px;text-align:left}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:0}dt{color:#666}dd{margin:0}
-.feature{border-top:1px solid #eee;padding:8px 0}
+.feature{border-top:1px solid #eee;padding:8px 0;content-visibility:auto;contain-intrinsic-size:auto 180px}
 .body{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 svg text{font-size:10px;fill:#555}
 .legend span{display:inline-block;width:12px;height:8px;margin:0 4px 0 10px}

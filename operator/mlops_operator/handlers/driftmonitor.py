@@ -31,7 +31,7 @@ from typing import Any
 import kopf
 
 from mlops_operator import drift, metrics
-from mlops_operator.api.annotations import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
+from mlops_operator.api.annotations import REPORT_ANNOTATION, RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.driftmonitor import DriftMonitorSpec
 from mlops_operator.api.errors import InvalidSpec
@@ -293,7 +293,7 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
     if status.get("phase") in (None, "Invalid"):
         status["phase"] = driftmonitor.PENDING
     now = _now()
-    report_request = (meta.get("annotations") or {}).get(driftmonitor.REPORT_ANNOTATION)
+    report_request = (meta.get("annotations") or {}).get(REPORT_ANNOTATION)
     if not driftmonitor.check_due(spec, status, generation, now, report_request):
         return status
     try:

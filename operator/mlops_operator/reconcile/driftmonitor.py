@@ -103,10 +103,6 @@ def check_due(spec: DriftMonitorSpec, status: Mapping[str, Any], generation: int
     return now - parse_rfc3339(last) >= interval
 
 
-REPORT_ANNOTATION = "mlops.dev/report-requested"
-"""Set (to any new value, e.g. the time) to get a check and a report now (kubectl mlops report)."""
-
-
 def report_pending(status: Mapping[str, Any], report_request: str | None) -> bool:
     """Whether the annotation asks for a report that status.report has not answered yet."""
     return bool(report_request) and report_request != (status.get("report") or {}).get("request")
