@@ -112,7 +112,14 @@ class OperatorProcess:
             [sys.executable, "-m", "mlops_operator"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
             cwd=REPO, start_new_session=True,
         )
-        wait_until(self.healthy, timeout=timeout, what="operator liveness endpoint")
+        try:
+            wait_until(self.healthy, timeout=timeout, what="operator liveness endpoint")
+        except BaseException:
+            # No fixture will stop a process that never got healthy (it runs in its own session).
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(timeout=30)
+            raise
         return self
 
     def healthy(self) -> bool:
