@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Collection
 from typing import Any
 
 from kubernetes import client, config
@@ -107,3 +108,13 @@ async def read_config_map_key(namespace: str, name: str, key: str) -> str:
         return data
 
     return await asyncio.to_thread(call)
+
+
+def list_object_keys(plural: str, namespaces: Collection[str]) -> set[tuple[str, str]]:
+    """(namespace, name) of every object of one of our kinds, in the given namespaces (empty: all)."""
+    api = _custom()
+    if namespaces:
+        items = [item for ns in namespaces for item in api.list_namespaced_custom_object(GROUP, VERSION, ns, plural)["items"]]
+    else:
+        items = api.list_cluster_custom_object(GROUP, VERSION, plural)["items"]
+    return {(item["metadata"]["namespace"], item["metadata"]["name"]) for item in items}

@@ -98,3 +98,16 @@ async def apply_seldon_deployment(manifest: dict[str, Any]) -> dict[str, Any]:
 async def get_seldon_deployment(namespace: str, name: str) -> dict[str, Any] | None:
     """The live SeldonDeployment, or None. Raises BackendUnavailable when the CRD is absent."""
     return await asyncio.to_thread(_get, namespace, name)
+
+
+def _delete(namespace: str, name: str) -> None:
+    try:
+        _custom().delete_namespaced_custom_object(SELDON_GROUP, SELDON_VERSION, namespace, SELDON_PLURAL, name)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+async def delete_seldon_deployment(namespace: str, name: str) -> None:
+    """Delete the SeldonDeployment (gone already is fine)."""
+    await asyncio.to_thread(_delete, namespace, name)

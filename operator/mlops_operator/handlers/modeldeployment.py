@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import kopf
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from mlops_operator import metrics
 from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATION
@@ -30,7 +27,7 @@ from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.backends import kube, model_source, prometheus, seldon_logger_sink, serving_seldon
-from mlops_operator.backends.serving_local import LocalServingManager, Phase, PredictorState
+from mlops_operator.backends.serving_local import ROUTER_ERRORS, LocalServingManager, Phase, PredictorState
 from mlops_operator.handlers import common
 from mlops_operator.handlers.common import (
     Retry,
@@ -219,7 +216,7 @@ async def candidate_stats(spec: ModelDeploymentSpec, namespace: str, name: str, 
         return None, True
     try:
         stats = await local_manager().router_stats(namespace, name, since)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+    except ROUTER_ERRORS as error:
         log.warning("%s/%s: analysis postponed, the router does not answer: %s", namespace, name, error)
         return None, False
     window = stats.predictors.get(predictor)
@@ -358,16 +355,7 @@ async def _clean_other_backend(spec: ModelDeploymentSpec, namespace: str, name: 
         if local_manager().deployment_dir(namespace, name).exists():
             await local_manager().stop_deployment(namespace, name)
     elif status.get("seldonDeployment"):
-        await asyncio.to_thread(_delete_seldon_deployment, namespace, status["seldonDeployment"])
-
-
-def _delete_seldon_deployment(namespace: str, name: str) -> None:
-    try:
-        client.CustomObjectsApi(kube.api_client()).delete_namespaced_custom_object(
-            seldondeployment.SELDON_GROUP, seldondeployment.SELDON_VERSION, namespace, seldondeployment.SELDON_PLURAL, name)
-    except ApiException as error:
-        if error.status != 404:
-            raise
+        await serving_seldon.delete_seldon_deployment(namespace, status["seldonDeployment"])
 
 
 async def _reconcile(namespace: str, name: str, from_change: bool) -> None:
@@ -378,23 +366,13 @@ async def _reconcile(namespace: str, name: str, from_change: bool) -> None:
 # ---------------------------------------------------------------- kopf
 
 
-def _list_deployments(namespaces: Collection[str]) -> set[tuple[str, str]]:
-    api = client.CustomObjectsApi(kube.api_client())
-    if namespaces:
-        items = [item for ns in namespaces
-                 for item in api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]]
-    else:
-        items = api.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
-    return {(item["metadata"]["namespace"], item["metadata"]["name"]) for item in items}
-
-
 @kopf.on.startup()
 async def adopt_local_servers(**_: Any) -> None:
     """Re-attach to the local model servers and routers a previous operator process left running,
     restart dead ones, and stop those whose ModelDeployment no longer exists."""
     settings = get_settings()
     try:
-        existing = await asyncio.to_thread(_list_deployments, settings.namespaces)
+        existing = await asyncio.to_thread(kube.list_object_keys, PLURAL, settings.namespaces)
     except Exception as error:  # without the list nothing can be called an orphan
         log.warning("not adopting local model servers: cannot list ModelDeployments: %s", error)
         return
