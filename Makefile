@@ -48,11 +48,13 @@ cluster-down: venv ## Stop exactly the processes cluster-up started and undo the
 manifests: venv ## Regenerate everything generated from source (CRDs, compiled pipelines)
 	$(PY) -m mlops_operator.api.crd write crds/
 	$(PY) pipelines/tabular.py
+	$(PY) hack/gen-settings-table.py write
 	$(PY) hack/gen-manifests.py write
 
 .PHONY: check-generated
 check-generated: venv ## Fail when a generated file is stale
 	$(PY) -m mlops_operator.api.crd check crds/
+	$(PY) hack/gen-settings-table.py check
 	$(PY) hack/gen-manifests.py check
 
 .PHONY: lint

@@ -65,3 +65,18 @@ class Settings(BaseSettings):
     def inference_log_root_uri(self) -> str:
         """Where inference logs are written and read: the artifact root (one setting for both)."""
         return self.artifact_root_uri
+
+
+def settings_table() -> str:
+    """The README's settings table (Markdown), generated from :class:`Settings` so every setting is listed."""
+    home = str(Path.home())
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory is not None else field.default
+        if default is None or default == []:
+            shown = ""
+        else:
+            shown = "`" + str(default).replace(home, "~", 1) + "`"
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `MLOPS_{name.upper()}` | {shown} | {meaning} |")
+    return "\n".join(rows) + "\n"
