@@ -151,8 +151,8 @@ class Traffic:
     """Real V2 inference requests from iris rows, optionally shifted, on loopback, with ground truth.
 
     Every request carries an id; its true species goes to the label feed (``labels_dir``, one CSV
-    file per burst with columns id,label, written atomically), as a labelling team would deliver
-    it. The shift is a new measuring device that reports petals 2 cm longer: the flowers, and so
+    file per burst with columns id,label, written atomically before the burst is sent), as a
+    labelling team would deliver it. The shift is a new measuring device that reports petals 2 cm longer: the flowers, and so
     their species, are the same, so a model trained before the shift is wrong about most of them.
     """
 
@@ -206,12 +206,14 @@ class Traffic:
                 request_id = f"demo-{self._count:06d}"
             rows.append((request_id, row))
             labels.append(f"{request_id},{species}")
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(self._send, rows))
+        # The ground truth is known before the requests go out; writing it first means every served
+        # request has its label by the time anything (a retrain, a concept-drift check) joins them.
         name = rows[0][0] if rows else "empty"
         tmp = self.labels_dir / f".{name}.tmp"
         tmp.write_text("id,label\n" + "\n".join(labels) + "\n")
         tmp.replace(self.labels_dir / f"{name}.csv")
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(self._send, rows))
 
     def start_background(self, per_second: float = 15.0, shift: float = 0.0) -> None:
         """Steady traffic (what keeps a canary's analysis fed) until stop()."""
