@@ -179,9 +179,11 @@ def _copy_rootfs(src_tar: Path) -> Callable[[tarfile.TarFile], None]:
 class Image:
     def __init__(self, name: str, ref: str, archive: Path, built: bool, seconds: float) -> None:
         self.name, self.ref, self.archive, self.built, self.seconds = name, ref, archive, built, seconds
+        # Read now: another checkout's build may replace the archive later.
+        self.size = archive.stat().st_size
 
     def size_mib(self) -> float:
-        return self.archive.stat().st_size / (1 << 20)
+        return self.size / (1 << 20)
 
     def __repr__(self) -> str:
         return f"Image({self.ref}, {self.archive})"
