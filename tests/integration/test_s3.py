@@ -147,7 +147,7 @@ def plain_operator(s3_server, kubeconfig, namespace, crds, objects, tmp_path):
 
 
 @pytest.mark.cluster
-def test_the_loop_with_an_s3_artifact_root(s3_operator, objects, kubeconfig, namespace):
+def test_the_loop_with_an_s3_artifact_root(s3_operator, objects, kubeconfig, namespace, tmp_path):
     """ModelTraining publishes version 1 to S3 → the local backend serves it → the router's
     inference log lands on S3 → the DriftMonitor reads it there: no drift, then drift."""
     demo = load_demo()
@@ -166,12 +166,13 @@ def test_the_loop_with_an_s3_artifact_root(s3_operator, objects, kubeconfig, nam
     md = objects.wait("ModelDeployment", "iris",
                       lambda o: o.get("status", {}).get("phase") == "Ready" and o["status"].get("endpoint"),
                       timeout=180)
-    traffic = demo.Traffic(md["status"]["endpoint"], "iris")
+    traffic = demo.Traffic(md["status"]["endpoint"], "iris", tmp_path / "labels")
     traffic.burst(200)
     assert traffic.failed == 0
 
     monitor = demo.example("driftmonitor.yaml")
     monitor["spec"].pop("onDrift")
+    monitor["spec"].pop("performance", None)  # data drift is enough here; labels are test_driftmonitor's
     monitor["spec"]["interval"] = "5s"
     cluster.apply(monitor)
     dm = objects.wait("DriftMonitor", "iris", lambda o: o.get("status", {}).get("phase") == "NoDrift", timeout=120)
