@@ -147,6 +147,7 @@ def plain_operator(s3_server, kubeconfig, namespace, crds, objects, tmp_path):
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(1200)  # training, serving and two drift checks; minutes on a busy 2-core machine
 def test_the_loop_with_an_s3_artifact_root(s3_operator, objects, kubeconfig, namespace, tmp_path):
     """ModelTraining publishes version 1 to S3 → the local backend serves it → the router's
     inference log lands on S3 → the DriftMonitor reads it there: no drift, then drift."""
@@ -182,7 +183,7 @@ def test_the_loop_with_an_s3_artifact_root(s3_operator, objects, kubeconfig, nam
     assert logged and all(".jsonl" in path for path in logged), logged
     assert not (s3_operator.data_dir / "artifacts").exists(), "nothing is written under the data dir"
 
-    traffic.burst(300, shift=2.0)
+    traffic.burst(200, shift=2.0)
     dm = objects.wait("DriftMonitor", "iris",
                       lambda o: any(c["type"] == "DriftDetected" and c["status"] == "True"
                                     for c in o.get("status", {}).get("conditions", [])), timeout=120)

@@ -51,7 +51,7 @@ def is_multi_object(uri: str) -> bool:
     return path.endswith("/") or bool(_GLOB_CHARS & set(path)) or bool(_TEMPLATE.search(path))
 
 
-def resolve_dataset_uri(uri: str, now: datetime | None = None) -> str:
+def resolve_dataset_uri(uri: str, now: datetime | None = None, storage_options: dict | None = None) -> str:
     """The one object a dataset URI names for a run at ``now``: itself, or the newest match.
 
     Raises NoData when a glob, prefix or template matches nothing (up to ``now`` for a template).
@@ -63,10 +63,10 @@ def resolve_dataset_uri(uri: str, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     scheme = uri.split("://", 1)[0] + "://" if "://" in uri else ""
     template = _TEMPLATE.search(uri)
-    fs, _ = url_to_fs(_TEMPLATE.sub("*", uri))
+    fs, _ = url_to_fs(_TEMPLATE.sub("*", uri), **(storage_options or {}))
     if template:
         pattern = _TEMPLATE.sub("*", uri)
-        _, glob_path = url_to_fs(pattern)
+        _, glob_path = url_to_fs(pattern, **(storage_options or {}))
         candidates = []
         matcher = _template_regex(fs._strip_protocol(uri) if hasattr(fs, "_strip_protocol") else uri)
         for path in fs.glob(glob_path):
@@ -79,7 +79,7 @@ def resolve_dataset_uri(uri: str, now: datetime | None = None) -> str:
         if not candidates:
             raise NoData(f"no object matches {uri} with a date up to {now:%Y-%m-%d %H:%M} UTC")
         return _with_scheme(fs, scheme, max(candidates)[1])
-    _, path = url_to_fs(uri)
+    _, path = url_to_fs(uri, **(storage_options or {}))
     if uri.split("?", 1)[0].endswith("/"):
         found = [p for p in fs.find(path) if p.lower().endswith(_DATA_SUFFIXES)]
     else:

@@ -55,13 +55,14 @@ def run_extract_sources(
     from mlops_operator.backends import training_data
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    options = json.loads(os.environ[STORAGE_OPTIONS_ENV]) if os.environ.get(STORAGE_OPTIONS_ENV) else None
     try:
-        resolved = training_data.resolve_dataset_uri(dataset_uri)
+        resolved = training_data.resolve_dataset_uri(dataset_uri, storage_options=options)
     except training_data.NoData as err:
         raise DatasetUnavailable(str(err)) from err
     except (OSError, ValueError) as err:
         raise DatasetUnavailable(f"cannot list {dataset_uri}: {type(err).__name__}: {err}") from err
-    frame, digest = load_dataset(resolved, declared_format)
+    frame, digest = load_dataset(resolved, declared_format, options)
     frame.to_parquet(output_path, index=False)
     base: dict[str, Any] = {"name": training_data.BASE, "uri": dataset_uri, "rows": int(len(frame)), "digest": digest}
     if resolved != dataset_uri:
