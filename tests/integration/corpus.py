@@ -248,7 +248,6 @@ MONITOR: list[tuple[dict[str, Any], Where]] = [
     ({"features": [f"f{i}" for i in range(513)]}, "admission"),
     ({"tests": []}, "admission"),
     ({"tests": [{"name": "mmd", "threshold": 0.1}]}, "admission"),
-    ({"tests": [{"name": "psi", "threshold": 0}]}, "admission"),
     ({"tests": [{"name": "psi", "threshold": -1}]}, "admission"),
     ({"tests": [{"name": "psi", "threshold": 101}]}, "admission"),
     ({"tests": [{"name": "ks", "threshold": 1}]}, "admission"),
