@@ -50,6 +50,11 @@ TRAFFIC_WEIGHT = Gauge(
     "Percent of live traffic per predictor (mirrored percent for a shadow).",
     ["namespace", "name", "predictor"],
 )
+ANOMALY_ACTIVE = Gauge(
+    "mlops_anomaly_active",
+    "1 while an anomaly of this serving metric is open for the ModelDeployment (any served version).",
+    ["namespace", "name", "metric"],
+)
 ROLLOUTS = Counter("mlops_rollouts_total", "Finished rollouts by result (promoted, aborted, rolledback).", ["result"])
 
 DRIFT_SCORE = Gauge(

@@ -155,6 +155,16 @@ def test_every_alert_is_documented() -> None:
         assert rule["alert"] in operations, f"{rule['alert']} has no entry in docs/operations.md"
 
 
+def test_every_alert_links_to_its_runbook_section() -> None:
+    runbooks = (REPO / "docs" / "runbooks.md").read_text()
+    # GitHub's anchors: the heading in lower case.
+    anchors = {line[3:].strip().lower() for line in runbooks.splitlines() if line.startswith("## ")}
+    for rule in alert_rules():
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"docs/runbooks.md#{rule['alert'].lower()}", url
+        assert rule["alert"].lower() in anchors, f"docs/runbooks.md has no section {rule['alert']}"
+
+
 def test_alerts_use_only_exported_metrics(exported_metrics: dict[str, set[str]]) -> None:
     for rule in alert_rules():
         expr = rule["expr"]
@@ -325,6 +335,19 @@ RULE_TESTS: list[dict[str, Any]] = [
             {"eval_time": "25m", "alertname": "MlopsDriftDetected",
              "exp_alerts": [{**alert("MlopsDriftDetected", namespace="ml", name="iris"),
                              "exp_annotations": _drift_annotations("ml", "iris")}]},
+        ],
+    },
+    {   # An anomaly open for 5 minutes alerts per deployment and metric; a short one does not.
+        "interval": "1m",
+        "input_series": [
+            {"series": 'mlops_anomaly_active{namespace="ml", name="iris", metric="errorRate"}', "values": "0x5 1x10"},
+            {"series": 'mlops_anomaly_active{namespace="ml", name="iris", metric="latencyP99Ms"}',
+             "values": "0x5 1x3 0x7"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "9m", "alertname": "MlopsAnomalyActive", "exp_alerts": []},
+            {"eval_time": "12m", "alertname": "MlopsAnomalyActive",
+             "exp_alerts": [alert("MlopsAnomalyActive", namespace="ml", name="iris", metric="errorRate")]},
         ],
     },
     {   # A ModelDeployment that does not serve for 10 minutes.

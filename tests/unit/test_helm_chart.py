@@ -171,6 +171,11 @@ def test_metrics_service_and_optional_objects() -> None:
 
     (rule,) = of_kind(everything, "PrometheusRule")
     alerts = yaml.safe_load((CHART / "files" / "prometheus" / "alerts.yaml").read_text())
+    # The rules as written, with each runbook link under prometheusRule.runbookBaseUrl.
+    base = "https://git.example.com/ml/mlops-operator/-/blob/v0.1.0/"
+    for group in alerts["groups"]:
+        for alert in group["rules"]:
+            alert["annotations"]["runbook_url"] = base + alert["annotations"]["runbook_url"]
     assert rule["spec"]["groups"] == alerts["groups"]
     (dashboard,) = of_kind(everything, "ConfigMap")
     assert json.loads(dashboard["data"]["mlops-operator.json"]) == json.loads(
