@@ -90,11 +90,12 @@ def test_points_from_too_few_requests_are_skipped_and_the_error_band_widens_with
     assert wide.contains(0.02, "up") and not series.band(0, samples=100).contains(0.10, "up")
 
 
-def test_traffic_is_judged_both_ways_and_errors_only_upwards():
+def test_traffic_alarms_only_when_it_drops_and_errors_only_when_they_rise():
     rate = Series(METRICS["requestRate"])
     _warm(rate)
     band = rate.band(0)
-    assert not band.contains(2.0, "both") and not band.contains(60.0, "both")
+    assert not band.contains(2.0, "down") and band.contains(60.0, "down")
+    assert not band.contains(60.0, "both")
     errors = Series(METRICS["errorRate"])
     for i in range(30):
         errors.observe(i * 30.0, 0.05, samples=1000)

@@ -52,7 +52,7 @@ STATUS_MODELS = {
 # against the handlers, in a slow test because importing the handlers imports kopf and the backends.
 CONDITION_TYPES = {
     "ModelTraining": ("Succeeded", "Validated"),
-    "ModelDeployment": ("Ready", "Progressing", "AwaitingApproval", "Degraded"),
+    "ModelDeployment": ("Ready", "Progressing", "AwaitingApproval", "Degraded", "Anomalous"),
     "DriftMonitor": ("Ready", "DriftDetected"),
 }
 T0 = "2025-01-01T00:00:00Z"
@@ -270,6 +270,26 @@ CASES: list[tuple[str, str, dict[str, Any], str, str]] = [
                                                  cond("Degraded", "False", "AsExpected", generation=1)]},
               generation=2),
      "Degraded", "InvalidSpec: spec.replicas"),
+    ("md-rollback-awaiting-approval", "ModelDeployment",
+     resource("ModelDeployment", {"observedGeneration": 1, "phase": "AwaitingApproval", "stableVersion": "4",
+                                  "previousStableVersion": "3",
+                                  "conditions": [cond("Ready", "True", "Serving"),
+                                                 cond("Progressing", "False", "Stable"),
+                                                 cond("AwaitingApproval", "True", "RollbackAwaitingApproval",
+                                                      "Version 4 is anomalous within its bake period: ... Approve "
+                                                      "the rollback to version 3: kubectl mlops rollback <name>"),
+                                                 cond("Degraded", "False", "AsExpected"),
+                                                 cond("Anomalous", "True", "AnomalyDetected", "errorRate 40%")]}),
+     "Suspended", "Approve the rollback to version 3"),
+    ("md-healthy-anomalous", "ModelDeployment",
+     resource("ModelDeployment", {"observedGeneration": 1, "phase": "Ready", "stableVersion": "3",
+                                  "conditions": [cond("Ready", "True", "Serving"),
+                                                 cond("Progressing", "False", "Idle"),
+                                                 cond("AwaitingApproval", "False", "NotRequired"),
+                                                 cond("Degraded", "False", "AsExpected"),
+                                                 cond("Anomalous", "True", "AnomalyDetected",
+                                                      "requestRate 1 req/s is below its band")]}),
+     "Healthy", "anomalous: requestRate 1 req/s is below its band"),
     ("md-healthy", "ModelDeployment",
      resource("ModelDeployment", {"observedGeneration": 1, "phase": "Ready", "stableVersion": "3",
                                   "traffic": [{"predictor": "stable", "version": "3", "weight": 100}],

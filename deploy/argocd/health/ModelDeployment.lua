@@ -1,9 +1,10 @@
 -- Argo CD health of a ModelDeployment (mlops.dev/v1alpha1).
 --   Progressing  the operator has not observed the current generation; a rollout (shadow, canary
 --                steps, promotion) is under way; waiting for a validated model or the model servers
---   Suspended    a rollout waits for manual approval (annotation mlops.dev/approve)
+--   Suspended    a rollout waits for manual approval (annotation mlops.dev/approve), or the
+--                post-promotion guard's rollback does (annotation mlops.dev/rollback)
 --   Degraded     invalid spec; Degraded=True (e.g. a rollout was aborted and rolled back); Ready=False
---   Healthy      Ready=True and nothing in flight
+--   Healthy      Ready=True and nothing in flight (an open anomaly is named in the message)
 local hs = settled(obj, "Ready")
 if hs ~= nil then
   return hs
@@ -23,12 +24,15 @@ local waiting = ready == nil or not (status_is(ready, "True") or status_is(ready
 if status_is(ready, "False") and not waiting then
   return {status = "Degraded", message = explain(ready, "The deployment does not serve")}
 end
-hs = lagging(obj, {"Progressing", "AwaitingApproval", "Degraded"})
+hs = lagging(obj, {"Progressing", "AwaitingApproval", "Degraded", "Anomalous"})
 if hs ~= nil then
   return hs
 end
 local awaiting = condition(obj, "AwaitingApproval")
 local progressing = condition(obj, "Progressing")
+if status_is(awaiting, "True") and reason_is(awaiting, "RollbackAwaitingApproval") then
+  return {status = "Suspended", message = message_of(awaiting, "A rollback awaits approval")}
+end
 if status_is(awaiting, "True") then
   local version = text(field(status, "candidateVersion"), "the candidate")
   return {status = "Suspended",
@@ -46,5 +50,9 @@ local message = "Serving"
 local stable = text(field(status, "stableVersion"), nil)
 if stable ~= nil then
   message = "Serving model version " .. stable
+end
+local anomalous = condition(obj, "Anomalous")
+if status_is(anomalous, "True") then
+  message = message .. "; anomalous: " .. text(field(anomalous, "message"), "")
 end
 return {status = "Healthy", message = message}

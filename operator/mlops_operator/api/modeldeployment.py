@@ -178,6 +178,19 @@ class Analysis(Model):
     """Read request metrics from this Prometheus (HTTP query API) instead of the router."""
 
 
+class PostPromotion(Model):
+    """The guard after a promotion: an anomaly of the new stable version within the bake period rolls
+    back to the previous stable version (approval automatic) or asks for approval of the rollback
+    (approval manual)."""
+
+    bake_seconds: int = Field(600, ge=0, le=7 * 86400)
+    """How long after a promotion the guard watches the new version (0: no guard)."""
+    metrics: list[Literal["errorRate", "latencyP50Ms", "latencyP99Ms"]] = Field(
+        default_factory=lambda: ["errorRate", "latencyP99Ms"], max_length=3,
+        json_schema_extra={"default": ["errorRate", "latencyP99Ms"]})
+    """Which anomalies trigger it: server error rate (5xx) and latency percentiles."""
+
+
 class Rollout(Model):
     """How a new model version replaces the serving one."""
 
@@ -196,6 +209,8 @@ class Rollout(Model):
     approval: Literal["automatic", "manual"] = "automatic"
     """automatic promotes when the analysis passes (continuous deployment); manual waits until the
     annotation mlops.dev/approve names the candidate version (continuous delivery)."""
+    post_promotion: PostPromotion = Field(default_factory=PostPromotion, json_schema_extra={"default": {}})
+    """The guard after a promotion (self-healing)."""
 
     model_config = Model.model_config | {
         "json_schema_extra": {
@@ -216,6 +231,22 @@ class Rollout(Model):
     }
 
 
+class AnomalyDetection(Model):
+    """Anomaly detection on the serving telemetry (router statistics or Prometheus): a rolling
+    median/MAD baseline per metric and version, with a daily term once a day of history exists."""
+
+    enabled: bool = True
+    """Whether to watch at all."""
+    interval_seconds: int = Field(30, ge=1, le=3600)
+    """How often a point is read (each point covers the time since the previous one)."""
+    min_duration_seconds: int = Field(60, ge=0, le=86400)
+    """How long a metric must stay outside its band before an anomaly opens (and inside before it closes)."""
+    sensitivity: float = Field(4.0, gt=0, le=20)
+    """Half-width of the band in robust standard deviations."""
+    warmup_points: int = Field(20, ge=3, le=1000)
+    """Points learned before anything is judged."""
+
+
 class ModelDeploymentSpec(Model):
     """Desired state of a ModelDeployment."""
 
@@ -234,6 +265,8 @@ class ModelDeploymentSpec(Model):
     """Compute resources per replica."""
     rollout: Rollout = Field(default_factory=Rollout, json_schema_extra={"default": {}})
     """How new model versions roll out."""
+    anomaly_detection: AnomalyDetection = Field(default_factory=AnomalyDetection, json_schema_extra={"default": {}})
+    """Anomaly detection on the serving telemetry."""
     region: Literal["us-east-1", "us-east-2", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-1"] | None = None
     """AWS region for the cost estimate in status.estimatedMonthlyCost."""
     instance_type: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*$")
@@ -345,6 +378,52 @@ class Cost(Model):
     """How the estimate was made (replicas, price per hour, price source and date)."""
 
 
+class AnomalyRecord(Model):
+    """An open or recently closed anomaly of one serving metric."""
+
+    metric: str = Field(max_length=63)
+    """errorRate, latencyP50Ms, latencyP99Ms or requestRate."""
+    version: str | None = Field(None, max_length=63)
+    """The served version (unset: the whole deployment)."""
+    observed: float
+    """The latest value outside the band."""
+    expected: float
+    """What the baseline expected."""
+    low: float
+    """Lower edge of the expected band."""
+    high: float
+    """Upper edge of the expected band."""
+    unit: str = Field("", max_length=16)
+    """Unit of the values."""
+    since: str
+    """When the metric left its band (RFC 3339)."""
+    closed: str | None = None
+    """When the anomaly closed (RFC 3339); unset while open."""
+    close_reason: str | None = Field(None, max_length=256)
+    """Why it closed."""
+    message: str = Field("", max_length=1024)
+    """The anomaly in words."""
+    cause: str | None = Field(None, max_length=1024)
+    """The likely cause and its evidence, when the operator found one."""
+
+
+class ServingCost(Model):
+    """What serving costs: the monthly estimate and per 1,000 predictions at the observed rate."""
+
+    monthly: float = Field(ge=0)
+    """Estimated cost per month."""
+    currency: str = "USD"
+    """Currency of the amounts."""
+    instance_type: str
+    """Instance type the estimate assumes."""
+    requests_per_second: float | None = Field(None, ge=0)
+    """Observed request rate (latest telemetry point)."""
+    per_thousand_predictions: float | None = Field(None, ge=0)
+    """Cost of 1,000 predictions at the observed rate."""
+    basis: str = Field(max_length=1024)
+    """How the estimate was made, with the price's source and date."""
+
+
 class ModelDeploymentStatus(StatusBase):
     """Observed state of a ModelDeployment."""
 
@@ -378,6 +457,10 @@ class ModelDeploymentStatus(StatusBase):
     """Model server replicas that are ready."""
     estimated_monthly_cost: Cost | None = None
     """Cost estimate for spec.region."""
+    cost: ServingCost | None = None
+    """Cost estimate for spec.region with the cost per 1,000 predictions from observed traffic."""
+    anomalies: list[AnomalyRecord] = Field(default_factory=list, max_length=10)
+    """Open anomalies (oldest first), then the latest closed ones."""
     seldon_deployment: str | None = Field(None, max_length=253)
     """Name of the owned SeldonDeployment (backend seldon)."""
 

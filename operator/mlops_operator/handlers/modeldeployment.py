@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATI
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
-from mlops_operator.backends import kube, model_source, prometheus, seldon_logger_sink, serving_seldon
+from mlops_operator.backends import kube, model_source, prometheus, seldon_logger_sink, serving_seldon, telemetry
 from mlops_operator.backends.serving_local import ROUTER_ERRORS, LocalServingManager, Phase, PredictorState
 from mlops_operator.handlers import common
 from mlops_operator.handlers.common import (
@@ -38,7 +39,7 @@ from mlops_operator.handlers.common import (
     post_event,
     reconcile_object,
 )
-from mlops_operator.reconcile import modeldeployment, seldondeployment
+from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rootcause, seldondeployment
 from mlops_operator.reconcile.conditions import FALSE, TRUE, find_condition, set_condition
 from mlops_operator.reconcile.cost import default_price_table, estimate_monthly_cost
 from mlops_operator.reconcile.modeldeployment import ModelRef, PredictorPlan, RequestStats, ServingObservation
@@ -46,7 +47,7 @@ from mlops_operator.reconcile.validation import deployment_spec_errors
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
-CONDITIONS = ("Ready", "Progressing", "AwaitingApproval", "Degraded")
+CONDITIONS = ("Ready", "Progressing", "AwaitingApproval", "Degraded", aiops.ANOMALOUS)
 LOCAL_PREDICTOR = "model"  # local model servers are keyed by version; routes name the role
 # A candidate whose model server failed to start this many times in a row cannot be served.
 CANDIDATE_RESTART_LIMIT = 2
@@ -81,6 +82,8 @@ class BackendView:
     ready_versions: set[str] = field(default_factory=set)
     failures: dict[str, str] = field(default_factory=dict)
     serving: ServingObservation = field(default_factory=ServingObservation)
+    restarts: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    """version -> (restarts of its model server, its last error), where known (backend local)."""
 
     def ready(self, model: ModelRef | None) -> bool:
         return model is not None and model.version in self.ready_versions
@@ -109,6 +112,7 @@ async def apply_local(namespace: str, name: str, model_name: str, plan: Sequence
             continue
         state = await manager.ensure_predictor(namespace, name, LOCAL_PREDICTOR, model_dir, version, wait=0)
         states[version] = state
+        view.restarts[version] = (state.restarts, state.last_error)
         if state.ready:
             view.ready_versions.add(version)
         elif failure := _server_failure(state):
@@ -242,7 +246,8 @@ def _record_metrics(namespace: str, name: str, status: dict[str, Any], result: s
 
 def _forget_metrics(namespace: str, name: str) -> None:
     for gauge, labels in ((metrics.DEPLOYMENT_READY, [(namespace, name)]),
-                          (metrics.TRAFFIC_WEIGHT, [(namespace, name, p) for p in PREDICTORS])):
+                          (metrics.TRAFFIC_WEIGHT, [(namespace, name, p) for p in PREDICTORS]),
+                          (metrics.ANOMALY_ACTIVE, [(namespace, name, m) for m in anomaly.METRICS])):
         for label_values in labels:
             try:
                 gauge.remove(*label_values)
@@ -309,7 +314,10 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
             if readable:
                 verdict = modeldeployment.analyse_candidate(spec.rollout.analysis, stats)
 
-        # 5. The next step.
+        # 5. Serving telemetry: anomalies, their likely causes, and the post-promotion guard.
+        health = await _serving_health(spec, obj, status, view, now)
+
+        # 6. The next step.
         was_ready = (find_condition(status.get("conditions"), "Ready") or {}).get("status") == TRUE
         observation = modeldeployment.Observation(
             now=now, desired=desired,
@@ -317,7 +325,8 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
             candidate_ready=view.ready(state.candidate),
             candidate_failure=view.failure(state.candidate),
             approve=annotations.get(APPROVE_ANNOTATION),
-            rollback=annotations.get(ROLLBACK_ANNOTATION),
+            rollback=health.rollback or annotations.get(ROLLBACK_ANNOTATION),
+            rollback_reason=health.rollback_reason,
             verdict=verdict,
         )
         transition = modeldeployment.next_rollout_step(spec.rollout, state, observation)
@@ -342,11 +351,129 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
     result = modeldeployment.deployment_status(status, state, transition, view.serving, desired=desired,
                                                source_problem=source_problem, generation=generation, now=now,
                                                rollout=spec.rollout)
-    result["estimatedMonthlyCost"] = estimate_monthly_cost(spec, prices).cost
+    estimate = estimate_monthly_cost(spec, prices).cost
+    result["estimatedMonthlyCost"] = estimate
+    result["cost"] = aiops.cost_status(estimate, health.requests_per_second, prices.hours_per_month)
     result["seldonDeployment"] = seldondeployment.seldon_deployment_name(name) if spec.backend == "seldon" else None
+    _apply_health(result, status, health, spec, generation, now)
     _announce(obj, status, result, transition)
+    _announce_health(obj, status, result, health)
     _record_metrics(namespace, name, result, transition.result)
+    _record_anomalies(namespace, name, health)
     return result
+
+
+@dataclass
+class ServingHealth:
+    """What the telemetry said at this reconciliation."""
+
+    enabled: bool = False
+    open: list[dict[str, Any]] = field(default_factory=list)
+    """status.anomalies records of the open anomalies."""
+    opened: list[dict[str, Any]] = field(default_factory=list)
+    closed: list[dict[str, Any]] = field(default_factory=list)
+    open_metrics: set[str] = field(default_factory=set)
+    requests_per_second: float | None = None
+    rollback: str | None = None
+    rollback_reason: str | None = None
+    awaiting_rollback: str | None = None
+    """The guard's message when the rollback waits for approval."""
+
+
+def _facts(status: dict[str, Any], watch: telemetry.Watch) -> rootcause.Facts:
+    changes = []
+    record = status.get("lastRollout") or {}
+    if record.get("finished") and record.get("result") in ("promoted", "rolledback"):
+        at = modeldeployment.parse_rfc3339(record["finished"]).timestamp()
+        changes.append(rootcause.VersionChange(at, status.get("stableVersion") or record["version"],
+                                               status.get("previousStableVersion"), record["result"]))
+    rollout = status.get("rollout") or {}
+    if rollout.get("stepStarted") and status.get("candidateVersion"):
+        changes.append(rootcause.VersionChange(modeldeployment.parse_rfc3339(rollout["stepStarted"]).timestamp(),
+                                               status["candidateVersion"], status.get("stableVersion"),
+                                               rollout.get("phase", "canary").lower()))
+    traffic = None
+    series = watch.detector.series.get((None, "requestRate"))
+    band = series.band(time.time()) if series else None
+    if band is not None and watch.requests_per_second is not None:
+        traffic = rootcause.Traffic(band.expected, watch.requests_per_second)
+    return rootcause.Facts(version_changes=changes, traffic=traffic, errors=watch.errors,
+                           restarts=list(watch.restarts), unreachable=dict(watch.unreachable))
+
+
+async def _serving_health(spec: ModelDeploymentSpec, obj: dict[str, Any], status: dict[str, Any], view: BackendView,
+                          now: datetime) -> ServingHealth:
+    """Read the telemetry, judge it, explain new anomalies, and ask the post-promotion guard."""
+    detection = spec.anomaly_detection
+    if not detection.enabled:
+        return ServingHealth()
+    meta = obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    watch = telemetry.watch(namespace, name, aiops.detector_settings(detection))
+    telemetry.note_restarts(watch, view.restarts, now.timestamp())
+    url = spec.rollout.analysis.prometheus_url or get_settings().prometheus_url
+    if url or spec.backend == "local":
+        observed = await telemetry.observe(
+            watch, interval=detection.interval_seconds, traffic=status.get("traffic") or [], namespace=namespace,
+            name=name, backend=spec.backend, manager=local_manager() if spec.backend == "local" else None,
+            prometheus_url=url, now=now.timestamp())
+    else:
+        observed = telemetry.Observed([], [], False)
+    health = ServingHealth(enabled=True, requests_per_second=watch.requests_per_second)
+    causes = {}
+    for anomaly in observed.opened:
+        incident = rootcause.Incident("anomaly", anomaly.since, anomaly.metric, anomaly.version)
+        causes[(anomaly.version, anomaly.metric)] = rootcause.summarise(
+            rootcause.root_cause_hints(incident, _facts(status, watch)))
+    open_anomalies = watch.detector.open_anomalies()
+    health.open = [aiops.anomaly_record(a, causes.get((a.version, a.metric))) for a in open_anomalies]
+    health.open_metrics = {a.metric for a in open_anomalies}
+    health.opened = [aiops.anomaly_record(a, causes.get((a.version, a.metric))) for a in observed.opened]
+    health.closed = [aiops.anomaly_record(a) for a in observed.closed]
+    guard = spec.rollout.post_promotion
+    cause = next((r.get("cause") for r in aiops.anomalies_status(status.get("anomalies"), health.open, [])
+                  if r.get("cause")), None)
+    verdict = aiops.guard(status, open_anomalies, bake_seconds=guard.bake_seconds, guarded=guard.metrics,
+                          approval=spec.rollout.approval, now=now, cause=cause)
+    if verdict and verdict.action == "rollback":
+        health.rollback, health.rollback_reason = verdict.stable, verdict.message
+    elif verdict:
+        health.awaiting_rollback = verdict.message
+    return health
+
+
+def _apply_health(result: dict[str, Any], status: dict[str, Any], health: ServingHealth, spec: ModelDeploymentSpec,
+                  generation: int, now: datetime) -> None:
+    result["anomalies"] = aiops.anomalies_status(status.get("anomalies"), health.open, health.closed) \
+        if health.enabled else []
+    result["conditions"] = aiops.anomalous_condition(result.get("conditions"), result["anomalies"][:len(health.open)],
+                                                     generation=generation, now=now, enabled=health.enabled)
+    if health.awaiting_rollback and not result.get("rollout"):
+        result["conditions"] = set_condition(result["conditions"], "AwaitingApproval", TRUE,
+                                             aiops.ROLLBACK_AWAITING_APPROVAL, health.awaiting_rollback[:4096],
+                                             generation=generation, now=now)
+        result["phase"] = "AwaitingApproval"
+
+
+def _announce_health(obj: dict[str, Any], before: dict[str, Any], after: dict[str, Any], health: ServingHealth) -> None:
+    for record in health.opened:
+        cause = f" {record['cause']}" if record.get("cause") else ""
+        post_event(obj, "AnomalyOpened", f"{record['message']}; since {record['since']}.{cause}", warning=True,
+                   incident=f"{record.get('version') or '-'}/{record['metric']}")
+    for record in health.closed:
+        post_event(obj, "AnomalyClosed", f"{record['metric']} of version {record.get('version') or '-'}: "
+                                         f"{record.get('closeReason') or 'closed'}.",
+                   incident=f"{record.get('version') or '-'}/{record['metric']}")
+    old = find_condition(before.get("conditions"), "AwaitingApproval") or {}
+    new = find_condition(after.get("conditions"), "AwaitingApproval") or {}
+    if new.get("reason") == aiops.ROLLBACK_AWAITING_APPROVAL and old.get("reason") != new.get("reason"):
+        post_event(obj, aiops.ROLLBACK_AWAITING_APPROVAL, new.get("message", ""), warning=True,
+                   incident=str(after.get("stableVersion")))
+
+
+def _record_anomalies(namespace: str, name: str, health: ServingHealth) -> None:
+    for metric in anomaly.METRICS:
+        metrics.ANOMALY_ACTIVE.labels(namespace, name, metric).set(1 if metric in health.open_metrics else 0)
 
 
 async def _clean_other_backend(spec: ModelDeploymentSpec, namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -413,4 +540,5 @@ async def on_delete(namespace: str, name: str, **_: Any) -> None:
         if local_manager().deployment_dir(namespace, name).exists():
             await local_manager().stop_deployment(namespace, name)
     _forget_metrics(namespace, name)
+    telemetry.forget(namespace, name)
     forget(PLURAL, namespace, name)

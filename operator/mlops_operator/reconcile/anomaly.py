@@ -60,12 +60,14 @@ class MetricProfile:
 
 # The metrics the operator watches, with floors chosen so that ordinary noise stays inside:
 # server error rate (5xx only) never alarms below 2 percentage points above its baseline; latency
-# never within 25% (and 5 ms) of it; traffic only when it halves (or doubles).
+# never within 25% (and 5 ms) of it; traffic only when it halves.
 METRICS: Mapping[str, MetricProfile] = {
     "errorRate": MetricProfile("errorRate", "ratio", "up", abs_floor=0.02, min_samples=20, binomial=True),
     "latencyP50Ms": MetricProfile("latencyP50Ms", "ms", "up", abs_floor=5.0, rel_floor=0.25, min_samples=20),
     "latencyP99Ms": MetricProfile("latencyP99Ms", "ms", "up", abs_floor=5.0, rel_floor=0.25, min_samples=20),
-    "requestRate": MetricProfile("requestRate", "req/s", "both", abs_floor=0.05, rel_floor=0.5),
+    # Traffic alarms only when it drops: a rise (a deployment going live, a campaign) is not an
+    # incident by itself, and the latency and error rate it causes are judged on their own.
+    "requestRate": MetricProfile("requestRate", "req/s", "down", abs_floor=0.05, rel_floor=0.5),
     "cpuCores": MetricProfile("cpuCores", "cores", "up", abs_floor=0.05, rel_floor=0.3),
     "memoryBytes": MetricProfile("memoryBytes", "bytes", "up", abs_floor=16 * 2**20, rel_floor=0.2),
 }
@@ -114,11 +116,14 @@ class Band:
             return value >= self.low
         return self.low <= value <= self.high
 
-    def describe(self, unit: str) -> str:
-        """The band in words: ``expected 20 ms (15-25 ms; level 18 + daily 2, spread 1.1)``."""
-        daily = f" + daily {_fmt(self.daily)}" if self.daily else ""
-        return (f"expected {_fmt(self.expected)} {unit} (band {_fmt(self.low)}-{_fmt(self.high)} {unit}; "
-                f"level {_fmt(self.level)}{daily}, spread {_fmt(self.spread)})")
+    def describe(self, unit: str, direction: Direction = "both") -> str:
+        """The band in words: ``expected 20 ms (at most 25 ms; level 18 + daily 2, spread 1.1)``."""
+        value = lambda v: _value(v, unit)  # noqa: E731
+        daily = f" + daily {value(self.daily)}" if self.daily else ""
+        limits = {"up": f"at most {value(self.high)}", "down": f"at least {value(self.low)}",
+                  "both": f"{value(self.low)} to {value(self.high)}"}[direction]
+        return (f"expected {value(self.expected)} ({limits}; level {value(self.level)}{daily}, "
+                f"spread {value(self.spread)})")
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,8 @@ class Anomaly:
     direction: Literal["above", "below"]
     unit: str
     worst: float
+    sense: Direction = "both"
+    """Which way the metric is bad (how its band is described)."""
     """The value furthest from the band during the anomaly."""
     closed: float | None = None
     """When it closed (unix seconds); None while open."""
@@ -144,8 +151,8 @@ class Anomaly:
     def message(self) -> str:
         """One line a person can act on."""
         who = f"version {self.version} " if self.version else ""
-        return (f"{who}{self.metric} {_fmt(self.observed)} {self.unit} is {self.direction} its band: "
-                f"{self.band.describe(self.unit)}")
+        return (f"{who}{self.metric} {_value(self.observed, self.unit)} is {self.direction} its band: "
+                f"{self.band.describe(self.unit, self.sense)}")
 
 
 @dataclass(frozen=True)
@@ -276,7 +283,8 @@ class Series:
         if at - self.pending_since >= settings.min_duration:
             self.anomaly = Anomaly(
                 metric=profile.name, version=self.version, since=self.pending_since, observed=value, band=band,
-                direction="above" if value > band.high else "below", unit=profile.unit, worst=value)
+                direction="above" if value > band.high else "below", unit=profile.unit, worst=value,
+                sense=profile.direction)
             self.pending_since, self.inside_since = None, None
             return Update("open", band, opened=self.anomaly)
         return Update("pending", band)
@@ -341,6 +349,14 @@ class Detector:
 
 def _slot(at: float) -> int:
     return int((at % SECONDS_PER_DAY) // 3600)
+
+
+def _value(value: float, unit: str) -> str:
+    if unit == "ratio":
+        return f"{value * 100:.3g}%"
+    if unit == "bytes":
+        return f"{value / 2**20:.4g} MiB"
+    return f"{_fmt(value)} {unit}"
 
 
 def _fmt(value: float) -> str:

@@ -263,7 +263,9 @@ class Observation:
     approve: str | None = None
     """The mlops.dev/approve annotation."""
     rollback: str | None = None
-    """The mlops.dev/rollback annotation."""
+    """The mlops.dev/rollback annotation (or the version the post-promotion guard rolls back from)."""
+    rollback_reason: str | None = None
+    """Why the operator itself rolls back (the post-promotion guard); None: by hand."""
     verdict: Verdict | None = None
     """The analysis of the candidate, when :func:`analysis_due` said so."""
 
@@ -396,8 +398,8 @@ def next_rollout_step(rollout: Rollout, state: DeploymentState, obs: Observation
         previous = state.previous_stable
         if (state.rollout is None and state.stable and obs.rollback == state.stable.version
                 and state.stable.version not in state.rejected and previous and previous.version not in state.rejected):
-            message = (f"Rolling back from version {state.stable.version} to version {previous.version} by hand "
-                       f"({ROLLBACK_ANNOTATION}).")
+            message = obs.rollback_reason or (f"Rolling back from version {state.stable.version} to version "
+                                              f"{previous.version} by hand ({ROLLBACK_ANNOTATION}).")
             back = DeploymentState(stable=state.stable, candidate=previous,
                                    rollout=RolloutProgress(phase=PROMOTING, started=obs.now),
                                    previous_stable=previous, rejected=_reject(state.rejected, state.stable.version))

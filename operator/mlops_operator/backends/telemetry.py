@@ -1,0 +1,149 @@
+"""Serving telemetry for anomaly detection: points from the local router's statistics or Prometheus
+(the same two sources the rollout analysis reads), and one bounded detector per ModelDeployment.
+
+Every ``interval`` seconds a point is read per served version (error rate of 5xx, latency p50/p99,
+requests) and one for the whole deployment (request rate: per-version rates move with canary
+weights, the deployment's does not). Model server restarts seen between points are kept for the
+root-cause hints. State lives in this process only: after an operator restart the detector warms
+up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from mlops_operator.backends import prometheus
+from mlops_operator.reconcile.anomaly import Anomaly, Detector, DetectorSettings, Point, Update
+from mlops_operator.reconcile.modeldeployment import prometheus_queries
+from mlops_operator.reconcile.rootcause import Errors, Restart
+
+log = logging.getLogger("mlops_operator.telemetry")
+
+MAX_RESTARTS = 20
+MAX_CLOSED = 10
+
+
+@dataclass
+class Watch:
+    """What is known about one deployment's serving telemetry."""
+
+    detector: Detector
+    last_point: float | None = None
+    requests_per_second: float | None = None
+    errors: Errors | None = None
+    restarts: deque[Restart] = field(default_factory=lambda: deque(maxlen=MAX_RESTARTS))
+    restart_counts: dict[str, int] = field(default_factory=dict)
+    closed: deque[Anomaly] = field(default_factory=lambda: deque(maxlen=MAX_CLOSED))
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one observation found."""
+
+    opened: list[Anomaly]
+    closed: list[Anomaly]
+    polled: bool
+
+
+_watches: dict[tuple[str, str], Watch] = {}
+
+
+def watch(namespace: str, name: str, settings: DetectorSettings) -> Watch:
+    """The deployment's watch (a new detector when its settings changed)."""
+    found = _watches.get((namespace, name))
+    if found is None or found.detector.settings != settings:
+        found = _watches[(namespace, name)] = Watch(Detector(settings))
+    return found
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop a deleted deployment's state."""
+    _watches.pop((namespace, name), None)
+
+
+def note_restarts(current: Watch, servers: Mapping[str, tuple[int, str | None]], now: float) -> None:
+    """Record restarts of model servers (version -> (restart count, last error)) since the last look."""
+    for version, (restarts, last_error) in servers.items():
+        before = current.restart_counts.get(version)
+        if before is not None and restarts > before:
+            current.restarts.append(Restart(now, version, last_error or "exited"))
+        current.restart_counts[version] = restarts
+
+
+async def _router_points(manager, namespace: str, name: str, versions: Mapping[str, str], since: float, now: float
+                         ) -> tuple[list[Point], Errors]:
+    stats = await manager.router_stats(namespace, name, since)
+    elapsed = max(now - since, 1e-3)
+    points, total, client, server = [], 0, 0, 0
+    for predictor, window in stats.predictors.items():
+        version = versions.get(predictor)
+        if version is None:
+            continue
+        total, client, server = total + window.requests, client + window.client_errors, server + window.errors
+        judged = window.requests - window.client_errors
+        values = {"errorRate": window.error_rate if judged else None, "latencyP50Ms": window.p50_ms,
+                  "latencyP99Ms": window.p99_ms}
+        if predictor != "shadow":
+            points.append(Point(now, version, values, samples=judged))
+    points.append(Point(now, None, {"requestRate": total / elapsed}, samples=total))
+    return points, Errors(total, client, server)
+
+
+async def _prometheus_points(url: str, backend: str, namespace: str, name: str, versions: Mapping[str, str],
+                             since: float, now: float) -> tuple[list[Point], Errors]:
+    elapsed = max(now - since, 1.0)
+    points, total, server = [], 0, 0
+    for predictor, version in versions.items():
+        stats = await prometheus.candidate_stats(url, prometheus_queries(backend, namespace, name, predictor, elapsed))
+        total, server = total + stats.requests, server + stats.errors
+        if predictor != "shadow":
+            points.append(Point(now, version, {"errorRate": stats.error_rate, "latencyP99Ms": stats.p99_ms},
+                                samples=stats.requests))
+    points.append(Point(now, None, {"requestRate": total / elapsed}, samples=total))
+    return points, Errors(total, 0, server)
+
+
+async def observe(current: Watch, *, interval: float, traffic: Sequence[Mapping], namespace: str, name: str,
+                  backend: str, manager=None, prometheus_url: str | None = None, now: float | None = None
+                  ) -> Observed:
+    """Read a point when ``interval`` has passed since the last one, and judge it."""
+    now = time.time() if now is None else now
+    if current.last_point is None:
+        current.last_point = now  # the first window starts now
+        return Observed([], [], False)
+    if now - current.last_point < interval:
+        return Observed([], [], False)
+    versions = {t["predictor"]: t["version"] for t in traffic}
+    since = current.last_point
+    try:
+        if prometheus_url:
+            points, errors = await _prometheus_points(prometheus_url, backend, namespace, name, versions, since, now)
+            current.unreachable.pop("Prometheus", None)
+        elif manager is not None:
+            points, errors = await _router_points(manager, namespace, name, versions, since, now)
+        else:
+            return Observed([], [], False)
+    except prometheus.PrometheusUnavailable as error:
+        current.unreachable["Prometheus"] = str(error)[:300]
+        return Observed([], [], False)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        log.info("%s/%s: no telemetry this time (the router does not answer: %s)", namespace, name, error)
+        return Observed([], [], False)
+    current.last_point = now
+    current.errors = errors
+    current.requests_per_second = points[-1].values["requestRate"]
+    updates: list[Update] = []
+    for point in points:
+        updates += current.detector.observe(point)
+    closed = [u.closed for u in updates if u.closed]
+    closed += current.detector.forget_versions(set(versions.values()) | {None}, now)
+    current.closed.extend(closed)
+    return Observed([u.opened for u in updates if u.opened], closed, True)

@@ -1,0 +1,161 @@
+"""AIOps of a ModelDeployment, pure: anomalies into status and conditions, the post-promotion guard,
+and serving cost from observed traffic.
+
+* ``status.anomalies``: the open anomalies and the latest closed ones (bounded), each with the
+  metric, version, observed value, expected band, since when and the likely cause.
+* Condition ``Anomalous``: True while any anomaly is open, with the worst one in the message.
+* The post-promotion guard: for ``rollout.postPromotion.bakeSeconds`` after a version became stable
+  by promotion, an anomaly of one of its guarded metrics (error rate, latency) on that version rolls
+  back to the previous stable version (``approval: automatic``) or asks for approval of the
+  rollback (``approval: manual``), with the reason in the event.
+* ``status.cost``: the monthly estimate and what 1,000 predictions cost at the observed rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from mlops_operator.reconcile.anomaly import Anomaly, DetectorSettings
+from mlops_operator.reconcile.conditions import FALSE, TRUE, now_rfc3339, parse_rfc3339, set_condition
+from mlops_operator.reconcile.cost import cost_per_thousand_predictions
+
+ANOMALOUS = "Anomalous"
+MAX_ANOMALIES = 10
+GUARD_REASON = "PostPromotionAnomaly"
+ROLLBACK_AWAITING_APPROVAL = "RollbackAwaitingApproval"
+
+
+def detector_settings(spec_detection: Any) -> DetectorSettings:
+    """Detector tuning from ``spec.anomalyDetection``."""
+    return DetectorSettings(warmup=spec_detection.warmup_points, sensitivity=spec_detection.sensitivity,
+                            min_duration=float(spec_detection.min_duration_seconds),
+                            close_after=float(spec_detection.min_duration_seconds))
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else now_rfc3339(datetime.fromtimestamp(at, UTC))
+
+
+def anomaly_record(anomaly: Anomaly, cause: str | None = None) -> dict[str, Any]:
+    """One entry of ``status.anomalies``."""
+    record = {"metric": anomaly.metric, "observed": round(anomaly.observed, 6),
+              "expected": round(anomaly.band.expected, 6), "low": round(anomaly.band.low, 6),
+              "high": round(anomaly.band.high, 6), "since": _iso(anomaly.since), "unit": anomaly.unit,
+              "message": anomaly.message()[:1024]}
+    if anomaly.version:
+        record["version"] = anomaly.version
+    if anomaly.closed is not None:
+        record["closed"] = _iso(anomaly.closed)
+        record["closeReason"] = (anomaly.close_reason or "")[:256]
+    if cause:
+        record["cause"] = cause[:1024]
+    return record
+
+
+def anomalies_status(previous: Sequence[Mapping[str, Any]] | None, open_records: Sequence[dict[str, Any]],
+                     closed_records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Open anomalies first (oldest first), then closed ones newest first, at most :data:`MAX_ANOMALIES`.
+
+    A cause found when an anomaly opened is kept on later writes of the same anomaly.
+    """
+    causes = {(r.get("version"), r.get("metric"), r.get("since")): r.get("cause") for r in previous or ()}
+    keep = []
+    for record in open_records:
+        cause = record.get("cause") or causes.get((record.get("version"), record["metric"], record["since"]))
+        keep.append({**record, **({"cause": cause} if cause else {})})
+    keys = {(r.get("version"), r["metric"], r["since"]) for r in keep}
+    closed = [dict(r) for r in closed_records]
+    for record in closed:
+        cause = causes.get((record.get("version"), record["metric"], record["since"]))
+        if cause and "cause" not in record:
+            record["cause"] = cause
+    older = [dict(r) for r in previous or () if r.get("closed")
+             and (r.get("version"), r.get("metric"), r.get("since")) not in keys
+             and all((r.get("version"), r.get("metric"), r.get("since")) !=
+                     (c.get("version"), c["metric"], c["since"]) for c in closed)]
+    history = sorted(closed + older, key=lambda r: r.get("closed") or "", reverse=True)
+    return (keep + history)[:MAX_ANOMALIES]
+
+
+def anomalous_condition(conditions: Sequence[dict[str, Any]] | None, open_records: Sequence[Mapping[str, Any]],
+                        *, generation: int, now: datetime, enabled: bool) -> list[dict[str, Any]]:
+    """Set ``Anomalous``: True with the oldest open anomaly (and how many more), else False."""
+    if not enabled:
+        return set_condition(conditions, ANOMALOUS, FALSE, "DetectionDisabled",
+                             "Anomaly detection is off (spec.anomalyDetection.enabled).", generation=generation, now=now)
+    if not open_records:
+        return set_condition(conditions, ANOMALOUS, FALSE, "NoAnomaly",
+                             "Serving metrics are within their expected bands.", generation=generation, now=now)
+    first = open_records[0]
+    more = f" ({len(open_records) - 1} more open)" if len(open_records) > 1 else ""
+    message = (f"{first['message']}; since {first['since']}{more}."
+               + (f" {first['cause']}" if first.get("cause") else ""))
+    return set_condition(conditions, ANOMALOUS, TRUE, "AnomalyDetected", message[:4096], generation=generation,
+                         now=now)
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """What the post-promotion guard decided."""
+
+    action: Literal["rollback", "await-approval"]
+    stable: str
+    previous: str
+    message: str
+
+
+def promoted_at(status: Mapping[str, Any]) -> datetime | None:
+    """When the current stable version became stable by promotion (None: not by promotion)."""
+    record = status.get("lastRollout") or {}
+    if record.get("result") == "promoted" and record.get("version") == status.get("stableVersion") \
+            and record.get("finished"):
+        return parse_rfc3339(record["finished"])
+    return None
+
+
+def guard(status: Mapping[str, Any], open_anomalies: Sequence[Anomaly], *, bake_seconds: int,
+          guarded: Sequence[str], approval: str, now: datetime, cause: str | None = None) -> GuardVerdict | None:
+    """The post-promotion guard's decision for this reconciliation (None: nothing to do)."""
+    stable, previous = status.get("stableVersion"), status.get("previousStableVersion")
+    since = promoted_at(status)
+    if not bake_seconds or not stable or not previous or since is None or status.get("candidateVersion"):
+        return None
+    if previous in (status.get("rejectedVersions") or ()):
+        return None
+    elapsed = (now - since).total_seconds()
+    if elapsed > bake_seconds:
+        return None
+    hits = [a for a in open_anomalies if a.version == stable and a.metric in guarded
+            and a.since >= since.timestamp() - 1]
+    if not hits:
+        return None
+    first = hits[0]
+    why = (f"{first.message()} since {_iso(first.since)}, {elapsed:.0f}s after version {stable} was promoted "
+           f"(bake period {bake_seconds}s)")
+    if cause:
+        why += f". {cause}"
+    if approval == "manual":
+        return GuardVerdict("await-approval", stable, previous,
+                            f"Version {stable} is anomalous within its bake period: {why}. Approve the rollback to "
+                            f"version {previous}: kubectl mlops rollback <name> (annotation "
+                            f"mlops.dev/rollback={stable}).")
+    return GuardVerdict("rollback", stable, previous,
+                        f"Rolling back from version {stable} to version {previous} automatically: {why}.")
+
+
+def cost_status(estimate: Mapping[str, Any] | None, requests_per_second: float | None,
+                hours_per_month: float = 730) -> dict[str, Any] | None:
+    """``status.cost``: the monthly estimate with the cost per 1,000 predictions at the observed rate."""
+    if not estimate:
+        return None
+    result = {"monthly": estimate["amount"], "currency": estimate["currency"],
+              "instanceType": estimate["instanceType"], "basis": estimate["basis"]}
+    if requests_per_second is not None:
+        result["requestsPerSecond"] = round(requests_per_second, 6)
+        per_thousand = cost_per_thousand_predictions(estimate["amount"], requests_per_second, hours_per_month)
+        if per_thousand is not None:
+            result["perThousandPredictions"] = round(per_thousand, 6)
+    return result

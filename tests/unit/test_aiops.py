@@ -1,0 +1,96 @@
+"""AIOps status of a ModelDeployment (reconcile/aiops.py): anomalies in status, the Anomalous
+condition, the post-promotion guard and the cost per 1,000 predictions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mlops_operator.reconcile import aiops
+from mlops_operator.reconcile.anomaly import METRICS, Series
+from mlops_operator.reconcile.conditions import find_condition
+
+NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+
+
+def open_anomaly(version: str = "2", metric: str = "errorRate", since: datetime = NOW - timedelta(seconds=90)):
+    series = Series(METRICS[metric], version=version)
+    start = since.timestamp() - 40 * 30
+    for i in range(40):
+        series.observe(start + i * 30, 0.001, samples=500)
+    opened = None
+    for i in range(4):
+        opened = opened or series.observe(since.timestamp() + 30 * i, 0.4, samples=500).opened
+    return opened
+
+
+def promoted(version: str = "2", previous: str = "1", ago: int = 120, **extra):
+    finished = (NOW - timedelta(seconds=ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"stableVersion": version, "previousStableVersion": previous, "rejectedVersions": [],
+            "lastRollout": {"version": version, "result": "promoted", "started": finished, "finished": finished},
+            **extra}
+
+
+def test_an_anomaly_after_a_promotion_rolls_back_or_asks_for_approval():
+    anomaly = open_anomaly()
+    verdict = aiops.guard(promoted(), [anomaly], bake_seconds=600, guarded=["errorRate"], approval="automatic",
+                          now=NOW, cause="Likely cause: a model server restarted (evidence: ...).")
+    assert verdict.action == "rollback" and (verdict.stable, verdict.previous) == ("2", "1")
+    assert verdict.message.startswith("Rolling back from version 2 to version 1 automatically: version 2 errorRate 40%")
+    assert "120s after version 2 was promoted (bake period 600s)" in verdict.message
+    assert verdict.message.endswith("Likely cause: a model server restarted (evidence: ...)..")
+    manual = aiops.guard(promoted(), [anomaly], bake_seconds=600, guarded=["errorRate"], approval="manual", now=NOW)
+    assert manual.action == "await-approval" and "mlops.dev/rollback=2" in manual.message
+
+
+@pytest.mark.parametrize(("status", "kwargs"), [
+    (promoted(ago=700), {}),                                      # after the bake period
+    (promoted(), {"bake_seconds": 0}),                            # guard off
+    (promoted(), {"guarded": ["latencyP99Ms"]}),                  # another metric
+    (promoted(candidateVersion="3"), {}),                         # a rollout in flight decides itself
+    (promoted(previous=None), {}),                                # nothing to return to
+    (promoted(rejectedVersions=["1"]), {}),                       # the previous version was rejected
+    ({**promoted(), "lastRollout": {**promoted()["lastRollout"], "result": "rolledback"}}, {}),  # not a promotion
+])
+def test_the_guard_stays_out_of_it(status, kwargs):
+    args = {"bake_seconds": 600, "guarded": ["errorRate"], "approval": "automatic", "now": NOW, **kwargs}
+    assert aiops.guard(status, [open_anomaly()], **args) is None
+
+
+def test_an_anomaly_of_another_version_or_from_before_the_promotion_is_not_the_new_versions_fault():
+    args = {"bake_seconds": 600, "guarded": ["errorRate"], "approval": "automatic", "now": NOW}
+    assert aiops.guard(promoted(), [open_anomaly(version="1")], **args) is None
+    assert aiops.guard(promoted(), [open_anomaly(since=NOW - timedelta(seconds=300))], **args) is None
+
+
+def test_anomalies_in_status_are_bounded_keep_their_cause_and_the_condition_names_the_first():
+    anomaly = open_anomaly()
+    first = aiops.anomaly_record(anomaly, "Likely cause: version 2 changed just before (evidence: x).")
+    assert first["metric"] == "errorRate" and first["version"] == "2" and first["observed"] == 0.4
+    assert first["low"] < first["expected"] < first["high"] < 0.4 and first["since"].endswith("Z")
+    # A later write without the cause keeps it.
+    again = aiops.anomalies_status([first], [aiops.anomaly_record(anomaly)], [])
+    assert again[0]["cause"] == first["cause"]
+    conditions = aiops.anomalous_condition([], again, generation=3, now=NOW, enabled=True)
+    anomalous = find_condition(conditions, "Anomalous")
+    assert anomalous["status"] == "True" and anomalous["reason"] == "AnomalyDetected"
+    assert anomalous["message"].startswith("version 2 errorRate 40% is above its band: expected 0.1% (at most 2.1%;")
+    assert anomalous["message"].endswith("Likely cause: version 2 changed just before (evidence: x).")
+    # Closed ones follow, newest first, and the list stays bounded.
+    closed = [{**first, "since": f"2026-11-29T09:{i:02d}:00Z", "closed": f"2026-11-29T09:{i:02d}:30Z"}
+              for i in range(15)]
+    listed = aiops.anomalies_status(closed, [first], [])
+    assert len(listed) == aiops.MAX_ANOMALIES and listed[0] == first
+    assert [r["closed"] for r in listed[1:3]] == ["2026-11-29T09:14:30Z", "2026-11-29T09:13:30Z"]
+    quiet = find_condition(aiops.anomalous_condition(conditions, [], generation=3, now=NOW, enabled=True), "Anomalous")
+    assert quiet["status"] == "False" and quiet["reason"] == "NoAnomaly"
+
+
+def test_cost_per_thousand_predictions_from_the_observed_rate():
+    estimate = {"amount": 60.74, "currency": "USD", "instanceType": "t3.large", "basis": "b"}
+    cost = aiops.cost_status(estimate, 2.0)
+    assert cost["monthly"] == 60.74 and cost["requestsPerSecond"] == 2.0
+    assert cost["perThousandPredictions"] == pytest.approx(60.74 / (2 * 3600 * 730) * 1000, abs=1e-6)
+    assert "perThousandPredictions" not in aiops.cost_status(estimate, 0.0)
+    assert aiops.cost_status(None, 2.0) is None
