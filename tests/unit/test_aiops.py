@@ -94,3 +94,27 @@ def test_cost_per_thousand_predictions_from_the_observed_rate():
     assert cost["perThousandPredictions"] == pytest.approx(60.74 / (2 * 3600 * 730) * 1000, abs=1e-6)
     assert "perThousandPredictions" not in aiops.cost_status(estimate, 0.0)
     assert aiops.cost_status(None, 2.0) is None
+
+
+def test_placement_advice_prices_each_candidate_region_for_this_deployment():
+    from mlops_operator.api.modeldeployment import ModelDeploymentSpec
+    from mlops_operator.reconcile.cost import parse_price_table
+
+    sources = {"s": {"what": "test prices", "url": "https://example.org/prices", "date": "2026-11-01"}}
+    table = parse_price_table({
+        "sources": sources, "instanceTypes": {"m5.large": {"vcpu": 2, "memoryGiB": 8, "source": "s"}},
+        "regions": {r: {"m5.large": {"usdPerHour": price, "source": "s"}}
+                    for r, price in (("us-east-2", 0.096), ("eu-central-1", 0.115), ("ap-south-1", 0.101))}})
+    spec = ModelDeploymentSpec.model_validate({
+        "model": {"fromTraining": "iris"}, "replicas": 2,
+        "placement": {"latencyBudgetMs": 150, "regions": [
+            {"region": "us-east-2", "latencyMs": 255}, {"region": "eu-central-1", "latencyMs": 186},
+            {"region": "ap-south-1", "latencyMs": 122}, {"region": "me-south-1", "latencyMs": 40}]}})
+    advice = aiops.placement_status(spec, table)
+    assert advice["choice"] == "ap-south-1"
+    assert [r["region"] for r in advice["ranked"]] == ["ap-south-1", "eu-central-1", "us-east-2", "me-south-1"]
+    assert advice["ranked"][0] == {"region": "ap-south-1", "latencyMs": 122, "monthlyCost": 147.46,
+                                   "withinBudget": True}
+    assert "monthlyCost" not in advice["ranked"][3] and "Not ranked (no sourced price" in advice["message"]
+    assert "meeting the budget costs $7.30/month" in advice["message"]
+    assert aiops.placement_status(ModelDeploymentSpec.model_validate({"model": {"fromTraining": "iris"}}), table) is None

@@ -247,6 +247,24 @@ class AnomalyDetection(Model):
     """Points learned before anything is judged."""
 
 
+class RegionLatency(Model):
+    """A candidate region and the latency from the deployment's users to it."""
+
+    region: str = Field(max_length=32, pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
+    """AWS region code, e.g. ap-south-1."""
+    latency_ms: float = Field(gt=0, le=60000)
+    """Round-trip latency from the users, in milliseconds (declared or measured)."""
+
+
+class Placement(Model):
+    """Where to run: candidate regions ranked by cost under a latency budget (advice in status.placement)."""
+
+    regions: list[RegionLatency] = Field(min_length=1, max_length=30)
+    """Candidate regions with their latency to the users."""
+    latency_budget_ms: float | None = Field(None, gt=0, le=60000)
+    """Most latency the users may see; unset: the cheapest region wins."""
+
+
 class ModelDeploymentSpec(Model):
     """Desired state of a ModelDeployment."""
 
@@ -267,6 +285,8 @@ class ModelDeploymentSpec(Model):
     """How new model versions roll out."""
     anomaly_detection: AnomalyDetection = Field(default_factory=AnomalyDetection, json_schema_extra={"default": {}})
     """Anomaly detection on the serving telemetry."""
+    placement: Placement | None = None
+    """Candidate regions for cost and latency-aware placement advice (status.placement); nothing moves."""
     region: Literal["us-east-1", "us-east-2", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-1"] | None = None
     """AWS region for the cost estimate in status.estimatedMonthlyCost."""
     instance_type: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*$")
@@ -424,6 +444,30 @@ class ServingCost(Model):
     """How the estimate was made, with the price's source and date."""
 
 
+class RankedRegion(Model):
+    """One candidate region in the placement advice."""
+
+    region: str = Field(max_length=32)
+    """AWS region code."""
+    latency_ms: float
+    """Latency from the users."""
+    monthly_cost: float | None = None
+    """What the deployment would cost there per month (unset: no sourced price)."""
+    within_budget: bool = False
+    """Whether it meets spec.placement.latencyBudgetMs."""
+
+
+class PlacementAdvice(Model):
+    """Regions ranked by monthly cost under the latency budget."""
+
+    choice: str | None = Field(None, max_length=32)
+    """The cheapest priced region within the budget (unset: none)."""
+    message: str = Field("", max_length=2048)
+    """The advice, and what the latency costs."""
+    ranked: list[RankedRegion] = Field(default_factory=list, max_length=30)
+    """Priced regions in order of preference, then unpriced ones."""
+
+
 class ModelDeploymentStatus(StatusBase):
     """Observed state of a ModelDeployment."""
 
@@ -461,6 +505,8 @@ class ModelDeploymentStatus(StatusBase):
     """Cost estimate for spec.region with the cost per 1,000 predictions from observed traffic."""
     anomalies: list[AnomalyRecord] = Field(default_factory=list, max_length=10)
     """Open anomalies (oldest first), then the latest closed ones."""
+    placement: PlacementAdvice | None = None
+    """Advice from spec.placement."""
     seldon_deployment: str | None = Field(None, max_length=253)
     """Name of the owned SeldonDeployment (backend seldon)."""
 

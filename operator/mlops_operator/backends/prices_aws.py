@@ -36,12 +36,25 @@ class PriceListUnavailable(Exception):
     """The Price List API could not be asked or gave nothing usable."""
 
 
+_credentials: tuple[float, bool] | None = None
+CREDENTIALS_RECHECK_SECONDS = 600.0
+
+
 def has_credentials() -> bool:
     """Whether boto3 finds AWS credentials (environment, config files, instance role, IRSA)."""
     try:
         return boto3.Session().get_credentials() is not None
     except botocore.exceptions.BotoCoreError:
         return False
+
+
+def _has_credentials_cached() -> bool:
+    # Looking may ask the instance metadata service (with timeouts): at most every 10 minutes.
+    global _credentials
+    now = time.monotonic()
+    if _credentials is None or now - _credentials[0] > CREDENTIALS_RECHECK_SECONDS:
+        _credentials = (now, has_credentials())
+    return _credentials[1]
 
 
 def _filters(region: str, instance_type: str) -> list[dict[str, str]]:
@@ -129,7 +142,8 @@ def price_table(data_dir: Path, regions: Iterable[str], extra_instance_types: It
     Blocking (boto3): call it off the event loop.
     """
     shipped = default_price_table()
-    if not has_credentials():
+    regions = set(regions)
+    if not regions or not _has_credentials_cached():
         return shipped
     try:
         return cached_price_table(data_dir / "cache" / "aws-prices.json", regions,

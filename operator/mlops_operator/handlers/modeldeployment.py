@@ -27,7 +27,15 @@ from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATI
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
-from mlops_operator.backends import kube, model_source, prometheus, seldon_logger_sink, serving_seldon, telemetry
+from mlops_operator.backends import (
+    kube,
+    model_source,
+    prices_aws,
+    prometheus,
+    seldon_logger_sink,
+    serving_seldon,
+    telemetry,
+)
 from mlops_operator.backends.serving_local import ROUTER_ERRORS, LocalServingManager, Phase, PredictorState
 from mlops_operator.handlers import common
 from mlops_operator.handlers.common import (
@@ -277,8 +285,12 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
 
     # 1. The spec.
     spec = parse_spec(ModelDeploymentSpec, obj.get("spec") or {})
-    prices = default_price_table()
-    problems = deployment_spec_errors(spec, prices.instance_type_names())
+    problems = deployment_spec_errors(spec, default_price_table().instance_type_names())
+    regions = {spec.region} if spec.region else set()
+    regions |= {r.region for r in spec.placement.regions} if spec.placement else set()
+    # The Price List API's prices (cached) with AWS credentials, else the shipped table.
+    prices = await asyncio.to_thread(prices_aws.price_table, get_settings().data_dir, regions,
+                                     [spec.instance_type] if spec.instance_type else [])
     if problems:
         raise InvalidSpec("; ".join(problems))
     model_name = spec.model.name or name
@@ -354,6 +366,7 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
     estimate = estimate_monthly_cost(spec, prices).cost
     result["estimatedMonthlyCost"] = estimate
     result["cost"] = aiops.cost_status(estimate, health.requests_per_second, prices.hours_per_month)
+    result["placement"] = aiops.placement_status(spec, prices)
     result["seldonDeployment"] = seldondeployment.seldon_deployment_name(name) if spec.backend == "seldon" else None
     _apply_health(result, status, health, spec, generation, now)
     _announce(obj, status, result, transition)

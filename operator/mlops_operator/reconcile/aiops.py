@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 from mlops_operator.reconcile.anomaly import Anomaly, DetectorSettings
 from mlops_operator.reconcile.conditions import FALSE, TRUE, now_rfc3339, parse_rfc3339, set_condition
-from mlops_operator.reconcile.cost import cost_per_thousand_predictions
+from mlops_operator.reconcile.cost import PriceTable, cost_per_thousand_predictions, estimate_monthly_cost
+from mlops_operator.reconcile.placement import RegionOption, advise_placement
 
 ANOMALOUS = "Anomalous"
 MAX_ANOMALIES = 10
@@ -159,3 +160,29 @@ def cost_status(estimate: Mapping[str, Any] | None, requests_per_second: float |
         if per_thousand is not None:
             result["perThousandPredictions"] = round(per_thousand, 6)
     return result
+
+
+def placement_status(spec: Any, table: PriceTable) -> dict[str, Any] | None:
+    """``status.placement`` from ``spec.placement``: each region's monthly cost for this deployment's
+    sizing (from the price table), ranked under the latency budget."""
+    placement = spec.placement
+    if placement is None:
+        return None
+    options, unpriced = [], []
+    for candidate in placement.regions:
+        estimate = estimate_monthly_cost(spec.model_copy(update={"region": candidate.region}), table)
+        if estimate.cost is None:
+            unpriced.append(candidate)
+        else:
+            options.append(RegionOption(candidate.region, estimate.cost["amount"], candidate.latency_ms))
+    advice = advise_placement(options, placement.latency_budget_ms, table.currency)
+    budget = placement.latency_budget_ms if placement.latency_budget_ms is not None else float("inf")
+    ranked = [{"region": o.region, "latencyMs": o.latency_ms, "monthlyCost": o.monthly_cost,
+               "withinBudget": o.latency_ms <= budget} for o in advice.ranked]
+    ranked += [{"region": c.region, "latencyMs": c.latency_ms, "withinBudget": c.latency_ms <= budget}
+               for c in unpriced]
+    message = advice.message if options else "No candidate region has a sourced price."
+    if unpriced:
+        message += (f" Not ranked (no sourced price; with AWS credentials the Price List API prices them): "
+                    f"{', '.join(c.region for c in unpriced)}.")
+    return {"choice": advice.choice.region if advice.choice else None, "message": message[:2048], "ranked": ranked}
