@@ -468,6 +468,21 @@ class PlacementAdvice(Model):
     """Priced regions in order of preference, then unpriced ones."""
 
 
+class RightSizing(Model):
+    """Suggested requests from the observed use of the stable version's model servers (never applied)."""
+
+    cpu: str | None = Field(None, max_length=32)
+    """Suggested CPU request (95th percentile of use plus headroom)."""
+    memory: str | None = Field(None, max_length=32)
+    """Suggested memory request (the most used plus headroom)."""
+    verdict: Literal["over", "under", "fits", "unset"]
+    """How the current requests compare."""
+    message: str = Field("", max_length=2048)
+    """What was observed and what is suggested."""
+    samples: int = Field(0, ge=0)
+    """Observations behind the suggestion."""
+
+
 class ModelDeploymentStatus(StatusBase):
     """Observed state of a ModelDeployment."""
 
@@ -507,6 +522,8 @@ class ModelDeploymentStatus(StatusBase):
     """Open anomalies (oldest first), then the latest closed ones."""
     placement: PlacementAdvice | None = None
     """Advice from spec.placement."""
+    right_sizing: RightSizing | None = None
+    """Suggested requests from observed use (backend local); spec.resources is never changed."""
     seldon_deployment: str | None = Field(None, max_length=253)
     """Name of the owned SeldonDeployment (backend seldon)."""
 

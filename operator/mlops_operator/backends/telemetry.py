@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -22,12 +23,15 @@ import aiohttp
 from mlops_operator.backends import prometheus
 from mlops_operator.reconcile.anomaly import Anomaly, Detector, DetectorSettings, Point, Update
 from mlops_operator.reconcile.modeldeployment import prometheus_queries
+from mlops_operator.reconcile.rightsizing import UsageSample
 from mlops_operator.reconcile.rootcause import Errors, Restart
 
 log = logging.getLogger("mlops_operator.telemetry")
 
 MAX_RESTARTS = 20
 MAX_CLOSED = 10
+MAX_USAGE = 720  # six hours of points at the default 30 s
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -42,6 +46,38 @@ class Watch:
     restart_counts: dict[str, int] = field(default_factory=dict)
     closed: deque[Anomaly] = field(default_factory=lambda: deque(maxlen=MAX_CLOSED))
     unreachable: dict[str, str] = field(default_factory=dict)
+    usage: dict[str, deque[UsageSample]] = field(default_factory=dict)
+    """version -> CPU and memory samples of its model server (backend local)."""
+    cpu_ticks: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """pid -> (CPU ticks, when) at the previous sample."""
+
+
+def _proc_usage(pid: int) -> tuple[float, float] | None:
+    """(CPU ticks used so far, resident bytes) of a process, from /proc."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+        fields = stat[stat.rindex(")") + 2:].split()
+        ticks = float(fields[11]) + float(fields[12])  # utime, stime
+        rss = next(int(line.split()[1]) * 1024 for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS:"))
+        return ticks, float(rss)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def sample_usage(current: Watch, processes: Sequence[tuple[str, int | None]], now: float) -> None:
+    """Sample CPU (cores, since the previous sample) and memory of local model servers ((version, pid) pairs)."""
+    for version, pid in processes:
+        found = _proc_usage(pid) if pid else None
+        if found is None:
+            continue
+        ticks, rss = found
+        previous = current.cpu_ticks.get(pid)
+        current.cpu_ticks[pid] = (ticks, now)
+        cores = (ticks - previous[0]) / CLOCK_TICKS / (now - previous[1]) if previous and now > previous[1] else None
+        current.usage.setdefault(version, deque(maxlen=MAX_USAGE)).append(UsageSample(now, cores, rss))
+    alive = {pid for _, pid in processes if pid}
+    for pid in [p for p in current.cpu_ticks if p not in alive]:
+        del current.cpu_ticks[pid]
 
 
 @dataclass(frozen=True)
@@ -138,6 +174,9 @@ async def observe(current: Watch, *, interval: float, traffic: Sequence[Mapping]
         log.info("%s/%s: no telemetry this time (the router does not answer: %s)", namespace, name, error)
         return Observed([], [], False)
     current.last_point = now
+    if manager is not None:
+        sample_usage(current, [(p.desired_spec.get("version"), p.record.pid) for p in manager.predictors(namespace, name)],
+                     now)
     current.errors = errors
     current.requests_per_second = points[-1].values["requestRate"]
     updates: list[Update] = []
@@ -145,5 +184,7 @@ async def observe(current: Watch, *, interval: float, traffic: Sequence[Mapping]
         updates += current.detector.observe(point)
     closed = [u.closed for u in updates if u.closed]
     closed += current.detector.forget_versions(set(versions.values()) | {None}, now)
+    for version in [v for v in current.usage if v not in versions.values()]:
+        del current.usage[version]
     current.closed.extend(closed)
     return Observed([u.opened for u in updates if u.opened], closed, True)

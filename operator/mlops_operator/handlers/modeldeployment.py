@@ -47,7 +47,7 @@ from mlops_operator.handlers.common import (
     post_event,
     reconcile_object,
 )
-from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rootcause, seldondeployment
+from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rightsizing, rootcause, seldondeployment
 from mlops_operator.reconcile.conditions import FALSE, TRUE, find_condition, set_condition
 from mlops_operator.reconcile.cost import default_price_table, estimate_monthly_cost
 from mlops_operator.reconcile.modeldeployment import ModelRef, PredictorPlan, RequestStats, ServingObservation
@@ -367,6 +367,11 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
     result["estimatedMonthlyCost"] = estimate
     result["cost"] = aiops.cost_status(estimate, health.requests_per_second, prices.hours_per_month)
     result["placement"] = aiops.placement_status(spec, prices)
+    suggestion = rightsizing.suggest_requests(spec.resources.requests.cpu, spec.resources.requests.memory,
+                                              health.usage)
+    result["rightSizing"] = None if suggestion is None else {
+        "cpu": suggestion.cpu, "memory": suggestion.memory, "verdict": suggestion.verdict,
+        "message": suggestion.message[:2048], "samples": suggestion.samples}
     result["seldonDeployment"] = seldondeployment.seldon_deployment_name(name) if spec.backend == "seldon" else None
     _apply_health(result, status, health, spec, generation, now)
     _announce(obj, status, result, transition)
@@ -391,6 +396,8 @@ class ServingHealth:
     rollback_reason: str | None = None
     awaiting_rollback: str | None = None
     """The guard's message when the rollback waits for approval."""
+    usage: list = field(default_factory=list)
+    """CPU and memory samples of the stable version's model servers."""
 
 
 def _facts(status: dict[str, Any], watch: telemetry.Watch) -> rootcause.Facts:
@@ -432,7 +439,8 @@ async def _serving_health(spec: ModelDeploymentSpec, obj: dict[str, Any], status
             prometheus_url=url, now=now.timestamp())
     else:
         observed = telemetry.Observed([], [], False)
-    health = ServingHealth(enabled=True, requests_per_second=watch.requests_per_second)
+    health = ServingHealth(enabled=True, requests_per_second=watch.requests_per_second,
+                           usage=list(watch.usage.get(status.get("stableVersion") or "", ())))
     causes = {}
     for anomaly in observed.opened:
         incident = rootcause.Incident("anomaly", anomaly.since, anomaly.metric, anomaly.version)
