@@ -128,3 +128,20 @@ def test_a_detector_keeps_one_series_per_version_and_metric_and_forgets_versions
     closed = detector.forget_versions(["1"], at=44 * 30.0)
     assert [a.close_reason for a in closed] == ["version 2 is no longer served"]
     assert set(detector.series) == {("1", "latencyP99Ms"), ("1", "requestRate")}
+
+
+def test_a_new_version_is_judged_against_the_baseline_of_the_version_before_it():
+    detector = Detector(DetectorSettings(min_duration=30))
+    for i in range(40):
+        detector.observe(Point(i * 30.0, "1", {"errorRate": 0.001 * (i % 3)}, 500))
+    # Version 2 takes over and fails from its very first requests: no warm-up that would learn it.
+    opened = []
+    for i in range(40, 43):
+        for update in detector.observe(Point(i * 30.0, "2", {"errorRate": 0.5}, 500)):
+            opened += [update.opened] if update.opened else []
+    assert [(a.version, a.metric, a.since) for a in opened] == [("2", "errorRate", 40 * 30.0)]
+    # A healthy new version simply continues the baseline.
+    fresh = Detector()
+    for i in range(40):
+        fresh.observe(Point(i * 30.0, "1", {"errorRate": 0.001}, 500))
+    assert fresh.observe(Point(40 * 30.0, "3", {"errorRate": 0.001}, 500))[0].state == "normal"

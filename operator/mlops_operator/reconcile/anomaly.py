@@ -13,6 +13,8 @@ series' own recent history says to expect, and only a breach that lasts opens an
 * **band**: expected +/- the widest of ``sensitivity`` x MAD, a binomial term for rates (a 1% error
   rate over 50 requests is noisier than over 5000), and per-metric absolute and relative floors (a
   baseline of exactly zero errors must not make one error an anomaly).
+* **a new version** (a canary, a promotion) starts from the baseline of the version it joins, so it
+  is judged against what the deployment did before it from its first point.
 * **duration**: a point outside the band makes the series *pending*; the anomaly opens only when it
   is still outside ``min_duration`` later, and closes once the series has been back inside for
   ``close_after``. Points outside the band, or while an anomaly is open, are not learned, so a
@@ -328,9 +330,26 @@ class Detector:
             key = (point.version, metric)
             series = self.series.get(key)
             if series is None:
-                series = self.series[key] = Series(profile, self.settings, point.version)
+                series = self.series[key] = self._new_series(profile, point.version)
             updates.append(series.observe(point.at, value, point.samples))
         return sorted(updates, key=lambda u: u.opened is None and u.closed is None)
+
+    def _new_series(self, profile: MetricProfile, version: str | None) -> Series:
+        """A series for a version that starts serving. It inherits the baseline of another version of the
+        same metric that has one (the stable version, for a canary or a newly promoted version), so the
+        new version is judged against what the deployment did before it from its first point: a
+        version that fails from the start is not learned as normal."""
+        series = Series(profile, self.settings, version)
+        if version is None:
+            return series
+        donors = [s for (v, m), s in self.series.items() if m == profile.name and v is not None and v != version
+                  and s.anomaly is None and len(s.history) >= self.settings.warmup]
+        if donors:
+            donor = max(donors, key=lambda s: len(s.history))
+            series.history.extend(donor.history)
+            series.slot_offset, series.slot_count = list(donor.slot_offset), list(donor.slot_count)
+            series.first_seen, series.long_level, series.long_at = donor.first_seen, donor.long_level, donor.long_at
+        return series
 
     def forget_versions(self, keep: Iterable[str | None], at: float) -> list[Anomaly]:
         """Drop the series of versions no longer served; their open anomalies close."""
