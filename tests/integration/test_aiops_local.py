@@ -142,11 +142,12 @@ def test_a_promoted_version_that_starts_failing_is_rolled_back(objects, operator
         traffic.stopped.set()
 
     # The webhook got one message per incident: the anomaly, the rollback.
-    wait_until(lambda: any(a["labels"]["alertname"] == "MlopsRolledBack" for b in Receiver.bodies for a in b["alerts"]),
-               timeout=30, what="rollback notified")
+    wait_until(lambda: any(a["labels"]["alertname"] == "MlopsRolloutFailed" for b in Receiver.bodies
+                           for a in b["alerts"]), timeout=30, what="rollback notified")
     alerts = [a for body in Receiver.bodies for a in body["alerts"]]
     names = [a["labels"]["alertname"] for a in alerts if a["status"] == "firing"]
-    assert names.count("MlopsAnomaly") >= 1 and names.count("MlopsRolledBack") == 1
+    # The guard's decision, the rollback's completion and version 2's rejection are one incident.
+    assert names.count("MlopsAnomaly") >= 1 and names.count("MlopsRolloutFailed") == 1, names
     opened = [a for a in alerts if a["labels"].get("incident") == "2/errorRate" and a["status"] == "firing"]
     assert len(opened) == 1, alerts
     assert all(body["commonLabels"] == {"namespace": namespace, "name": "iris", "kind": "ModelDeployment"}

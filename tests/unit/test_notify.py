@@ -44,6 +44,10 @@ def test_only_notified_reasons_make_notices_and_one_incident_is_one_message():
     assert dedup.admit(notice("RolloutAborted", "Rollout of version 3 aborted"))
     assert not dedup.admit(notice("RolloutAborted", "Rollout of version 3 aborted"))
     assert dedup.admit(notice("RolloutAborted", "Rollout of version 4 aborted"))
+    # The events that tell one rollback (the guard's decision, its completion, the rejection) are one incident.
+    assert dedup.admit(notice("RolledBack", "Rolling back from version 5 automatically", incident="5"))
+    assert not dedup.admit(notice("RolledBack", "Rolled back to version 4 (version 5 rejected).", incident="5"))
+    assert not dedup.admit(notice("RolloutAborted", "Version 5 was rejected earlier", incident="5"))
     # Drift is an episode: firing once until it is resolved, whatever the scores say.
     assert dedup.admit(notice("DriftDetected", "psi 0.3"))
     assert not dedup.admit(notice("DriftDetected", "psi 0.4"))

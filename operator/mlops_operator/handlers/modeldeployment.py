@@ -263,17 +263,28 @@ def _forget_metrics(namespace: str, name: str) -> None:
                 pass
 
 
+def _rejected_version(before: dict[str, Any], after: dict[str, Any], transition: modeldeployment.Transition) -> str:
+    """The version a rollout event is about: the one it rejects or leaves (one incident for notifications)."""
+    if transition.record:
+        return str(transition.record.get("version"))
+    if before.get("candidateVersion") and before.get("candidateVersion") == after.get("stableVersion"):
+        return str(before.get("stableVersion"))  # a rollback completing: the version left behind
+    rejected = after.get("rejectedVersions") or []
+    return str(before.get("candidateVersion") or (rejected[-1] if rejected else after.get("stableVersion")))
+
+
 def _announce(obj: dict[str, Any], before: dict[str, Any], after: dict[str, Any], transition: modeldeployment.Transition
               ) -> None:
+    incident = _rejected_version(before, after, transition)
     for event in transition.events:
-        post_event(obj, event.reason, event.message, warning=event.warning)
+        post_event(obj, event.reason, event.message, warning=event.warning, incident=incident)
     # Trouble that no transition announced (a missing model, a crash loop): once, when it starts.
     old = find_condition(before.get("conditions"), "Degraded") or {}
     new = find_condition(after.get("conditions"), "Degraded") or {}
     announced = {e.reason for e in transition.events}
     if new.get("status") == TRUE and (old.get("status") != TRUE or old.get("reason") != new.get("reason")) \
             and new.get("reason") not in announced:
-        post_event(obj, new["reason"], new.get("message", ""), warning=True)
+        post_event(obj, new["reason"], new.get("message", ""), warning=True, incident=incident)
 
 
 async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:

@@ -29,8 +29,10 @@ Status = Literal["firing", "resolved"]
 NOTIFIED: Mapping[str, tuple[str, Status]] = {
     "AwaitingApproval": ("ApprovalAwaited", "firing"),
     "Approved": ("ApprovalAwaited", "resolved"),
-    "RolloutAborted": ("RolloutAborted", "firing"),
-    "RolledBack": ("RolledBack", "firing"),
+    # An aborted rollout and a rollback of a promoted version are one kind of incident: a version
+    # that was rejected (the incident names it), however many events tell the story.
+    "RolloutAborted": ("RolloutFailed", "firing"),
+    "RolledBack": ("RolloutFailed", "firing"),
     "RollbackAwaitingApproval": ("ApprovalAwaited", "firing"),
     "DriftDetected": ("DriftDetected", "firing"),
     "PerformanceDegraded": ("DriftDetected", "firing"),
