@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import kopf
 import pydantic
 
+from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.errors import InvalidSpec
 from mlops_operator.backends import kube, notifier
 from mlops_operator.metrics import reconcile_timer
@@ -240,3 +241,38 @@ async def reconcile_object(
 def is_invalid_generation(status: Mapping[str, Any], generation: int) -> bool:
     """Whether this generation was already found invalid (timers then leave it alone)."""
     return status.get("phase") == "Invalid" and status.get("observedGeneration") == generation
+
+
+Cleanup = Callable[[str, str, Mapping[str, Any], Mapping[str, Any]], Awaitable[None]]
+"""A kind's work when an object is deleted: ``(namespace, name, status, spec)``."""
+
+
+def register_kind(kind: str, plural: str, reconciler: Reconciler, *, conditions: tuple[str, ...],
+                  summary_condition: str, cleanup: Cleanup) -> None:
+    """Register one kind with kopf: change handlers (create, update, resume) and the observe timer
+    both run :func:`reconcile_object` with ``reconciler``; deletion runs ``cleanup`` and then drops
+    the object's lock and backoff. Handler ids stay ``on_change``/``observe``/``on_delete``."""
+
+    async def run(namespace: str, name: str, from_change: bool) -> None:
+        await reconcile_object(kind, plural, namespace, name, reconciler, conditions=conditions,
+                               summary_condition=summary_condition, from_change=from_change)
+
+    @kopf.on.resume(GROUP, VERSION, plural, id="on_change")
+    @kopf.on.create(GROUP, VERSION, plural, id="on_change")
+    @kopf.on.update(GROUP, VERSION, plural, id="on_change")
+    async def on_change(namespace: str, name: str, **_: Any) -> None:
+        """A new object, a changed spec or annotation, or an operator restart."""
+        await run(namespace, name, from_change=True)
+
+    @kopf.timer(GROUP, VERSION, plural, id="observe", interval=get_settings().poll_interval_seconds, initial_delay=1)
+    async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Body, **_: Any) -> None:
+        """Observe what the object runs (runs, servers, rollouts, checks) unless its spec is invalid."""
+        if is_invalid_generation(status, body.metadata.get("generation") or 0):
+            return
+        await run(namespace, name, from_change=False)
+
+    @kopf.on.delete(GROUP, VERSION, plural, id="on_delete")
+    async def on_delete(namespace: str, name: str, status: kopf.Status, spec: kopf.Spec, **_: Any) -> None:
+        """The kind's cleanup, then forget the object."""
+        await cleanup(namespace, name, status, spec)
+        forget(plural, namespace, name)

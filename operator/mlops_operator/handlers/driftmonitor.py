@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,16 +37,14 @@ from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.driftmonitor import DriftMonitorSpec
 from mlops_operator.api.errors import InvalidSpec
 from mlops_operator.backends import drift_data, kube, seldon_logger_sink
+from mlops_operator.drift import report as drift_report
 from mlops_operator.handlers.common import (
     Retry,
-    forget,
     get_settings,
-    is_invalid_generation,
     parse_spec,
     post_event,
-    reconcile_object,
+    register_kind,
 )
-from mlops_operator.drift import report as drift_report
 from mlops_operator.reconcile import driftmonitor
 from mlops_operator.reconcile.conditions import FALSE, set_condition
 from mlops_operator.reconcile.validation import drift_spec_errors
@@ -312,32 +311,12 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
-async def _reconcile(namespace: str, name: str, from_change: bool) -> None:
-    await reconcile_object(KIND, PLURAL, namespace, name, reconcile_driftmonitor, conditions=CONDITIONS,
-                           summary_condition="Ready", from_change=from_change)
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-async def on_change(namespace: str, name: str, **_: Any) -> None:
-    """A new object, a changed spec or annotation, or an operator restart."""
-    await _reconcile(namespace, name, from_change=True)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=get_settings().poll_interval_seconds, initial_delay=1)
-async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Body, **_: Any) -> None:
-    """Run a check when one is due."""
-    if is_invalid_generation(status, body.metadata.get("generation") or 0):
-        return
-    await _reconcile(namespace, name, from_change=False)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-async def on_delete(namespace: str, name: str, **_: Any) -> None:
-    """Drop the monitor's metric series and lock."""
+async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+    """Drop the monitor's metric series."""
     _forget_metrics(namespace, name)
-    forget(PLURAL, namespace, name)
+
+
+register_kind(KIND, PLURAL, reconcile_driftmonitor, conditions=CONDITIONS, summary_condition="Ready", cleanup=_cleanup)
 
 
 # ---------------------------------------------------------------------------------------------

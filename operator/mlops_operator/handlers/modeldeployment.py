@@ -15,20 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
-
 from mlops_operator import metrics
 from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATION
-from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.backends import (
-    kube,
     model_source,
     prices_aws,
     prometheus,
@@ -40,12 +36,10 @@ from mlops_operator.backends.serving_local import ROUTER_ERRORS, LocalServingMan
 from mlops_operator.handlers import common
 from mlops_operator.handlers.common import (
     Retry,
-    forget,
     get_settings,
-    is_invalid_generation,
     parse_spec,
     post_event,
-    reconcile_object,
+    register_kind,
 )
 from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rightsizing, rootcause, seldondeployment
 from mlops_operator.reconcile.conditions import FALSE, TRUE, find_condition, set_condition
@@ -517,55 +511,7 @@ async def _clean_other_backend(spec: ModelDeploymentSpec, namespace: str, name: 
         await serving_seldon.delete_seldon_deployment(namespace, status["seldonDeployment"])
 
 
-async def _reconcile(namespace: str, name: str, from_change: bool) -> None:
-    await reconcile_object(KIND, PLURAL, namespace, name, reconcile_modeldeployment, conditions=CONDITIONS,
-                           summary_condition="Ready", from_change=from_change)
-
-
-# ---------------------------------------------------------------- kopf
-
-
-@kopf.on.startup()
-async def adopt_local_servers(**_: Any) -> None:
-    """Re-attach to the local model servers and routers a previous operator process left running,
-    restart dead ones, and stop those whose ModelDeployment no longer exists."""
-    settings = get_settings()
-    try:
-        existing = await asyncio.to_thread(kube.list_object_keys, PLURAL, settings.namespaces)
-    except Exception as error:  # without the list nothing can be called an orphan
-        log.warning("not adopting local model servers: cannot list ModelDeployments: %s", error)
-        return
-    found = await local_manager().adopt_all(existing)
-    orphans = {(p.namespace, p.deployment) for p in found if p.orphan
-               and (not settings.namespaces or p.namespace in settings.namespaces)}
-    for namespace, deployment in sorted(orphans):
-        log.info("stopping the local servers of %s/%s: its ModelDeployment is gone", namespace, deployment)
-        await local_manager().stop_deployment(namespace, deployment)
-    adopted = [p for p in found if not p.orphan]
-    if adopted:
-        log.info("adopted %d local server process(es): %s", len(adopted),
-                 ", ".join(f"{p.namespace}/{p.deployment}/{p.name}@{p.version or '-'} ({p.phase.value})"
-                           for p in adopted))
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-async def on_change(namespace: str, name: str, **_: Any) -> None:
-    """A new object, a changed spec or annotation, or an operator restart."""
-    await _reconcile(namespace, name, from_change=True)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=get_settings().poll_interval_seconds, initial_delay=1)
-async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Body, **_: Any) -> None:
-    """Observe model servers and the rollout; advance it when a step is due."""
-    if is_invalid_generation(status, body.metadata.get("generation") or 0):
-        return
-    await _reconcile(namespace, name, from_change=False)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-async def on_delete(namespace: str, name: str, **_: Any) -> None:
+async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
     """Stop the local model servers and router; the SeldonDeployment goes with its owner (GC)."""
     # The reconcile lock: a reconciliation in flight must not start a server after this stops them.
     async with common.object_lock(PLURAL, namespace, name):
@@ -573,4 +519,7 @@ async def on_delete(namespace: str, name: str, **_: Any) -> None:
             await local_manager().stop_deployment(namespace, name)
     _forget_metrics(namespace, name)
     telemetry.forget(namespace, name)
-    forget(PLURAL, namespace, name)
+
+
+register_kind(KIND, PLURAL, reconcile_modeldeployment, conditions=CONDITIONS, summary_condition="Ready",
+              cleanup=_cleanup)

@@ -15,25 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
-
 from mlops_operator import metrics
-from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.errors import STEP_REASONS, BackendUnavailable, Failure, InvalidSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.backends import artifacts, kube, storage_credentials, training_kfp, training_local
 from mlops_operator.handlers.common import (
     Retry,
     describe_api_error,
-    forget,
     get_settings,
-    is_invalid_generation,
     parse_spec,
     post_event,
-    reconcile_object,
+    register_kind,
 )
 from mlops_operator.reconcile import modeltraining
 from mlops_operator.reconcile.conditions import FALSE, parse_rfc3339, set_condition
@@ -342,31 +338,11 @@ def _announce(obj: dict[str, Any], record: dict[str, Any], reasons: list[str]) -
                    f"Run {record['name']} {record['state'].lower()}: {record.get('message') or ''}", warning=True)
 
 
-async def _reconcile(namespace: str, name: str, from_change: bool) -> None:
-    await reconcile_object(KIND, PLURAL, namespace, name, reconcile_training, conditions=CONDITIONS,
-                           summary_condition="Succeeded", from_change=from_change)
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-async def on_change(namespace: str, name: str, **_: Any) -> None:
-    """A new object, a changed spec or annotation, or an operator restart."""
-    await _reconcile(namespace, name, from_change=True)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=get_settings().poll_interval_seconds, initial_delay=1)
-async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Body, **_: Any) -> None:
-    """Observe active runs and the schedule."""
-    if is_invalid_generation(status, body.metadata.get("generation") or 0):
-        return
-    await _reconcile(namespace, name, from_change=False)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-async def on_delete(namespace: str, name: str, status: kopf.Status, spec: kopf.Spec, **_: Any) -> None:
+async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
     """Cancel an active local run (model versions are kept: they are immutable records)."""
     latest = status.get("latestRun") or {}
     if latest.get("state") in modeltraining.ACTIVE_STATES and spec.get("backend", "local") == "local":
         await asyncio.to_thread(training_local.cancel, latest["name"], get_settings().data_dir, namespace)
-    forget(PLURAL, namespace, name)
+
+
+register_kind(KIND, PLURAL, reconcile_training, conditions=CONDITIONS, summary_condition="Succeeded", cleanup=_cleanup)
