@@ -164,6 +164,21 @@ def _is_ours(proc: dict[str, Any], d: Path) -> bool:
     return ticks is not None and ticks == proc.get("start_ticks", ticks)
 
 
+def _has_exited(proc: dict[str, Any]) -> bool:
+    """True once a process this run started has really exited (gone, a zombie, or its pid reused).
+
+    Judged by the start time recorded at spawn, never by the command line: Popen returns as soon
+    as exec closes its error pipe, and for a moment after that the kernel still shows an empty
+    ``/proc/<pid>/cmdline`` (the new image's argument pages are set up later). On a busy machine
+    that moment is long enough for a start-up check to call a healthy etcd "exited" with an empty
+    log. :func:`_is_ours` (which also checks the command line) stays the test for processes read
+    back from ``state.json``, whose pids may have been reused since.
+    """
+    _reap(proc["pid"])
+    ticks = _proc_start_ticks(proc["pid"])
+    return ticks is None or ticks != proc.get("start_ticks", ticks)
+
+
 def _reap(pid: int) -> None:
     # If we are the parent (cluster started in this process), collect the exit status so the
     # pid does not linger as a zombie.
@@ -491,7 +506,6 @@ def _wait_for(
     what: str,
     probe: Any,
     procs: list[dict[str, Any]],
-    d: Path,
     deadline: float,
 ) -> None:
     """Poll ``probe() -> (ok, detail)`` until ok; fail fast if a started process dies."""
@@ -503,8 +517,7 @@ def _wait_for(
             _say(f"{what}: ok after {time.monotonic() - start:.1f}s")
             return
         for p in procs:
-            _reap(p["pid"])
-            if not _is_ours(p, d):
+            if _has_exited(p):
                 raise DevClusterError(f"{p['name']} exited while waiting for {what}; last log lines:\n{_log_tail(p)}")
         now = time.monotonic()
         if now >= deadline:
@@ -699,7 +712,7 @@ def _start_cluster(d: Path, node: bool = False) -> Path:
         _wait_for(
             "etcd /health",
             lambda: (('"health":"true"' in _get(f"{etcd_url}/health")[1]), ""),
-            procs, d, deadline,
+            procs, deadline,
         )
 
         node_args = [
@@ -738,7 +751,7 @@ def _start_cluster(d: Path, node: bool = False) -> Path:
             "--profiling=false",
             "--event-ttl=30m",
         ])
-        _wait_for("kube-apiserver /readyz", _readyz_probe(api_port, pki, host), procs, d, deadline)
+        _wait_for("kube-apiserver /readyz", _readyz_probe(api_port, pki, host), procs, deadline)
 
         launch("kube-controller-manager", [
             f"--kubeconfig={kcm_kubeconfig}",
@@ -759,21 +772,21 @@ def _start_cluster(d: Path, node: bool = False) -> Path:
         _wait_for(
             "kube-controller-manager /healthz",
             lambda: (_get(f"https://127.0.0.1:{kcm_port}/healthz", kcm_ctx)[0] == 200, ""),
-            procs, d, deadline,
+            procs, deadline,
         )
         admin = _admin_ssl(pki)
         # The default ServiceAccount appearing proves controllers act through the API.
         _wait_for(
             "ServiceAccount default/default",
             lambda: (_get(f"{server}/api/v1/namespaces/default/serviceaccounts/default", admin)[0] == 200, ""),
-            procs, d, deadline,
+            procs, deadline,
         )
         if node:
             node_deadline = time.monotonic() + START_TIMEOUT_S  # after builds/imports, a fresh budget
             devnode.start_node(
                 d, state,
                 launch=lambda name, binary, args: launch(name, args, binary),
-                wait_for=lambda what, probe: _wait_for(what, probe, procs, d, max(deadline, node_deadline)),
+                wait_for=lambda what, probe: _wait_for(what, probe, procs, max(deadline, node_deadline)),
                 issue_cert=_node_cert_issuer(pki),
                 kubeconfig_text=lambda srv, user, cert: _kubeconfig_text(srv, pki, user, cert),
                 api_json=_api_json_for(server, pki),
