@@ -171,7 +171,7 @@ def report_dir(root: str, namespace: str, monitor: str) -> str:
 def write_report(root: str, namespace: str, monitor: str, page: str, stamp: str) -> tuple[str, str]:
     """Write one report (and latest.html); returns (its URI, latest.html's URI)."""
     directory = report_dir(root, namespace, monitor)
-    fs, path = url_to_fs(directory)
+    fs, path = open_fs(directory)
     fs.makedirs(path, exist_ok=True)
     name = stamp.replace(":", "").replace("-", "") + ".html"
     data = page.encode("utf-8")
@@ -187,7 +187,7 @@ def record_check(root: str, namespace: str, monitor: str, entry: dict[str, Any])
     import json
 
     directory = report_dir(root, namespace, monitor)
-    fs, path = url_to_fs(directory)
+    fs, path = open_fs(directory)
     fs.makedirs(path, exist_ok=True)
     target = f"{path}/history.jsonl"
     history: list[dict[str, Any]] = []
