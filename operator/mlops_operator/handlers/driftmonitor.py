@@ -82,6 +82,8 @@ def _export_metrics(namespace: str, name: str, report: drift.DriftReport, verdic
     series = set()
     for feature in report.features.values():
         for test, result in feature.tests.items():
+            if result.score is None:  # InsufficientData: no score to show (a stale one is removed below)
+                continue
             metrics.DRIFT_SCORE.labels(namespace, name, feature.name, test).set(result.score)
             series.add((feature.name, test))
     for stale in _score_series.get((namespace, name), set()) - series:
