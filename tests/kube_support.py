@@ -233,3 +233,15 @@ class Objects:
 
         core = client.CoreV1Api(self.api.api_client)
         return [e for e in core.list_namespaced_event(self.namespace).items if e.involved_object.name == name]
+
+
+def load_demo():
+    """hack/demo.py as a module (hack/ is not a package): the demo's traffic and scenario helpers."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("mlops_demo", REPO / "hack" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mlops_demo"] = module
+    spec.loader.exec_module(module)
+    return module

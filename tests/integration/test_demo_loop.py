@@ -5,25 +5,15 @@ shifted traffic continues."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 
-from kube_support import REPO
+from kube_support import load_demo
 
 # The whole loop trains twice, starts model servers and waits for a canary and two drift verdicts:
 # longer than the suite's default per-test timeout on a loaded 2-core machine.
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1200)]
-
-
-def load_demo():
-    spec = importlib.util.spec_from_file_location("mlops_demo", REPO / "hack" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mlops_demo"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_drift_retrain_on_new_data_canary_promote_no_drift(operator, objects, kubeconfig, namespace, tmp_path):

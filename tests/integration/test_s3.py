@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from kube_support import load_demo
 from mlops_operator.backends import artifacts
 from mlops_operator.backends.serving_local.inference_log import InferenceLogWriter, LogEntry, read_window
 
@@ -102,18 +103,6 @@ async def test_the_inference_log_is_written_as_objects_and_read_back(root):
 
 
 # ---------------------------------------------------------------- the local loop on S3
-
-
-def load_demo():
-    import importlib.util
-
-    from kube_support import REPO
-
-    spec = importlib.util.spec_from_file_location("mlops_demo", REPO / "hack" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mlops_demo"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_operator(kubeconfig, namespace, objects, data_dir, env):
