@@ -241,7 +241,7 @@ def test_follows_training_and_survives_operator_restarts(objects, operator, name
     operator.kill()
     second = OperatorProcess(kubeconfig, namespace, operator.data_dir).start()
     try:
-        wait_until(lambda: "adopted 2 local server process" in second.logs(), timeout=30, what="adoption logged")
+        wait_until(lambda: "adopted 2 local server process" in second.logs(), timeout=60, what="adoption logged")
         assert recorded_pids(operator.data_dir, namespace, "follower") == pids
         assert all(alive(pid) for pid in pids.values())
         assert infer(endpoint)[0] == 200

@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import kopf
+
 from mlops_operator import metrics
 from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATION
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.backends import (
+    kube,
     model_source,
     prices_aws,
     prometheus,
@@ -523,3 +526,26 @@ async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: M
 
 register_kind(KIND, PLURAL, reconcile_modeldeployment, conditions=CONDITIONS, summary_condition="Ready",
               cleanup=_cleanup)
+
+
+@kopf.on.startup()
+async def adopt_local_servers(**_: Any) -> None:
+    """Re-attach to the local model servers and routers a previous operator process left running,
+    restart dead ones, and stop those whose ModelDeployment no longer exists."""
+    settings = get_settings()
+    try:
+        existing = await asyncio.to_thread(kube.list_object_keys, PLURAL, settings.namespaces)
+    except Exception as error:  # without the list nothing can be called an orphan
+        log.warning("not adopting local model servers: cannot list ModelDeployments: %s", error)
+        return
+    found = await local_manager().adopt_all(existing)
+    orphans = {(p.namespace, p.deployment) for p in found if p.orphan
+               and (not settings.namespaces or p.namespace in settings.namespaces)}
+    for namespace, deployment in sorted(orphans):
+        log.info("stopping the local servers of %s/%s: its ModelDeployment is gone", namespace, deployment)
+        await local_manager().stop_deployment(namespace, deployment)
+    adopted = [p for p in found if not p.orphan]
+    if adopted:
+        log.info("adopted %d local server process(es): %s", len(adopted),
+                 ", ".join(f"{p.namespace}/{p.deployment}/{p.name}@{p.version or '-'} ({p.phase.value})"
+                           for p in adopted))
