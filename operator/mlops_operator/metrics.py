@@ -55,6 +55,12 @@ ANOMALY_ACTIVE = Gauge(
     "1 while an anomaly of this serving metric is open for the ModelDeployment (any served version).",
     ["namespace", "name", "metric"],
 )
+ANOMALY_LEARNING = Gauge(
+    "mlops_anomaly_learning",
+    "1 while the detector still learns this serving metric's baseline for the stable version (nothing is judged "
+    "yet: a fault now is learned as normal), 0 once it judges.",
+    ["namespace", "name", "metric"],
+)
 ROLLOUTS = Counter("mlops_rollouts_total", "Finished rollouts by result (promoted, aborted, rolledback).", ["result"])
 
 DRIFT_SCORE = Gauge(

@@ -252,7 +252,8 @@ def _record_metrics(namespace: str, name: str, status: dict[str, Any], result: s
 def _forget_metrics(namespace: str, name: str) -> None:
     for gauge, labels in ((metrics.DEPLOYMENT_READY, [(namespace, name)]),
                           (metrics.TRAFFIC_WEIGHT, [(namespace, name, p) for p in PREDICTORS]),
-                          (metrics.ANOMALY_ACTIVE, [(namespace, name, m) for m in anomaly.METRICS])):
+                          (metrics.ANOMALY_ACTIVE, [(namespace, name, m) for m in anomaly.METRICS]),
+                          (metrics.ANOMALY_LEARNING, [(namespace, name, m) for m in anomaly.METRICS])):
         for label_values in labels:
             try:
                 gauge.remove(*label_values)
@@ -399,6 +400,8 @@ class ServingHealth:
     opened: list[dict[str, Any]] = field(default_factory=list)
     closed: list[dict[str, Any]] = field(default_factory=list)
     open_metrics: set[str] = field(default_factory=set)
+    learning: set[str] = field(default_factory=set)
+    """Metrics whose stable-version series has no baseline yet (the detector learns, does not judge)."""
     requests_per_second: float | None = None
     rollback: str | None = None
     rollback_reason: str | None = None
@@ -450,13 +453,18 @@ async def _serving_health(spec: ModelDeploymentSpec, obj: dict[str, Any], status
     health = ServingHealth(enabled=True, requests_per_second=watch.requests_per_second,
                            usage=list(watch.usage.get(status.get("stableVersion") or "", ())))
     causes = {}
-    for anomaly in observed.opened:
-        incident = rootcause.Incident("anomaly", anomaly.since, anomaly.metric, anomaly.version)
-        causes[(anomaly.version, anomaly.metric)] = rootcause.summarise(
+    for opened in observed.opened:
+        incident = rootcause.Incident("anomaly", opened.since, opened.metric, opened.version)
+        causes[(opened.version, opened.metric)] = rootcause.summarise(
             rootcause.root_cause_hints(incident, _facts(status, watch)))
     open_anomalies = watch.detector.open_anomalies()
     health.open = [aiops.anomaly_record(a, causes.get((a.version, a.metric))) for a in open_anomalies]
     health.open_metrics = {a.metric for a in open_anomalies}
+    stable = status.get("stableVersion")
+    for metric in anomaly.METRICS:
+        series = watch.detector.series.get((None if metric == "requestRate" else stable, metric))
+        if series is None or series.state == "learning":
+            health.learning.add(metric)
     health.opened = [aiops.anomaly_record(a, causes.get((a.version, a.metric))) for a in observed.opened]
     health.closed = [aiops.anomaly_record(a) for a in observed.closed]
     guard = spec.rollout.post_promotion
@@ -503,6 +511,8 @@ def _announce_health(obj: dict[str, Any], before: dict[str, Any], after: dict[st
 def _record_anomalies(namespace: str, name: str, health: ServingHealth) -> None:
     for metric in anomaly.METRICS:
         metrics.ANOMALY_ACTIVE.labels(namespace, name, metric).set(1 if metric in health.open_metrics else 0)
+        if health.enabled:
+            metrics.ANOMALY_LEARNING.labels(namespace, name, metric).set(1 if metric in health.learning else 0)
 
 
 async def _clean_other_backend(spec: ModelDeploymentSpec, namespace: str, name: str, status: dict[str, Any]) -> None:
