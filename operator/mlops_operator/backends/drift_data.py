@@ -14,14 +14,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import pandas as pd
 
 from mlops_operator.backends.artifacts import METRICS_FILE, PROFILE_FILE, open_fs, read_json_uri
 from mlops_operator.backends.serving_local.inference_log import inference_log_dir, read_window
-from mlops_operator.drift import build_profile
+
+if TYPE_CHECKING:  # loaded on first use, not at operator start-up (see mlops_operator.drift)
+    import pandas as pd
 
 _DATASET_CACHE_SIZE = 8
 _dataset_profiles: OrderedDict[tuple[str, str | None, str], dict[str, Any]] = OrderedDict()
@@ -86,6 +87,7 @@ def _dataset_key(uri: str) -> str:
 def dataset_profile(uri: str, target: str | None) -> dict[str, Any]:
     """A profile of a reference dataset (CSV/Parquet through fsspec, or sklearn://<name>), the
     target column left out. Built once per dataset content (bounded size, so cheap to keep)."""
+    from mlops_operator.drift import build_profile
     from mlops_operator.backends.datasets import load_dataset  # the loader training uses too
 
     key = (uri, target, _dataset_key(uri))
@@ -125,6 +127,7 @@ def read_inference_window(
 
 
 def _read_table(fs: fsspec.AbstractFileSystem, path: str) -> pd.DataFrame:
+    import pandas as pd
     with fs.open(path, "rb") as handle:
         raw = handle.read()
     lower = path.lower()
@@ -137,6 +140,7 @@ def read_labels(uri: str) -> pd.DataFrame:
     """Ground-truth labels: a CSV or Parquet file, or a directory of them (concatenated in name
     order), with columns ``id``, ``label`` and optionally ``row``. Raises FileNotFoundError or
     ValueError with a readable message."""
+    import pandas as pd
     fs, path = open_fs(uri)
     if fs.isdir(path):
         files = sorted(p for p in fs.ls(path, detail=False) if p.lower().endswith(LABEL_SUFFIXES))

@@ -18,9 +18,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import boto3
-import botocore.exceptions
-
 from mlops_operator.reconcile.cost import PriceTable, default_price_table, parse_price_table
 
 log = logging.getLogger("mlops_operator.prices")
@@ -42,6 +39,9 @@ CREDENTIALS_RECHECK_SECONDS = 600.0
 
 def has_credentials() -> bool:
     """Whether boto3 finds AWS credentials (environment, config files, instance role, IRSA)."""
+    import boto3  # on first use: a second of start-up for deployments that never price anything
+    import botocore.exceptions
+
     try:
         return boto3.Session().get_credentials() is not None
     except botocore.exceptions.BotoCoreError:
@@ -79,6 +79,9 @@ def fetch_price_document(regions: Iterable[str], instance_types: Iterable[str], 
 
     Raises :class:`PriceListUnavailable` when the API cannot be asked or prices nothing asked for.
     """
+    import boto3
+    import botocore.exceptions
+
     client = client or boto3.client("pricing", region_name=PRICING_REGION)
     fetched = time.strftime("%Y-%m-%d", time.gmtime(now if now is not None else time.time()))
     document: dict[str, Any] = {"currency": "USD", "hoursPerMonth": 730, "sources": {}, "instanceTypes": {},

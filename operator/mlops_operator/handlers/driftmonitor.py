@@ -199,10 +199,12 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
     # The comparison.
     current = window[[name for name in feature_columns if name in set(reference_features)]]
     try:
-        report = await asyncio.to_thread(
-            drift.compare, profile, current, driftmonitor.engine_tests(spec), spec.features or None,
+        # drift.compare is looked up in the worker thread: its first use imports scipy (seconds),
+        # which must not block the event loop.
+        report = await asyncio.to_thread(lambda: drift.compare(
+            profile, current, driftmonitor.engine_tests(spec), spec.features or None,
             alpha=spec.alpha, correction=driftmonitor.engine_correction(spec), min_samples=spec.window.min_samples,
-            histograms=True)
+            histograms=True))
     except ValueError as error:
         raise CheckFailed(driftmonitor.CHECK_FAILED, f"drift comparison failed: {error}"[:1024]) from None
     performance, problem = await _performance(spec, window, deployment_status)

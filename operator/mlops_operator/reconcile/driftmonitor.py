@@ -21,10 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from mlops_operator import drift
 from mlops_operator.api.driftmonitor import DriftMonitorSpec, Performance, RetrainPolicy, Window
@@ -41,6 +38,10 @@ from mlops_operator.reconcile.conditions import (
 )
 from mlops_operator.reconcile.durations import parse_duration
 from mlops_operator.reconcile.events import Event
+
+if TYPE_CHECKING:  # loaded on first use (see mlops_operator.drift)
+    import numpy as np
+    import pandas as pd
 
 READY = "Ready"
 DRIFT_DETECTED = "DriftDetected"
@@ -290,6 +291,7 @@ def _drift_details(report: drift.DriftReport, drifted: list[str]) -> str:
 
 def window_bounds(frame: pd.DataFrame) -> tuple[str | None, str | None]:
     """RFC 3339 times of the oldest and newest request in a window frame."""
+    import pandas as pd
     if frame.empty or "ts" not in frame:
         return None, None
     stamps = pd.to_datetime(frame["ts"], utc=True)
@@ -307,6 +309,8 @@ def join_labels(window: pd.DataFrame, labels: pd.DataFrame, model_version: str |
     label belongs to row 0 of its request. With ``model_version``, only rows that version served
     count (the training metric is that version's). The last label of a repeated key wins.
     """
+    import numpy as np
+    import pandas as pd
     for column in ("id", "label"):
         if column not in labels.columns:
             raise ValueError(f"labels need the columns id and label (found {', '.join(map(str, labels.columns))})")
@@ -335,6 +339,8 @@ def join_labels(window: pd.DataFrame, labels: pd.DataFrame, model_version: str |
 
 def live_metric(metric: str, labels: pd.Series, predictions: pd.Series) -> float:
     """The metric of the predictions against the labels (f1 is macro-averaged, as at training)."""
+    import numpy as np
+    import pandas as pd
     from sklearn import metrics as skm
 
     if metric in ("accuracy", "f1"):
@@ -358,6 +364,7 @@ def live_metric(metric: str, labels: pd.Series, predictions: pd.Series) -> float
 def _class_labels(values: pd.Series) -> np.ndarray:
     """Class labels as comparable strings: a column that is all numbers (even as text, as CSV
     labels may be) is read as numbers first, so 1, 1.0 and "1.0" are one class."""
+    import pandas as pd
     numbers = pd.to_numeric(values, errors="coerce")
     source = numbers if numbers.notna().all() else values
     return source.map(drift.category_label).to_numpy()
