@@ -153,6 +153,10 @@ def test_an_erroring_candidate_is_rolled_back(objects, operator, namespace):
     assert obj["status"]["phase"] == "Degraded" and condition(obj, "Ready")["status"] == "True"
     events = [e for e in objects.events("iris") if e.reason == "RolloutAborted"]
     assert events and "error rate 100.0%" in events[0].message and events[0].type == "Warning"
+    # The root-cause hint cites the version that started just before, in status and in the event.
+    cause = obj["status"]["lastRollout"]["cause"]
+    assert cause.startswith("Likely cause: version 2 changed just before"), cause
+    assert "the rollout is on version 2" in cause and cause in events[0].message
     assert metric(operator.metrics(), "mlops_rollouts_total", result="aborted") == 1
     # Traffic is back on version 1, and version 2 is not tried again.
     _, statuses = split(endpoint, 10)

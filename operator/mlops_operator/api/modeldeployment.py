@@ -383,6 +383,8 @@ class RolloutRecord(Model):
     """When it ended (RFC 3339)."""
     message: str = Field("", max_length=4096)
     """Why it ended so."""
+    cause: str | None = Field(None, max_length=1024)
+    """For an aborted or rolled-back rollout: the likely cause and its evidence (root-cause hints)."""
 
 
 class Cost(Model):

@@ -100,6 +100,11 @@ def watch(namespace: str, name: str, settings: DetectorSettings) -> Watch:
     return found
 
 
+def peek(namespace: str, name: str) -> Watch | None:
+    """The deployment's watch if its telemetry is watched (None: anomaly detection never ran for it)."""
+    return _watches.get((namespace, name))
+
+
 def forget(namespace: str, name: str) -> None:
     """Drop a deleted deployment's state."""
     _watches.pop((namespace, name), None)

@@ -271,11 +271,30 @@ def _rejected_version(before: dict[str, Any], after: dict[str, Any], transition:
     return str(before.get("candidateVersion") or (rejected[-1] if rejected else after.get("stableVersion")))
 
 
-def _announce(obj: dict[str, Any], before: dict[str, Any], after: dict[str, Any], transition: modeldeployment.Transition
-              ) -> None:
+def _rollout_cause(namespace: str, name: str, status: dict[str, Any], result: dict[str, Any],
+                   transition: modeldeployment.Transition, view: BackendView, now: datetime) -> str | None:
+    """Root-cause hints for a rollout that ended aborted or rolled back, into status.lastRollout.cause."""
+    record = result.get("lastRollout")
+    if transition.result not in ("aborted", "rolledback") or not record:
+        return None
+    watch = telemetry.peek(namespace, name)
+    if watch is not None:
+        telemetry.note_restarts(watch, view.restarts, now.timestamp())
+    facts = _facts(status, watch)
+    incident = rootcause.Incident("rollout", now.timestamp(), version=record.get("version"))
+    cause = rootcause.summarise(rootcause.root_cause_hints(incident, facts))[:1024]
+    result["lastRollout"] = {**record, "cause": cause}
+    return cause
+
+
+def _announce(obj: dict[str, Any], before: dict[str, Any], after: dict[str, Any], transition: modeldeployment.Transition,
+              cause: str | None = None) -> None:
     incident = _rejected_version(before, after, transition)
     for event in transition.events:
-        post_event(obj, event.reason, event.message, warning=event.warning, incident=incident)
+        message = event.message
+        if cause and event.reason in (modeldeployment.ROLLOUT_ABORTED, modeldeployment.ROLLED_BACK):
+            message = f"{message} {cause}"
+        post_event(obj, event.reason, message, warning=event.warning, incident=incident)
     # Trouble that no transition announced (a missing model, a crash loop): once, when it starts.
     old = find_condition(before.get("conditions"), "Degraded") or {}
     new = find_condition(after.get("conditions"), "Degraded") or {}
@@ -383,7 +402,8 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
         "message": suggestion.message[:2048], "samples": suggestion.samples}
     result["seldonDeployment"] = seldondeployment.seldon_deployment_name(name) if spec.backend == "seldon" else None
     _apply_health(result, status, health, spec, generation, now)
-    _announce(obj, status, result, transition)
+    cause = _rollout_cause(namespace, name, status, result, transition, view, now)
+    _announce(obj, status, result, transition, cause)
     _announce_health(obj, status, result, health)
     _record_metrics(namespace, name, result, transition.result)
     _record_anomalies(namespace, name, health)
@@ -411,7 +431,9 @@ class ServingHealth:
     """CPU and memory samples of the stable version's model servers."""
 
 
-def _facts(status: dict[str, Any], watch: telemetry.Watch) -> rootcause.Facts:
+def _facts(status: dict[str, Any], watch: telemetry.Watch | None) -> rootcause.Facts:
+    """What the operator knows around an incident: version changes from status, and the telemetry
+    (traffic, errors, restarts, unreachable backends) when anomaly detection watches the deployment."""
     changes = []
     record = status.get("lastRollout") or {}
     if record.get("finished") and record.get("result") in ("promoted", "rolledback"):
@@ -423,6 +445,8 @@ def _facts(status: dict[str, Any], watch: telemetry.Watch) -> rootcause.Facts:
         changes.append(rootcause.VersionChange(modeldeployment.parse_rfc3339(rollout["stepStarted"]).timestamp(),
                                                status["candidateVersion"], status.get("stableVersion"),
                                                rollout.get("phase", "canary").lower()))
+    if watch is None:
+        return rootcause.Facts(version_changes=changes)
     traffic = None
     series = watch.detector.series.get((None, "requestRate"))
     band = series.band(time.time()) if series else None
