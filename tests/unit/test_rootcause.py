@@ -64,3 +64,33 @@ def test_a_version_change_long_ago_or_after_the_incident_is_not_blamed():
                                   Facts(version_changes=[VersionChange(AT - ago, "6", "5", "promoted")]))[0].score
                  for ago in (30, 1500))
     assert near > far
+
+
+def test_a_drift_verdict_cites_a_promotion_just_before_and_its_features_reach_the_deployments_facts():
+    from datetime import UTC, datetime, timedelta
+
+    from mlops_operator.backends import telemetry
+    from mlops_operator.handlers import driftmonitor as handler
+
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    deployment_status = {"stableVersion": "3", "previousStableVersion": "2", "lastRollout": {
+        "version": "3", "result": "promoted", "finished": (now - timedelta(minutes=4)).isoformat()}}
+    results = [{"feature": "petal_length", "tests": [
+        {"test": "psi", "drifted": True, "score": 0.41, "threshold": 0.2},
+        {"test": "ks", "drifted": False, "score": 0.05, "threshold": 0.1}]}]
+    try:
+        cause = handler._drift_cause("ns", "iris", deployment_status, {"results": results}, now)
+        assert cause.startswith("Likely cause: version 3 changed just before"), cause
+        assert "(previously 2)" in cause and "4 min before the drift" in cause
+        # The drifted feature is now a fact of the deployment: an anomaly there cites it.
+        drifted = telemetry.recent_drift("ns", "iris")
+        assert [(d.feature, d.test, d.score) for d in drifted] == [("petal_length", "psi", 0.41)]
+        facts = telemetry.facts({}, None, drifted)
+        hints = root_cause_hints(Incident("anomaly", now.timestamp() + 30, "errorRate", "3"), facts)
+        assert hints[0].cause == "the input changed: 1 feature(s) drifted at the same time"
+        # Nothing to cite: no sentence at all.
+        assert handler._drift_cause("ns", "other", {}, {"results": results}, now) is None
+    finally:
+        telemetry.forget("ns", "iris")
+        telemetry.forget("ns", "other")
+    assert telemetry.recent_drift("ns", "iris") == []

@@ -306,6 +306,9 @@ class DriftMonitorStatus(StatusBase):
     """Significance level of the last check (spec.alpha)."""
     report: ReportStatus | None = None
     """The HTML drift report last written (on a changed verdict, or on request)."""
+    cause: str | None = Field(None, max_length=1024)
+    """With a Drift verdict: the likely cause and its evidence (root-cause hints from what the operator
+    saw on the deployment: a version change, client errors, a traffic change, restarts)."""
     last_retrain_request: str | None = None
     """When a retrain was last requested (RFC 3339)."""
     last_retrain_reason: str | None = Field(None, max_length=1024)

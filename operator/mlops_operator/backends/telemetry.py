@@ -22,9 +22,11 @@ import aiohttp
 
 from mlops_operator.backends import prometheus
 from mlops_operator.reconcile.anomaly import Anomaly, Detector, DetectorSettings, Point, Update
+from mlops_operator.reconcile import rootcause
+from mlops_operator.reconcile.conditions import parse_rfc3339
 from mlops_operator.reconcile.modeldeployment import prometheus_queries
 from mlops_operator.reconcile.rightsizing import UsageSample
-from mlops_operator.reconcile.rootcause import Errors, Restart
+from mlops_operator.reconcile.rootcause import Errors, FeatureDrift, Restart
 
 log = logging.getLogger("mlops_operator.telemetry")
 
@@ -100,6 +102,46 @@ def watch(namespace: str, name: str, settings: DetectorSettings) -> Watch:
     return found
 
 
+_drift: dict[tuple[str, str], deque[FeatureDrift]] = {}
+MAX_DRIFT = 50
+
+
+def note_drift(namespace: str, deployment: str, drifted: Sequence[FeatureDrift]) -> None:
+    """Features a DriftMonitor found drifted on a deployment's inputs (facts for its root-cause hints)."""
+    if drifted:
+        _drift.setdefault((namespace, deployment), deque(maxlen=MAX_DRIFT)).extend(drifted)
+
+
+def recent_drift(namespace: str, deployment: str) -> list[FeatureDrift]:
+    return list(_drift.get((namespace, deployment), ()))
+
+
+def facts(status: Mapping, watch: Watch | None, drift: Sequence[FeatureDrift] = ()) -> rootcause.Facts:
+    """What the operator knows around an incident of a deployment: version changes (from its status),
+    drifted inputs, and the telemetry (traffic, errors, restarts, unreachable backends) when anomaly
+    detection watches it."""
+    changes = []
+    record = status.get("lastRollout") or {}
+    if record.get("finished") and record.get("result") in ("promoted", "rolledback"):
+        changes.append(rootcause.VersionChange(parse_rfc3339(record["finished"]).timestamp(),
+                                               status.get("stableVersion") or record["version"],
+                                               status.get("previousStableVersion"), record["result"]))
+    rollout = status.get("rollout") or {}
+    if rollout.get("stepStarted") and status.get("candidateVersion"):
+        changes.append(rootcause.VersionChange(parse_rfc3339(rollout["stepStarted"]).timestamp(),
+                                               status["candidateVersion"], status.get("stableVersion"),
+                                               rollout.get("phase", "canary").lower()))
+    if watch is None:
+        return rootcause.Facts(version_changes=changes, drift=list(drift))
+    traffic = None
+    series = watch.detector.series.get((None, "requestRate"))
+    band = series.band(time.time()) if series else None
+    if band is not None and watch.requests_per_second is not None:
+        traffic = rootcause.Traffic(band.expected, watch.requests_per_second)
+    return rootcause.Facts(version_changes=changes, drift=list(drift), traffic=traffic, errors=watch.errors,
+                           restarts=list(watch.restarts), unreachable=dict(watch.unreachable))
+
+
 def peek(namespace: str, name: str) -> Watch | None:
     """The deployment's watch if its telemetry is watched (None: anomaly detection never ran for it)."""
     return _watches.get((namespace, name))
@@ -108,6 +150,7 @@ def peek(namespace: str, name: str) -> Watch | None:
 def forget(namespace: str, name: str) -> None:
     """Drop a deleted deployment's state."""
     _watches.pop((namespace, name), None)
+    _drift.pop((namespace, name), None)
 
 
 def note_restarts(current: Watch, servers: Mapping[str, tuple[int, str | None]], now: float) -> None:

@@ -36,7 +36,7 @@ from mlops_operator.api.annotations import REPORT_ANNOTATION, RETRAIN_ANNOTATION
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.driftmonitor import DriftMonitorSpec
 from mlops_operator.api.errors import InvalidSpec
-from mlops_operator.backends import drift_data, kube, seldon_logger_sink
+from mlops_operator.backends import drift_data, kube, seldon_logger_sink, telemetry
 from mlops_operator.drift import report as drift_report
 from mlops_operator.handlers.common import (
     Retry,
@@ -45,7 +45,7 @@ from mlops_operator.handlers.common import (
     post_event,
     register_kind,
 )
-from mlops_operator.reconcile import driftmonitor
+from mlops_operator.reconcile import driftmonitor, rootcause
 from mlops_operator.reconcile.conditions import FALSE, set_condition
 from mlops_operator.reconcile.validation import drift_spec_errors
 
@@ -214,7 +214,24 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
         window=driftmonitor.window_bounds(window), reference_uri=reference_uri, reference_description=description,
         reference_size=profile.get("rows"), model_version=deployment_status.get("stableVersion"),
         performance=performance, problem=problem, generation=generation, now=now, alpha=spec.alpha)
+    status["cause"] = _drift_cause(namespace, deployment_name, deployment_status, status, now) \
+        if verdict.phase == driftmonitor.DRIFT else None
     return status, report, verdict
+
+
+def _drift_cause(namespace: str, deployment: str, deployment_status: Mapping[str, Any], status: Mapping[str, Any],
+                 now: datetime) -> str | None:
+    """Root-cause hints for a Drift verdict; the drifted features also become facts for the deployment's
+    own incidents (an anomaly at the same time then cites them)."""
+    at = now.timestamp()
+    drifted = [rootcause.FeatureDrift(at, result["feature"], test["test"], test["score"], test["threshold"])
+               for result in status.get("results") or [] for test in result.get("tests") or []
+               if test.get("drifted") and test.get("score") is not None and test.get("threshold") is not None]
+    telemetry.note_drift(namespace, deployment, drifted)
+    facts = telemetry.facts(deployment_status, telemetry.peek(namespace, deployment))
+    hints = rootcause.root_cause_hints(rootcause.Incident("drift", at), facts)
+    # No hint is the usual case (the world changed): then nothing is claimed.
+    return rootcause.summarise(hints)[:1024] if hints else None
 
 
 async def _write_report(obj: dict[str, Any], status: dict[str, Any], report: drift.DriftReport,
@@ -280,7 +297,8 @@ async def _request_retrain(obj: dict[str, Any], spec: DriftMonitorSpec, status: 
 def _announce(obj: dict[str, Any], previous_phase: str | None, status: dict[str, Any]) -> None:
     event = driftmonitor.verdict_event(previous_phase, status)
     if event is not None:
-        post_event(obj, event.reason, event.message, warning=event.warning)
+        cause = status.get("cause") if status.get("phase") == driftmonitor.DRIFT else None
+        post_event(obj, event.reason, f"{event.message} {cause}" if cause else event.message, warning=event.warning)
 
 
 async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -280,7 +279,7 @@ def _rollout_cause(namespace: str, name: str, status: dict[str, Any], result: di
     watch = telemetry.peek(namespace, name)
     if watch is not None:
         telemetry.note_restarts(watch, view.restarts, now.timestamp())
-    facts = _facts(status, watch)
+    facts = telemetry.facts(status, watch, telemetry.recent_drift(namespace, name))
     incident = rootcause.Incident("rollout", now.timestamp(), version=record.get("version"))
     cause = rootcause.summarise(rootcause.root_cause_hints(incident, facts))[:1024]
     result["lastRollout"] = {**record, "cause": cause}
@@ -431,31 +430,6 @@ class ServingHealth:
     """CPU and memory samples of the stable version's model servers."""
 
 
-def _facts(status: dict[str, Any], watch: telemetry.Watch | None) -> rootcause.Facts:
-    """What the operator knows around an incident: version changes from status, and the telemetry
-    (traffic, errors, restarts, unreachable backends) when anomaly detection watches the deployment."""
-    changes = []
-    record = status.get("lastRollout") or {}
-    if record.get("finished") and record.get("result") in ("promoted", "rolledback"):
-        at = modeldeployment.parse_rfc3339(record["finished"]).timestamp()
-        changes.append(rootcause.VersionChange(at, status.get("stableVersion") or record["version"],
-                                               status.get("previousStableVersion"), record["result"]))
-    rollout = status.get("rollout") or {}
-    if rollout.get("stepStarted") and status.get("candidateVersion"):
-        changes.append(rootcause.VersionChange(modeldeployment.parse_rfc3339(rollout["stepStarted"]).timestamp(),
-                                               status["candidateVersion"], status.get("stableVersion"),
-                                               rollout.get("phase", "canary").lower()))
-    if watch is None:
-        return rootcause.Facts(version_changes=changes)
-    traffic = None
-    series = watch.detector.series.get((None, "requestRate"))
-    band = series.band(time.time()) if series else None
-    if band is not None and watch.requests_per_second is not None:
-        traffic = rootcause.Traffic(band.expected, watch.requests_per_second)
-    return rootcause.Facts(version_changes=changes, traffic=traffic, errors=watch.errors,
-                           restarts=list(watch.restarts), unreachable=dict(watch.unreachable))
-
-
 async def _serving_health(spec: ModelDeploymentSpec, obj: dict[str, Any], status: dict[str, Any], view: BackendView,
                           now: datetime) -> ServingHealth:
     """Read the telemetry, judge it, explain new anomalies, and ask the post-promotion guard."""
@@ -480,7 +454,7 @@ async def _serving_health(spec: ModelDeploymentSpec, obj: dict[str, Any], status
     for opened in observed.opened:
         incident = rootcause.Incident("anomaly", opened.since, opened.metric, opened.version)
         causes[(opened.version, opened.metric)] = rootcause.summarise(
-            rootcause.root_cause_hints(incident, _facts(status, watch)))
+            rootcause.root_cause_hints(incident, telemetry.facts(status, watch, telemetry.recent_drift(namespace, name))))
     open_anomalies = watch.detector.open_anomalies()
     health.open = [aiops.anomaly_record(a, causes.get((a.version, a.metric))) for a in open_anomalies]
     health.open_metrics = {a.metric for a in open_anomalies}
