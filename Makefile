@@ -33,8 +33,13 @@ lock: | $(UV) ## Re-resolve uv.lock after changing pyproject.toml
 	$(UV) lock
 
 .PHONY: binaries
-binaries: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached by version)
+binaries: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached by version) and Seldon's controller
 	hack/build-binaries.sh >/dev/null
+	python3 hack/seldon.py build --optional >/dev/null
+
+.PHONY: seldon
+seldon: ## Build Seldon Core v1.17.1's controller and executor from $$MLOPS_SELDON_SRC (cached by source hash)
+	python3 hack/seldon.py build
 
 .PHONY: cluster-up
 cluster-up: venv ## Start the local control plane (or use $$KUBECONFIG's cluster); NODE=1 adds a real node (root)
@@ -73,11 +78,13 @@ browser: ## Headless Chromium for the drift report test (Debian's chromium, inst
 test: venv browser ## Run every test (starts the local control plane unless KUBECONFIG is set)
 	@if [ -z "$${KUBECONFIG:-}" ]; then $(PY) hack/devcluster.py up; fi
 	$(MAKE) --no-print-directory lint
+	python3 hack/seldon.py build --optional >/dev/null
 	$(VENV)/bin/pytest
 
 .PHONY: images
-images: venv ## Build the node's images (pause, base, the Dockerfile's operator image; cached by input hash)
+images: venv ## Build the node's images (pause, base, the Dockerfile's operator image, Seldon's; cached by input hash)
 	$(PY) hack/images.py build pause base uv operator
+	@if python3 hack/seldon.py src >/dev/null; then $(PY) hack/images.py build seldon-executor mlserver rclone; fi
 
 .PHONY: e2e
 e2e: venv ## Only the e2e tests: a real node, the operator image, the chart installed as a Pod (root)

@@ -15,6 +15,15 @@ containerd with ``ctr -n k8s.io images import``; a warm run only hashes the inpu
   ``ghcr.io/astral-sh/uv:<version>``.
 - ``operator``: the repository's own ``Dockerfile``, built unchanged by ``buildah bud`` with the two
   images above as its ``PYTHON_IMAGE``/``UV_IMAGE`` build arguments and no pulls.
+- ``seldon-executor``: Seldon Core's executor (``seldon-container-engine``) that hack/seldon.py builds
+  from the Seldon source tree (``MLOPS_SELDON_SRC``), on the ``base`` rootfs (it links glibc via cgo).
+- ``mlserver``: the MLServer runtime image Seldon's prepackaged ``SKLEARN_SERVER`` (protocol v2) runs:
+  ``base`` + a venv with mlserver, mlserver-sklearn and mlserver-lightgbm, every package pinned to
+  uv.lock's version where uv.lock has it (lightgbm is not in uv.lock: the newest that
+  mlserver-lightgbm accepts). ``MLSERVER_PARALLEL_WORKERS=0`` (no worker processes: one model per
+  Pod, and MLServer's worker pool does not start under a read-only, non-root user).
+- ``rclone``: Seldon's storage initializer (``rclone copy <modelUri> /mnt/models``) with rclone from
+  Debian bookworm instead of rclone's own image, user 8888 as in Seldon's Dockerfile.
 
 Only the standard library; the tools come from Debian packages (mmdebstrap, buildah) and Go.
 """
@@ -355,8 +364,145 @@ def release_storage() -> None:
             subprocess.run(["umount", "-l", mp], stderr=subprocess.DEVNULL, check=False)
 
 
+# ---------------------------------------------------------------- Seldon Core's images
+
+
+SELDON_EXECUTOR_IMAGE = "localhost/mlops/seldon-core-executor"
+MLSERVER_REPO = "localhost/mlops/mlserver"
+RCLONE_IMAGE = "localhost/mlops/rclone-storage-initializer:bookworm"
+MLSERVER_PACKAGES = ("mlserver", "mlserver-sklearn", "mlserver-lightgbm")
+
+
+def _layer_of(archive: Path) -> Callable[[tarfile.TarFile], None]:
+    """Layer filler: the files of a one-layer docker-archive written by write_docker_archive."""
+    def fill(out: tarfile.TarFile) -> None:
+        with tarfile.open(archive) as outer:
+            manifest = json.load(outer.extractfile("manifest.json"))  # type: ignore[arg-type]
+            (layer_name,) = manifest[0]["Layers"]
+            with tarfile.open(fileobj=outer.extractfile(layer_name), mode="r|") as layer:
+                for m in layer:
+                    out.addfile(m, layer.extractfile(m) if m.isreg() else None)
+    return fill
+
+
+def seldon_executor_image() -> Image:
+    """The executor from hack/seldon.py's build on the ``base`` Debian rootfs (it links glibc through
+    cgo, as Seldon's own image on distroless/base does); entrypoint /executor, user 8888."""
+    import seldon  # hack/seldon.py
+
+    try:
+        bin_dir = seldon.build()
+    except (seldon.SeldonSourceMissing, seldon.SeldonBuildError) as err:
+        raise ImageError(str(err)) from None
+    base = base_image()
+    binary = bin_dir / "executor"
+    key = _hash([RECIPE_VERSION, bin_dir.name, base.archive.name])
+    ref = f"{SELDON_EXECUTOR_IMAGE}:1.17.1-{key[:12]}"
+
+    def build(archive: Path) -> None:
+        base_fill = _layer_of(base.archive)
+
+        def fill(out: tarfile.TarFile) -> None:
+            base_fill(out)
+            out.add(binary, arcname="executor")
+        write_docker_archive(archive, ref, fill, {
+            "Entrypoint": ["/executor"], "User": "8888", "WorkingDir": "/",
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]})
+
+    return _cached("seldon-executor", ref, key, build)
+
+
+def _locked_versions() -> dict[str, str]:
+    """name -> version of every package uv.lock pins once (PyPI's, not this project)."""
+    import tomllib
+
+    seen: dict[str, list[str]] = {}
+    for pkg in tomllib.loads((REPO_ROOT / "uv.lock").read_text()).get("package", []):
+        if "registry" in (pkg.get("source") or {}):
+            seen.setdefault(pkg["name"], []).append(pkg["version"])
+    return {name: versions[0] for name, versions in seen.items() if len(versions) == 1}
+
+
+def mlserver_image() -> Image:
+    base, uv = base_image(), uv_image()
+    locked = _locked_versions()
+    constraints = "".join(f"{n}=={v}\n" for n, v in sorted(locked.items()))
+    mlserver_version = locked["mlserver"]
+    wanted = [f"{p}=={mlserver_version}" if p.startswith("mlserver") else p for p in MLSERVER_PACKAGES]
+    dockerfile = f"""\
+FROM {base.ref}
+COPY --from={uv.ref} /uv /usr/local/bin/uv
+COPY constraints.txt /tmp/constraints.txt
+RUN uv venv --python /usr/bin/python3 /opt/mlserver \\
+ && VIRTUAL_ENV=/opt/mlserver uv pip install --no-cache --compile-bytecode -c /tmp/constraints.txt {' '.join(wanted)} \\
+ && rm /usr/local/bin/uv /tmp/constraints.txt
+ENV PATH=/opt/mlserver/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
+    MLSERVER_PARALLEL_WORKERS=0 MLSERVER_METRICS_DIR=/tmp/mlserver-metrics PYTHONUNBUFFERED=1
+WORKDIR /tmp
+USER 8888
+CMD ["mlserver", "start", "/mnt/models"]
+"""
+    key = _hash([RECIPE_VERSION, base.archive.name, uv.archive.name, dockerfile, constraints])
+    ref = f"{MLSERVER_REPO}:{mlserver_version}-{key[:12]}"
+
+    def build(archive: Path) -> None:
+        storage = cache_dir() / "buildah"
+        buildah = _buildah(storage)
+        log = archive.with_suffix(".log")
+        log.unlink(missing_ok=True)
+        for img in (base, uv):
+            _run([*buildah, "pull", "--quiet", f"docker-archive:{img.archive}"], f"load {img.ref} into buildah",
+                 log=log)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                ctx = Path(tmp)
+                (ctx / "Dockerfile").write_text(dockerfile)
+                (ctx / "constraints.txt").write_text(constraints)
+                uv_toml = ctx / "uv.toml"
+                uv_toml.write_text("system-certs = true\n")
+                volumes = [f"{uv_toml}:/etc/uv/uv.toml:ro"]
+                ca = os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
+                if Path(ca).exists():
+                    volumes.append(f"{ca}:/etc/ssl/certs/ca-certificates.crt:ro")
+                _run([*buildah, "bud", "--isolation", "chroot", "--pull=never",
+                      *[a for v in volumes for a in ("--volume", v)], "-t", ref, str(ctx)],
+                     f"buildah bud {ref} (pip install of MLServer, a few minutes cold)", log=log)
+            tmp_archive = archive.with_suffix(".push")
+            tmp_archive.unlink(missing_ok=True)
+            _run([*buildah, "push", "--quiet", ref, f"docker-archive:{tmp_archive}:{ref}"], f"export {ref}", log=log)
+            tmp_archive.replace(archive)
+            subprocess.run([*buildah, "rmi", ref], capture_output=True, check=False)
+        finally:
+            release_storage()
+
+    return _cached("mlserver", ref, key, build)
+
+
+def rclone_image() -> Image:
+    args = ["--variant=minbase", "--include=rclone,ca-certificates",
+            *[f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES], "--format=tar", DEBIAN_SUITE]
+    key = _hash([RECIPE_VERSION, *args, *DEBIAN_MIRRORS])
+
+    def build(archive: Path) -> None:
+        mm = _need("mmdebstrap", "mmdebstrap")
+        with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
+            rootfs = Path(tmp) / "rootfs.tar"
+            _run([mm, "--quiet", *args, str(rootfs), *DEBIAN_MIRRORS], "mmdebstrap bookworm + rclone",
+                 log=Path(tmp) / "mmdebstrap.log")
+            write_docker_archive(archive, RCLONE_IMAGE, _copy_rootfs(rootfs), {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                        # As Seldon's image: verbose enough to see what was copied, never the secrets.
+                        "RCLONE_VERBOSE=1"],
+                "Entrypoint": ["rclone", "copy"],
+                "User": "8888",
+            })
+
+    return _cached("rclone", RCLONE_IMAGE, key, build)
+
+
 BUILDERS: dict[str, Callable[[], Image]] = {
     "pause": pause_image, "base": base_image, "uv": uv_image, "operator": operator_image,
+    "seldon-executor": seldon_executor_image, "mlserver": mlserver_image, "rclone": rclone_image,
 }
 
 
