@@ -21,6 +21,7 @@ from mlops_operator.reconcile.modeldeployment import (
 from mlops_operator.reconcile.seldondeployment import (
     build_seldon_deployment,
     observe_seldon_deployment,
+    pod_failure_reason,
     stable_ready_replicas,
 )
 
@@ -50,6 +51,7 @@ def test_one_stable_predictor():
         "graph": {"name": "iris", "type": "MODEL", "implementation": "SKLEARN_SERVER",
                   "modelUri": "s3://bucket/models/iris/1", "children": []},
         "labels": {"mlops.dev/predictor": "stable", "mlops.dev/model-version": "1"},
+        "progressDeadlineSeconds": 300,
     }
 
 
@@ -93,7 +95,18 @@ def test_runtimes(runtime, implementation):
     if runtime == "lightgbm":
         container = predictor["componentSpecs"][0]["spec"]["containers"][0]
         assert container["image"].startswith("seldonio/mlserver:") and container["name"] == "iris"
-        assert {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "mlserver_lightgbm.LightGBMModel"} in container["env"]
+        # Only the implementation: Seldon 1.17.1 drops the whole env list of a container that sets
+        # MLSERVER_MODEL_URI itself (and adds the name, ports and URI on its own).
+        assert container["env"] == [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "mlserver_lightgbm.LightGBMModel"}]
+
+
+def test_progress_deadline_per_predictor():
+    plan = [PredictorPlan("stable", V1, 90), PredictorPlan("canary", V2, 10)]
+    assert [p["progressDeadlineSeconds"] for p in build(plan)["spec"]["predictors"]] == [300, 300]
+    sdep = build(plan, progressDeadlineSeconds=120)
+    assert [p["progressDeadlineSeconds"] for p in sdep["spec"]["predictors"]] == [120, 120]
+    with pytest.raises(ValueError):
+        spec(progressDeadlineSeconds=5)
 
 
 def test_storage_access():
@@ -150,6 +163,43 @@ def test_ready_replicas_and_endpoint():
     observed = observe_seldon_deployment(
         live("Available", {"iris-stable-0-iris": {"availableReplicas": 3}}, "http://iris.ml:8000"), ["stable"])
     assert stable_ready_replicas(observed, 3) == 3 and observed.endpoint == "http://iris.ml:8000"
+    # Seldon's address is the model's infer URL: the endpoint is its base (endpoint + "/infer" works).
+    seldon = observe_seldon_deployment(
+        live("Available", None, "http://iris-stable.ml.svc.cluster.local:8000/v2/models/iris/infer"), ["stable"])
+    assert seldon.endpoint == "http://iris-stable.ml.svc.cluster.local:8000/v2/models/iris"
     without_detail = observe_seldon_deployment(live("Available"), ["stable"])
     assert stable_ready_replicas(without_detail, 2) == 2 and without_detail.endpoint is None
     assert stable_ready_replicas(observe_seldon_deployment(live("Creating"), ["stable"]), 2) == 0
+
+
+def _pod(name, init=None, containers=None):
+    return {"metadata": {"name": name, "labels": {"seldon-deployment-id": "iris"}},
+            "status": {"initContainerStatuses": init or [], "containerStatuses": containers or []}}
+
+
+def test_the_failure_reason_is_read_from_the_failing_container():
+    crashing = {"name": "iris", "ready": False, "state": {"waiting": {"reason": "CrashLoopBackOff",
+                                                                      "message": "back-off 40s restarting"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                                             "message": "ValueError: model.joblib is not a model"}}}
+    healthy = {"name": "seldon-container-engine", "ready": True, "state": {"running": {}}}
+    starting = {"name": "iris", "ready": False, "state": {"running": {}}}
+    reason = pod_failure_reason([_pod("iris-stable-0-iris-abc", containers=[starting, healthy]),
+                                 _pod("iris-canary-0-iris-def", containers=[crashing, healthy])],
+                                "iris", ["stable", "canary"])
+    assert reason == ("predictor canary, Pod iris-canary-0-iris-def, container iris: CrashLoopBackOff; "
+                      "last exit: Error, exit code 1: ValueError: model.joblib is not a model")
+    init_failed = {"name": "iris-model-initializer", "ready": False,
+                   "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": "directory not found"}}}
+    assert pod_failure_reason([_pod("iris-stable-0-iris-x", init=[init_failed])], "iris", ["stable"]) == (
+        "predictor stable, Pod iris-stable-0-iris-x, init container iris-model-initializer: "
+        "last exit: Error, exit code 1: directory not found")
+    never = {"name": "iris", "ready": False, "state": {"waiting": {"reason": "ErrImageNeverPull",
+                                                                   "message": "image x is not present"}}}
+    assert pod_failure_reason([_pod("iris-stable-0-iris-y", containers=[never])], "iris", ["stable"]) == (
+        "predictor stable, Pod iris-stable-0-iris-y, container iris: ErrImageNeverPull; image x is not present")
+    # Starting or running Pods are no failure.
+    creating = {"name": "iris", "ready": False, "state": {"waiting": {"reason": "ContainerCreating"}}}
+    assert pod_failure_reason([_pod("iris-stable-0-iris-z", containers=[creating, starting])], "iris",
+                              ["stable"]) is None
+    assert pod_failure_reason([], "iris", ["stable"]) is None

@@ -92,6 +92,11 @@ uses; README.md "RBAC" says which.
 - apiGroups: [machinelearning.seldon.io]
   resources: [seldondeployments]
   verbs: [get, list, create, patch, delete]
+# When Seldon reports a failure with a generic message, the reason is read from its Pods
+# (waiting reason and last termination message of the failing container).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 {{- end }}
 {{- end }}
 

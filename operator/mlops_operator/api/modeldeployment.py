@@ -297,6 +297,10 @@ class ModelDeploymentSpec(Model):
     storage_secret_name: str | None = Field(None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     """Secret holding the model download credentials as RCLONE_CONFIG_* variables (backend seldon;
     Seldon's envSecretRefName). Not needed with an IAM-bound service account."""
+    progress_deadline_seconds: int = Field(300, ge=30, le=3600)
+    """Backend seldon: seconds a predictor's Deployment may take to become available before Seldon
+    reports it Failed (its progressDeadlineSeconds; Kubernetes' default of 600 s is too long to wait
+    for a model that cannot load)."""
 
     model_config = Model.model_config | {
         "json_schema_extra": {

@@ -111,3 +111,19 @@ def _delete(namespace: str, name: str) -> None:
 async def delete_seldon_deployment(namespace: str, name: str) -> None:
     """Delete the SeldonDeployment (gone already is fine)."""
     await asyncio.to_thread(_delete, namespace, name)
+
+
+def _pods(namespace: str, sdep: str) -> list[dict[str, Any]]:
+    """The SeldonDeployment's Pods (Seldon labels them ``seldon-deployment-id=<name>``), as plain dicts."""
+    api = kube.api_client()
+    pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"seldon-deployment-id={sdep}",
+                                                     limit=50)
+    return [api.sanitize_for_serialization(p) for p in pods.items]
+
+
+async def list_seldon_pods(namespace: str, sdep: str) -> list[dict[str, Any]]:
+    """The Pods Seldon created for ``sdep``; [] when they cannot be read (the reason is best effort)."""
+    try:
+        return await asyncio.to_thread(_pods, namespace, sdep)
+    except ApiException:
+        return []

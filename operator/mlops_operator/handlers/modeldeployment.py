@@ -177,14 +177,22 @@ async def apply_seldon(obj: dict[str, Any], spec: ModelDeploymentSpec, model_nam
             view.ready_versions.add(version)
     problem, degrades = None, False
     candidate = next((p for p in plan if p.name != modeldeployment.STABLE), None)
+    sdep_name = manifest["metadata"]["name"]
+    pod_reason = None
+    if observed.state != seldondeployment.AVAILABLE or not all(observed.ready.get(p.name) for p in plan):
+        pods = await serving_seldon.list_seldon_pods(meta["namespace"], sdep_name)
+        pod_reason = seldondeployment.pod_failure_reason(pods, sdep_name, [p.name for p in plan])
     if observed.state == seldondeployment.FAILED:
-        message = f"SeldonDeployment {manifest['metadata']['name']} failed: {observed.description or 'no reason given'}"
+        message = f"SeldonDeployment {sdep_name} failed: {observed.description or 'no reason given'}"
+        if pod_reason:
+            message += f" ({pod_reason})"
         if rollout_in_flight and candidate:
             view.failures[candidate.model.version] = message  # what changed is the candidate
         problem, degrades = ("SeldonDeploymentFailed", message), True
     elif observed.state != seldondeployment.AVAILABLE:
-        problem = ("Creating", f"SeldonDeployment {manifest['metadata']['name']} is "
-                               f"{observed.state or 'waiting for Seldon Core to report its state'}")
+        problem = ("Creating", f"SeldonDeployment {sdep_name} is "
+                               f"{observed.state or 'waiting for Seldon Core to report its state'}"
+                               + (f" ({pod_reason})" if pod_reason else ""))
     stable = next(p for p in plan if p.name == modeldeployment.STABLE)
     view.serving = ServingObservation(
         served=list(plan), stable_ready=view.ready(stable.model), endpoint=observed.endpoint,

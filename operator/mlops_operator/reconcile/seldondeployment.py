@@ -63,9 +63,10 @@ def _component_spec(spec: ModelDeploymentSpec, container: str) -> dict[str, Any]
         container_spec["resources"] = resources
     if spec.runtime == "lightgbm":
         container_spec["image"] = LIGHTGBM_IMAGE
-        container_spec["env"] = [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": LIGHTGBM_RUNTIME},
-                                 {"name": "MLSERVER_MODEL_NAME", "value": container},
-                                 {"name": "MLSERVER_MODEL_URI", "value": "/mnt/models"}]
+        # Only the implementation: Seldon adds the name, the ports and MLSERVER_MODEL_URI itself, and
+        # Seldon Core 1.17.1 drops a container's whole env list when it already sets MLSERVER_MODEL_URI
+        # (utils.SetEnvVar with override=false returns nil for an existing variable).
+        container_spec["env"] = [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": LIGHTGBM_RUNTIME}]
     if len(container_spec) > 1:
         pod["spec"] = {"containers": [container_spec]}
     if spec.autoscaling:
@@ -98,6 +99,8 @@ def _predictor(spec: ModelDeploymentSpec, model_name: str, plan: PredictorPlan, 
         "name": plan.name,
         "graph": graph,
         "labels": {"mlops.dev/predictor": plan.name, "mlops.dev/model-version": plan.model.version},
+        # Seldon reports Failed only after its Deployments' progress deadline.
+        "progressDeadlineSeconds": spec.progress_deadline_seconds,
     }
     if plan.shadow:
         predictor["shadow"] = True
@@ -197,7 +200,56 @@ def observe_seldon_deployment(live: Mapping[str, Any] | None, predictors: Sequen
         else:
             ready[predictor] = state == AVAILABLE
     endpoint = ((status.get("address") or {}).get("url")) or None
+    if endpoint and endpoint.endswith("/infer"):
+        # Seldon's address is the model's infer URL; ours is the model's base, as for the local
+        # backend (clients POST to endpoint + "/infer").
+        endpoint = endpoint[: -len("/infer")]
     return SeldonObservation(state, description, ready, available, endpoint)
+
+
+# Seldon's own description when a Deployment passes its progress deadline: says nothing about why.
+GENERIC_FAILURE = "Deployment is no longer progressing and not available."
+
+
+def pod_failure_reason(pods: Sequence[Mapping[str, Any]], sdep: str, predictors: Sequence[str]) -> str | None:
+    """Why the SeldonDeployment's Pods do not run, read from their container statuses: the waiting
+    reason (CrashLoopBackOff, ErrImageNeverPull, ...) and the last termination's reason, exit code and
+    message, of the first failing container (init containers first). None when nothing failed."""
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        deployment = (meta.get("labels") or {}).get("seldon-deployment-id")
+        if deployment is not None and deployment != sdep:
+            continue
+        status = pod.get("status") or {}
+        owner = next((p for p in sorted(predictors, key=len, reverse=True)
+                      if meta.get("name", "").startswith(f"{sdep}-{p}-")), None)
+        for kind, statuses in (("init container", status.get("initContainerStatuses")),
+                               ("container", status.get("containerStatuses"))):
+            for container in statuses or []:
+                if container.get("ready"):
+                    continue
+                state = container.get("state") or {}
+                waiting = state.get("waiting") or {}
+                terminated = state.get("terminated") or {}
+                last = (container.get("lastState") or {}).get("terminated") or terminated
+                failed_exit = last and last.get("exitCode") not in (None, 0)
+                if not (waiting.get("reason") not in (None, "PodInitializing", "ContainerCreating") or failed_exit):
+                    continue
+                parts = []
+                if waiting.get("reason"):
+                    parts.append(waiting["reason"])
+                if waiting.get("message") and not failed_exit:
+                    parts.append(waiting["message"].strip()[:300])
+                if failed_exit:
+                    what = f"exit code {last.get('exitCode')}"
+                    if last.get("reason"):
+                        what = f"{last['reason']}, {what}"
+                    message = (last.get("message") or "").strip()
+                    parts.append(f"last exit: {what}" + (f": {message[-300:]}" if message else ""))
+                where = f"predictor {owner}, " if owner else ""
+                return (f"{where}Pod {meta.get('name')}, {kind} {container.get('name')}: "
+                        + "; ".join(parts))
+    return None
 
 
 def stable_ready_replicas(observation: SeldonObservation, replicas_in_spec: int | None) -> int:
