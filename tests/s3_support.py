@@ -33,16 +33,17 @@ class S3Server(LoopbackServer):
     name = "minio"
     error = S3ServerError
 
-    def __init__(self, binary: Path, workdir: Path, bucket: str = "mlops-test"):
+    def __init__(self, binary: Path, workdir: Path, bucket: str = "mlops-test", host: str = "127.0.0.1"):
         super().__init__(binary, workdir)
         self.bucket = bucket
+        self.host = host  # e.g. the local node's bridge address, so Pods reach it
         # Generated per run; never printed (the log file holds only what MinIO writes).
         self.access_key = "test-" + secrets.token_hex(6)
         self.secret_key = secrets.token_urlsafe(24)
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def env(self) -> dict[str, str]:
         """Environment variables that point botocore/s3fs (and so boto3 and every child process) here."""
@@ -63,7 +64,7 @@ class S3Server(LoopbackServer):
         self.port = api_port
         env = dict(os.environ, MINIO_ROOT_USER=self.access_key, MINIO_ROOT_PASSWORD=self.secret_key,
                    MINIO_BROWSER="off", MINIO_UPDATE="off", MINIO_CI_CD="1")
-        self.spawn([str(self.binary), "server", str(data), "--address", f"127.0.0.1:{api_port}",
+        self.spawn([str(self.binary), "server", str(data), "--address", f"{self.host}:{api_port}",
                     "--console-address", f"127.0.0.1:{console_port}", "--quiet"], env=env)
         try:
             self.wait_ok(f"{self.endpoint_url}/minio/health/live", timeout)

@@ -1,76 +1,28 @@
-"""Seldon Core's own SeldonDeployment CRD, fetched at test time and installed in the test cluster.
+"""Seldon Core's own SeldonDeployment CRD, installed in the test cluster.
 
-The CRD is taken from Seldon Core's Go module (``github.com/seldonio/seldon-core/operator``
-v1.17.1, ``config/crd/bases/``) through ``go mod download``, so the API server validates our
-SeldonDeployments against Seldon's real schema. It is never copied into this repository.
-
-Where the Go module proxy does not serve that module, set ``MLOPS_SELDON_CRD`` to the path of
-that file (e.g. from a seldon-core v1.17.1 checkout); without either the Seldon tests are skipped
-with the proxy's answer.
+The CRD comes from the Seldon Core v1.17.1 source tree (setting ``MLOPS_SELDON_SRC``, see
+hack/seldon.py: the Go module proxy refuses that module): ``operator/config/crd/bases`` with Seldon's
+``config/crd/patches/graph_children.yaml`` applied, which is what its chart installs (the raw file is
+refused by kube-apiserver). Without a source tree the Seldon tests skip naming the setting, and fail
+under ``CI=true``. The same CRD source serves the e2e test with the real controller (tests/seldon_support.py).
 
 Import the fixtures in a test module: ``from integration.conftest_seldon import seldon_crd, seldon_crd_manifest``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from kube_support import install_crds, wait_until
-
-SELDON_MODULE = "github.com/seldonio/seldon-core/operator"
-SELDON_MODULE_VERSION = "v1.17.1"
-SELDON_CRD_PATH = "config/crd/bases/machinelearning.seldon.io_seldondeployments.yaml"
-SELDON_CRD_NAME = "seldondeployments.machinelearning.seldon.io"
-
-
-def download_seldon_crd() -> Path:
-    """The CRD file inside the downloaded Go module (the module cache keeps it for later runs)."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("Seldon's CRD comes from its Go module and no `go` is on PATH (or set MLOPS_SELDON_CRD)")
-    with tempfile.TemporaryDirectory() as scratch:  # outside any go.mod
-        result = subprocess.run([go, "mod", "download", "-json", f"{SELDON_MODULE}@{SELDON_MODULE_VERSION}"],
-                                cwd=scratch, capture_output=True, text=True, timeout=600,
-                                env={**os.environ, "GOFLAGS": "-mod=mod"})
-    try:
-        info = json.loads(result.stdout)
-    except ValueError:
-        pytest.skip(f"go mod download {SELDON_MODULE}@{SELDON_MODULE_VERSION} failed: {result.stderr.strip()[-500:]}")
-    if info.get("Error") or not info.get("Dir"):
-        pytest.skip(f"the Go module proxy does not serve {SELDON_MODULE}@{SELDON_MODULE_VERSION}: "
-                    f"{info.get('Error', 'no Dir')} (set MLOPS_SELDON_CRD to the CRD file instead)")
-    path = Path(info["Dir"]) / SELDON_CRD_PATH
-    if not path.exists():
-        pytest.fail(f"{SELDON_MODULE}@{SELDON_MODULE_VERSION} has no {SELDON_CRD_PATH}")
-    return path
+from kube_support import wait_until
+from seldon_support import SELDON_CRD_NAME, install_seldon_crd, patched_crd, source_or_skip
 
 
 @pytest.fixture(scope="session")
 def seldon_crd_manifest() -> dict[str, Any]:
-    """Seldon Core's SeldonDeployment CRD as a dict (from MLOPS_SELDON_CRD or the Go module)."""
-    path = Path(os.environ["MLOPS_SELDON_CRD"]) if os.environ.get("MLOPS_SELDON_CRD") else download_seldon_crd()
-    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    crd = next((d for d in documents if d.get("metadata", {}).get("name") == SELDON_CRD_NAME), None)
-    assert crd is not None, f"{path} holds no {SELDON_CRD_NAME}"
-    crd.get("metadata", {}).pop("creationTimestamp", None)
-    crd.pop("status", None)
-    return crd
-
-
-def install_seldon_crd(kube_api, manifest: dict[str, Any]) -> None:
-    """Create (or replace) the CRD and wait until it is Established."""
-    install_crds(kube_api, [json.loads(json.dumps(manifest))], what="Seldon CRD")
-    time.sleep(1)  # discovery caches of the API server catch up
+    """Seldon Core's patched SeldonDeployment CRD as a dict."""
+    return patched_crd(source_or_skip())
 
 
 def uninstall_seldon_crd(kube_api) -> None:
@@ -100,3 +52,6 @@ def seldon_crd(kube_api, seldon_crd_manifest) -> dict[str, Any]:
     """Seldon's CRD installed in the test cluster (left installed for later tests)."""
     install_seldon_crd(kube_api, seldon_crd_manifest)
     return seldon_crd_manifest
+
+
+__all__ = ["install_seldon_crd", "seldon_crd", "seldon_crd_manifest", "uninstall_seldon_crd"]

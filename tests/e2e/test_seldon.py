@@ -1,0 +1,278 @@
+"""Backend seldon with the real Seldon Core v1.17.1 controller on the real node.
+
+Seldon is installed from its chart's objects (patched CRD, RBAC, ``seldon-config`` pointing at our
+executor, MLServer and rclone images, its validating webhook with a certificate made here) and its
+controller runs as a host process with the chart's ServiceAccount (tests/seldon_support.py). Model
+versions live in a real S3 server (MinIO) bound on the node's bridge address, so the rclone storage
+initializer in each Pod downloads them with the credentials of a Secret named by
+``spec.storageSecretName`` (Seldon's envSecretRefName). The operator runs as a host process.
+
+One SeldonDeployment lifecycle: version 1 → Seldon's Deployments, init container download, MLServer
+serving through the predictor Service with the predictions of the model loaded directly, the
+endpoint in status callable as it is (resolved by the node's CoreDNS) → version 2 as a canary (its own
+predictor and Service) → promoted → served by the stable predictor; meanwhile the executors' request
+logger posts every request to the operator's sink on the bridge address, which writes the inference
+log on S3. Nothing here writes a SeldonDeployment status: the controller does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+
+from chart_support import bin_dir
+from e2e.conftest import SUMMARY
+from integration.deployment_support import deployment_body, publish_model
+from mlops_operator.backends import artifacts
+from kube_support import REPO, Objects, OperatorProcess, condition, install_crds, wait_until
+from s3_support import S3Server, minio_binary
+from seldon_support import SeldonInstall, seldon_build, source_or_skip
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+KIND = "ModelDeployment"
+# Rows of every class, so two models can disagree.
+ROWS = load_iris().data[::15].tolist()
+POD_READY_TIMEOUT = 300  # image import is done before; an MLServer Pod is Ready in ~30 s (probe delay 20 s)
+
+
+def _timed(timings: dict[str, float], what: str, start: float) -> None:
+    timings[what] = time.monotonic() - start
+
+
+def resolve(name: str, dns_server: str) -> str:
+    """The A record of ``name`` from ``dns_server`` (the node's CoreDNS): one UDP query, stdlib only."""
+    query_id = os.getpid() & 0xFFFF
+    question = b"".join(bytes([len(part)]) + part.encode() for part in name.rstrip(".").split(".")) + b"\0"
+    packet = struct.pack(">HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.sendto(packet, (dns_server, 53))
+        answer = sock.recv(4096)
+    _, flags, _, count, _, _ = struct.unpack(">HHHHHH", answer[:12])
+    assert flags & 0xF == 0 and count > 0, f"{name}: DNS rcode {flags & 0xF}, {count} answers"
+    pos = 12 + len(question) + 4
+    for _ in range(count):
+        pos += 2 if answer[pos] & 0xC0 == 0xC0 else len(answer[pos:].split(b"\0", 1)[0]) + 1
+        rtype, _, _, length = struct.unpack(">HHIH", answer[pos:pos + 10])
+        pos += 10
+        if rtype == 1 and length == 4:
+            return socket.inet_ntoa(answer[pos:pos + 4])
+        pos += length
+    raise AssertionError(f"{name}: no A record")
+
+
+def v2_infer(url: str, rows: list[list[float]], timeout: float = 10) -> dict[str, Any]:
+    """POST a V2 request to ``url`` (…/infer); the answer's JSON, or an AssertionError with the body."""
+    body = {"inputs": [{"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64",
+                        "data": [x for row in rows for x in row]}]}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise AssertionError(f"{url}: HTTP {error.code} {error.read()[:500]!r}") from None
+
+
+def direct_predictions(s3: S3Server, uri: str) -> list[int]:
+    """What the model file at ``uri`` predicts for ROWS, loaded here with joblib (no server)."""
+    import boto3
+
+    bucket, key = urllib.parse.urlparse(uri).netloc, urllib.parse.urlparse(uri).path.lstrip("/")
+    client = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key,
+                          aws_secret_access_key=s3.secret_key, region_name="us-east-1")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.joblib"
+        client.download_file(bucket, f"{key}/model.joblib", str(path))
+        return [int(x) for x in joblib.load(path).predict(np.array(ROWS))]
+
+
+@pytest.fixture(scope="module")
+def seldon(node_cluster, node_api, tmp_path_factory):
+    """Seldon Core installed on the node (chart objects + controller as a host process)."""
+    source_or_skip()
+    timings = node_cluster.timings
+    start = time.monotonic()
+    built = not any((seldon_build.cache_root() / f"seldon-{seldon_build.tree_hash(seldon_build.source_dir())}"
+                     ).glob("executor"))
+    seldon_build.build()
+    _timed(timings, f"seldon controller+executor ({'built' if built else 'cached'})", start)
+    images = {name: node_cluster.image(image).ref
+              for name, image in (("executor", "seldon-executor"), ("mlserver", "mlserver"), ("rclone", "rclone"))}
+    start = time.monotonic()
+    install = SeldonInstall(node_api, node_cluster.kubeconfig, tmp_path_factory.mktemp("seldon"), images,
+                            bin_dir() / "helm").start()
+    _timed(timings, "seldon installed and controller up", start)
+    yield install
+    install.uninstall()
+
+
+@pytest.fixture(scope="module")
+def s3(node_cluster, tmp_path_factory):
+    """MinIO on the node's bridge address: the host and the Pods reach it."""
+    server = S3Server(minio_binary(), tmp_path_factory.mktemp("minio"), bucket="models",
+                      host=node_cluster.devnode.NODE_IP)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def seldon_namespace(node_api, request):
+    """A fresh namespace under Pod Security ``baseline`` (Seldon 1.17.1's Pods set no seccomp profile
+    nor dropped capabilities, which ``restricted`` requires)."""
+    from kubernetes import client
+
+    from conftest import _namespace_name
+
+    core = client.CoreV1Api(node_api)
+    name = _namespace_name(request.node.nodeid)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={
+        "mlops.dev/test": "true", "pod-security.kubernetes.io/enforce": "baseline"})))
+    yield name
+    core.delete_namespace(name)
+
+
+def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_namespace,
+                                                  tmp_path, monkeypatch):
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    ns, timings, kc = seldon_namespace, node_cluster.timings, node_cluster.kubeconfig
+    core = client.CoreV1Api(node_api)
+    custom = client.CustomObjectsApi(node_api)
+    t0 = time.monotonic()
+
+    # Model versions in S3, published the way a training run does.
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    root = f"s3://{s3.bucket}/{ns}"
+    v1 = publish_model(root)
+    v2 = publish_model(root, c=0.001)  # heavily regularised: disagrees with v1 on some rows
+    expected = {"1": direct_predictions(s3, v1["uri"]), "2": direct_predictions(s3, v2["uri"])}
+    assert expected["1"] != expected["2"], "the two versions must disagree somewhere for the rollout to show"
+
+    # What the storage initializer reads (rclone's env config; Seldon's envSecretRefName).
+    core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="s3-models"), string_data={
+        "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "Minio", "RCLONE_CONFIG_S3_ENV_AUTH": "false",
+        "RCLONE_CONFIG_S3_ACCESS_KEY_ID": s3.access_key, "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": s3.secret_key,
+        "RCLONE_CONFIG_S3_ENDPOINT": s3.endpoint_url, "RCLONE_CONFIG_S3_REGION": "us-east-1"}))
+
+    install_crds(node_api, [__import__("yaml").safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))])
+    operator = OperatorProcess(kc, ns, tmp_path / "operator", env={
+        **s3.env(), "MLOPS_ARTIFACT_ROOT": root,
+        # The executors in the Pods post their request logs to the sink on the bridge address.
+        "MLOPS_SELDON_LOGGER_HOST": node_cluster.devnode.NODE_IP, "MLOPS_SELDON_LOGGER_PORT": "0"}).start()
+    objects = Objects(node_api, ns)
+    try:
+        # 1. Version 1: the real controller creates the Deployments, rclone downloads, MLServer serves.
+        start = time.monotonic()
+        objects.create(deployment_body(
+            "iris", {"uri": v1["uri"], "version": "1", "name": "iris"},
+            {"strategy": "canary", "steps": [{"weight": 50, "pauseSeconds": 1}]},
+            backend="seldon", storageSecretName="s3-models", progressDeadlineSeconds=180,
+            resources={"requests": {"cpu": "50m", "memory": "128Mi"}}))
+        md = objects.wait(KIND, "iris", lambda o: (condition(o, "Ready") or {}).get("status") == "True",
+                          timeout=POD_READY_TIMEOUT, what="ModelDeployment Ready on Seldon")
+        _timed(timings, "seldon v1 Ready (Pods up)", start)
+        sdep = custom.get_namespaced_custom_object("machinelearning.seldon.io", "v1", ns, "seldondeployments", "iris")
+        assert sdep["status"]["state"] == "Available"
+        pods = core.list_namespaced_pod(ns, label_selector="seldon-deployment-id=iris").items
+        assert pods and all(p.spec.node_name == node_cluster.devnode.NODE_NAME for p in pods)
+        (pod,) = [p for p in pods if p.metadata.deletion_timestamp is None]
+        init = [c for c in pod.spec.init_containers if c.args and c.args[0] == v1["uri"]]
+        assert init and init[0].image == seldon.images["rclone"], [c.image for c in pod.spec.init_containers]
+        assert {c.image for c in pod.spec.containers} == {seldon.images["mlserver"], seldon.images["executor"]}
+
+        # The endpoint in status is the predictor Service's URL, callable as it is (endpoint + /infer).
+        endpoint = md["status"]["endpoint"]
+        url = urllib.parse.urlparse(endpoint)
+        assert url.hostname == f"iris-stable.{ns}.svc.cluster.local" and url.path == "/v2/models/iris", endpoint
+        service_ip = resolve(url.hostname, node_cluster.devnode.NODE_IP)
+        assert service_ip == core.read_namespaced_service("iris-stable", ns).spec.cluster_ip
+        callable_endpoint = endpoint.replace(url.hostname, service_ip, 1)  # the host has no cluster DNS
+        answer = v2_infer(f"{callable_endpoint}/infer", ROWS)
+        assert answer["model_name"] == "iris" and answer["model_version"] == "1"
+        assert [int(x) for x in answer["outputs"][0]["data"]] == expected["1"]
+
+        # 2. Version 2 rolls out as a canary: its own predictor, Deployment and Service.
+        start = time.monotonic()
+        objects.patch(KIND, "iris", {"spec": {"model": {"uri": v2["uri"], "version": "2", "name": "iris"}}})
+
+        def canary_serves() -> dict[str, Any] | None:
+            try:
+                svc = core.read_namespaced_service("iris-canary", ns)
+                out = v2_infer(f"http://{svc.spec.cluster_ip}:8000/v2/models/iris/infer", ROWS, timeout=5)
+            except (ApiException, AssertionError, OSError):
+                return None
+            return out
+
+        canary = wait_until(canary_serves, timeout=POD_READY_TIMEOUT, interval=1, what="canary predictor serving")
+        _timed(timings, "seldon v2 canary serving", start)
+        assert canary["model_version"] == "2" and [int(x) for x in canary["outputs"][0]["data"]] == expected["2"]
+        # The stable predictor still serves version 1 meanwhile.
+        assert v2_infer(f"{callable_endpoint}/infer", ROWS)["model_version"] == "1"
+
+        # 3. Promoted: the stable predictor serves version 2, the canary predictor is gone.
+        md = objects.wait(KIND, "iris", lambda o: o["status"].get("stableVersion") == "2"
+                          and (condition(o, "Ready") or {}).get("status") == "True",
+                          timeout=POD_READY_TIMEOUT, what="version 2 promoted")
+        _timed(timings, "seldon v2 promoted", start)
+        assert md["status"]["lastRollout"]["result"] == "promoted"
+
+        def stable_serves_v2() -> dict[str, Any] | None:
+            try:
+                out = v2_infer(f"{callable_endpoint}/infer", ROWS, timeout=5)
+            except (AssertionError, OSError):
+                return None
+            return out if out["model_version"] == "2" else None
+
+        answer = wait_until(stable_serves_v2, timeout=POD_READY_TIMEOUT, interval=1, what="stable serves version 2")
+        _timed(timings, "seldon v2 served by stable", start)
+        assert [int(x) for x in answer["outputs"][0]["data"]] == expected["2"]
+        sdep = custom.get_namespaced_custom_object("machinelearning.seldon.io", "v1", ns, "seldondeployments", "iris")
+        assert [p["name"] for p in sdep["spec"]["predictors"]] == ["stable"]
+        wait_until(lambda: not [d for d in client.AppsV1Api(node_api).list_namespaced_deployment(ns).items
+                                if "-canary-" in d.metadata.name], timeout=120, what="canary Deployment removed")
+
+        # 4. The executors' request logger posted every request and response to the operator's sink (on
+        # the bridge address), which wrote the inference log the DriftMonitor reads, on S3.
+        def logged() -> dict[tuple[str, str], list[int]] | None:
+            fs, base = artifacts.open_fs(f"{root}/inference/{ns}/iris")
+            seen: dict[tuple[str, str], list[int]] = {}
+            for path in fs.find(base):
+                if path.endswith(".jsonl"):
+                    for line in fs.cat_file(path).decode().splitlines():
+                        record = json.loads(line)
+                        if record.get("status") == 200 and record.get("outputs"):
+                            seen[(record["predictor"], record["modelVersion"])] = record["outputs"][0]["data"]
+            return seen if {("stable", "1"), ("canary", "2"), ("stable", "2")} <= set(seen) else None
+
+        records = wait_until(logged, timeout=60, interval=1, what="the inference log of every predictor and version")
+        assert records[("stable", "1")] == expected["1"] and records[("canary", "2")] == expected["2"]
+        assert records[("stable", "2")] == expected["2"]
+    except BaseException:
+        print(operator.logs()[-4000:])
+        print(seldon.log_tail(40))
+        for p in core.list_namespaced_pod(ns).items:
+            print(p.metadata.name, p.status.phase, [(c.name, c.state) for c in (p.status.container_statuses or [])])
+        raise
+    finally:
+        objects.delete_all()
+        wait_until(lambda: not objects.list_all(), timeout=120, what="our objects deleted")
+        operator.stop()
+    _timed(timings, "seldon lifecycle total", t0)
+    SUMMARY.append("seldon e2e: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if "seldon" in k))
