@@ -100,9 +100,25 @@ def patched_crd(src: Path) -> dict[str, Any]:
 
 
 def install_seldon_crd(kube_api: Any, manifest: dict[str, Any]) -> None:
-    """Create (or replace) the CRD and wait until it is Established and served."""
-    install_crds(kube_api, [copy.deepcopy(manifest)], what="Seldon CRD")
+    """Create (or replace) the CRD and wait until it is Established and served. The same CRD installed
+    already (a digest in an annotation) is left alone: replacing 1 MB of schema takes seconds."""
+    import hashlib
+
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    manifest = copy.deepcopy(manifest)
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    manifest.setdefault("metadata", {}).setdefault("annotations", {})["mlops.dev/manifest-hash"] = digest
+    try:
+        live = client.ApiextensionsV1Api(kube_api).read_custom_resource_definition(SELDON_CRD_NAME)
+        same = (live.metadata.annotations or {}).get("mlops.dev/manifest-hash") == digest
+    except ApiException as err:
+        if err.status != 404:
+            raise
+        same = False
+    if not same:
+        install_crds(kube_api, [manifest], what="Seldon CRD")
 
     custom = client.CustomObjectsApi(kube_api)
 

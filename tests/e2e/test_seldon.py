@@ -10,7 +10,8 @@ initializer in each Pod downloads them with the credentials of a Secret named by
 One SeldonDeployment lifecycle: version 1 → Seldon's Deployments, init container download, MLServer
 serving through the predictor Service with the predictions of the model loaded directly, the
 endpoint in status callable as it is (resolved by the node's CoreDNS) → version 2 as a canary (its own
-predictor and Service) → promoted → served by the stable predictor; meanwhile the executors' request
+predictor and Service) → promoted → served by the stable predictor → version 3, which cannot load,
+fails after its progress deadline with the failing container named and is rejected; meanwhile the executors' request
 logger posts every request to the operator's sink on the bridge address, which writes the inference
 log on S3. Nothing here writes a SeldonDeployment status: the controller does.
 """
@@ -264,6 +265,32 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         records = wait_until(logged, timeout=60, interval=1, what="the inference log of every predictor and version")
         assert records[("stable", "1")] == expected["1"] and records[("canary", "2")] == expected["2"]
         assert records[("stable", "2")] == expected["2"]
+
+        # 5. Version 3 cannot load: its canary Pod crash-loops, Seldon reports Failed after the progress
+        # deadline (30 s here), the condition names the failing container, version 3 is rejected and
+        # the stable predictor keeps serving version 2 throughout.
+        start = time.monotonic()
+        with tempfile.TemporaryDirectory() as scratch:
+            broken = Path(scratch) / "model.joblib"
+            broken.write_bytes(b"not a model")
+            v3 = artifacts.publish_model_version(root, "iris", artifacts.allocate_version(root, "iris"),
+                                                 model_file=broken, metrics={"accuracy": 0.95}, validated=True,
+                                                 reasons=[], profile={}, lineage={"test": "broken"})
+        objects.patch(KIND, "iris", {"spec": {"model": {"uri": v3["uri"], "version": "3", "name": "iris"},
+                                              "progressDeadlineSeconds": 30}})
+        md = objects.wait(KIND, "iris", lambda o: "3" in (o["status"].get("rejectedVersions") or []),
+                          timeout=240, what="version 3 rejected")
+        _timed(timings, "seldon v3 failed and rejected", start)
+        degraded = condition(md, "Degraded") or {}
+        assert degraded.get("status") == "True", md["status"]["conditions"]
+        assert "Pod iris-canary-0-iris-" in degraded["message"] and "exit code" in degraded["message"], degraded
+        assert md["status"]["stableVersion"] == "2"
+        assert v2_infer(f"{callable_endpoint}/infer", ROWS)["model_version"] == "2"
+        objects.wait(KIND, "iris", lambda o: (condition(o, "Ready") or {}).get("status") == "True"
+                     and [p["name"] for p in custom.get_namespaced_custom_object(
+                         "machinelearning.seldon.io", "v1", ns, "seldondeployments", "iris")["spec"]["predictors"]]
+                     == ["stable"], timeout=180, what="back to the stable predictor alone")
+        _timed(timings, "seldon back to stable after v3", start)
     except BaseException:
         print(operator.logs()[-4000:])
         print(seldon.log_tail(40))

@@ -198,6 +198,16 @@ def test_the_failure_reason_is_read_from_the_failing_container():
                                                                    "message": "image x is not present"}}}
     assert pod_failure_reason([_pod("iris-stable-0-iris-y", containers=[never])], "iris", ["stable"]) == (
         "predictor stable, Pod iris-stable-0-iris-y, container iris: ErrImageNeverPull; image x is not present")
+    # MLServer 1.7.1 exits 0 when its model cannot load: a model container that exited is a failure.
+    completed = {"name": "iris", "ready": False, "restartCount": 1,
+                 "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    assert pod_failure_reason([_pod("iris-canary-0-iris-c", containers=[completed, healthy])], "iris",
+                              ["stable", "canary"]) == (
+        "predictor canary, Pod iris-canary-0-iris-c, container iris: last exit: Completed, exit code 0")
+    succeeded_init = {"name": "iris-model-initializer", "ready": True,
+                      "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    assert pod_failure_reason([_pod("iris-stable-0-iris-i", init=[succeeded_init], containers=[starting])], "iris",
+                              ["stable"]) is None
     # Starting or running Pods are no failure.
     creating = {"name": "iris", "ready": False, "state": {"waiting": {"reason": "ContainerCreating"}}}
     assert pod_failure_reason([_pod("iris-stable-0-iris-z", containers=[creating, starting])], "iris",

@@ -214,7 +214,11 @@ GENERIC_FAILURE = "Deployment is no longer progressing and not available."
 def pod_failure_reason(pods: Sequence[Mapping[str, Any]], sdep: str, predictors: Sequence[str]) -> str | None:
     """Why the SeldonDeployment's Pods do not run, read from their container statuses: the waiting
     reason (CrashLoopBackOff, ErrImageNeverPull, ...) and the last termination's reason, exit code and
-    message, of the first failing container (init containers first). None when nothing failed."""
+    message, of the first failing container (init containers first). None when nothing failed.
+
+    A model container that exited counts whatever its exit code (MLServer 1.7.1 exits 0 when its
+    model fails to load); an init container only with a non-zero exit."""
+    benign = (None, "PodInitializing", "ContainerCreating")
     for pod in pods:
         meta = pod.get("metadata") or {}
         deployment = (meta.get("labels") or {}).get("seldon-deployment-id")
@@ -230,25 +234,28 @@ def pod_failure_reason(pods: Sequence[Mapping[str, Any]], sdep: str, predictors:
                     continue
                 state = container.get("state") or {}
                 waiting = state.get("waiting") or {}
-                terminated = state.get("terminated") or {}
-                last = (container.get("lastState") or {}).get("terminated") or terminated
-                failed_exit = last and last.get("exitCode") not in (None, 0)
-                if not (waiting.get("reason") not in (None, "PodInitializing", "ContainerCreating") or failed_exit):
+                last = state.get("terminated") or (container.get("lastState") or {}).get("terminated") or {}
+                if kind == "init container":
+                    exited = bool(last) and last.get("exitCode") not in (None, 0)
+                else:
+                    exited = bool(last) or int(container.get("restartCount") or 0) > 0
+                if waiting.get("reason") in benign and not exited:
                     continue
                 parts = []
-                if waiting.get("reason"):
+                if waiting.get("reason") not in benign:
                     parts.append(waiting["reason"])
-                if waiting.get("message") and not failed_exit:
-                    parts.append(waiting["message"].strip()[:300])
-                if failed_exit:
+                    if waiting.get("message") and not exited:
+                        parts.append(waiting["message"].strip()[:300])
+                if last:
                     what = f"exit code {last.get('exitCode')}"
                     if last.get("reason"):
                         what = f"{last['reason']}, {what}"
                     message = (last.get("message") or "").strip()
                     parts.append(f"last exit: {what}" + (f": {message[-300:]}" if message else ""))
+                elif exited:
+                    parts.append(f"restarted {container.get('restartCount')} times")
                 where = f"predictor {owner}, " if owner else ""
-                return (f"{where}Pod {meta.get('name')}, {kind} {container.get('name')}: "
-                        + "; ".join(parts))
+                return f"{where}Pod {meta.get('name')}, {kind} {container.get('name')}: " + "; ".join(parts)
     return None
 
 
