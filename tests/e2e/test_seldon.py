@@ -13,7 +13,7 @@ endpoint in status callable as it is (resolved by the node's CoreDNS) → versio
 predictor and Service) → promoted → served by the stable predictor → version 3, which cannot load,
 fails after its progress deadline with the failing container named and is rejected; meanwhile the executors' request
 logger posts every request to the operator's sink on the bridge address, which writes the inference
-log on S3. Nothing here writes a SeldonDeployment status: the controller does.
+log on S3, and a DriftMonitor checks those rows against the served version's training profile. Nothing here writes a SeldonDeployment status: the controller does.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from chart_support import bin_dir
 from e2e.conftest import SUMMARY
 from integration.deployment_support import deployment_body, publish_model
 from mlops_operator.backends import artifacts
+from mlops_operator.drift import build_profile
 from kube_support import REPO, Objects, OperatorProcess, condition, install_crds, wait_until
 from s3_support import S3Server, minio_binary
 from seldon_support import SeldonInstall, seldon_build, source_or_skip
@@ -161,8 +162,10 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
     root = f"s3://{s3.bucket}/{ns}"
-    v1 = publish_model(root)
-    v2 = publish_model(root, c=0.001)  # heavily regularised: disagrees with v1 on some rows
+    # With the training profile of iris, which a DriftMonitor compares the served traffic with.
+    profile = build_profile(load_iris(as_frame=True).frame, exclude=("target",))
+    v1 = publish_model(root, profile=profile)
+    v2 = publish_model(root, c=0.001, profile=profile)  # heavily regularised: disagrees with v1 on some rows
     expected = {"1": direct_predictions(s3, v1["uri"]), "2": direct_predictions(s3, v2["uri"])}
     assert expected["1"] != expected["2"], "the two versions must disagree somewhere for the rollout to show"
 
@@ -251,6 +254,8 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
 
         # 4. The executors' request logger posted every request and response to the operator's sink (on
         # the bridge address), which wrote the inference log the DriftMonitor reads, on S3.
+        start = time.monotonic()
+
         def logged() -> dict[tuple[str, str], list[int]] | None:
             fs, base = artifacts.open_fs(f"{root}/inference/{ns}/iris")
             seen: dict[tuple[str, str], list[int]] = {}
@@ -263,8 +268,21 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
             return seen if {("stable", "1"), ("canary", "2"), ("stable", "2")} <= set(seen) else None
 
         records = wait_until(logged, timeout=60, interval=1, what="the inference log of every predictor and version")
+        _timed(timings, "seldon inference log complete", start)
         assert records[("stable", "1")] == expected["1"] and records[("canary", "2")] == expected["2"]
         assert records[("stable", "2")] == expected["2"]
+
+        # The DriftMonitor reads that log: the rows Seldon served, against the served version's profile.
+        start = time.monotonic()
+        objects.create({"apiVersion": "mlops.dev/v1alpha1", "kind": "DriftMonitor", "metadata": {"name": "iris"},
+                        "spec": {"deploymentRef": {"name": "iris"}, "interval": "2s",
+                                 "window": {"rows": 200, "minSamples": 20}, "tests": [{"name": "ks", "threshold": 0.5}]}})
+        monitor = objects.wait("DriftMonitor", "iris", lambda o: (o.get("status") or {}).get("sampleSize"),
+                               timeout=60, what="a drift check over the Seldon-served traffic")
+        assert monitor["status"]["sampleSize"] >= 20 and monitor["status"]["modelVersion"] == "2", monitor["status"]
+        assert monitor["status"]["referenceUri"] == f"{v2['uri']}/profile.json"
+        _timed(timings, "seldon traffic seen by a DriftMonitor", start)
+        objects.delete("DriftMonitor", "iris")
 
         # 5. Version 3 cannot load: its canary Pod crash-loops, Seldon reports Failed after the progress
         # deadline (30 s here), the condition names the failing container, version 3 is rejected and

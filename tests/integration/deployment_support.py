@@ -20,7 +20,8 @@ MODEL = "iris"
 ROWS = load_iris().data[:8].tolist()
 
 
-def publish_model(artifact_root: str, n_features: int = 4, c: float = 1.0, accuracy: float = 0.95) -> dict[str, Any]:
+def publish_model(artifact_root: str, n_features: int = 4, c: float = 1.0, accuracy: float = 0.95,
+                  profile: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a tiny iris classifier on the first ``n_features`` columns and publish it as the next
     version of ``iris`` under ``artifact_root`` (what a ModelTraining run would do, in 0.1 s)."""
     data = load_iris()
@@ -31,7 +32,7 @@ def publish_model(artifact_root: str, n_features: int = 4, c: float = 1.0, accur
         version = artifacts.allocate_version(artifact_root, MODEL)
         return artifacts.publish_model_version(
             artifact_root, MODEL, version, model_file=path, metrics={"accuracy": accuracy}, validated=True,
-            reasons=[], profile={}, lineage={"test": True, "features": n_features})
+            reasons=[], profile=profile or {}, lineage={"test": True, "features": n_features})
 
 
 def infer(endpoint: str, rows: list[list[float]] | None = None, timeout: float = 10) -> tuple[int, dict, dict]:
