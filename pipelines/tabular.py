@@ -1,9 +1,15 @@
 """The built-in ``tabular-training`` pipeline (Kubeflow Pipelines v2 DSL).
 
-extract → validate-data → split → train → evaluate (new vs validated model) → validate-model → export
+Two tasks, seven steps:
 
-Every component is a lightweight Python component whose body calls one
-``mlops_operator.components.*.run_*`` function, so the logic lives (and is tested) in the package.
+    prepare-data: extract → validate data → split
+    train-model:  train → evaluate (new vs validated model) → validate model → export
+
+Each task is a process (a pod on a cluster) paying for Python's start and the imports of pandas,
+scikit-learn and scipy, so the steps run back to back inside two tasks rather than one task each
+(see mlops_operator.components.stages and benchmarks/training_bench.py). Every component is a
+lightweight Python component whose body calls one ``mlops_operator.components.stages.run_*``
+function, so the logic lives (and is tested) in the package.
 On a KFP cluster the components run in the operator image, which contains the package; locally
 ``kfp.local.SubprocessRunner(use_venv=False)`` runs them with the operator's own interpreter.
 
@@ -27,146 +33,64 @@ COMPILED = Path(__file__).with_name("tabular.yaml")
 # The image already has kfp and the operator package; installing anything at run time would
 # need network access and could change versions under a validated pipeline.
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def extract(
+def prepare_data(
     dataset_uri: str,
     dataset_format: str,
     target: str,
     features: list,
     production_data: dict,
-    dataset: Output[Dataset],
-    production: Output[Dataset],
-) -> NamedTuple("ExtractOutputs", [("digest", str), ("rows", int), ("started_at", str), ("sources", list)]):
-    """Read the dataset (the newest object when the URI names many) and the labelled production
-    rows; write both as Parquet, with each source's URI, rows and sha256 digest."""
-    from collections import namedtuple
-
-    from mlops_operator.components.extract import run_extract_sources
-
-    result = run_extract_sources(dataset_uri, dataset_format, target, features, production_data, dataset.path,
-                                 production.path)
-    dataset.metadata.update({"digest": result["digest"], "rows": result["rows"], "source": dataset_uri})
-    outputs = namedtuple("ExtractOutputs", ["digest", "rows", "started_at", "sources"])
-    return outputs(result["digest"], result["rows"], result["started_at"], result["sources"])
-
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def validate_data(
-    dataset: Input[Dataset],
-    production: Input[Dataset],
-    target: str,
     checks: dict,
-    features: list,
-    report: Output[Artifact],
-    production_valid: Output[Dataset],
-) -> NamedTuple("ValidateOutputs", [("production", dict)]):
-    """Check the dataset (rows, missing values, columns, types, ranges; fail with
-    DataValidationFailed) and the production rows one by one (rows that fail are counted, not trained on)."""
-    from collections import namedtuple
-
-    from mlops_operator.components.validate_data import run_validate_sources
-
-    summary = run_validate_sources(dataset.path, production.path, target, checks, features, report.path,
-                                   production_valid.path)
-    return namedtuple("ValidateOutputs", ["production"])(summary)
-
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def split(
-    dataset: Input[Dataset],
-    production: Input[Dataset],
-    target: str,
     task: str,
     test_size: float,
     seed: int,
-    features: list,
     estimator: str,
     mix: dict,
+    dataset: Output[Dataset],
+    production: Output[Dataset],
+    report: Output[Artifact],
+    production_valid: Output[Dataset],
     train: Output[Dataset],
     test: Output[Dataset],
-) -> NamedTuple("SplitOutputs", [("schema", dict), ("task", str)]):
-    """Drop unlabelled rows, settle the task and split train/holdout: the newest production rows
-    when there are enough, else the dataset's seeded (stratified) test split; mix the sources."""
+) -> NamedTuple("PrepareOutputs", [("digest", str), ("rows", int), ("started_at", str), ("sources", list),
+                                   ("production", dict), ("schema", dict)]):
+    """Extract, validate data, split (mlops_operator.components.stages.run_prepare_data).
+
+    Extract: the dataset (the newest object when the URI names many) and the labelled production
+    rows, as Parquet, with each source's URI, rows and sha256 digest. Validate: the dataset's
+    checks (rows, missing values, columns, types, ranges; DataValidationFailed) and the production
+    rows one by one (rows that fail are counted, not trained on). Split: drop unlabelled rows,
+    settle the task, hold out the newest production rows when there are enough, else the
+    dataset's seeded (stratified) test split; mix the sources.
+    """
     from collections import namedtuple
 
-    from mlops_operator.components.split import run_split_sources
+    from mlops_operator.components.stages import run_prepare_data
 
-    schema = run_split_sources(dataset.path, production.path, target, task, test_size, seed, features, estimator,
-                               mix, train.path, test.path)
-    outputs = namedtuple("SplitOutputs", ["schema", "task"])
-    return outputs(schema, schema["task"])
+    result = run_prepare_data(
+        dataset_uri=dataset_uri, dataset_format=dataset_format, target=target, features=features,
+        production_data=production_data, checks=checks, task=task, test_size=test_size, seed=seed,
+        estimator=estimator, mix=mix, dataset_path=dataset.path, production_path=production.path,
+        report_path=report.path, production_valid_path=production_valid.path, train_path=train.path,
+        test_path=test.path,
+    )
+    dataset.metadata.update({"digest": result["digest"], "rows": result["rows"], "source": dataset_uri})
+    outputs = namedtuple("PrepareOutputs", ["digest", "rows", "started_at", "sources", "production", "schema"])
+    return outputs(result["digest"], result["rows"], result["started_at"], result["sources"], result["production"],
+                   result["schema"])
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def train(
+def train_model(
     train: Input[Dataset],
+    test: Input[Dataset],
     schema: dict,
     estimator: str,
     estimator_params: str,
     seed: int,
-    model: Output[Model],
-) -> NamedTuple("TrainOutputs", [("estimator_info", str)]):
-    """Fit the named estimator inside the preprocessing pipeline and dump it with joblib.
-
-    ``estimator_params`` and ``estimator_info`` are JSON text: KFP turns every number inside a
-    dict parameter into a float, and 1 and 1.0 mean different things to some estimators.
-    """
-    import json
-    from collections import namedtuple
-
-    from mlops_operator.components.train import run_train
-
-    info = run_train(train.path, schema, estimator, estimator_params, seed, model.path)
-    model.metadata.update({"estimator": info["class"], "framework": "scikit-learn"})
-    return namedtuple("TrainOutputs", ["estimator_info"])(json.dumps(info))
-
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def evaluate(
-    model: Input[Model],
-    test: Input[Dataset],
-    schema: dict,
     champion_model_uri: str,
     baseline_metrics: dict,
-    evaluation: Output[Metrics],
-) -> NamedTuple("EvaluateOutputs", [("metrics", dict), ("baseline", dict), ("comparison", dict)]):
-    """Score the new model and the current validated one on the same holdout
-    (accuracy/f1/rocAuc or rmse/mae/r2)."""
-    from collections import namedtuple
-
-    from mlops_operator.components.evaluate import run_evaluate_against
-
-    result = run_evaluate_against(model.path, test.path, schema, champion_model_uri, baseline_metrics)
-    for name, value in result["metrics"].items():
-        evaluation.log_metric(name, value)
-    outputs = namedtuple("EvaluateOutputs", ["metrics", "baseline", "comparison"])
-    return outputs(result["metrics"], result["baseline"], result["comparison"])
-
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def validate_model(
-    metrics: dict,
     gate: dict,
-    baseline_metrics: dict,
     max_regression: dict,
-) -> NamedTuple("GateOutputs", [("validated", bool), ("reasons", list)]):
-    """The model gate: thresholds and no regression against the baseline. Never fails the run."""
-    from collections import namedtuple
-
-    from mlops_operator.components.gate import run_gate
-
-    result = run_gate(metrics, gate, baseline_metrics, max_regression)
-    return namedtuple("GateOutputs", ["validated", "reasons"])(result["validated"], result["reasons"])
-
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def export(
-    model: Input[Model],
-    train: Input[Dataset],
-    schema: dict,
-    metrics: dict,
-    validated: bool,
-    reasons: list,
-    estimator_info: str,
     artifact_root: str,
     model_name: str,
     run_name: str,
@@ -177,48 +101,46 @@ def export(
     dataset_digest: str,
     dataset_rows: int,
     test_size: float,
-    seed: int,
     pipeline_digest: str,
     started_at: str,
     sources: list,
-    production_validation: dict,
-    comparison: dict,
     retrain_window: dict,
-) -> NamedTuple("ExportOutputs", [("model_version", int), ("model_uri", str), ("profile_uri", str), ("validated", bool),
-                                  ("sources", list)]):
-    """Publish model.joblib, model-settings.json, metrics, profile and lineage as a model version."""
+    model: Output[Model],
+    evaluation: Output[Metrics],
+) -> NamedTuple("TrainOutputs", [("model_version", int), ("model_uri", str), ("profile_uri", str),
+                                 ("validated", bool), ("reasons", list), ("metrics", dict), ("comparison", dict),
+                                 ("estimator_info", str)]):
+    """Train, evaluate, validate model, export (mlops_operator.components.stages.run_train_model).
+
+    Train: the named estimator inside the preprocessing pipeline, dumped with joblib
+    (``estimator_params`` is JSON text: KFP turns every number inside a dict parameter into a
+    float, and 1 and 1.0 mean different things to some estimators). Evaluate: the new model and
+    the current validated one on the same holdout (accuracy/f1/rocAuc or rmse/mae/r2). Validate
+    model: thresholds and no regression against the baseline (never fails the run). Export:
+    model.joblib, model-settings.json, metrics, profile and lineage as a model version.
+    """
     import json
     from collections import namedtuple
 
-    from mlops_operator.components.export import run_export
+    from mlops_operator.components.stages import run_train_model
 
-    for source in sources:  # the rows the production checks left out, beside the rows read
-        if source.get("name") == "production":
-            source["rejectedRows"] = int(production_validation.get("rejectedRows") or 0)
-            if production_validation.get("rejections"):
-                source["rejections"] = production_validation["rejections"]
-    result = run_export(
-        model_path=model.path,
-        train_path=train.path,
-        schema=schema,
-        metrics=metrics,
-        validated=validated,
-        reasons=reasons,
-        artifact_root=artifact_root,
-        model_name=model_name,
-        run_name=run_name or job_name,
-        run_id=job_id,
+    result = run_train_model(
+        train_path=train.path, test_path=test.path, schema=schema, estimator=estimator,
+        estimator_params=estimator_params, seed=seed, champion_model_uri=champion_model_uri,
+        baseline_metrics=baseline_metrics, gate=gate, max_regression=max_regression, model_path=model.path,
+        artifact_root=artifact_root, model_name=model_name, run_name=run_name or job_name, run_id=job_id,
         dataset={"uri": dataset_uri, "format": dataset_format, "digest": dataset_digest, "rows": dataset_rows},
-        estimator=json.loads(estimator_info),
-        split={"testSize": test_size, "seed": seed},
-        pipeline_digest=pipeline_digest,
-        started_at=started_at,
-        sources=sources,
-        comparison=comparison,
+        test_size=test_size, pipeline_digest=pipeline_digest, started_at=started_at, sources=sources,
         retrain_window=retrain_window,
     )
-    outputs = namedtuple("ExportOutputs", ["model_version", "model_uri", "profile_uri", "validated", "sources"])
-    return outputs(result["model_version"], result["model_uri"], result["profile_uri"], result["validated"], sources)
+    info = result["estimator_info"]
+    model.metadata.update({"estimator": info["class"], "framework": "scikit-learn"})
+    for name, value in result["metrics"].items():
+        evaluation.log_metric(name, value)
+    outputs = namedtuple("TrainOutputs", ["model_version", "model_uri", "profile_uri", "validated", "reasons",
+                                          "metrics", "comparison", "estimator_info"])
+    return outputs(result["model_version"], result["model_uri"], result["profile_uri"], result["validated"],
+                   result["reasons"], result["metrics"], result["comparison"], json.dumps(info))
 
 
 @dsl.pipeline(
@@ -271,48 +193,30 @@ def tabular_training(
     the current validated model scored on the same holdout, ``retrain_window`` the drift window
     of a retrain request (recorded in the lineage).
     """
-    extract_task = extract(dataset_uri=dataset_uri, dataset_format=dataset_format, target=target,
-                           features=features, production_data=production_data)
-    validate_task = validate_data(
-        dataset=extract_task.outputs["dataset"], production=extract_task.outputs["production"], target=target,
-        checks=validation, features=features
-    )
-    split_task = split(
-        dataset=extract_task.outputs["dataset"],
-        production=validate_task.outputs["production_valid"],
+    prepare_task = prepare_data(
+        dataset_uri=dataset_uri,
+        dataset_format=dataset_format,
         target=target,
+        features=features,
+        production_data=production_data,
+        checks=validation,
         task=task,
         test_size=test_size,
         seed=seed,
-        features=features,
         estimator=estimator,
         mix=mix,
     )
-    train_task = train(
-        train=split_task.outputs["train"],
-        schema=split_task.outputs["schema"],
+    train_task = train_model(
+        train=prepare_task.outputs["train"],
+        test=prepare_task.outputs["test"],
+        schema=prepare_task.outputs["schema"],
         estimator=estimator,
         estimator_params=estimator_params,
         seed=seed,
-    )
-    evaluate_task = evaluate(
-        model=train_task.outputs["model"], test=split_task.outputs["test"], schema=split_task.outputs["schema"],
-        champion_model_uri=champion_model_uri, baseline_metrics=baseline_metrics,
-    )
-    gate_task = validate_model(
-        metrics=evaluate_task.outputs["metrics"],
+        champion_model_uri=champion_model_uri,
+        baseline_metrics=baseline_metrics,
         gate=gate,
-        baseline_metrics=evaluate_task.outputs["baseline"],
         max_regression=max_regression,
-    )
-    export_task = export(
-        model=train_task.outputs["model"],
-        train=split_task.outputs["train"],
-        schema=split_task.outputs["schema"],
-        metrics=evaluate_task.outputs["metrics"],
-        validated=gate_task.outputs["validated"],
-        reasons=gate_task.outputs["reasons"],
-        estimator_info=train_task.outputs["estimator_info"],
         artifact_root=artifact_root,
         model_name=model_name,
         run_name=run_name,
@@ -320,19 +224,16 @@ def tabular_training(
         job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         dataset_uri=dataset_uri,
         dataset_format=dataset_format,
-        dataset_digest=extract_task.outputs["digest"],
-        dataset_rows=extract_task.outputs["rows"],
+        dataset_digest=prepare_task.outputs["digest"],
+        dataset_rows=prepare_task.outputs["rows"],
         test_size=test_size,
-        seed=seed,
         pipeline_digest=pipeline_digest,
-        started_at=extract_task.outputs["started_at"],
-        sources=extract_task.outputs["sources"],
-        production_validation=validate_task.outputs["production"],
-        comparison=evaluate_task.outputs["comparison"],
+        started_at=prepare_task.outputs["started_at"],
+        sources=prepare_task.outputs["sources"],
         retrain_window=retrain_window,
     )
     # A retrain on the same URI must read the data again: never reuse cached step results.
-    for task_ in (extract_task, validate_task, split_task, train_task, evaluate_task, gate_task, export_task):
+    for task_ in (prepare_task, train_task):
         task_.set_caching_options(False)
 
     outputs = NamedTuple(
@@ -350,15 +251,15 @@ def tabular_training(
         ],
     )
     return outputs(
-        model_version=export_task.outputs["model_version"],
-        model_uri=export_task.outputs["model_uri"],
-        metrics=evaluate_task.outputs["metrics"],
-        validated=export_task.outputs["validated"],
-        validation_reasons=gate_task.outputs["reasons"],
-        profile_uri=export_task.outputs["profile_uri"],
-        dataset_digest=extract_task.outputs["digest"],
-        sources=export_task.outputs["sources"],
-        comparison=evaluate_task.outputs["comparison"],
+        model_version=train_task.outputs["model_version"],
+        model_uri=train_task.outputs["model_uri"],
+        metrics=train_task.outputs["metrics"],
+        validated=train_task.outputs["validated"],
+        validation_reasons=train_task.outputs["reasons"],
+        profile_uri=train_task.outputs["profile_uri"],
+        dataset_digest=prepare_task.outputs["digest"],
+        sources=prepare_task.outputs["sources"],
+        comparison=train_task.outputs["comparison"],
     )
 
 

@@ -20,7 +20,8 @@ PARAMETERS = {
 }
 OUTPUTS = {"model_version", "model_uri", "metrics", "validated", "validation_reasons", "profile_uri", "dataset_digest",
            "sources", "comparison"}
-STEPS = ["extract", "validate-data", "split", "train", "evaluate", "validate-model", "export"]
+# Two tasks run the seven steps (mlops_operator.components.stages): each task is a process or a pod.
+TASKS = ["prepare-data", "train-model"]
 
 
 def load_pipeline_module() -> ModuleType:
@@ -58,8 +59,8 @@ def test_parameters_and_outputs(committed: dict) -> None:
 
 def test_steps_run_in_the_operator_image_without_installs_or_cache(committed: dict) -> None:
     tasks = committed["root"]["dag"]["tasks"]
-    assert sorted(tasks) == sorted(STEPS)
-    assert tasks["split"]["dependentTasks"] == ["extract", "validate-data"]
+    assert sorted(tasks) == sorted(TASKS)
+    assert tasks["train-model"]["dependentTasks"] == ["prepare-data"]
     for task in tasks.values():
         assert task["cachingOptions"] == {}  # enableCache false is the proto default, so it is omitted
     module = load_pipeline_module()
@@ -67,4 +68,4 @@ def test_steps_run_in_the_operator_image_without_installs_or_cache(committed: di
         container = executor["container"]
         assert container["image"] == module.BASE_IMAGE, name
         assert not any("pip install" in part for part in container["command"]), name
-        assert "from mlops_operator.components." in container["command"][-1], name
+        assert "from mlops_operator.components.stages import run_" in container["command"][-1], name

@@ -374,3 +374,56 @@ def test_export_reuses_the_version_of_the_same_run(tmp_path: Path) -> None:
     assert other["model_version"] == 2
     info = artifacts.read_model_version(root, "iris", 1)
     assert info["validated"] is False and info["validationReasons"] == ["accuracy too low"]
+
+
+# --- stages: the two tasks of the pipeline ----------------------------------------------------
+
+def prepare_iris(tmp_path: Path, **overrides: object) -> dict:
+    from mlops_operator.components import stages
+
+    arguments = dict(dataset_uri="sklearn://iris", dataset_format="auto", target="target", features=[],
+                     production_data={}, checks=IRIS_CHECKS, task="auto", test_size=0.25, seed=42,
+                     estimator="RandomForestClassifier", mix={})
+    arguments.update(overrides)
+    files = {name: str(tmp_path / name) for name in
+             ("dataset", "production", "report", "production_valid", "train", "test")}
+    return stages.run_prepare_data(**arguments, dataset_path=files["dataset"], production_path=files["production"],
+                                   report_path=files["report"], production_valid_path=files["production_valid"],
+                                   train_path=files["train"], test_path=files["test"])
+
+
+def test_stages_run_the_seven_steps_with_their_files_and_lineage(tmp_path: Path) -> None:
+    from mlops_operator.components import stages
+
+    prepared = prepare_iris(tmp_path)
+    assert prepared["rows"] == 150 and prepared["schema"]["task"] == "classification"
+    assert prepared["sources"] == [{"name": "base", "uri": "sklearn://iris", "rows": 150, "digest": prepared["digest"]}]
+    assert json.loads((tmp_path / "report").read_text())["passed"] is True  # the validation report is kept
+    assert len(pd.read_parquet(tmp_path / "train")) + len(pd.read_parquet(tmp_path / "test")) == 150
+    root = (tmp_path / "artifacts").as_uri()
+    trained = stages.run_train_model(
+        train_path=str(tmp_path / "train"), test_path=str(tmp_path / "test"), schema=prepared["schema"],
+        estimator="RandomForestClassifier", estimator_params='{"n_estimators": 20}', seed=42, champion_model_uri="",
+        baseline_metrics={}, gate={"accuracy": {"min": 0.99}}, max_regression={}, model_path=str(tmp_path / "model"),
+        artifact_root=root, model_name="iris", run_name="run-a", run_id="job-1",
+        dataset={"uri": "sklearn://iris", "format": "auto", "digest": prepared["digest"], "rows": prepared["rows"]},
+        test_size=0.25, pipeline_digest="d1g", started_at=prepared["started_at"], sources=prepared["sources"],
+        retrain_window={})
+    assert trained["model_version"] == 1 and trained["model_uri"] == f"{root}/models/iris/1"
+    assert trained["validated"] is False and trained["reasons"] and "accuracy" in trained["reasons"][0]
+    assert trained["comparison"]["challenger"] == trained["metrics"]
+    assert joblib.load(tmp_path / "model").named_steps["estimator"].n_estimators == 20
+    info = artifacts.read_model_version(root, "iris", 1)
+    assert info["metrics"] == trained["metrics"] and info["validationReasons"] == trained["reasons"]
+    lineage = info["lineage"]
+    assert lineage["estimator"]["params"] == {"n_estimators": 20, "random_state": 42}
+    assert lineage["sources"] == prepared["sources"] and lineage["split"] == {"testSize": 0.25, "seed": 42}
+
+
+def test_a_stage_reports_the_failing_step(tmp_path: Path, error_file: Path) -> None:
+    with pytest.raises(errors.DataValidationFailed, match="rows 150 < min_rows 1000"):
+        prepare_iris(tmp_path, checks={"min_rows": 1000})
+    assert json.loads(error_file.read_text())["step"] == "validate-data"
+    with pytest.raises(errors.InvalidSpec, match="unknown task"):
+        prepare_iris(tmp_path, task="clustering")
+    assert json.loads(error_file.read_text())["step"] == "split"
