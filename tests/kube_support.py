@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -102,6 +103,8 @@ class OperatorProcess:
             "MLOPS_METRICS_PORT": str(self.metrics_port),
             "MLOPS_HEALTH_PORT": str(self.health_port),
             "MLOPS_POLL_INTERVAL_SECONDS": "1",
+            # The tests' datasets and models live in their tmp dirs (and the repository's examples).
+            "MLOPS_URI_FILE_ROOTS": f"{tempfile.gettempdir()},{REPO}",
             **self.extra_env,
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -48,12 +49,33 @@ class Settings(BaseSettings):
     """How often running trainings, rollouts and model servers are observed."""
     serving_host: str = "127.0.0.1"
     """Address the local data plane (routers, model servers) binds."""
+    uri_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["file", "s3", "gs", "sklearn", "https", "http"])
+    """URI policy: schemes dataset and model URIs may use, comma separated (the operator reads them with its
+    own privileges)."""
+    uri_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """URI policy: if set, every dataset and model URI (but sklearn:// built-ins) must start with one of these
+    prefixes, comma separated (e.g. s3://team-data/,https://data.example.com/)."""
+    uri_file_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """URI policy: directories file:// URIs and plain paths may be under, comma separated; empty: the data
+    dir and (when local) the artifact root. Symbolic links are resolved before the check."""
+    uri_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """URI policy: CIDRs http(s) dataset and model URIs may reach although loopback, link-local
+    (169.254.0.0/16, fe80::/10: cloud metadata) or private/cluster-internal; comma separated. Empty: none."""
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "uri_schemes", "uri_prefixes", "uri_file_roots", "uri_allowed_networks",
+                     mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("uri_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError: pydantic reports the bad CIDR
         return value
 
     @property

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import urllib.error
+import urllib.request
 from typing import Any
 
 import fsspec
@@ -20,6 +22,8 @@ from mlops_operator.api.errors import DatasetUnavailable, InvalidSpec
 SKLEARN_SCHEME = "sklearn://"
 SKLEARN_DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 FORMATS = ("csv", "parquet")
+HTTP_TIMEOUT_SECONDS = 60.0
+"""How long one HTTP read of a dataset may take (connect and each read), not the whole transfer."""
 
 
 def dataset_format(uri: str, declared: str = "") -> str:
@@ -52,8 +56,11 @@ def load_dataset(uri: str, declared_format: str = "", storage_options: dict[str,
         return _load_sklearn(uri[len(SKLEARN_SCHEME):].strip("/"))
     fmt = dataset_format(uri, declared_format)
     try:
-        with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
-            raw = handle.read()
+        if uri.lower().startswith(("http://", "https://")):
+            raw = _http_get(uri, (storage_options or {}).get("headers") or {})
+        else:
+            with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
+                raw = handle.read()
     except (FileNotFoundError, IsADirectoryError) as err:
         raise DatasetUnavailable(f"dataset {uri} not found") from err
     except ImportError as err:  # e.g. s3fs missing for s3://
@@ -71,6 +78,26 @@ def load_dataset(uri: str, declared_format: str = "", storage_options: dict[str,
         raise DatasetUnavailable(f"dataset {uri} is not readable as {fmt}: {type(err).__name__}: {err}") from err
     frame.columns = [str(column) for column in frame.columns]
     return frame, digest
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        raise DatasetUnavailable(f"dataset {req.full_url} redirects ({code}) to {newurl}; redirects are not followed "
+                                 "(the URI policy checked this host, not the target): give the final URL")
+
+
+def _http_get(uri: str, headers: dict[str, str]) -> bytes:
+    """The body at an http(s) URI, without following redirects (a redirect could lead past the URI policy)."""
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(uri, headers=headers), timeout=HTTP_TIMEOUT_SECONDS) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            raise FileNotFoundError(uri) from None
+        raise OSError(f"HTTP {error.code} {error.reason}") from None
+    except urllib.error.URLError as error:
+        raise OSError(str(error.reason)) from None
 
 
 def _load_sklearn(name: str) -> tuple[pd.DataFrame, str]:

@@ -20,7 +20,7 @@ import pydantic
 
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.errors import InvalidSpec
-from mlops_operator.backends import kube, notifier
+from mlops_operator.backends import kube, notifier, uri_policy
 from mlops_operator.metrics import reconcile_timer
 from mlops_operator.reconcile.conditions import FALSE, initial_conditions, set_condition
 from mlops_operator.reconcile.notify import NOTIFIED
@@ -43,6 +43,14 @@ log = logging.getLogger("mlops_operator")
 def get_settings() -> Settings:
     """The process's settings, read once from the environment."""
     return Settings()
+
+
+async def uri_policy_problems(*fields: tuple[str, str | None]) -> list[str]:
+    """The URI policy's refusals of the spec's (field, URI) pairs (the host lookups run in a thread)."""
+    if not any(uri for _, uri in fields):
+        return []
+    policy = uri_policy.UriPolicy.from_settings(get_settings())
+    return await asyncio.to_thread(uri_policy.uri_problems, fields, policy)
 
 
 class Retry(Exception):

@@ -42,6 +42,7 @@ from mlops_operator.handlers.common import (
     Retry,
     get_settings,
     parse_spec,
+    uri_policy_problems,
     post_event,
     register_kind,
 )
@@ -309,6 +310,8 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
     status = dict(obj["status"])
     spec = parse_spec(DriftMonitorSpec, obj.get("spec") or {})
     problems = drift_spec_errors(spec, meta.get("namespace"))
+    problems += await uri_policy_problems(("spec.reference.datasetUri", spec.reference.dataset_uri),
+                                          ("spec.reference.profileUri", spec.reference.profile_uri))
     if problems:
         raise InvalidSpec("; ".join(problems))
     if status.get("phase") in (None, "Invalid"):

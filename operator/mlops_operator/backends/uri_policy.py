@@ -1,0 +1,120 @@
+"""The URI policy: which dataset and model URIs the operator may read on a tenant's behalf.
+
+The operator reads these URIs with its own privileges (its files, its network position), so a URI
+is checked before any work starts: its scheme must be allowed, it must start with an allowed prefix
+(when prefixes are configured), a ``file://`` URI or plain path must lie under an allowed root
+(symbolic links resolved), and an ``http(s)://`` host must not resolve to a loopback, link-local
+(cloud metadata), private or otherwise internal address unless that network is allowed. Redirects
+are not followed when a dataset is fetched over HTTP (:mod:`mlops_operator.backends.datasets`), so
+the checked host is the one read. ``sklearn://`` built-ins are always allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from typing import Callable, Iterable
+from urllib.parse import unquote, urlsplit
+
+from mlops_operator.settings import Settings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str], list[str]]
+
+
+@dataclass(frozen=True)
+class UriPolicy:
+    """What may be read: see the module docstring and the ``MLOPS_URI_*`` settings."""
+
+    schemes: tuple[str, ...]
+    prefixes: tuple[str, ...] = ()
+    file_roots: tuple[str, ...] = ()
+    allowed_networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UriPolicy:
+        roots = list(settings.uri_file_roots)
+        if not roots:
+            roots.append(str(settings.data_dir))
+            artifact = urlsplit(settings.artifact_root_uri)
+            if artifact.scheme in ("", "file"):
+                roots.append(unquote(artifact.path) if artifact.scheme else settings.artifact_root_uri)
+        return cls(schemes=tuple(s.strip().lower() for s in settings.uri_schemes),
+                   prefixes=tuple(settings.uri_prefixes),
+                   file_roots=tuple(os.path.realpath(os.path.expanduser(r)) for r in roots),
+                   allowed_networks=tuple(ipaddress.ip_network(n, strict=False) for n in settings.uri_allowed_networks))
+
+
+def _resolve(host: str) -> list[str]:
+    return sorted({info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
+
+
+def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address is not public, or None."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    for kind, flag in (("loopback", address.is_loopback), ("link-local", address.is_link_local),
+                       ("unspecified", address.is_unspecified), ("multicast", address.is_multicast),
+                       ("private or cluster-internal", address.is_private), ("reserved", address.is_reserved)):
+        if flag:
+            return kind
+    return None
+
+
+def uri_problem(uri: str, policy: UriPolicy, resolve: Resolver = _resolve) -> str | None:
+    """Why the policy refuses ``uri`` (naming the rule), or None. ``resolve`` maps a host to its addresses."""
+    if uri.startswith("sklearn://"):
+        return None if "sklearn" in policy.schemes else "scheme 'sklearn' is not allowed (MLOPS_URI_SCHEMES)"
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower() if "://" in uri else "file"
+    if scheme not in policy.schemes:
+        return f"scheme {scheme!r} is not allowed (MLOPS_URI_SCHEMES: {', '.join(policy.schemes)})"
+    if policy.prefixes and not uri.startswith(policy.prefixes):
+        return f"not under an allowed prefix (MLOPS_URI_PREFIXES: {', '.join(policy.prefixes)})"
+    if scheme == "file":
+        path = unquote(parts.path) if "://" in uri else uri
+        if parts.netloc not in ("", "localhost") and "://" in uri:
+            return f"file:// URIs name a local path, not host {parts.netloc!r}"
+        real = os.path.realpath(path)
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in policy.file_roots):
+            return (f"path {real} is outside the directories the operator may read "
+                    f"(MLOPS_URI_FILE_ROOTS: {', '.join(policy.file_roots) or 'none'})")
+        return None
+    if scheme in ("http", "https"):
+        return _host_problem(parts.hostname or "", policy, resolve)
+    return None
+
+
+def _host_problem(host: str, policy: UriPolicy, resolve: Resolver) -> str | None:
+    if not host:
+        return "an http(s) URI needs a host"
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolve(host)]
+        except OSError as error:
+            return f"host {host!r} does not resolve ({error}); an unresolvable host cannot be checked"
+        if not addresses:
+            return f"host {host!r} does not resolve"
+    for address in addresses:
+        kind = _internal(address)
+        if kind and not any(address in network for network in policy.allowed_networks
+                            if network.version == address.version):
+            return (f"host {host!r} is {address}, a {kind} address; such targets are refused unless "
+                    f"allowed (MLOPS_URI_ALLOWED_NETWORKS)")
+    return None
+
+
+def uri_problems(fields: Iterable[tuple[str, str | None]], policy: UriPolicy,
+                 resolve: Resolver = _resolve) -> list[str]:
+    """``"<field>: <uri> refused by the URI policy: <rule>"`` for each refused (field, uri); unset URIs are skipped."""
+    problems = []
+    for field, uri in fields:
+        if uri:
+            problem = uri_problem(uri, policy, resolve)
+            if problem:
+                problems.append(f"{field}: {uri} refused by the URI policy: {problem}")
+    return problems

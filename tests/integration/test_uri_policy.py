@@ -1,0 +1,73 @@
+"""The URI policy on the real operator: a tenant's URI that would make the operator read its own files,
+a cloud metadata endpoint or a loopback service is InvalidSpec, naming the field and the rule, and
+nothing is read (no run starts, the loopback server sees no request)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from kube_support import condition, load_example
+
+pytestmark = pytest.mark.cluster
+
+
+def invalid(objects, kind: str, name: str, condition_type: str) -> str:
+    obj = objects.wait(kind, name, lambda o: (condition(o, condition_type) or {}).get("reason") == "InvalidSpec",
+                       what=f"{kind} {name} InvalidSpec")
+    return condition(obj, condition_type)["message"]
+
+
+def training(name: str, uri: str) -> dict:
+    body = copy.deepcopy(load_example("training.yaml"))
+    body["metadata"]["name"] = name
+    body["spec"].pop("productionData", None)
+    body["spec"]["dataset"] = {"uri": uri, "format": "csv", "target": "target"}
+    return body
+
+
+def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
+    requests: list[str] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            requests.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"target,x\n0,1\n")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        objects.create(training("passwd", "file:///etc/passwd"))
+        objects.create(training("metadata", "http://169.254.169.254/latest/meta-data/iam.csv"))
+        objects.create(training("loopback", f"http://127.0.0.1:{server.server_port}/data.csv"))
+        deployment = copy.deepcopy(load_example("deployment.yaml"))
+        deployment["spec"]["model"] = {"uri": "file:///etc/ssl", "version": "1"}
+        objects.create(deployment)
+
+        message = invalid(objects, "ModelTraining", "passwd", "Succeeded")
+        assert "spec.dataset.uri: file:///etc/passwd refused by the URI policy" in message
+        assert "outside the directories the operator may read (MLOPS_URI_FILE_ROOTS" in message
+        message = invalid(objects, "ModelTraining", "metadata", "Succeeded")
+        assert "spec.dataset.uri" in message and "169.254.169.254, a link-local address" in message
+        assert "MLOPS_URI_ALLOWED_NETWORKS" in message
+        message = invalid(objects, "ModelTraining", "loopback", "Succeeded")
+        assert "a loopback address" in message
+        message = invalid(objects, "ModelDeployment", "iris", "Ready")
+        assert "spec.model.uri: file:///etc/ssl refused by the URI policy" in message
+
+        for name in ("passwd", "metadata", "loopback"):
+            assert not objects.get("ModelTraining", name).get("status", {}).get("latestRun")
+        runs = operator.data_dir / "runs"
+        assert not runs.exists() or not any(runs.rglob("request.json"))
+        assert requests == []
+    finally:
+        server.shutdown()
+        server.server_close()
