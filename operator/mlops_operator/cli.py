@@ -14,6 +14,7 @@ Each command sets one annotation the operator watches; nothing here changes a sp
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -281,9 +282,25 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, api: Objec
         print(f"error: {error}", file=sys.stderr)
         return 1
     except ApiException as error:
-        reason = "not found" if error.status == 404 else error.reason
-        print(f"error: {reason} ({error.status})", file=sys.stderr)
+        print(f"error: {api_error_message(error, getattr(args, 'command', None))}", file=sys.stderr)
         return 1
+
+
+def api_error_message(error: Any, command: str | None = None) -> str:
+    """A readable line for an API error: the server's own message (an admission policy's reason), and for
+    a refused approve or rollback what permission is missing."""
+    try:
+        message = json.loads(error.body or "{}").get("message") or ""
+    except (TypeError, ValueError):
+        message = ""
+    if error.status == 404:
+        return f"not found ({error.status})" + (f": {message}" if message else "")
+    line = f"{error.reason} ({error.status})" + (f": {message}" if message else "")
+    if error.status == 403 and command in ("approve", "rollback"):
+        line += (f"\nyou are not allowed to {command} this ModelDeployment: that needs the verb 'approve' on "
+                 "modeldeployments.mlops.dev (the chart's ClusterRole <release>-approver) besides patch rights; "
+                 "ask your cluster administrator for a RoleBinding to it")
+    return line
 
 
 if __name__ == "__main__":

@@ -157,7 +157,8 @@ def test_every_object_has_the_standard_labels() -> None:
 def test_metrics_service_and_optional_objects() -> None:
     default = {doc["kind"] for doc in render()}
     assert default == {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
-                       "Deployment"}
+                       "Deployment", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    assert "ValidatingAdmissionPolicy" not in {doc["kind"] for doc in render("--set", "approvalPolicy.enabled=false")}
     everything = render(*ALL_OPTIONS)
     kinds = {doc["kind"] for doc in everything}
     assert {"ServiceMonitor", "PrometheusRule", "NetworkPolicy", "PersistentVolumeClaim", "ConfigMap"} <= kinds
@@ -224,6 +225,8 @@ def test_cluster_wide_rbac() -> None:
         "mlops-operator": OPERATOR_GRANTS,
         "mlops-operator-scanning": {("apiextensions.k8s.io", "customresourcedefinitions", "list"),
                                     ("apiextensions.k8s.io", "customresourcedefinitions", "watch")},
+        # For people who approve rollouts (bound by the cluster's admins), not for the operator.
+        "mlops-operator-approver": {("mlops.dev", "modeldeployments", "approve")},
     }
     assert not of_kind(docs, "Role")
     for binding in of_kind(docs, "ClusterRoleBinding"):
@@ -236,7 +239,9 @@ def test_namespaced_rbac() -> None:
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
     assert all(grants(role["rules"]) == OPERATOR_GRANTS for role in roles)
     assert sorted(b["metadata"]["namespace"] for b in of_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
-    # Only kopf's scanning is cluster-wide: CRDs, and namespaces to follow the watched ones.
+    # Only kopf's scanning is cluster-wide: CRDs, and namespaces to follow the watched ones (the approver
+    # ClusterRole is for people, bound by the cluster's admins).
+    docs = [d for d in docs if not d["metadata"]["name"].endswith("-approver")]
     assert grants(rules_of(docs, "ClusterRole")) == {
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
