@@ -324,6 +324,9 @@ def test_ground_truth_labels_reveal_concept_drift(objects, operator, serving):
     assert detected["message"].startswith("0/4 features drifted; accuracy ")
 
 
+SINK_TOKEN_KEY = "test-sink-key"
+
+
 @pytest.fixture
 def operator_with_sink(kubeconfig, namespace, crds, objects, tmp_path):
     """(operator, sink URL): the operator with its Seldon request-logger sink started at once."""
@@ -331,7 +334,8 @@ def operator_with_sink(kubeconfig, namespace, crds, objects, tmp_path):
 
     port = free_port()
     process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator",
-                              env={"MLOPS_SELDON_LOGGER_MODE": "always", "MLOPS_SELDON_LOGGER_PORT": str(port)})
+                              env={"MLOPS_SELDON_LOGGER_MODE": "always", "MLOPS_SELDON_LOGGER_PORT": str(port),
+                                   "MLOPS_SELDON_LOGGER_TOKEN_KEY": SINK_TOKEN_KEY})
     process.start()
     yield process, f"http://127.0.0.1:{port}"
     if process.process is not None and process.process.poll() is None:
@@ -343,7 +347,7 @@ def operator_with_sink(kubeconfig, namespace, crds, objects, tmp_path):
 def test_seldon_request_logger_events_feed_the_monitor(objects, operator_with_sink):
     import requests
 
-    from mlops_operator.backends.seldon_logger_sink import REQUEST_TYPE, RESPONSE_TYPE, logger_url
+    from mlops_operator.backends.seldon_logger_sink import REQUEST_TYPE, RESPONSE_TYPE, logger_url, namespace_token
 
     operator, sink_url = operator_with_sink
     serving = Serving(objects, operator)
@@ -353,6 +357,11 @@ def test_seldon_request_logger_events_feed_the_monitor(objects, operator_with_si
     url = logger_url(sink_url, objects.namespace, "iris", "stable", "1")
     rows = shifted_traffic(n=120, seed=5)
     with requests.Session() as http:
+        # The sink authenticates its callers: without the namespace's token nothing is written.
+        refused = http.post(url, json={"inputs": []}, headers={"Ce-Type": REQUEST_TYPE, "Ce-Id": "x"}, timeout=10)
+        assert refused.status_code == 401
+        url = logger_url(sink_url, objects.namespace, "iris", "stable", "1",
+                         token=namespace_token(SINK_TOKEN_KEY, objects.namespace))
         for i, values in enumerate(rows[FEATURES].itertuples(index=False)):
             common = {"Ce-Specversion": "1.0", "Ce-Requestid": f"req-{i}", "Ce-Modelid": "iris",
                       "Ce-Source": "http://executor:8000/", "Content-Type": "application/json"}

@@ -128,7 +128,8 @@ def test_the_first_version_is_written_as_seldon_expects(objects, operator, seldo
                                "modelUri": v1["uri"], "children": [], "envSecretRefName": "s3-creds"}
     assert stable["progressDeadlineSeconds"] == 120
     # Requests and responses go to the operator's request-logger sink, which writes the inference log.
-    assert logger["mode"] == "all" and logger["url"].startswith("http://")
+    # The URL carries the namespace's sink token as user info (the executor's Go client sends it as Basic auth).
+    assert logger["mode"] == "all" and logger["url"].startswith(f"http://{namespace}:")
     assert logger["url"].endswith(f"/v1/log/{namespace}/iris/stable?version=1")
     assert stable["componentSpecs"] == [{
         "spec": {"containers": [{"name": "iris", "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},

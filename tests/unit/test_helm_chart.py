@@ -187,6 +187,18 @@ def test_metrics_service_and_optional_objects() -> None:
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {"metrics", "seldon-logger"}
     assert {"port": 53, "protocol": "UDP"} in policy["spec"]["egress"][0]["ports"]
+    # Only serving Pods (Seldon labels them seldon-deployment-id) may post to the request-logger sink.
+    (sink_rule,) = [rule for rule in policy["spec"]["ingress"] if rule["ports"][0]["port"] == "seldon-logger"]
+    assert sink_rule["from"] == [{"namespaceSelector": {}, "podSelector": {"matchExpressions": [
+        {"key": "seldon-deployment-id", "operator": "Exists"}]}}]
+
+
+def test_the_sink_token_key_comes_from_a_secret() -> None:
+    (deployment,) = of_kind(render("--set", "seldonLogger.tokenSecret=logger-key"), "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLOPS_SELDON_LOGGER_TOKEN_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "logger-key", "key": "token-key"}}
+    (deployment,) = of_kind(render(), "Deployment")
+    assert "MLOPS_SELDON_LOGGER_TOKEN_KEY" not in {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
 def test_operator_down_alert_follows_the_chart_name() -> None:

@@ -131,7 +131,8 @@ async def test_shadow_traffic_is_marked_and_left_out_of_windows(sink, http, tmp_
 
 @pytest.mark.asyncio
 async def test_headers_alone_name_the_deployment(sink, http, tmp_path):
-    extra = {"Ce-Namespace": "prod", "Ce-Inferenceservicename": "fraud", "Ce-Endpoint": "main"}
+    extra = {"Ce-Namespace": "prod", "Ce-Inferenceservicename": "fraud", "Ce-Endpoint": "main",
+             "Authorization": f"Bearer {sink.token('prod')}"}
     await post(http, sink.url + "/", v2_request([[1, 2, 3, 4]]), headers(REQUEST_TYPE, "r4", **extra))
     await post(http, sink.url + "/", v2_response([1]), headers(RESPONSE_TYPE, "r4", **extra))
     await sink.flush()
@@ -188,7 +189,8 @@ async def test_unpaired_messages_expire(sink, http, tmp_path):
 async def test_unusable_events_are_rejected(sink, http):
     url = sink.logger_url("ml", "iris", "stable")
     assert await post(http, url, v2_request([[1, 2, 3, 4]]), headers("io.seldon.serving.inference.outlier", "r")) == 400
-    traversal = {**headers(REQUEST_TYPE, "r"), "Ce-Namespace": "..", "Ce-Inferenceservicename": "x"}
+    traversal = {**headers(REQUEST_TYPE, "r"), "Ce-Namespace": "..", "Ce-Inferenceservicename": "x",
+                 "Authorization": f"Bearer {sink.token('..')}"}
     assert await post(http, sink.url + "/", v2_request([[1, 2, 3, 4]]), traversal) == 400
     nameless = {k: v for k, v in headers(REQUEST_TYPE, "r").items() if k not in ("Ce-Requestid", "Ce-Id")}
     assert await post(http, url, b"not json", nameless) == 400
@@ -207,10 +209,44 @@ async def test_close_writes_waiting_requests(tmp_path, http):
     assert read(tmp_path, include_errors=True)["status"].tolist() == [504]
 
 
+@pytest.mark.asyncio
+async def test_callers_must_present_their_namespaces_token(sink, http, tmp_path):
+    tokenless = sink.logger_url("ml", "iris", "stable", model_version="1").replace(f"ml:{sink.token('ml')}@", "")
+    assert "@" not in tokenless
+    body = v2_request([[1, 2, 3, 4]])
+    async with http.post(tokenless, data=json.dumps(body).encode(), headers=headers(REQUEST_TYPE, "u1")) as response:
+        assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Basic")
+        assert sink.token("ml") not in await response.text()
+    # Another namespace's token, a wrong token, or the right token under another namespace's name: refused.
+    for authorization in (f"Bearer {sink.token('other')}", "Bearer 0123", "Bearer ",
+                          "Basic " + base64.b64encode(f"other:{sink.token('ml')}".encode()).decode(),
+                          "Basic not-base64!"):
+        assert await post(http, tokenless, body, {**headers(REQUEST_TYPE, "u1"), "Authorization": authorization}) == 401
+    assert sink.unauthorized == 6 and sink.received == 0
+
+    # What the executor sends for a logger URL with user info (Go's net/http: Basic), and Bearer.
+    assert sink.logger_url("ml", "iris", "stable", model_version="1").startswith(f"http://ml:{sink.token('ml')}@")
+    basic = "Basic " + base64.b64encode(f"ml:{sink.token('ml')}".encode()).decode()
+    assert await post(http, tokenless, body, {**headers(REQUEST_TYPE, "u1"), "Authorization": basic}) == 202
+    assert await post(http, tokenless, v2_response([2]),
+                      {**headers(RESPONSE_TYPE, "u1"), "Authorization": f"Bearer {sink.token('ml')}"}) == 202
+    await sink.flush()
+    assert read(tmp_path)["request_id"].tolist() == ["u1"]
+
+
+def test_tokens_are_per_namespace_and_stable_under_one_key(tmp_path):
+    first = SeldonLoggerSink(tmp_path, token_key="k")
+    assert first.token("a") == SeldonLoggerSink(tmp_path, token_key="k").token("a") != first.token("b")
+    assert first.token("a") != SeldonLoggerSink(tmp_path, token_key="other").token("a")
+    assert SeldonLoggerSink(tmp_path).token("a") != SeldonLoggerSink(tmp_path).token("a")  # random key without one
+
+
 def test_logger_url_quotes_and_carries_version_and_shadow():
     assert logger_url("http://op:9180/", "ml", "iris", "stable", "3") == "http://op:9180/v1/log/ml/iris/stable?version=3"
     assert logger_url("http://op:9180", "ml", "iris", "a b", None, shadow=True) == (
         "http://op:9180/v1/log/ml/iris/a%20b?shadow=true")
+    assert logger_url("http://op:9180", "ml", "iris", "stable", "3", token="t0k") == (
+        "http://ml:t0k@op:9180/v1/log/ml/iris/stable?version=3")
 
 
 def test_parse_message_reads_go_timestamps_and_defaults_to_arrival_time():
@@ -255,13 +291,14 @@ async def test_a_remote_root_gets_the_log_as_objects(http):
 
 @pytest.mark.asyncio
 async def test_the_operators_sink_starts_once_and_stops(tmp_path, http):
-    settings = SinkSettings(port=0, advertised_url="http://mlops-operator.mlops-system:9180")
+    settings = SinkSettings(port=0, advertised_url="http://mlops-operator.mlops-system:9180", token_key="key")
     first = await sink_module.ensure_running(tmp_path.as_uri(), settings)
     try:
         assert await sink_module.ensure_running(tmp_path.as_uri(), settings) is first
         assert sink_module.running() is first
         assert first.logger_url("ml", "iris", "stable", "2") == (
-            "http://mlops-operator.mlops-system:9180/v1/log/ml/iris/stable?version=2")
+            f"http://ml:{sink_module.namespace_token('key', 'ml')}@mlops-operator.mlops-system:9180"
+            "/v1/log/ml/iris/stable?version=2")
         async with http.get(f"http://127.0.0.1:{first.port}/healthz") as response:
             assert response.status == 200
     finally:

@@ -22,6 +22,16 @@ Posts to ``/`` fall back to the headers: the namespace from ``Ce-Namespace``, th
 ``Ce-Inferenceservicename`` and the predictor from ``Ce-Endpoint``; the model version is then
 unknown (empty).
 
+Callers authenticate: each namespace has its own token, HMAC-SHA256 of the namespace under a key the
+operator holds (``MLOPS_SELDON_LOGGER_TOKEN_KEY``, from a Secret in the chart; a random key per process
+without it). The executor cannot send extra headers (its logger has only a URL: seldon-core v1.17.1
+``executor/logger/worker.go`` posts with cloudevents sdk-go's HTTP transport to that URL), but Go's
+``net/http`` client sends a URL's user info as ``Authorization: Basic``, so :func:`logger_url` puts
+``<namespace>:<token>@`` in the URL; ``Authorization: Bearer <token>`` is accepted too. A post without
+valid credentials for the message's namespace is answered 401 and nothing is written, so a tenant that
+can read its own SeldonDeployments (and so its token) cannot write another namespace's inference log.
+Tokens are never logged.
+
 A request whose response has not arrived within ``pair_timeout`` seconds is written with status
 504 (the executor logs a response for every answered request, so none means it failed); a
 response without its request is dropped (it has no inputs). Both are counted.
@@ -31,9 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,7 +55,7 @@ from typing import Literal, Mapping
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlops_operator.backends.serving_local.inference_log import (
@@ -79,15 +92,42 @@ class SinkSettings(BaseSettings):
     """How long a request waits for its response before it is written as failed."""
     advertised_url: str | None = None
     """Base URL the executors post to (e.g. the operator Service's URL); default http://host:port."""
+    token_key: SecretStr | None = None
+    """Key of the per-namespace tokens callers must present (keep it in a Secret); default: a random key
+    per process, so the logger URLs (and the SeldonDeployments) change when the operator restarts."""
+
+
+def namespace_token(key: str, namespace: str) -> str:
+    """The token that lets a caller post messages of ``namespace``: HMAC-SHA256 of it under ``key``."""
+    return hmac.new(key.encode(), namespace.encode(), hashlib.sha256).hexdigest()
+
+
+def presented_token(authorization: str | None) -> tuple[str | None, str | None]:
+    """``(user, token)`` from an Authorization header: Bearer (no user) or Basic ``<namespace>:<token>``."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return None, value.strip()
+    if scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None, None
+        return user, password or None
+    return None, None
 
 
 def logger_url(base_url: str, namespace: str, deployment: str, predictor: str, model_version: str | None = None,
-               shadow: bool = False) -> str:
-    """The ``graph.logger.url`` of one predictor of a ModelDeployment served by Seldon."""
+               shadow: bool = False, token: str | None = None) -> str:
+    """The ``graph.logger.url`` of one predictor of a ModelDeployment served by Seldon; with ``token`` the
+    URL carries ``<namespace>:<token>@`` (sent by Go's HTTP client as basic authentication)."""
     query = {key: value for key, value in (("version", model_version), ("shadow", "true" if shadow else None))
              if value}
     path = "/".join(quote(part, safe="") for part in (namespace, deployment, predictor))
-    return f"{base_url.rstrip('/')}/v1/log/{path}" + (f"?{urlencode(query)}" if query else "")
+    base = base_url.rstrip("/")
+    if token:
+        scheme, _, rest = base.partition("://")
+        base = f"{scheme}://{quote(namespace, safe='')}:{quote(token, safe='')}@{rest}"
+    return f"{base}/v1/log/{path}" + (f"?{urlencode(query)}" if query else "")
 
 
 @dataclass
@@ -217,7 +257,8 @@ class SeldonLoggerSink:
     """
 
     def __init__(self, artifact_root: str | Path, *, host: str = "127.0.0.1", port: int = 0,
-                 pair_timeout: float = 30.0, flush_interval: float | None = None, advertised_url: str | None = None):
+                 pair_timeout: float = 30.0, flush_interval: float | None = None, advertised_url: str | None = None,
+                 token_key: str | None = None):
         # A local directory or an fsspec URI (s3://...): the writer appends files or puts objects.
         local = local_path(artifact_root)
         self.root: Path | str = local if local is not None else str(artifact_root).rstrip("/")
@@ -226,7 +267,8 @@ class SeldonLoggerSink:
         self.pair_timeout = pair_timeout
         self.flush_interval = flush_interval
         self.advertised_url = advertised_url
-        self.received = self.written = self.expired = self.orphaned = self.rejected = 0
+        self._token_key = token_key or secrets.token_hex(32)
+        self.received = self.written = self.expired = self.orphaned = self.rejected = self.unauthorized = 0
         self._pending: dict[tuple[str, str, str], LoggedMessage] = {}
         self._writers: dict[tuple[str, str], InferenceLogWriter] = {}
         self._runner: web.AppRunner | None = None
@@ -239,8 +281,19 @@ class SeldonLoggerSink:
 
     def logger_url(self, namespace: str, deployment: str, predictor: str, model_version: str | None = None,
                    shadow: bool = False) -> str:
-        """:func:`logger_url` against this sink."""
-        return logger_url(self.url, namespace, deployment, predictor, model_version, shadow)
+        """:func:`logger_url` against this sink, with the namespace's token."""
+        return logger_url(self.url, namespace, deployment, predictor, model_version, shadow, self.token(namespace))
+
+    def token(self, namespace: str) -> str:
+        """The token callers present to post messages of ``namespace``."""
+        return namespace_token(self._token_key, namespace)
+
+    def authorized(self, authorization: str | None, namespace: str) -> bool:
+        """Whether the Authorization header carries ``namespace``'s token (and, for Basic, names it)."""
+        user, token = presented_token(authorization)
+        if token is None or (user is not None and user != namespace):
+            return False
+        return hmac.compare_digest(token, self.token(namespace))
 
     async def start(self) -> None:
         """Bind and serve; with port 0 ``port`` becomes the bound port."""
@@ -280,10 +333,17 @@ class SeldonLoggerSink:
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({"received": self.received, "written": self.written, "expired": self.expired,
                                   "orphaned": self.orphaned, "rejected": self.rejected,
+                                  "unauthorized": self.unauthorized,
                                   "pending": len(self._pending)})
 
     async def receive(self, request: web.Request) -> web.Response:
-        """One CloudEvent: 202 when accepted, 400 when unusable."""
+        """One CloudEvent: 202 when accepted, 401 without the namespace's token, 400 when unusable."""
+        unauthorized = web.json_response({"error": "needs the namespace's token (Authorization: Basic "
+                                                   "<namespace>:<token> or Bearer <token>)"},
+                                         status=401, headers={"WWW-Authenticate": 'Basic realm="seldon-logger"'})
+        if not presented_token(request.headers.get("Authorization"))[1]:
+            self.unauthorized += 1
+            return unauthorized
         body = await request.read()
         try:
             message = parse_message(request.headers, body, request.match_info, request.query, time.monotonic(),
@@ -291,6 +351,9 @@ class SeldonLoggerSink:
         except ValueError as error:
             self.rejected += 1
             return web.json_response({"error": str(error)}, status=400)
+        if not self.authorized(request.headers.get("Authorization"), message.namespace):
+            self.unauthorized += 1
+            return unauthorized
         self.received += 1
         self.accept(message)
         return web.Response(status=202)
@@ -358,10 +421,14 @@ async def ensure_running(artifact_root: str, settings: SinkSettings | None = Non
         if _running is None:
             config = settings or SinkSettings()
             sink = SeldonLoggerSink(artifact_root, host=config.host, port=config.port,
-                                    pair_timeout=config.pair_timeout_seconds, advertised_url=config.advertised_url)
+                                    pair_timeout=config.pair_timeout_seconds, advertised_url=config.advertised_url,
+                                    token_key=config.token_key.get_secret_value() if config.token_key else None)
             await sink.start()
             log.info("Seldon request-logger sink listening on %s:%s (logger URLs under %s)", sink.host, sink.port,
                      sink.url)
+            if config.token_key is None:
+                log.warning("MLOPS_SELDON_LOGGER_TOKEN_KEY is not set: the request-logger tokens change when the "
+                            "operator restarts (and with them every SeldonDeployment's logger URL)")
             _running = sink
         return _running
 
