@@ -147,3 +147,19 @@ def test_http_datasets_do_not_follow_redirects():
         server.shutdown()
         server.server_close()
     assert served.count("/moved.csv") == 1
+
+
+def test_a_resolver_that_is_down_is_no_refusal(tmp_path):
+    import socket
+
+    from mlops_operator.backends.uri_policy import HostLookupFailed
+
+    def down(host: str) -> list[str]:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    def unknown(host: str) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(HostLookupFailed, match="cannot look up 'data.example.com' now"):
+        uri_problem("https://data.example.com/x.csv", policy(tmp_path), down)
+    assert "does not resolve" in uri_problem("https://data.example.com/x.csv", policy(tmp_path), unknown)

@@ -24,6 +24,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str], list[str]]
 
 
+class HostLookupFailed(OSError):
+    """A host could not be looked up for now (DNS temporarily failing): transient, not a refusal."""
+
+
 @dataclass(frozen=True)
 class UriPolicy:
     """What may be read: see the module docstring and the ``MLOPS_URI_*`` settings."""
@@ -95,6 +99,11 @@ def _host_problem(host: str, policy: UriPolicy, resolve: Resolver) -> str | None
     except ValueError:
         try:
             addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolve(host)]
+        except socket.gaierror as error:
+            if error.errno == socket.EAI_AGAIN:  # the resolver is down, not the name unknown: try again later
+                raise HostLookupFailed(f"cannot look up {host!r} now ({error}); the URI policy checks it later"
+                                       ) from None
+            return f"host {host!r} does not resolve ({error}); an unresolvable host cannot be checked"
         except OSError as error:
             return f"host {host!r} does not resolve ({error}); an unresolvable host cannot be checked"
         if not addresses:

@@ -45,12 +45,16 @@ def get_settings() -> Settings:
     return Settings()
 
 
-async def uri_policy_problems(*fields: tuple[str, str | None]) -> list[str]:
-    """The URI policy's refusals of the spec's (field, URI) pairs (the host lookups run in a thread)."""
+async def uri_policy_problems(status: Status, *fields: tuple[str, str | None]) -> list[str]:
+    """The URI policy's refusals of the spec's (field, URI) pairs (the host lookups run in a thread).
+    DNS failing for now is no refusal: Retry, keeping ``status``."""
     if not any(uri for _, uri in fields):
         return []
     policy = uri_policy.UriPolicy.from_settings(get_settings())
-    return await asyncio.to_thread(uri_policy.uri_problems, fields, policy)
+    try:
+        return await asyncio.to_thread(uri_policy.uri_problems, fields, policy)
+    except uri_policy.HostLookupFailed as error:
+        raise Retry(str(error), status) from None
 
 
 class Retry(Exception):

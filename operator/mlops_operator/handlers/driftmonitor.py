@@ -310,7 +310,7 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
     status = dict(obj["status"])
     spec = parse_spec(DriftMonitorSpec, obj.get("spec") or {})
     problems = drift_spec_errors(spec, meta.get("namespace"))
-    problems += await uri_policy_problems(("spec.reference.datasetUri", spec.reference.dataset_uri),
+    problems += await uri_policy_problems(status, ("spec.reference.datasetUri", spec.reference.dataset_uri),
                                           ("spec.reference.profileUri", spec.reference.profile_uri))
     if problems:
         raise InvalidSpec("; ".join(problems))

@@ -247,7 +247,8 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
     # 1. The spec.
     spec = parse_spec(ModelTrainingSpec, obj.get("spec") or {})
     problems = training_spec_errors(spec, settings.kfp_host, _estimator_task) or _estimator_problems(spec)
-    problems += await uri_policy_problems(("spec.dataset.uri", spec.dataset.uri), ("spec.pipeline.uri", spec.pipeline.uri))
+    problems += await uri_policy_problems(status, ("spec.dataset.uri", spec.dataset.uri),
+                                          ("spec.pipeline.uri", spec.pipeline.uri))
     if problems:
         raise InvalidSpec("; ".join(problems))
     if status.get("phase") in (None, "Invalid"):
