@@ -25,8 +25,13 @@ from typing import NamedTuple
 from kfp import compiler, dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
+from mlops_operator import __version__
+from mlops_operator.settings import OPERATOR_IMAGE_REPOSITORY
+
 PIPELINE_NAME = "tabular-training"
-BASE_IMAGE = "ghcr.io/mlops-operator/mlops-operator:0.1.0"
+# The operator's own image and version: the default of the trainingImage setting, which replaces it
+# at submit time (backends.training_kfp.with_component_image).
+BASE_IMAGE = f"{OPERATOR_IMAGE_REPOSITORY}:{__version__}"
 COMPILED = Path(__file__).with_name("tabular.yaml")
 
 

@@ -14,6 +14,10 @@ def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "mlops-operator"
 
 
+# The operator's published image (the chart's image.repository); its tag is the operator's version.
+OPERATOR_IMAGE_REPOSITORY = "ghcr.io/mlops-operator/mlops-operator"
+
+
 class Settings(BaseSettings):
     """Everything the operator process is configured with. Each field is ``MLOPS_<NAME>``."""
 
@@ -43,6 +47,13 @@ class Settings(BaseSettings):
     """Default Kubeflow Pipelines API endpoint for backend kfp."""
     kfp_namespace: str | None = None
     """Default Kubeflow profile namespace for backend kfp."""
+    kfp_pipeline_root: str | None = Field(None, pattern=r"^\S+$")
+    """Where KFP runs of backend kfp keep their artifacts (`s3://bucket/prefix`); default the KFP installation's own."""
+    kfp_service_account: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    """Kubernetes service account the pods of KFP runs use; default the KFP profile's."""
+    training_image: str | None = Field(None, pattern=r"^[^\s@]+(@sha256:[0-9a-f]{64})?$")
+    """Image the built-in pipeline's steps run in on KFP; default the operator's own image and version,
+    `ghcr.io/mlops-operator/mlops-operator:<version>` (the chart sets the image it deploys)."""
     prometheus_url: str | None = None
     """Default Prometheus for rollout analysis; without it the analysis reads the router's statistics."""
     poll_interval_seconds: float = Field(5.0, gt=0, le=3600)
@@ -82,6 +93,13 @@ class Settings(BaseSettings):
     def artifact_root_uri(self) -> str:
         """The artifact root as a URI."""
         return self.artifact_root or (self.data_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def training_image_ref(self) -> str:
+        """The image the built-in pipeline's steps run in on KFP: the setting, else the operator's own."""
+        from mlops_operator import __version__
+
+        return self.training_image or f"{OPERATOR_IMAGE_REPOSITORY}:{__version__}"
 
     @property
     def inference_log_root_uri(self) -> str:

@@ -547,3 +547,58 @@ def test_the_parameters_the_operator_builds_fit_the_tabular_pipeline(kfp_api: Kf
 
     submit_run(connect(kfp_api), params["run_name"], str(TABULAR), params, experiment="mlops")
     assert kfp_api.creates["runs"] == 1
+
+
+@pytest.mark.skipif(not TABULAR.exists(), reason="pipelines/tabular.yaml not built yet")
+def test_the_tabular_pipeline_runs_in_the_configured_image_root_and_service_account(
+    kfp_api: KfpApiServer, tmp_path: Path
+) -> None:
+    from mlops_operator.backends.training_local import pipeline_arguments, pipeline_digest
+    from mlops_operator.settings import Settings
+
+    default = Settings().training_image_ref
+    assert training_kfp.with_component_image(str(TABULAR), default, tmp_path) == str(TABULAR)  # compiled with it
+    image = "registry.example:5000/ml/mlops-operator:0.2.0-rc1"
+    package = training_kfp.with_component_image(str(TABULAR), image, tmp_path)
+    assert package != str(TABULAR) and training_kfp.with_component_image(str(TABULAR), image, tmp_path) == package
+    params = pipeline_arguments({"parameters": {"dataset_uri": "s3://data/iris.csv", "target": "species",
+                                                "model_name": "iris"}}, "iris-0a1b2c3d-g1", tmp_path, package)
+    assert params["pipeline_digest"] == pipeline_digest(package)  # lineage names what ran
+    run = submit_run(connect(kfp_api), "iris-0a1b2c3d-g1", package, params, experiment="mlops",
+                     pipeline_root="s3://mlops-pipelines/runs", service_account="training-runner")
+    stored = kfp_api.runs[run.run_id]
+    assert stored.service_account == "training-runner"
+    assert stored.runtime_config.pipeline_root == "s3://mlops-pipelines/runs"
+    document = stored.pipeline_spec.get("pipeline_spec", stored.pipeline_spec)
+    json_format.ParseDict(document, pipeline_spec_pb2.PipelineSpec())  # still a valid IR
+    images = {name: executor["container"]["image"] for name, executor in document["deploymentSpec"]["executors"].items()}
+    assert images == {"exec-prepare-data": image, "exec-train-model": image}
+
+
+def test_a_bad_training_image_or_service_account_setting_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from mlops_operator.settings import Settings
+
+    for bad in ({"training_image": "two words"}, {"kfp_service_account": "Runner_1"}, {"kfp_pipeline_root": "s3://a b"}):
+        with pytest.raises(ValidationError):
+            Settings(**bad)
+
+
+def test_the_operator_sends_the_builtin_pipeline_in_the_training_image_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from mlops_operator.handlers import modeltraining as handler
+
+    monkeypatch.setenv("MLOPS_DATA_DIR", str(tmp_path))
+    handler.get_settings.cache_clear()  # settings are read once per process
+    assert handler._builtin_kfp_package() == str(TABULAR)  # the default is what it is compiled with
+    monkeypatch.setenv("MLOPS_TRAINING_IMAGE", "registry.example/mlops-operator@sha256:" + "0" * 64)
+    handler.get_settings.cache_clear()
+    try:
+        package = Path(handler._builtin_kfp_package())
+    finally:
+        handler.get_settings.cache_clear()
+    assert package.parent == tmp_path / "pipelines"
+    executors = yaml.safe_load(package.read_text())["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"registry.example/mlops-operator@sha256:" + "0" * 64}

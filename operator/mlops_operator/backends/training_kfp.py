@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import threading
 import urllib.parse
 import warnings
@@ -474,6 +475,34 @@ def load_pipeline_spec(pipeline_package_path: str) -> pipeline_spec_pb2.Pipeline
         return json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec())
     except (OSError, yaml.YAMLError, json_format.ParseError, ValueError) as err:
         raise RequestRejected(f"invalid pipeline package {pipeline_package_path!r}: {err}") from None
+
+
+def with_component_image(pipeline_package_path: str, image: str, directory: str | os.PathLike[str]) -> str:
+    """A compiled pipeline whose every step runs in ``image``: the package itself when it already
+    does, else a copy in ``directory`` named by its content (the same inputs give the same file,
+    so a recurring run's fingerprint and the lineage's pipeline digest stay stable)."""
+    try:
+        with open(pipeline_package_path, encoding="utf-8") as package:
+            documents = [doc for doc in yaml.safe_load_all(package) if doc is not None]
+    except (OSError, yaml.YAMLError) as err:
+        raise RequestRejected(f"invalid pipeline package {pipeline_package_path!r}: {err}") from None
+    executors = (documents[0].get("deploymentSpec") or {}).get("executors") or {} if documents else {}
+    containers = [executor["container"] for executor in executors.values() if executor.get("container")]
+    if all(container.get("image") == image for container in containers):
+        return pipeline_package_path
+    for container in containers:
+        container["image"] = image
+    text = yaml.safe_dump_all(documents, sort_keys=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(pipeline_package_path))[0]
+    target = os.path.join(directory, f"{stem}-{digest}.yaml")
+    if not os.path.exists(target):
+        os.makedirs(directory, exist_ok=True)
+        partial = f"{target}.{os.getpid()}.tmp"
+        with open(partial, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(partial, target)  # readers never see half a file
+    return target
 
 
 _PARAMETER_TYPES: dict[int, tuple[str, Callable[[Any], bool]]] = {

@@ -205,13 +205,23 @@ async def _submit(spec: ModelTrainingSpec, namespace: str, name: str, trigger: s
         run = await asyncio.to_thread(training_local.submit, name, request, settings.data_dir, namespace, env)
         return _record_from_local(run, trigger)
     conn = await _kfp_connection(spec, namespace)
-    package = package or str(training_local.default_pipeline_package())
+    package = package or await asyncio.to_thread(_builtin_kfp_package)
     # The same argument building as the local backend: parameter types coerced to the compiled
     # pipeline's inputs (estimator_params travels as JSON text), pipeline digest filled in.
     params = training_local.pipeline_arguments({"parameters": params}, name, settings.data_dir, package)
     run = await asyncio.to_thread(training_kfp.submit_run, conn, name, package, params,
-                                  spec.kfp.experiment if spec.kfp else "mlops-operator")
+                                  spec.kfp.experiment if spec.kfp else "mlops-operator",
+                                  pipeline_root=settings.kfp_pipeline_root,
+                                  service_account=settings.kfp_service_account)
     return _record_from_kfp(run, trigger, {})
+
+
+def _builtin_kfp_package() -> str:
+    """The built-in pipeline with its steps in the trainingImage setting's image (default: the
+    operator's own image and version, what the pipeline is compiled with)."""
+    settings = get_settings()
+    return training_kfp.with_component_image(str(training_local.default_pipeline_package()),
+                                             settings.training_image_ref, settings.data_dir / "pipelines")
 
 
 async def _cancel(spec: ModelTrainingSpec, namespace: str, record: dict[str, Any]) -> None:
@@ -307,14 +317,15 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
         # 5. Schedule bookkeeping.
         if spec.schedule and spec.backend == "kfp":
             conn = await _kfp_connection(spec, namespace)
-            package = await _pipeline_package(spec, namespace) or str(training_local.default_pipeline_package())
+            package = await _pipeline_package(spec, namespace) or await asyncio.to_thread(_builtin_kfp_package)
             params = modeltraining.pipeline_parameters(spec, settings.artifact_root_uri,
                                                        (status.get("latestValidatedModel") or {}).get("metrics"))
             params = training_local.pipeline_arguments({"parameters": params}, f"{name}-scheduled",
                                                        settings.data_dir, package)
             await asyncio.to_thread(training_kfp.ensure_recurring_run, conn, f"{name}-{meta['uid'][:8]}", package,
                                     params, spec.schedule, spec.kfp.experiment if spec.kfp else "mlops-operator",
-                                    enabled=not spec.suspend)
+                                    enabled=not spec.suspend, pipeline_root=settings.kfp_pipeline_root,
+                                    service_account=settings.kfp_service_account)
         upcoming = modeltraining.next_schedule_time(spec, now)
         status["nextScheduleTime"] = upcoming.strftime("%Y-%m-%dT%H:%M:%SZ") if upcoming else None
         if status["nextScheduleTime"] is None:
