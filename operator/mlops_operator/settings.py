@@ -116,7 +116,8 @@ def settings_table() -> str:
         if default is None or default == []:
             shown = ""
         else:
-            shown = "`" + str(default).replace(home, "~", 1) + "`"
+            text = ",".join(default) if isinstance(default, list) else str(default)  # lists are comma separated
+            shown = "`" + text.replace(home, "~", 1) + "`"
         meaning = " ".join((field.description or "").split()).replace("|", "\\|")
         rows.append(f"| `MLOPS_{name.upper()}` | {shown} | {meaning} |")
     return "\n".join(rows) + "\n"
