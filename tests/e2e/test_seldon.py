@@ -208,7 +208,15 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         service_ip = resolve(url.hostname, node_cluster.devnode.NODE_IP)
         assert service_ip == core.read_namespaced_service("iris-stable", ns).spec.cluster_ip
         callable_endpoint = endpoint.replace(url.hostname, service_ip, 1)  # the host has no cluster DNS
-        answer = v2_infer(f"{callable_endpoint}/infer", ROWS)
+        # Seldon says Available once the Pods are; kube-proxy programs the Service's rules on its own
+        # clock (about a second later), so the first call may be refused: it answers within seconds.
+        def first_answer() -> dict[str, Any] | None:
+            try:
+                return v2_infer(f"{callable_endpoint}/infer", ROWS)
+            except urllib.error.URLError:
+                return None
+
+        answer = wait_until(first_answer, timeout=30, interval=1, what="the endpoint answering after Ready")
         assert answer["model_name"] == "iris" and answer["model_version"] == "1"
         assert [int(x) for x in answer["outputs"][0]["data"]] == expected["1"]
 
