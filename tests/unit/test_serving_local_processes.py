@@ -183,7 +183,7 @@ def test_port_clash_moves_to_a_new_port_without_backoff(tmp_path, cleanup, monke
         status = asyncio.run(process.ensure(wait=10))
         assert status.phase == Phase.READY
         assert status.ports["http"] != taken
-        assert process.record.consecutive_failures == 0
+        assert process.record.consecutive_failures == 0 and status.restarts == 0  # it never served
         assert "address already in use" in status.last_error.lower()
     finally:
         blocker.close()

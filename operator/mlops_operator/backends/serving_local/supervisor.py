@@ -286,7 +286,9 @@ class SupervisedProcess:
                 if wait_left <= 0 or r.next_start_at - now > wait_left:
                     return self.status(Phase.BACKOFF)
                 await asyncio.sleep(r.next_start_at - now)
-            if r.started_at is not None and not r.stopped:
+            # A start that lost its port to another process never served: not a restart (restarts
+            # feed the crash-loop limit and the anomaly root causes).
+            if r.started_at is not None and not r.stopped and not fresh_ports:
                 r.restarts += 1
             self._spawn(fresh_ports)
             if time.monotonic() >= deadline:
