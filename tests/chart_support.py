@@ -77,7 +77,8 @@ def token_kubeconfig(admin_kubeconfig: str, token: str, namespace: str) -> str:
 
 
 class ChartServiceAccount:
-    """The chart's ServiceAccount and RBAC for one watched namespace, and a kubeconfig acting as it.
+    """The chart's ServiceAccount and RBAC for one watched namespace (and its leader election Role for the
+    Lease named ``name``), and a kubeconfig acting as it.
 
     The release lives in the watched namespace (so deleting the namespace removes the Role, RoleBinding
     and account); the cluster-scoped scanning ClusterRole and binding get a per-namespace name and are
@@ -97,6 +98,7 @@ class ChartServiceAccount:
         return template(self.release, self.namespace, "--set", f"watchNamespaces={{{self.namespace}}}",
                         "--set", f"fullnameOverride={self.release}",
                         "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml",
+                        "--show-only", "templates/leader-election.yaml",
                         *self.values)
 
     def install(self) -> "ChartServiceAccount":

@@ -108,7 +108,9 @@ class OperatorProcess:
             **self.extra_env,
         }
 
-    def start(self, timeout: float = 180) -> "OperatorProcess":
+    def start(self, timeout: float = 180, standby: bool = False) -> "OperatorProcess":
+        """Start and wait until it is healthy (ready), or with ``standby`` only alive (a replica on standby
+        answers its liveness probe but not its readiness probe)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
@@ -116,7 +118,7 @@ class OperatorProcess:
             cwd=REPO, start_new_session=True,
         )
         try:
-            wait_until(self.healthy, timeout=timeout, what="operator liveness endpoint")
+            wait_until(self.alive if standby else self.healthy, timeout=timeout, what="operator health endpoint")
         except BaseException:
             # No fixture will stop a process that never got healthy (it runs in its own session).
             if self.process.poll() is None:
@@ -125,14 +127,20 @@ class OperatorProcess:
             raise
         return self
 
-    def healthy(self) -> bool:
+    def healthy(self, query: str = "") -> bool:
+        """The readiness answer: 200 from /healthz (kopf's, once it runs); a standby answers 503."""
         if self.process is None or self.process.poll() is not None:
             raise AssertionError(f"operator exited early:\n{self.logs()[-4000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz{query}",
+                                        timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False
+
+    def alive(self) -> bool:
+        """The liveness answer (the chart's liveness probe): a leader and a standby both answer it."""
+        return self.healthy("?probe=liveness")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import os
+import signal
+import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from mlops_operator import __version__
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,20 +59,103 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=__version__)
     parser.parse_args(argv)
 
-    import kopf
-
     from mlops_operator import handlers  # noqa: F401  (registers the handlers)
     from mlops_operator.handlers.common import get_settings
 
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
+    if settings.leader_election:
+        return asyncio.run(_run_elected(settings))
+    asyncio.run(_run_kopf(settings))
+    return 0
+
+
+async def _run_kopf(settings: Any) -> None:
+    """kopf, standalone: with leader election only the Lease holder gets here, so no peering is needed."""
+    import kopf
+
     liveness = f"http://{settings.metrics_host}:{settings.health_port}/healthz" if settings.health_port else None
-    kopf.run(
+    await kopf.operator(
         standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=liveness,
     )
+
+
+def _own_namespace() -> str:
+    """The pod's namespace (from its service account), else ``default``."""
+    try:
+        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+async def _standby_health(settings: Any) -> Any:
+    """A standby's health endpoint: alive (``/healthz?probe=liveness``) but not ready (``/healthz``), so
+    the Services in front of the operator (the Seldon logger sink) send nothing to it."""
+    from aiohttp import web
+
+    async def health(request: web.Request) -> web.Response:
+        if request.query.get("probe") == "liveness":
+            return web.Response(text="standby")
+        return web.Response(status=503, text="standby: another replica leads")
+
+    app = web.Application()
+    app.add_routes([web.get("/healthz", health)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.metrics_host, settings.health_port, reuse_address=True).start()
+    return runner
+
+
+async def _run_elected(settings: Any) -> int:
+    """Wait on standby for the Lease, run kopf while holding it, release it at a clean stop.
+
+    A leader that cannot renew exits at once (status 1) instead of finishing its handlers: by then a
+    standby may lead, and two replicas must never act on the same object. Its pod restarts on standby.
+    """
+    from mlops_operator import metrics
+    from mlops_operator.backends import kube, leader
+
+    kube.load_config()
+    namespace = settings.leader_election_namespace or _own_namespace()
+    identity = f"{socket.gethostname()}-{os.getpid()}"
+    elector = leader.LeaseElector(namespace, settings.leader_election_lease_name, identity, leader.ElectionTiming(
+        lease_duration=settings.leader_election_lease_seconds,
+        renew_deadline=settings.leader_election_renew_deadline_seconds,
+        retry_period=settings.leader_election_retry_seconds))
+    metrics.serve(settings.metrics_host, settings.metrics_port)
+    metrics.LEADER.set(0)
+    loop = asyncio.get_running_loop()
+    acquiring = asyncio.current_task()
+    assert acquiring is not None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, acquiring.cancel)
+    standby = await _standby_health(settings) if settings.health_port else None
+    try:
+        await elector.acquire()
+    except asyncio.CancelledError:
+        logging.getLogger("mlops_operator").info("stopped on standby")
+        return 0
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        if standby is not None:
+            await standby.cleanup()
+    metrics.LEADER.set(1)
+    operator = asyncio.create_task(_run_kopf(settings), name="kopf")
+    keeper = asyncio.create_task(elector.keep(), name="lease keeper")
+    await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
+    if keeper.done():
+        error = keeper.exception()
+        logging.getLogger("mlops_operator").error("stopping at once: %s", error)
+        logging.shutdown()
+        os._exit(1)
+    keeper.cancel()
+    await elector.release()
+    metrics.LEADER.set(0)
+    operator.result()
     return 0
 
 

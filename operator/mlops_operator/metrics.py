@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILE_TOTAL = Counter(
     "mlops_reconcile_total", "Reconciliations per kind and result (success, error, requeue).", ["kind", "result"]
@@ -94,3 +94,15 @@ def reconcile_timer(kind: str) -> Iterator[dict[str, str]]:
             RECONCILE_ERRORS.labels(kind).inc()
     finally:
         RECONCILE_TIME.labels(kind).observe(time.perf_counter() - start)
+
+LEADER = Gauge("mlops_leader", "1 on the operator replica that leads (holds the Lease, or runs alone), 0 on a standby.")
+
+_serving: tuple[str, int] | None = None
+
+
+def serve(host: str, port: int) -> None:
+    """Start the /metrics endpoint once per process (a standby starts it before it leads); 0 disables it."""
+    global _serving
+    if port and _serving is None:
+        start_http_server(port, addr=host)
+        _serving = (host, port)

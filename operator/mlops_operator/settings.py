@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -58,6 +58,20 @@ class Settings(BaseSettings):
     """Default Prometheus for rollout analysis; without it the analysis reads the router's statistics."""
     poll_interval_seconds: float = Field(5.0, gt=0, le=3600)
     """How often running trainings, rollouts and model servers are observed."""
+    leader_election: bool = False
+    """Run as one of several replicas: only the holder of a Lease reconciles, the others wait on standby
+    and take over when it stops (at once after a clean stop, after the lease duration after a crash)."""
+    leader_election_namespace: str | None = None
+    """Namespace of the Lease; default the pod's own namespace (from its service account), else `default`."""
+    leader_election_lease_name: str = Field("mlops-operator", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    """Name of the Lease the replicas share."""
+    leader_election_lease_seconds: float = Field(15.0, gt=0, le=600)
+    """How long a lease lasts without renewal before a standby takes over (client-go's default, 15)."""
+    leader_election_renew_deadline_seconds: float = Field(10.0, gt=0, le=600)
+    """How long the leader keeps trying to renew before it stops leading and exits (client-go's default, 10);
+    shorter than the lease, so the old leader has stopped before a standby can take over."""
+    leader_election_retry_seconds: float = Field(2.0, gt=0, le=60)
+    """How often the leader renews and a standby looks at the Lease (client-go's default, 2)."""
     serving_host: str = "127.0.0.1"
     """Address the local data plane (routers, model servers) binds."""
     uri_schemes: Annotated[list[str], NoDecode] = Field(
@@ -81,6 +95,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _election_timing(self) -> "Settings":
+        if self.leader_election and not (self.leader_election_retry_seconds < self.leader_election_renew_deadline_seconds
+                                         < self.leader_election_lease_seconds):
+            raise ValueError("leader election needs retry < renew deadline < lease seconds (MLOPS_LEADER_ELECTION_*)")
+        return self
 
     @field_validator("uri_allowed_networks")
     @classmethod

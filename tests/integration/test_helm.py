@@ -175,7 +175,8 @@ def test_helm_install_then_uninstall_keeps_the_crds(kubeconfig: str, namespace: 
         assert status["info"]["status"] == "deployed"
         apps = client.AppsV1Api(kube_api)
         deployment = apps.read_namespaced_deployment(f"{release}-mlops-operator", namespace)
-        assert deployment.spec.replicas == 1 and deployment.spec.strategy.type == "Recreate"
+        # Leader election (the default) makes a rolling update safe: the new pod waits on standby.
+        assert deployment.spec.replicas == 1 and deployment.spec.strategy.type == "RollingUpdate"
         ext = client.ApiextensionsV1Api(kube_api)
         for name in crds:
             crd = ext.read_custom_resource_definition(name)
@@ -319,8 +320,13 @@ def test_operator_as_chart_service_account(kubeconfig: str, namespace: str, crds
         assert refused.value.status == 403
     sa_api.close()
 
-    operator = OperatorProcess(sa_kubeconfig, namespace, tmp_path / "operator").start()
+    # With leader election as the chart runs it: the account may create and renew only its own Lease.
+    election = {"MLOPS_LEADER_ELECTION": "true", "MLOPS_LEADER_ELECTION_NAMESPACE": namespace,
+                "MLOPS_LEADER_ELECTION_LEASE_NAME": account.name}
+    operator = OperatorProcess(sa_kubeconfig, namespace, tmp_path / "operator", env=election).start()
     try:
+        lease = client.CoordinationV1Api(kube_api).read_namespaced_lease(account.name, namespace)
+        assert lease.spec.holder_identity.endswith(f"-{operator.process.pid}")
         training = load_example("training.yaml")
         objects.create(training)
         monitor = load_example("driftmonitor.yaml")

@@ -104,7 +104,9 @@ def test_crds_can_be_skipped_or_not_kept() -> None:
 def test_one_restricted_operator_pod() -> None:
     (deployment,) = of_kind(render(), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # One replica by default, leading through its Lease: a rolling update is safe (the new pod waits on standby).
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -113,8 +115,10 @@ def test_one_restricted_operator_pod() -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["readOnlyRootFilesystem"] is True
     assert security["capabilities"] == {"drop": ["ALL"]}
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # A standby is alive (it answers ?probe=liveness) but not ready, so no Service sends it traffic.
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz?probe=liveness", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081, "seldon-logger": 9180}
     env = {item["name"]: item.get("value") for item in container["env"]}
@@ -157,7 +161,8 @@ def test_every_object_has_the_standard_labels() -> None:
 def test_metrics_service_and_optional_objects() -> None:
     default = {doc["kind"] for doc in render()}
     assert default == {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
-                       "Deployment", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+                       "Deployment", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+                       "Role", "RoleBinding"}  # the Role and RoleBinding of the leader election's Lease
     assert "ValidatingAdmissionPolicy" not in {doc["kind"] for doc in render("--set", "approvalPolicy.enabled=false")}
     everything = render(*ALL_OPTIONS)
     kinds = {doc["kind"] for doc in everything}
@@ -240,13 +245,14 @@ def test_cluster_wide_rbac() -> None:
         # For people who approve rollouts (bound by the cluster's admins), not for the operator.
         "mlops-operator-approver": {("mlops.dev", "modeldeployments", "approve")},
     }
-    assert not of_kind(docs, "Role")
+    assert [role["metadata"]["name"] for role in of_kind(docs, "Role")] == ["mlops-operator-leader-election"]
     for binding in of_kind(docs, "ClusterRoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mlops-operator", "namespace": "mlops-system"}]
 
 
 def test_namespaced_rbac() -> None:
-    docs = render("--set", "watchNamespaces={team-a,team-b}")
+    docs = [d for d in render("--set", "watchNamespaces={team-a,team-b}")
+            if not d["metadata"]["name"].endswith("-leader-election")]
     roles = of_kind(docs, "Role")
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
     assert all(grants(role["rules"]) == OPERATOR_GRANTS for role in roles)
@@ -279,6 +285,55 @@ def test_secrets_are_never_listed_and_can_be_narrowed() -> None:
     assert not of_kind(render("--set", "rbac.create=false"), "ClusterRole")
 
 
+# ---------------------------------------------------------------- high availability
+
+
+def test_the_lease_is_the_only_thing_the_replicas_may_write_in_the_release_namespace() -> None:
+    docs = render()
+    (role,) = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] == "mlops-operator-leader-election"]
+    assert role["metadata"]["namespace"] == "mlops-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["mlops-operator"],
+         "verbs": ["get", "update"]}]
+    (deployment,) = of_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLOPS_LEADER_ELECTION"] == "true"
+    assert env["MLOPS_LEADER_ELECTION_NAMESPACE"] == "mlops-system"
+    assert env["MLOPS_LEADER_ELECTION_LEASE_NAME"] == "mlops-operator"
+    assert (env["MLOPS_LEADER_ELECTION_LEASE_SECONDS"], env["MLOPS_LEADER_ELECTION_RENEW_DEADLINE_SECONDS"],
+            env["MLOPS_LEADER_ELECTION_RETRY_SECONDS"]) == ("15", "10", "2")
+    assert not of_kind(docs, "PodDisruptionBudget")  # one replica: a PDB would only block drains
+
+
+def test_replicas_get_a_disruption_budget_and_spread_over_nodes() -> None:
+    docs = render("--set", "replicas=2")
+    (deployment,) = of_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    (budget,) = of_kind(docs, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    (term,) = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    # A platform team's own affinity wins.
+    (mine,) = of_kind(render("--set", "replicas=2", "--set", "affinity.nodeAffinity.x=y"), "Deployment")
+    assert mine["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {"x": "y"}}
+
+
+def test_without_leader_election_there_is_one_replica_replaced_not_rolled() -> None:
+    docs = render("--set", "leaderElection.enabled=false")
+    (deployment,) = of_kind(docs, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    env = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not {name for name in env if name.startswith("MLOPS_LEADER_ELECTION")}
+    assert not of_kind(docs, "Role")
+    result = helm("template", "x", str(CHART), "--kube-version", "v1.34.0", "--set", "replicas=2",
+                  "--set", "leaderElection.enabled=false", check=False)
+    assert result.returncode != 0 and "replicas > 1 needs leaderElection.enabled" in result.stderr
+
+
 # ---------------------------------------------------------------- values.schema.json
 
 
@@ -289,7 +344,8 @@ def test_secrets_are_never_listed_and_can_be_narrowed() -> None:
     ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
     ("operator.logFormat=xml", "logFormat"),
     ("seldonLogger.mode=sometimes", "mode"),
-    ("replicas=2", "replicas"),
+    ("replicas=0", "replicas"),
+    ("leaderElection.leaseSeconds=0", "leaseSeconds"),
     ("operator.artifactRoot=bucket/no-scheme", "artifactRoot"),
     ("operator.s3.endpointUrl=minio:9000", "endpointUrl"),
 ])

@@ -6,9 +6,8 @@ import logging
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
-from mlops_operator import __version__
+from mlops_operator import __version__, metrics
 from mlops_operator.api.common import GROUP
 from mlops_operator.backends import kube
 from mlops_operator.handlers.common import get_settings
@@ -32,8 +31,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60, 120]
     kube.load_config()
-    if ours.metrics_port:
-        start_http_server(ours.metrics_port, addr=ours.metrics_host)
+    metrics.serve(ours.metrics_host, ours.metrics_port)
+    if not ours.leader_election:
+        metrics.LEADER.set(1)
     ours.data_dir.mkdir(parents=True, exist_ok=True)
     log.info(
         "mlops-operator %s starting: namespaces=%s data_dir=%s metrics=%s:%s",
