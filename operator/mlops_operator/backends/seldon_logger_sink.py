@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
@@ -64,6 +64,9 @@ from mlops_operator.backends.serving_local.inference_log import (
     inference_log_dir,
     local_path,
 )
+
+if TYPE_CHECKING:
+    from mlops_operator.reconcile.modeldeployment import PredictorPlan
 
 REQUEST_TYPE = "io.seldon.serving.inference.request"
 RESPONSE_TYPE = "io.seldon.serving.inference.response"
@@ -431,6 +434,21 @@ async def ensure_running(artifact_root: str, settings: SinkSettings | None = Non
                             "operator restarts (and with them every SeldonDeployment's logger URL)")
             _running = sink
         return _running
+
+
+async def predictor_logger_urls(artifact_root: str, namespace: str, deployment: str,
+                                predictors: Sequence[PredictorPlan]) -> dict[str, str] | None:
+    """Each predictor's request-logger URL at the operator's sink (started on first use), which
+    writes the inference log; None when request logging is off or the sink cannot start."""
+    if SinkSettings().mode == "never":
+        return None
+    try:
+        sink = running() or await ensure_running(artifact_root)
+    except OSError as error:  # port taken
+        log.warning("%s/%s: no request logging (the Seldon request-logger sink cannot start: %s)", namespace,
+                    deployment, error)
+        return None
+    return {p.name: sink.logger_url(namespace, deployment, p.name, p.model.version, p.shadow) for p in predictors}
 
 
 def running() -> SeldonLoggerSink | None:

@@ -3,25 +3,36 @@
 The object is written only when its spec changed (a digest in the annotation
 ``mlops.dev/spec-hash``), so Seldon's mutating webhook defaulting fields does not make us write
 on every reconciliation. Deletion is left to Kubernetes' garbage collector (ownerReference).
+
+:class:`SeldonServing` is the backend as the ModelDeployment handler sees it (``backends.serving``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from mlops_operator.api.annotations import SPEC_HASH_ANNOTATION
-from mlops_operator.api.errors import BackendUnavailable
+from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.backends import kube
-from mlops_operator.reconcile.seldondeployment import SELDON_GROUP, SELDON_PLURAL, SELDON_VERSION
-
-
-class ManifestRejected(Exception):
-    """The API server refused our SeldonDeployment (its schema or a webhook said no)."""
+from mlops_operator.backends import telemetry
+from mlops_operator.reconcile.modeldeployment import PredictorPlan, RequestStats
+from mlops_operator.reconcile.seldondeployment import (
+    SELDON_GROUP,
+    SELDON_PLURAL,
+    SELDON_VERSION,
+    build_seldon_deployment,
+    observe_seldon_deployment,
+    pod_failure_reason,
+    seldon_deployment_name,
+)
+from mlops_operator.reconcile.serving import BackendView, ServedDeployment, seldon_needs_pod_reason, seldon_view
 
 
 def _custom() -> client.CustomObjectsApi:
@@ -42,12 +53,13 @@ def _unavailable() -> BackendUnavailable:
                               "is Seldon Core (its CRD) installed?")
 
 
-def _rejection(error: ApiException) -> ManifestRejected:
+def _rejection(error: ApiException) -> InvalidSpec:
+    """The API server refused our SeldonDeployment (its schema or a webhook said no): the spec's to fix."""
     try:
         message = json.loads(error.body or "{}").get("message") or error.reason
     except ValueError:
         message = error.reason
-    return ManifestRejected(f"the API server refused the SeldonDeployment ({error.status}): {message}")
+    return InvalidSpec(f"the API server refused the SeldonDeployment ({error.status}): {message}")
 
 
 def _get(namespace: str, name: str) -> dict[str, Any] | None:
@@ -89,7 +101,7 @@ def _apply(manifest: dict[str, Any]) -> dict[str, Any]:
 async def apply_seldon_deployment(manifest: dict[str, Any]) -> dict[str, Any]:
     """Create the SeldonDeployment, or patch it when its spec changed; return the live object.
 
-    Raises BackendUnavailable when Seldon's CRD is absent and ManifestRejected when the API server
+    Raises BackendUnavailable when Seldon's CRD is absent and InvalidSpec when the API server
     refuses the object.
     """
     return await asyncio.to_thread(_apply, manifest)
@@ -127,3 +139,63 @@ async def list_seldon_pods(namespace: str, sdep: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(_pods, namespace, sdep)
     except ApiException:
         return []
+
+
+# ---------------------------------------------------------------- the serving backend
+
+LoggerUrls = Callable[[str, str, Sequence[PredictorPlan]], Awaitable[Mapping[str, str] | None]]
+"""(namespace, deployment, predictors) -> each predictor's request-logger URL, or None (no request logging)."""
+
+
+class SeldonServing:
+    """Backend seldon: a SeldonDeployment the ModelDeployment owns serves the plan's predictors."""
+
+    name = "seldon"
+
+    def __init__(self, logger_urls: LoggerUrls | None = None) -> None:
+        self._logger_urls = logger_urls
+
+    async def apply(self, target: ServedDeployment, plan: Sequence[PredictorPlan], rollout_in_flight: bool
+                    ) -> BackendView:
+        """Serve ``plan`` with the SeldonDeployment and read its status (and its Pods' trouble) back."""
+        if not plan:
+            return BackendView()
+        urls = await self._logger_urls(target.namespace, target.name, plan) if self._logger_urls else None
+        manifest = build_seldon_deployment(target.name, target.namespace, target.uid, target.spec, target.model_name,
+                                           plan, urls)
+        live = await apply_seldon_deployment(manifest)
+        observed = observe_seldon_deployment(live, [p.name for p in plan])
+        sdep_name = manifest["metadata"]["name"]
+        pod_reason = None
+        if seldon_needs_pod_reason(observed, plan):
+            pods = await list_seldon_pods(target.namespace, sdep_name)
+            pod_reason = pod_failure_reason(pods, sdep_name, [p.name for p in plan])
+        return seldon_view(plan, observed, sdep_name, pod_reason, rollout_in_flight=rollout_in_flight,
+                           replicas=target.spec.replicas)
+
+    async def request_stats(self, target: ServedDeployment, predictor: str, since: datetime
+                            ) -> tuple[RequestStats | None, bool]:
+        """No metrics source of its own (Seldon's executors export to Prometheus): (None, True)."""
+        return None, True
+
+    async def observe_telemetry(self, target: ServedDeployment, watch: telemetry.Watch, *, interval: float,
+                                traffic: Sequence[Mapping[str, Any]], prometheus_url: str | None, now: datetime
+                                ) -> telemetry.Observed:
+        """A telemetry point from Prometheus (Seldon's executor metrics); nothing without one."""
+        if not prometheus_url:
+            return telemetry.Observed([], [], False)
+        return await telemetry.observe(watch, interval=interval, traffic=traffic, namespace=target.namespace,
+                                       name=target.name, backend=self.name, prometheus_url=prometheus_url,
+                                       now=now.timestamp())
+
+    def status_fields(self, name: str) -> dict[str, Any]:
+        """status.seldonDeployment: the SeldonDeployment's name."""
+        return {"seldonDeployment": seldon_deployment_name(name)}
+
+    async def release(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Delete the SeldonDeployment the status names (another backend serves the deployment now)."""
+        if status.get("seldonDeployment"):
+            await delete_seldon_deployment(namespace, status["seldonDeployment"])
+
+    async def forget(self, namespace: str, name: str) -> None:
+        """Nothing: the SeldonDeployment goes with its owner (garbage collector)."""

@@ -6,15 +6,16 @@
 4. When a rollout step is due, analyse the candidate (router statistics or Prometheus).
 5. Decide the next rollout step (pure), apply it to the backend, write status, events, metrics.
 
-Backend local runs one MLServer process per model version behind a router per deployment
-(``backends/serving_local``); backend seldon writes a SeldonDeployment the ModelDeployment owns.
+The serving backend is chosen once per object by ``spec.backend`` (``backends.serving``: local runs
+one MLServer process per model version behind a router per deployment, seldon writes a
+SeldonDeployment the ModelDeployment owns); this module calls it through ``ServingBackend`` and
+never asks which one it is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,223 +26,35 @@ from mlops_operator import metrics
 from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATION
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
-from mlops_operator.backends import (
-    kube,
-    model_source,
-    prices_aws,
-    prometheus,
-    seldon_logger_sink,
-    serving_seldon,
-    telemetry,
-)
-from mlops_operator.backends.serving_local import ROUTER_ERRORS, LocalServingManager, Phase, PredictorState
+from mlops_operator.backends import model_source, prices_aws, serving, telemetry
 from mlops_operator.handlers import common
 from mlops_operator.handlers.common import (
     Retry,
     get_settings,
     parse_spec,
-    uri_policy_problems,
     post_event,
     register_kind,
+    uri_policy_problems,
 )
-from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rightsizing, rootcause, seldondeployment
+from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rightsizing, rootcause
 from mlops_operator.reconcile.conditions import FALSE, TRUE, find_condition, set_condition
 from mlops_operator.reconcile.cost import default_price_table, estimate_monthly_cost
-from mlops_operator.reconcile.modeldeployment import ModelRef, PredictorPlan, RequestStats, ServingObservation
+from mlops_operator.reconcile.serving import BackendView, ServedDeployment
 from mlops_operator.reconcile.validation import deployment_spec_errors
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 CONDITIONS = ("Ready", "Progressing", "AwaitingApproval", "Degraded", aiops.ANOMALOUS)
-LOCAL_PREDICTOR = "model"  # local model servers are keyed by version; routes name the role
-# A candidate whose model server failed to start this many times in a row cannot be served.
-CANDIDATE_RESTART_LIMIT = 2
 PREDICTORS = (modeldeployment.STABLE, modeldeployment.CANARY, modeldeployment.SHADOW)
-
-log = logging.getLogger("mlops_operator.deployment")
-
-_manager: LocalServingManager | None = None
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def local_manager() -> LocalServingManager:
-    """The local serving backend of this operator process (one per event loop)."""
-    global _manager
-    if _manager is None:
-        settings = get_settings()
-        # The router writes the inference log where the DriftMonitor reads it, local or s3://.
-        _manager = LocalServingManager(settings.data_dir, settings.inference_log_root_uri, ready_timeout=15)
-    return _manager
-
-
-# ---------------------------------------------------------------- backends
-
-
-@dataclass
-class BackendView:
-    """A serving backend after applying a plan: per-version readiness and failures, and the serving summary."""
-
-    ready_versions: set[str] = field(default_factory=set)
-    failures: dict[str, str] = field(default_factory=dict)
-    serving: ServingObservation = field(default_factory=ServingObservation)
-    restarts: dict[str, tuple[int, str | None]] = field(default_factory=dict)
-    """version -> (restarts of its model server, its last error), where known (backend local)."""
-
-    def ready(self, model: ModelRef | None) -> bool:
-        return model is not None and model.version in self.ready_versions
-
-    def failure(self, model: ModelRef | None) -> str | None:
-        return self.failures.get(model.version) if model is not None else None
-
-
-def _server_failure(state: PredictorState) -> str | None:
-    if state.ready or state.restarts < CANDIDATE_RESTART_LIMIT or not state.last_error:
-        return None
-    return f"its model server failed {state.restarts + 1} times; last error: {state.last_error}"
-
-
-async def apply_local(namespace: str, name: str, model_name: str, plan: Sequence[PredictorPlan]) -> BackendView:
-    """Serve ``plan`` with the local backend: one MLServer per version, the router's routes, stale servers stopped."""
-    manager = local_manager()
-    cache = get_settings().data_dir / "model-cache"
-    view = BackendView()
-    states: dict[str, PredictorState] = {}
-    for version, uri in dict.fromkeys((p.model.version, p.model.uri) for p in plan):
-        try:
-            model_dir = await asyncio.to_thread(model_source.local_model_dir, uri, cache)
-        except model_source.ModelUnavailable as error:
-            view.failures[version] = str(error)
-            continue
-        state = await manager.ensure_predictor(namespace, name, LOCAL_PREDICTOR, model_dir, version, wait=0)
-        states[version] = state
-        view.restarts[version] = (state.restarts, state.last_error)
-        if state.ready:
-            view.ready_versions.add(version)
-        elif failure := _server_failure(state):
-            view.failures[version] = failure
-
-    served = modeldeployment.effective_predictors(plan, view.ready)
-    routes = [{"name": p.name, "version": p.model.version, "weight": p.weight, "shadow": p.shadow,
-               "mirrorPercent": p.mirror_percent, "url": states[p.model.version].url,
-               "modelName": states[p.model.version].model_name}
-              for p in served if p.model.version in states and states[p.model.version].url]
-    served = [p for p in served if any(r["name"] == p.name for r in routes)]
-    endpoint, router_problem = None, None
-    if routes and any(r["name"] == modeldeployment.STABLE for r in routes):
-        router = await manager.ensure_router(namespace, name, model_name, routes, wait=10)
-        if router.endpoint_url:
-            endpoint = f"{router.endpoint_url}/v2/models/{model_name}"
-        if router.phase == Phase.BACKOFF:
-            router_problem = ("RouterRestarting", f"the router exited ({router.last_error}); restarting it with "
-                                                  f"backoff ({router.restarts} restarts so far)")
-        elif not router.ready:
-            router_problem = ("Starting", "the router is starting")
-    wanted = {p.model.version for p in plan}
-    for process in manager.predictors(namespace, name):
-        version = process.desired_spec.get("version")
-        if version not in wanted:
-            await manager.stop_predictor(namespace, name, LOCAL_PREDICTOR, version)
-
-    stable = next((p for p in plan if p.name == modeldeployment.STABLE), None)
-    stable_state = states.get(stable.model.version) if stable else None
-    problem, degrades = router_problem, router_problem is not None and router_problem[0] != "Starting"
-    if stable and stable.model.version in view.failures and stable_state is None:
-        problem, degrades = (modeldeployment.MODEL_UNAVAILABLE, view.failures[stable.model.version]), True
-    elif stable_state and stable_state.phase == Phase.BACKOFF:
-        # The supervisor restarts it with a growing delay; the condition says how often and why.
-        reason = "ServerCrashLoop" if stable_state.restarts >= CANDIDATE_RESTART_LIMIT else "ServerRestarting"
-        problem, degrades = (reason, f"the model server of version {stable_state.version} exited "
-                                     f"({stable_state.last_error}); restarting it with backoff "
-                                     f"({stable_state.restarts} restarts so far)"), True
-    stable_ready = bool(stable and view.ready(stable.model) and router_problem is None and endpoint)
-    view.serving = ServingObservation(served=served, stable_ready=stable_ready, endpoint=endpoint,
-                                      ready_replicas=1 if stable_ready else 0, problem=problem, degrades=degrades)
-    return view
-
-
-async def apply_seldon(obj: dict[str, Any], spec: ModelDeploymentSpec, model_name: str, plan: Sequence[PredictorPlan],
-                       rollout_in_flight: bool) -> BackendView:
-    """Serve ``plan`` with the SeldonDeployment the ModelDeployment owns and read its status back."""
-    meta = obj["metadata"]
-    view = BackendView()
-    if not plan:
-        return view
-    manifest = seldondeployment.build_seldon_deployment(meta["name"], meta["namespace"], meta["uid"], spec, model_name, plan,
-                                                        await _logger_urls(meta["namespace"], meta["name"], plan))
-    live = await serving_seldon.apply_seldon_deployment(manifest)
-    observed = seldondeployment.observe_seldon_deployment(live, [p.name for p in plan])
-    for version in {p.model.version for p in plan}:
-        if all(observed.ready.get(p.name) for p in plan if p.model.version == version):
-            view.ready_versions.add(version)
-    problem, degrades = None, False
-    candidate = next((p for p in plan if p.name != modeldeployment.STABLE), None)
-    sdep_name = manifest["metadata"]["name"]
-    pod_reason = None
-    if observed.state != seldondeployment.AVAILABLE or not all(observed.ready.get(p.name) for p in plan):
-        pods = await serving_seldon.list_seldon_pods(meta["namespace"], sdep_name)
-        pod_reason = seldondeployment.pod_failure_reason(pods, sdep_name, [p.name for p in plan])
-    if observed.state == seldondeployment.FAILED:
-        message = f"SeldonDeployment {sdep_name} failed: {observed.description or 'no reason given'}"
-        if pod_reason:
-            message += f" ({pod_reason})"
-        if rollout_in_flight and candidate:
-            view.failures[candidate.model.version] = message  # what changed is the candidate
-        problem, degrades = ("SeldonDeploymentFailed", message), True
-    elif observed.state != seldondeployment.AVAILABLE:
-        problem = ("Creating", f"SeldonDeployment {sdep_name} is "
-                               f"{observed.state or 'waiting for Seldon Core to report its state'}"
-                               + (f" ({pod_reason})" if pod_reason else ""))
-    stable = next(p for p in plan if p.name == modeldeployment.STABLE)
-    view.serving = ServingObservation(
-        served=list(plan), stable_ready=view.ready(stable.model), endpoint=observed.endpoint,
-        ready_replicas=seldondeployment.stable_ready_replicas(observed, spec.replicas), problem=problem, degrades=degrades)
-    return view
-
-
-async def _logger_urls(namespace: str, name: str, plan: Sequence[PredictorPlan]) -> dict[str, str] | None:
-    """Each predictor's request-logger URL at the operator's sink, which writes the inference log."""
-    if seldon_logger_sink.SinkSettings().mode == "never":
-        return None
-    try:
-        sink = seldon_logger_sink.running() or await seldon_logger_sink.ensure_running(
-            get_settings().inference_log_root_uri)
-    except OSError as error:  # port taken
-        log.warning("%s/%s: no request logging (the Seldon request-logger sink cannot start: %s)", namespace, name,
-                    error)
-        return None
-    return {p.name: sink.logger_url(namespace, name, p.name, p.model.version, p.shadow) for p in plan}
-
-
-async def candidate_stats(spec: ModelDeploymentSpec, namespace: str, name: str, predictor: str, since: datetime,
-                          now: datetime) -> tuple[RequestStats | None, bool]:
-    """The candidate's request statistics since ``since`` and whether they could be read.
-
-    (None, True) means there is no metrics source (backend seldon without Prometheus).
-    """
-    url = spec.rollout.analysis.prometheus_url or get_settings().prometheus_url
-    if url:
-        queries = modeldeployment.prometheus_queries(spec.backend, namespace, name, predictor, (now - since).total_seconds())
-        try:
-            return await prometheus.candidate_stats(url, queries), True
-        except prometheus.PrometheusUnavailable as error:
-            log.warning("%s/%s: analysis postponed: %s", namespace, name, error)
-            return None, False
-    if spec.backend == "seldon":
-        return None, True
-    try:
-        stats = await local_manager().router_stats(namespace, name, since)
-    except ROUTER_ERRORS as error:
-        log.warning("%s/%s: analysis postponed, the router does not answer: %s", namespace, name, error)
-        return None, False
-    window = stats.predictors.get(predictor)
-    if window is None:
-        return RequestStats(0, 0, None, None, "router"), True
-    # Client errors (malformed requests) are nobody's verdict on the candidate.
-    judged = window.requests - window.client_errors
-    return RequestStats(judged, window.errors, window.error_rate if judged else None, window.p99_ms, "router"), True
+def _prometheus_url(spec: ModelDeploymentSpec) -> str | None:
+    """The Prometheus the analysis and the telemetry read: the spec's, else the operator's."""
+    return spec.rollout.analysis.prometheus_url or get_settings().prometheus_url
 
 
 # ---------------------------------------------------------------- reconcile
@@ -344,27 +157,26 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
                           if status.get("stableVersion") else str(error))
 
     state = modeldeployment.state_from_status(status)
-
-    async def apply(plan: list[PredictorPlan], rollout_in_flight: bool) -> BackendView:
-        if spec.backend == "seldon":
-            return await apply_seldon(obj, spec, model_name, plan, rollout_in_flight)
-        return await apply_local(namespace, name, model_name, plan)
+    backend = serving.serving_backend(spec.backend, get_settings())
+    target = ServedDeployment(namespace, name, meta["uid"], model_name, spec)
 
     try:
         # 3. The backend as the status says it should be.
-        view = await apply(modeldeployment.desired_predictors(spec.rollout, state), state.rollout is not None)
+        view = await backend.apply(target, modeldeployment.desired_predictors(spec.rollout, state),
+                                   state.rollout is not None)
 
         # 4. The analysis, when a step is due.
         verdict = None
         if state.rollout and modeldeployment.analysis_due(spec.rollout, state.rollout, now) and view.ready(state.candidate):
             assert state.rollout.step_started is not None
             predictor = modeldeployment.analysed_predictor(state.rollout)
-            stats, readable = await candidate_stats(spec, namespace, name, predictor, state.rollout.step_started, now)
+            stats, readable = await serving.candidate_stats(backend, target, _prometheus_url(spec), predictor,
+                                                            state.rollout.step_started, now)
             if readable:
                 verdict = modeldeployment.analyse_candidate(spec.rollout.analysis, stats)
 
         # 5. Serving telemetry: anomalies, their likely causes, and the post-promotion guard.
-        health = await _serving_health(spec, obj, status, view, now)
+        health = await _serving_health(spec, backend, target, status, view, now)
 
         # 6. The next step.
         was_ready = (find_condition(status.get("conditions"), "Ready") or {}).get("status") == TRUE
@@ -380,9 +192,9 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
         )
         transition = modeldeployment.next_rollout_step(spec.rollout, state, observation)
         if transition.state != state:
-            view = await apply(modeldeployment.desired_predictors(spec.rollout, transition.state),
-                               transition.state.rollout is not None)
-        await _clean_other_backend(spec, namespace, name, status)
+            view = await backend.apply(target, modeldeployment.desired_predictors(spec.rollout, transition.state),
+                                       transition.state.rollout is not None)
+        await serving.release_others(backend, namespace, name, status, get_settings())
     except BackendUnavailable as error:
         status["conditions"] = set_condition(status.get("conditions"), "Degraded", TRUE, BackendUnavailable.reason,
                                              error.message, generation=generation)
@@ -394,8 +206,6 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
             post_event(obj, BackendUnavailable.reason, error.message, warning=True)
         status["phase"] = "Degraded"
         raise Retry(error.message, status, delay=30) from None
-    except serving_seldon.ManifestRejected as error:
-        raise InvalidSpec(str(error)) from None
 
     result = modeldeployment.deployment_status(status, state, transition, view.serving, desired=desired,
                                                source_problem=source_problem, generation=generation, now=now,
@@ -409,7 +219,7 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
     result["rightSizing"] = None if suggestion is None else {
         "cpu": suggestion.cpu, "memory": suggestion.memory, "verdict": suggestion.verdict,
         "message": suggestion.message[:2048], "samples": suggestion.samples}
-    result["seldonDeployment"] = seldondeployment.seldon_deployment_name(name) if spec.backend == "seldon" else None
+    result.update(serving.status_fields(backend, name, get_settings()))
     _apply_health(result, status, health, spec, generation, now)
     cause = _rollout_cause(namespace, name, status, result, transition, view, now)
     _announce(obj, status, result, transition, cause)
@@ -440,24 +250,18 @@ class ServingHealth:
     """CPU and memory samples of the stable version's model servers."""
 
 
-async def _serving_health(spec: ModelDeploymentSpec, obj: dict[str, Any], status: dict[str, Any], view: BackendView,
-                          now: datetime) -> ServingHealth:
+async def _serving_health(spec: ModelDeploymentSpec, backend: serving.ServingBackend, target: ServedDeployment,
+                          status: dict[str, Any], view: BackendView, now: datetime) -> ServingHealth:
     """Read the telemetry, judge it, explain new anomalies, and ask the post-promotion guard."""
     detection = spec.anomaly_detection
     if not detection.enabled:
         return ServingHealth()
-    meta = obj["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
+    namespace, name = target.namespace, target.name
     watch = telemetry.watch(namespace, name, aiops.detector_settings(detection))
     telemetry.note_restarts(watch, view.restarts, now.timestamp())
-    url = spec.rollout.analysis.prometheus_url or get_settings().prometheus_url
-    if url or spec.backend == "local":
-        observed = await telemetry.observe(
-            watch, interval=detection.interval_seconds, traffic=status.get("traffic") or [], namespace=namespace,
-            name=name, backend=spec.backend, manager=local_manager() if spec.backend == "local" else None,
-            prometheus_url=url, now=now.timestamp())
-    else:
-        observed = telemetry.Observed([], [], False)
+    observed = await backend.observe_telemetry(target, watch, interval=detection.interval_seconds,
+                                               traffic=status.get("traffic") or [],
+                                               prometheus_url=_prometheus_url(spec), now=now)
     health = ServingHealth(enabled=True, requests_per_second=watch.requests_per_second,
                            usage=list(watch.usage.get(status.get("stableVersion") or "", ())))
     causes = {}
@@ -523,21 +327,11 @@ def _record_anomalies(namespace: str, name: str, health: ServingHealth) -> None:
             metrics.ANOMALY_LEARNING.labels(namespace, name, metric).set(1 if metric in health.learning else 0)
 
 
-async def _clean_other_backend(spec: ModelDeploymentSpec, namespace: str, name: str, status: dict[str, Any]) -> None:
-    """After a change of spec.backend, stop what the other backend still runs."""
-    if spec.backend == "seldon":
-        if local_manager().deployment_dir(namespace, name).exists():
-            await local_manager().stop_deployment(namespace, name)
-    elif status.get("seldonDeployment"):
-        await serving_seldon.delete_seldon_deployment(namespace, status["seldonDeployment"])
-
-
 async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
     """Stop the local model servers and router; the SeldonDeployment goes with its owner (GC)."""
     # The reconcile lock: a reconciliation in flight must not start a server after this stops them.
     async with common.object_lock(PLURAL, namespace, name):
-        if local_manager().deployment_dir(namespace, name).exists():
-            await local_manager().stop_deployment(namespace, name)
+        await serving.forget(namespace, name, get_settings())
     _forget_metrics(namespace, name)
     telemetry.forget(namespace, name)
 
@@ -550,20 +344,4 @@ register_kind(KIND, PLURAL, reconcile_modeldeployment, conditions=CONDITIONS, su
 async def adopt_local_servers(**_: Any) -> None:
     """Re-attach to the local model servers and routers a previous operator process left running,
     restart dead ones, and stop those whose ModelDeployment no longer exists."""
-    settings = get_settings()
-    try:
-        existing = await asyncio.to_thread(kube.list_object_keys, PLURAL, settings.namespaces)
-    except Exception as error:  # without the list nothing can be called an orphan
-        log.warning("not adopting local model servers: cannot list ModelDeployments: %s", error)
-        return
-    found = await local_manager().adopt_all(existing)
-    orphans = {(p.namespace, p.deployment) for p in found if p.orphan
-               and (not settings.namespaces or p.namespace in settings.namespaces)}
-    for namespace, deployment in sorted(orphans):
-        log.info("stopping the local servers of %s/%s: its ModelDeployment is gone", namespace, deployment)
-        await local_manager().stop_deployment(namespace, deployment)
-    adopted = [p for p in found if not p.orphan]
-    if adopted:
-        log.info("adopted %d local server process(es): %s", len(adopted),
-                 ", ".join(f"{p.namespace}/{p.deployment}/{p.name}@{p.version or '-'} ({p.phase.value})"
-                           for p in adopted))
+    await serving.adopt_local_servers(PLURAL, get_settings())
