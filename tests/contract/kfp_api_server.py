@@ -38,6 +38,7 @@ import kfp_server_api
 import kfp_server_api.models as models
 from croniter import croniter
 from google.protobuf import json_format
+from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 EPOCH = "1970-01-01T00:00:00Z"
@@ -158,10 +159,12 @@ def parse_pipeline_spec(document: Any) -> pipeline_spec_pb2.PipelineSpec:
     kfp's protobuf types and checked for consistency."""
     if not isinstance(document, dict):
         raise ContractViolation("pipeline_spec must be an object")
+    platform: dict[str, Any] = {}
     if set(document) <= {"pipeline_spec", "platform_spec"} and "pipeline_spec" in document:
         spec_dict = document["pipeline_spec"]
+        platform = document.get("platform_spec") or {}
         try:
-            json_format.ParseDict(document.get("platform_spec", {}), pipeline_spec_pb2.PlatformSpec())
+            json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
         except json_format.ParseError as err:
             raise ContractViolation(f"platform_spec: {err}") from None
     else:
@@ -185,6 +188,15 @@ def parse_pipeline_spec(document: Any) -> pipeline_spec_pb2.PipelineSpec:
             )
         if component.executor_label and component.executor_label not in executors:
             raise ContractViolation(f"pipeline_spec: executor {component.executor_label} missing from deploymentSpec")
+    # The Kubernetes platform config of each executor, as KFP's driver reads it (kfp-kubernetes' proto).
+    kubernetes = ((platform.get("platforms") or {}).get("kubernetes") or {}).get("deploymentSpec") or {}
+    for label, config in (kubernetes.get("executors") or {}).items():
+        if label not in executors:
+            raise ContractViolation(f"platform_spec: executor {label} is not in the pipeline's deploymentSpec")
+        try:
+            json_format.ParseDict(config, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+        except json_format.ParseError as err:
+            raise ContractViolation(f"platform_spec: executor {label}: {err}") from None
     return spec
 
 
@@ -257,12 +269,27 @@ def parse_filter(text: str) -> list[dict[str, Any]]:
     return predicates
 
 
+# Filter keys of the v2beta1 API (backend/src/apiserver/model/*.go, APIToModelFieldMap) that this
+# fake evaluates; any other key is answered 400 as an unknown field would be.
+_FILTER_KEYS = {
+    "V2beta1Run": {"run_id", "display_name", "experiment_id", "recurring_run_id", "state", "storage_state"},
+    "V2beta1RecurringRun": {"recurring_run_id", "display_name", "experiment_id", "status"},
+    "V2beta1Experiment": {"experiment_id", "display_name", "storage_state"},
+}
+
+
 def matches_filter(resource: Any, predicates: list[dict[str, Any]]) -> bool:
-    """Whether a resource passes the filter (display_name predicates only; others → 400)."""
+    """Whether a resource passes the filter (string fields; EQUALS, NOT_EQUALS, IS_SUBSTRING, IN)."""
     for predicate in predicates:
-        if predicate["key"] != "display_name":
-            raise ContractViolation(f"this fake server filters on display_name only, not {predicate['key']!r}")
-        actual, wanted = resource.display_name or "", predicate["value"]
+        if predicate["key"] not in _FILTER_KEYS[type(resource).__name__]:
+            raise ContractViolation(f"cannot filter {type(resource).__name__} on {predicate['key']!r}")
+        actual, wanted = getattr(resource, predicate["key"]) or "", predicate["value"]
+        if predicate["operation"] == "IN":
+            if not isinstance(wanted, dict) or not isinstance(wanted.get("values"), list):
+                raise ContractViolation("an IN predicate takes string_values: {values: [...]}")
+            if actual not in wanted["values"]:
+                return False
+            continue
         if predicate["operation"] == "EQUALS":
             ok = actual == wanted
         elif predicate["operation"] == "NOT_EQUALS":
@@ -282,6 +309,14 @@ def check_kfp_cron(cron: str) -> None:
         return
     if len(cron.split()) != 6 or not croniter.is_valid(cron, second_at_beginning=True):
         raise ContractViolation(f"cron {cron!r} is not a six-field (seconds first) cron expression")
+
+
+def _fnv32a(text: str) -> int:
+    """FNV-1a, 32 bits (Go's hash/fnv New32a), as the ScheduledWorkflow controller hashes run names."""
+    value = 0x811C9DC5
+    for byte in text.encode():
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value
 
 
 def _now() -> dt.datetime:
@@ -307,6 +342,11 @@ class KfpApiServer:
         """... and this error message (a test may make it echo a secret)."""
         self.stall_seconds = 0.0
         """When set, every answer is held back this long (or until the server stops)."""
+        self.fired_parameters: dict[str, dict[str, Any]] = {}
+        """Run id of a fire -> its parameters with the recurring run's macros replaced: what the
+        pipeline's steps receive (the API itself reports the recurring run's runtime config)."""
+        self._swf_names: dict[str, str] = {}
+        self._swf_index: dict[str, int] = {}
         self._stopping = threading.Event()
         self._lock = threading.RLock()
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -352,6 +392,61 @@ class KfpApiServer:
                 run.error = models.GoogleRpcStatus(code=2, message=error)
             if task_details is not None:
                 run.run_details = parse_model({"task_details": task_details}, "V2beta1RunDetails")
+
+    def fire(self, recurring_run_id: str, scheduled_at: dt.datetime) -> str | None:
+        """One fire of a recurring run, as KFP 2.17's ScheduledWorkflow controller and persistence
+        agent make it appear in the run API; returns the new run's id, or None when the recurring
+        run is disabled or already has ``max_concurrency`` active runs (the controller then starts
+        nothing).
+
+        The run (scheduledworkflow/controller.go, resource_manager.go ReportWorkflowResource): display
+        name ``<swf name>-<index>-<fnv32a of "<swf name>-<index>">`` (``NextResourceName``),
+        ``recurring_run_id`` set, the recurring run's experiment, pipeline spec, service account and
+        runtime config (as stored with the recurring run: macros not replaced), ``scheduled_at`` the
+        schedule time it fired for. The parameters the steps receive have the macros replaced
+        (parameter_formatter.go: ``[[ScheduledTime]]`` as 20060102150405 UTC, ``[[RunUUID]]``,
+        ``[[Index]]``, ``[[CurrentTime]]``): :attr:`fired_parameters`.
+        """
+        with self._lock:
+            job = self._recurring_run(recurring_run_id)
+            if job.status != "ENABLED":
+                return None
+            active = [r for r in self.runs.values()
+                      if r.recurring_run_id == recurring_run_id and r.state not in _FINAL_STATES]
+            if len(active) >= int(job.max_concurrency or 1):
+                return None
+            self._swf_index[recurring_run_id] += 1
+            index = self._swf_index[recurring_run_id]
+            resource_id = f"{self._swf_names[recurring_run_id]}-{index}"
+            now = _now()
+            run_id = str(uuid.uuid4())
+            scheduled = scheduled_at.astimezone(dt.timezone.utc).replace(microsecond=0)
+            run = models.V2beta1Run(
+                run_id=run_id,
+                display_name=f"{resource_id}-{_fnv32a(resource_id)}",
+                experiment_id=job.experiment_id,
+                recurring_run_id=recurring_run_id,
+                pipeline_spec=job.pipeline_spec,
+                runtime_config=job.runtime_config,
+                service_account=job.service_account or "pipeline-runner",
+                created_at=now,
+                scheduled_at=scheduled,
+                finished_at=dt.datetime.fromisoformat(EPOCH),
+                state="PENDING",
+                state_history=[models.V2beta1RuntimeStatus(update_time=now, state="PENDING")],
+                storage_state="AVAILABLE",
+            )
+            self.runs[run_id] = run
+            macros = {"[[ScheduledTime]]": scheduled.strftime("%Y%m%d%H%M%S"), "[[RunUUID]]": run_id,
+                      "[[Index]]": str(index), "[[CurrentTime]]": now.strftime("%Y%m%d%H%M%S")}
+            parameters = dict((job.runtime_config.parameters or {}) if job.runtime_config else {})
+            for name, value in parameters.items():
+                if isinstance(value, str):
+                    for macro, replacement in macros.items():
+                        value = value.replace(macro, replacement)
+                    parameters[name] = value
+            self.fired_parameters[run_id] = parameters
+            return run_id
 
     def requests_to(self, method: str, path: str) -> list[RecordedRequest]:
         """Recorded requests with this method and path."""
@@ -570,6 +665,11 @@ class KfpApiServer:
         now = _now()
         job.recurring_run_id = str(uuid.uuid4())
         job.created_at = job.updated_at = now
+        # The API server names the ScheduledWorkflow from the display name (lower case, [a-z0-9-]
+        # only, at most 25 characters) with a generated suffix of 5 (template.go, GenerateName).
+        base = re.sub(r"[^a-z0-9-]+", "", job.display_name.lower())[:25] or "job-"
+        self._swf_names[job.recurring_run_id] = base + uuid.uuid4().hex[:5]
+        self._swf_index[job.recurring_run_id] = 0
         job.status = "ENABLED" if job.mode == "ENABLE" else "DISABLED"
         job.namespace = self.experiments[job.experiment_id].namespace
         self.recurring_runs[job.recurring_run_id] = job

@@ -273,6 +273,44 @@ def test_recurring_run_is_created_kept_replaced_suspended_and_deleted(
     assert delete_recurring_run(conn, name) == 0
 
 
+def test_fires_of_a_recurring_run_are_read_back_by_its_id(kfp_api: KfpApiServer, tiny_pipeline: Path) -> None:
+    import datetime as dt
+
+    conn = connect(kfp_api)
+    params = {**PARAMS, "dataset_uri": "s3://data/[[ScheduledTime]].csv"}
+    recurring_run_id = ensure_recurring_run(conn, "ns.iris", str(tiny_pipeline), params, "@hourly", experiment="mlops")
+    other_id = ensure_recurring_run(conn, "ns.other", str(tiny_pipeline), PARAMS, "@hourly", experiment="mlops")
+    (job,) = training_kfp.find_recurring_runs(conn, "ns.iris")
+    assert (job.recurring_run_id, job.name, job.enabled) == (recurring_run_id, "ns.iris", True)
+    assert training_kfp.recurring_run_runs(conn, job) == []
+
+    at = [dt.datetime(2026, 11, 24, hour, tzinfo=dt.timezone.utc) for hour in (9, 10)]
+    first = kfp_api.fire(recurring_run_id, at[0])
+    assert kfp_api.fire(recurring_run_id, at[1]) is None  # max_concurrency 1: the controller waits
+    kfp_api.set_run_state(first, "SUCCEEDED")
+    second = kfp_api.fire(recurring_run_id, at[1])
+    kfp_api.fire(other_id, at[1])
+    submit_run(conn, RUN_NAME, str(tiny_pipeline), PARAMS, experiment="mlops")  # not the recurring run's
+
+    # Newest first by creation time (here within one second: KFP then orders by id).
+    runs = sorted(training_kfp.recurring_run_runs(conn, job), key=lambda run: run.scheduled, reverse=True)
+    assert [run.run_id for run in runs] == [second, first]
+    assert [run.scheduled for run in runs] == [at[1], at[0]]
+    assert {run.recurring_run_id for run in runs} == {recurring_run_id}
+    swf = runs[0].name.rsplit("-", 2)[0]  # <swf name>-<index>-<fnv32a>, the swf name from the display name
+    assert swf.startswith("nsiris") and len(swf) == len("nsiris") + 5 and runs[1].name.startswith(f"{swf}-1-")
+    # What the steps receive has the macro replaced by the time the fire was scheduled for.
+    assert kfp_api.fired_parameters[second]["dataset_uri"] == "s3://data/20261124100000.csv"
+    (listing,) = [r for r in kfp_api.requests_to("GET", "/apis/v2beta1/runs") if "filter" in r.query][-1:]
+    assert parse_filter(listing.query["filter"][0]) == [
+        {"operation": "EQUALS", "key": "recurring_run_id", "value": recurring_run_id}]
+
+    # Disabled (spec.suspend): no fires.
+    ensure_recurring_run(conn, "ns.iris", str(tiny_pipeline), params, "@hourly", experiment="mlops", enabled=False)
+    kfp_api.set_run_state(second, "SUCCEEDED")
+    assert kfp_api.fire(recurring_run_id, at[1] + dt.timedelta(hours=1)) is None
+
+
 def test_recurring_run_rejects_a_bad_schedule_before_sending(kfp_api: KfpApiServer, tiny_pipeline: Path) -> None:
     with pytest.raises(RequestRejected, match="invalid cron"):
         ensure_recurring_run(connect(kfp_api), "x", str(tiny_pipeline), PARAMS, "every monday", experiment="mlops")
@@ -588,17 +626,84 @@ def test_a_bad_training_image_or_service_account_setting_is_refused() -> None:
 def test_the_operator_sends_the_builtin_pipeline_in_the_training_image_setting(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from mlops_operator.handlers import modeltraining as handler
+    from mlops_operator.backends.training import builtin_kfp_package
+    from mlops_operator.settings import Settings
 
     monkeypatch.setenv("MLOPS_DATA_DIR", str(tmp_path))
-    handler.get_settings.cache_clear()  # settings are read once per process
-    assert handler._builtin_kfp_package() == str(TABULAR)  # the default is what it is compiled with
+    assert builtin_kfp_package(Settings()) == str(TABULAR)  # the default is what it is compiled with
     monkeypatch.setenv("MLOPS_TRAINING_IMAGE", "registry.example/mlops-operator@sha256:" + "0" * 64)
-    handler.get_settings.cache_clear()
-    try:
-        package = Path(handler._builtin_kfp_package())
-    finally:
-        handler.get_settings.cache_clear()
+    package = Path(builtin_kfp_package(Settings()))
     assert package.parent == tmp_path / "pipelines"
     executors = yaml.safe_load(package.read_text())["deploymentSpec"]["executors"]
     assert {e["container"]["image"] for e in executors.values()} == {"registry.example/mlops-operator@sha256:" + "0" * 64}
+
+
+@pytest.mark.skipif(not TABULAR.exists(), reason="pipelines/tabular.yaml not built yet")
+@pytest.mark.parametrize("caching", [False, True])
+def test_resources_placement_retries_and_caching_reach_the_submitted_spec(
+    kfp_api: KfpApiServer, tmp_path: Path, caching: bool
+) -> None:
+    from mlops_operator.api.modeltraining import ModelTrainingSpec
+    from mlops_operator.backends.pipeline_package import pipeline_arguments
+    from mlops_operator.backends.training import kfp_run_settings
+
+    spec = ModelTrainingSpec.model_validate({
+        "model": "iris", "backend": "kfp", "dataset": {"uri": "s3://data/iris.csv", "target": "species"},
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                      "limits": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": 1}},
+        "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                        {"key": "spot", "value": "true", "effect": "NoExecute", "tolerationSeconds": 60}],
+        "retries": 2, "caching": caching})
+    image = "registry.example/mlops-operator:0.2.0"
+    package = training_kfp.with_run_settings(str(TABULAR), kfp_run_settings(spec, image), tmp_path)
+    assert training_kfp.with_run_settings(str(TABULAR), kfp_run_settings(spec, image), tmp_path) == package
+    params = pipeline_arguments({"parameters": {"dataset_uri": "s3://data/iris.csv", "target": "species",
+                                                "model_name": "iris"}}, "iris-0a1b2c3d-g1", tmp_path, package)
+    run = submit_run(connect(kfp_api), "iris-0a1b2c3d-g1", package, params, experiment="mlops",
+                     enable_caching=spec.caching)
+
+    sent = kfp_api.runs[run.run_id].pipeline_spec
+    pipeline = json_format.ParseDict(sent["pipeline_spec"], pipeline_spec_pb2.PipelineSpec())
+    executors = json_format.MessageToDict(pipeline.deployment_spec)["executors"]
+    assert set(executors) == {"exec-prepare-data", "exec-train-model"}
+    for executor in executors.values():
+        container = executor["container"]
+        assert container["image"] == image
+        assert container["resources"] == {
+            "cpuRequest": 0.5, "cpuLimit": 2.0, "memoryRequest": 1.073741824, "memoryLimit": 4.294967296,
+            "resourceCpuRequest": "500m", "resourceCpuLimit": "2", "resourceMemoryRequest": "1Gi",
+            "resourceMemoryLimit": "4Gi",
+            "accelerator": {"type": "nvidia.com/gpu", "count": "1", "resourceType": "nvidia.com/gpu",
+                            "resourceCount": "1"}}
+    for task in pipeline.root.dag.tasks.values():
+        assert task.retry_policy.max_retry_count == 2
+        assert task.caching_options.enable_cache is caching
+    platform = sent["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(platform) == set(executors)
+    for config in platform.values():
+        assert config == {
+            "nodeSelector": {"labels": {"cloud.google.com/gke-accelerator": "nvidia-l4"}},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                            {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute",
+                             "tolerationSeconds": "60"}]}
+
+
+def test_the_same_settings_compiled_by_kfp_and_kfp_kubernetes_read_the_same(tmp_path: Path) -> None:
+    """with_run_settings writes what kfp's compiler and kfp-kubernetes write for the same task settings."""
+    from kfp import compiler
+
+    from .tiny_pipeline import configured_pipeline
+
+    plain, by_kfp = tmp_path / "plain.yaml", tmp_path / "kfp.yaml"
+    compiler.Compiler().compile(configured_pipeline(False), str(plain))
+    compiler.Compiler().compile(configured_pipeline(True), str(by_kfp))
+    ours = training_kfp.with_run_settings(str(plain), training_kfp.RunSettings(
+        cpu_request="250m", cpu_limit="1", memory_request="512Mi", memory_limit="2Gi", gpus=2,
+        node_selector={"pool": "gpu"}, tolerations=({"key": "nvidia.com/gpu", "operator": "Exists",
+                                                     "effect": "NoSchedule"},), retries=3), tmp_path / "out")
+    expected = list(yaml.safe_load_all(by_kfp.read_text()))
+    produced = list(yaml.safe_load_all(Path(ours).read_text()))
+    assert produced[1] == expected[1]  # the platform spec
+    assert produced[0]["deploymentSpec"] == expected[0]["deploymentSpec"]
+    assert produced[0]["root"]["dag"]["tasks"] == expected[0]["root"]["dag"]["tasks"]

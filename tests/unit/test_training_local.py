@@ -282,3 +282,40 @@ def test_runner_does_nothing_for_a_run_canceled_before_it_started(tmp_path: Path
     (directory / tl.CANCEL_FILE).write_text("now")
     assert training_runner.run(directory) == 0
     assert json.loads((directory / tl.STATE_FILE).read_text())["state"] == tl.CANCELED
+
+
+@pytest.mark.parametrize(("failures", "reason", "calls", "state"), [
+    (2, "PipelineFailed", 3, tl.SUCCEEDED),  # spec.retries 2: a third attempt succeeds
+    (3, "PipelineFailed", 3, tl.FAILED),  # every attempt fails
+    (1, "DataValidationFailed", 1, tl.FAILED),  # a retry cannot change it
+    (1, "InvalidSpec", 1, tl.FAILED),
+])
+def test_the_runner_runs_the_pipeline_again_on_failure_up_to_spec_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failures: int, reason: str, calls: int, state: str
+) -> None:
+    from mlops_operator.backends import training_runner
+
+    directory = tmp_path / "run"
+    directory.mkdir()
+    tl._write_json(directory / tl.REQUEST_FILE, {"request": {"retries": 2}, "pipelinePackage": "p.yaml",
+                                                  "arguments": {}})
+    attempts = []
+
+    def pipeline(package, arguments, root):
+        attempts.append(package)
+        if len(attempts) <= failures:
+            tl._write_json(directory / tl.STEP_ERROR_FILE, {"step": "train", "reason": reason, "message": "boom"})
+            raise RuntimeError("a step failed")
+        return {"model_version": 1}
+
+    monkeypatch.setattr(training_runner, "_run_pipeline", pipeline)
+    assert training_runner.run(directory) == (0 if state == tl.SUCCEEDED else 1)
+    assert len(attempts) == calls
+    final = tl._read_json(directory / tl.STATE_FILE)
+    assert final["state"] == state
+    if state == tl.FAILED:
+        assert final["reason"] == reason
+        assert final["message"].startswith("step train: boom")
+        assert ("attempt 3 of 3" in final["message"]) == (calls == 3)
+    else:
+        assert final["outputs"] == {"model_version": 1}

@@ -54,10 +54,13 @@ def test_schedule_fires_once_per_due_time_and_collapses_missed_ones():
     assert modeltraining.next_schedule_time(s, now) == datetime(2026, 11, 23, 10, 20, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("overrides", [{"suspend": True}, {"backend": "kfp", "kfp": {"host": "http://kfp"}}])
-def test_schedule_not_fired_locally_when_suspended_or_on_kfp(overrides):
+@pytest.mark.parametrize(("overrides", "backend_schedules"), [
+    ({"suspend": True}, False), ({"backend": "kfp", "kfp": {"host": "http://kfp"}}, True)])
+def test_schedule_not_fired_by_the_operator_when_suspended_or_the_backend_schedules(overrides, backend_schedules):
     s = spec(schedule="*/5 * * * *", **overrides)
-    assert modeltraining.pending_triggers(s, 1, {"triggeredGeneration": 1}, {}, CREATED, CREATED + timedelta(hours=1)) == []
+    later = CREATED + timedelta(hours=1)
+    assert modeltraining.pending_triggers(s, 1, {"triggeredGeneration": 1}, {}, CREATED, later,
+                                          backend_schedules=backend_schedules) == []
 
 
 def test_run_names_are_deterministic_and_distinct_per_trigger():
@@ -171,3 +174,108 @@ def test_an_unknown_policy_is_refused():
     with pytest.raises(ValueError):
         modeltraining.concurrency_step("Allow", [modeltraining.Trigger("spec", "g2", "spec generation 2")], RUNNING,
                                        CREATED)
+
+
+# --- runs a backend's own schedule started (KFP recurring run fires) --------------------------
+
+def fire(hour: int, state: str = "Succeeded", version: int | None = None) -> modeltraining.ScheduledRun:
+    scheduled = datetime(2026, 11, 24, hour, tzinfo=UTC)
+    name = f"iris-9e4533d8-s{scheduled:%Y%m%d%H%M%S}"
+    rec = record(state=state, version=version or hour, name=name) if state in ("Succeeded", "Failed") else {
+        "name": name, "trigger": "schedule", "state": state}
+    return modeltraining.ScheduledRun(scheduled, rec, [])
+
+
+def test_scheduled_run_prefix_names_fires_like_the_operators_runs():
+    assert modeltraining.scheduled_run_prefix("iris", UID) == "iris-9e4533d8-s"
+
+
+def test_each_finished_fire_is_recorded_once_with_its_own_version():
+    status, finished = modeltraining.record_scheduled_runs({}, [fire(10), fire(9)], 10, 1)
+    assert [r.record["name"] for r in finished] == ["iris-9e4533d8-s20261124090000", "iris-9e4533d8-s20261124100000"]
+    assert [r["modelVersion"] for r in status["history"]] == [10, 9]
+    assert status["latestValidatedModel"]["version"] == 10
+    assert status["lastScheduleTime"] == "2026-11-24T10:00:00Z"
+    again, finished = modeltraining.record_scheduled_runs(status, [fire(10), fire(9)], 10, 1)
+    assert (again, finished) == (status, [])
+    later, finished = modeltraining.record_scheduled_runs(status, [fire(11), fire(10), fire(9)], 10, 1)
+    assert [r.record["modelVersion"] for r in finished] == [11]
+    assert [r["modelVersion"] for r in later["history"]] == [11, 10, 9]
+
+
+def test_an_active_fire_becomes_the_latest_run_unless_another_run_is_active():
+    status, finished = modeltraining.record_scheduled_runs({}, [fire(9, "Running")], 10, 1)
+    assert finished == [] and status["latestRun"]["name"].endswith("s20261124090000")
+    assert status["phase"] == "Running" and status["lastScheduleTime"] == "2026-11-24T09:00:00Z"
+    # Another run is active: the active fire and every later one wait (none is skipped).
+    busy = {"latestRun": RUNNING, "phase": "Running"}
+    waiting, finished = modeltraining.record_scheduled_runs(busy, [fire(9, "Running"), fire(10)], 10, 1)
+    assert finished == [] and waiting == busy
+    # A fire that finished before it is recorded next to the active run; the active run stays latest.
+    status, finished = modeltraining.record_scheduled_runs(busy, [fire(9), fire(10, "Running")], 10, 1)
+    assert [r.record["name"] for r in finished] == ["iris-9e4533d8-s20261124090000"]
+    assert status["latestRun"] == RUNNING and status["phase"] == "Running"
+    assert status["latestValidatedModel"]["version"] == 9 and status["lastScheduleTime"] == "2026-11-24T09:00:00Z"
+
+
+def test_a_run_finishing_beside_an_active_one_keeps_that_ones_condition():
+    running = modeltraining.running_status({}, RUNNING, 1)
+    status = modeltraining.finished_status(running, record(name="fire", version=4), 10, 1)
+    assert status["latestRun"] == RUNNING and status["phase"] == "Running"
+    assert find_condition(status["conditions"], "Succeeded") == find_condition(running["conditions"], "Succeeded")
+    assert find_condition(status["conditions"], "Validated")["status"] == "True"
+    assert [r["name"] for r in status["history"]] == ["fire"]
+
+
+def test_latest_validated_model_only_moves_to_a_newer_version():
+    status = modeltraining.finished_status({}, record(name="late", version=5), 10, 1)
+    older = modeltraining.finished_status(status, record(name="early", version=4), 10, 1)
+    assert older["latestValidatedModel"]["version"] == 5
+    assert [r["name"] for r in older["history"]] == ["early", "late"]
+
+
+# --- spec.timeout ------------------------------------------------------------------------------
+
+def test_a_run_past_its_timeout_is_stopped_with_a_named_reason():
+    started = {**RUNNING, "started": "2026-11-23T10:00:00Z"}
+    at = datetime(2026, 11, 23, 10, 30, tzinfo=UTC)
+    assert modeltraining.deadline_step(started, None, at) is None
+    assert modeltraining.deadline_step(started, "30m", at) is None  # exactly at the limit: still allowed
+    expired = modeltraining.deadline_step(started, "30m", at + timedelta(seconds=1))
+    assert (expired["state"], expired["reason"], expired["finished"]) == ("Failed", "DeadlineExceeded",
+                                                                          "2026-11-23T10:30:01Z")
+    assert "spec.timeout 30m" in expired["message"] and expired["name"] == RUNNING["name"]
+    assert modeltraining.deadline_step({**started, "state": "Succeeded"}, "1s", at) is None
+    assert modeltraining.deadline_step({**RUNNING, "state": "Pending", "started": None}, "1s", at) is None
+    status = modeltraining.finished_status(modeltraining.running_status({}, started, 1), expired, 10, 1)
+    succeeded = find_condition(status["conditions"], "Succeeded")
+    assert (status["phase"], succeeded["reason"]) == ("Failed", "DeadlineExceeded")
+
+
+@pytest.mark.parametrize(("overrides", "problem"), [
+    ({"timeout": "0s"}, "spec.timeout: must be above 0"),
+    ({"backend": "kfp", "kfp": {"host": "http://kfp.example"},
+      "resources": {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}},
+     "nvidia.com/gpu request and limit must be equal"),
+    ({"backend": "kfp", "kfp": {"host": "http://kfp.example"}, "resources": {"limits": {"cpu": "0"}}},
+     "spec.resources.limits.cpu: '0' must be above 0"),
+    ({"backend": "kfp", "kfp": {"host": "http://kfp.example"}, "nodeSelector": {"a b": "x"}},
+     "spec.nodeSelector: 'a b' is not a label key"),
+    ({"backend": "kfp", "kfp": {"host": "http://kfp.example"}, "nodeSelector": {"pool": "a b"}},
+     "spec.nodeSelector.pool: 'a b' is not a label value"),
+])
+def test_run_settings_the_schema_cannot_judge_are_invalid_spec(overrides, problem):
+    from mlops_operator.reconcile.validation import training_spec_errors
+
+    assert any(problem in p for p in training_spec_errors(spec(**overrides))), training_spec_errors(spec(**overrides))
+
+
+def test_good_run_settings_pass():
+    from mlops_operator.reconcile.validation import training_spec_errors
+
+    good = spec(backend="kfp", kfp={"host": "http://kfp.example"}, timeout="2h", retries=3, caching=True,
+                resources={"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"nvidia.com/gpu": 1}},
+                nodeSelector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+                tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    assert training_spec_errors(good) == []
+    assert good.resources.limits.gpu == 1

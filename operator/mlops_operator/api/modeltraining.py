@@ -230,6 +230,80 @@ class KfpBackend(Model):
     """A Secret key holding a bearer token for the KFP API. Read when needed, never copied."""
 
 
+# What KFP's PipelineTask.set_cpu_request/limit and set_memory_request/limit accept (kfp/dsl/pipeline_task.py):
+# the values go into the pipeline spec as kfp's compiler writes them.
+CPU_QUANTITY = r"^([0-9]*[.])?[0-9]+m?$"
+MEMORY_QUANTITY = r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+class TrainingResourceList(Model):
+    """Amounts of CPU, memory and NVIDIA GPUs for each step of a run."""
+
+    cpu: str | None = Field(None, max_length=32, pattern=CPU_QUANTITY)
+    """CPU: cores, or millicores with m (500m, 2, 1.5)."""
+    memory: str | None = Field(None, max_length=32, pattern=MEMORY_QUANTITY)
+    """Memory: bytes, or a whole number with E, P, T, G, M, K or their binary forms Ei ... Ki (512Mi, 4Gi)."""
+    gpu: int | None = Field(None, alias=GPU_RESOURCE, ge=1, le=64)
+    """NVIDIA GPUs (nvidia.com/gpu). Kubernetes takes an extended resource's request as equal to its
+    limit: set it in limits (a request alone is taken as the limit)."""
+
+
+class TrainingResources(Model):
+    """Compute resources of each step's container (backend kfp)."""
+
+    requests: TrainingResourceList | None = None
+    """What the scheduler reserves."""
+    limits: TrainingResourceList | None = None
+    """Upper bounds."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.requests) || !has(self.limits) || !has(self.requests.cpu) || "
+                    "!has(self.limits.cpu) || quantity(self.requests.cpu).compareTo(quantity(self.limits.cpu)) <= 0",
+                    "message": "the cpu request must not exceed the cpu limit",
+                },
+                {
+                    "rule": "!has(self.requests) || !has(self.limits) || !has(self.requests.memory) || "
+                    "!has(self.limits.memory) || "
+                    "quantity(self.requests.memory).compareTo(quantity(self.limits.memory)) <= 0",
+                    "message": "the memory request must not exceed the memory limit",
+                },
+            ]
+        }
+    }
+
+
+class Toleration(Model):
+    """A toleration of the step Pods for a node taint (as in a Pod spec)."""
+
+    key: str | None = Field(None, max_length=316, pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    """The taint key; empty with operator Exists matches every taint."""
+    operator: Literal["Equal", "Exists"] = "Equal"
+    """Equal: key and value must match; Exists: any value."""
+    value: str | None = Field(None, max_length=63)
+    """The taint value (operator Equal)."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """The taint effect to match; empty matches every effect."""
+    toleration_seconds: int | None = Field(None, ge=0, le=31_536_000)
+    """With effect NoExecute: how long the Pod stays bound after the taint appears."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "has(self.key) || self.operator == 'Exists'",
+                 "message": "a toleration without a key needs operator Exists"},
+                {"rule": "self.operator != 'Exists' || !has(self.value)",
+                 "message": "a toleration with operator Exists takes no value"},
+                {"rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                 "message": "tolerationSeconds applies to effect NoExecute only"},
+            ]
+        }
+    }
+
+
 class ModelTrainingSpec(Model):
     """Desired state of a ModelTraining."""
 
@@ -260,6 +334,25 @@ class ModelTrainingSpec(Model):
     """What a new trigger does while a run is active: Forbid waits for it, Replace cancels it."""
     history_limit: int = Field(10, ge=1, le=10)
     """How many finished runs status.history keeps."""
+    resources: TrainingResources | None = None
+    """CPU, memory and GPUs of each step's container. Backend kfp (in the pipeline spec); backend
+    local runs the steps as processes beside the operator, which has no per-step resources."""
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(None, max_length=64)
+    """Node labels the step Pods must run on (e.g. a GPU node pool). Backend kfp (KFP's Kubernetes
+    platform spec, as kfp-kubernetes writes it)."""
+    tolerations: list[Toleration] | None = Field(None, max_length=32)
+    """Taints the step Pods tolerate (e.g. nvidia.com/gpu on GPU nodes). Backend kfp (KFP's
+    Kubernetes platform spec, as kfp-kubernetes writes it)."""
+    timeout: str | None = Field(None, max_length=32, pattern=DURATION)
+    """Longest a run may take from its start (e.g. 30m, 2h, 1d): a run still active then is stopped
+    and fails with reason DeadlineExceeded. Both backends."""
+    retries: int = Field(0, ge=0, le=10)
+    """How often a failed run is tried again. Backend kfp: each step is retried this many times (KFP
+    retry policy, backoff from 0 s doubling up to 1 h); backend local: the whole pipeline is run again,
+    except after InvalidSpec or DataValidationFailed, which a retry cannot change."""
+    caching: bool = False
+    """Let KFP reuse a step's earlier result for the same inputs (backend kfp). Off by default: a run
+    on the same dataset URI must read the data again. kfp.local does not cache."""
 
     model_config = Model.model_config | {
         "json_schema_extra": {
@@ -274,6 +367,18 @@ class ModelTrainingSpec(Model):
                     "has(self.pipeline.uri)].filter(x, x).size() <= 1",
                     "message": "spec.pipeline takes at most one of template, configMapRef and uri",
                     "fieldPath": ".pipeline",
+                },
+                {
+                    "rule": "self.backend == 'kfp' || (!has(self.resources) && !has(self.nodeSelector) && "
+                    "!has(self.tolerations))",
+                    "message": "resources, nodeSelector and tolerations apply to the step Pods of backend kfp; "
+                    "backend local runs the steps as processes beside the operator",
+                    "fieldPath": ".backend",
+                },
+                {
+                    "rule": "self.backend == 'kfp' || !self.caching",
+                    "message": "caching needs backend kfp (kfp.local does not cache)",
+                    "fieldPath": ".caching",
                 },
                 {
                     "rule": "!has(self.schedule) || self.backend in ['local', 'kfp']",
@@ -427,6 +532,8 @@ class ModelTrainingStatus(StatusBase):
     """The last time the schedule fired."""
     next_schedule_time: str | None = None
     """The next time the schedule fires."""
+    recurring_run_id: str | None = Field(None, max_length=253)
+    """The backend's own schedule of spec.schedule (backend kfp: the KFP recurring run's id)."""
 
 
 class ModelTraining(Resource):

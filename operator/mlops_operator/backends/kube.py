@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import Collection
 from typing import Any
 
@@ -118,3 +119,23 @@ def list_object_keys(plural: str, namespaces: Collection[str]) -> set[tuple[str,
     else:
         items = api.list_cluster_custom_object(GROUP, VERSION, plural)["items"]
     return {(item["metadata"]["namespace"], item["metadata"]["name"]) for item in items}
+
+
+def describe_api_error(error: BaseException, what: str) -> str:
+    """A Kubernetes API error in one readable line (never the raw response with its headers)."""
+    status = getattr(error, "status", None)
+    if status == 404:
+        return f"{what} not found"
+    if status == 403:
+        return f"the operator may not read {what} (RBAC: forbidden)"
+    if status is not None:
+        reason = getattr(error, "reason", "") or ""
+        message = ""
+        body = getattr(error, "body", None)
+        if body:
+            try:
+                message = json.loads(body).get("message", "")
+            except (ValueError, AttributeError, TypeError):
+                message = ""
+        return f"cannot read {what}: HTTP {status} {reason}{': ' + message if message else ''}"[:512]
+    return f"cannot read {what}: {type(error).__name__}: {error}"[:512]

@@ -73,6 +73,11 @@ KFP_RUN_STATES: dict[str, RunState] = {
 _FILTER_EQUALS = "EQUALS"
 _MANAGED_DESCRIPTION = "Managed by mlops-operator; spec-hash: "
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+SCHEDULED_TIME_MACRO = "[[ScheduledTime]]"
+"""A recurring run's parameter macro: the ScheduledWorkflow controller replaces it in each fire's
+parameters by the time the fire was scheduled for (backend/src/common/util/parameter_formatter.go)."""
+SCHEDULED_TIME_FORMAT = "%Y%m%d%H%M%S"
+"""The macro's format (Go layout 20060102150405, UTC), the same as the fire's ``scheduled_at``."""
 _CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 
 
@@ -116,6 +121,8 @@ class KfpRun:
     message: str | None
     """Why the run failed or was canceled; None otherwise."""
     created: dt.datetime | None
+    scheduled: dt.datetime | None
+    """When the run was scheduled: for a recurring run's fire, the schedule time it fired for."""
     started: dt.datetime | None
     """When the run first reported RUNNING (state history), else when it was scheduled."""
     finished: dt.datetime | None
@@ -294,6 +301,7 @@ def submit_run(
     *,
     pipeline_root: str | None = None,
     service_account: str | None = None,
+    enable_caching: bool | None = None,
 ) -> KfpRun:
     """Starts a run of a compiled pipeline package (``.yaml``) unless one with this name exists.
 
@@ -319,6 +327,7 @@ def submit_run(
             experiment_id=experiment_id,
             pipeline_root=pipeline_root,
             service_account=service_account,
+            enable_caching=enable_caching,
         ),
     )
     logger.info("created KFP run %s (%s) in experiment %s", run_name, result.run_id, experiment)
@@ -376,6 +385,7 @@ def ensure_recurring_run(
     enabled: bool = True,
     pipeline_root: str | None = None,
     service_account: str | None = None,
+    enable_caching: bool | None = None,
 ) -> str:
     """Makes a KFP recurring run named ``name`` match the arguments; returns its id.
 
@@ -392,7 +402,7 @@ def ensure_recurring_run(
     with open(pipeline_package_path, "rb") as package:
         package_bytes = package.read()
     fingerprint = _recurring_run_fingerprint(
-        package_bytes, params, kfp_schedule, max_concurrency, pipeline_root, service_account
+        package_bytes, params, kfp_schedule, max_concurrency, pipeline_root, service_account, enable_caching
     )
 
     client = conn.client()
@@ -426,10 +436,48 @@ def ensure_recurring_run(
             enabled=enabled,
             pipeline_root=pipeline_root,
             service_account=service_account,
+            enable_caching=enable_caching,
         ),
     )
     logger.info("created KFP recurring run %s (%s), cron %r", name, created.recurring_run_id, kfp_schedule)
     return created.recurring_run_id
+
+
+@dataclasses.dataclass(frozen=True)
+class KfpRecurringRun:
+    """A recurring run, reduced to what the operator uses."""
+
+    recurring_run_id: str
+    name: str
+    experiment_id: str | None
+    enabled: bool
+
+
+def find_recurring_runs(conn: KfpConnection, name: str) -> list[KfpRecurringRun]:
+    """The recurring runs with this display name (in the connection's namespace)."""
+    return [KfpRecurringRun(job.recurring_run_id, job.display_name, job.experiment_id or None,
+                            (job.status or "").upper() != "DISABLED" and (job.mode or "").upper() != "DISABLE")
+            for job in _list_recurring_runs(conn, name, experiment_id=None)]
+
+
+def recurring_run_runs(conn: KfpConnection, recurring_run: KfpRecurringRun, limit: int = 20) -> list[KfpRun]:
+    """The newest ``limit`` runs a recurring run has started, newest first (ListRuns filtered on
+    ``recurring_run_id``, the v2beta1 field the API server maps to the run's job UUID)."""
+    client = conn.client()
+    filter_json = json.dumps({"predicates": [{"operation": _FILTER_EQUALS, "key": "recurring_run_id",
+                                              "stringValue": recurring_run.recurring_run_id}]})
+    response = conn._call(
+        "list runs of a recurring run",
+        lambda: client.list_runs(
+            experiment_id=recurring_run.experiment_id,
+            namespace=None if recurring_run.experiment_id else conn.namespace,
+            filter=filter_json,
+            sort_by="created_at desc",
+            page_size=limit,
+        ),
+    )
+    # The filter is exact, but a server that ignored it must not make us adopt another run.
+    return [_to_kfp_run(run) for run in response.runs or [] if run.recurring_run_id == recurring_run.recurring_run_id]
 
 
 def delete_recurring_run(conn: KfpConnection, name: str) -> int:
@@ -503,6 +551,115 @@ def with_component_image(pipeline_package_path: str, image: str, directory: str 
             out.write(text)
         os.replace(partial, target)  # readers never see half a file
     return target
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Per-ModelTraining settings of the steps of a run, written into the compiled pipeline as kfp's
+    compiler and kfp-kubernetes write them."""
+
+    image: str | None = None
+    """Image of every step (the built-in pipeline: the trainingImage setting)."""
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+    gpus: int | None = None
+    """NVIDIA GPUs per step (accelerator nvidia.com/gpu, a limit)."""
+    node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    """Pod spec tolerations (key, operator, value, effect, tolerationSeconds)."""
+    retries: int = 0
+    """Retries of each task (KFP retry policy)."""
+
+    def fingerprint(self) -> str:
+        """A stable text of these settings (recurring-run fingerprints, file names)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+
+
+def with_run_settings(pipeline_package_path: str, settings: RunSettings, directory: str | os.PathLike[str]) -> str:
+    """A compiled pipeline whose steps carry ``settings``: the package itself when nothing changes,
+    else a copy in ``directory`` named by its content.
+
+    Resources go into each executor's container as ``PipelineTask.set_cpu_request`` ... and
+    ``set_accelerator_type/limit`` compile them (both the ``resource*`` strings and the older
+    numeric fields, for older KFP servers); retries into each task's ``retryPolicy`` as
+    ``set_retry(n)`` compiles it; node selector and tolerations into the Kubernetes platform spec
+    (the package's second document) through kfp-kubernetes' own ``add_node_selector`` and
+    ``add_toleration``, per executor.
+    """
+    from kfp.compiler import compiler_utils
+    from kfp.kubernetes import node_selector as k8s_node_selector
+    from kfp.kubernetes import toleration as k8s_toleration
+
+    try:
+        with open(pipeline_package_path, encoding="utf-8") as package:
+            documents = [doc for doc in yaml.safe_load_all(package) if doc is not None]
+    except (OSError, yaml.YAMLError) as err:
+        raise RequestRejected(f"invalid pipeline package {pipeline_package_path!r}: {err}") from None
+    if not documents or not isinstance(documents[0], dict):
+        raise RequestRejected(f"invalid pipeline package {pipeline_package_path!r}: no pipeline spec document")
+    original = yaml.safe_dump_all(documents, sort_keys=False)
+    spec = documents[0]
+    executors = (spec.get("deploymentSpec") or {}).get("executors") or {}
+    containers = {label: executor["container"] for label, executor in executors.items() if executor.get("container")}
+    for container in containers.values():
+        if settings.image:
+            container["image"] = settings.image
+        resources = container.setdefault("resources", {})
+        for value, new, old, convert in (
+            (settings.cpu_request, "resourceCpuRequest", "cpuRequest", compiler_utils._cpu_to_float),
+            (settings.cpu_limit, "resourceCpuLimit", "cpuLimit", compiler_utils._cpu_to_float),
+            (settings.memory_request, "resourceMemoryRequest", "memoryRequest", compiler_utils._memory_to_float),
+            (settings.memory_limit, "resourceMemoryLimit", "memoryLimit", compiler_utils._memory_to_float),
+        ):
+            if value is not None:
+                resources[new], resources[old] = value, convert(value)
+        if settings.gpus:
+            resources["accelerator"] = {"resourceType": "nvidia.com/gpu", "resourceCount": str(settings.gpus),
+                                        "type": "nvidia.com/gpu", "count": str(settings.gpus)}
+        if not resources:
+            del container["resources"]
+    if settings.retries:
+        dags = [spec.get("root", {}).get("dag")] + [c.get("dag") for c in (spec.get("components") or {}).values()]
+        for dag in filter(None, dags):
+            for task in (dag.get("tasks") or {}).values():
+                task["retryPolicy"] = {"backoffDuration": "0s", "backoffFactor": 2.0, "backoffMaxDuration": "3600s",
+                                       "maxRetryCount": settings.retries}
+    if settings.node_selector or settings.tolerations:
+        if len(documents) == 1:
+            documents.append({})
+        platform = documents[1].setdefault("platforms", {}).setdefault("kubernetes", {})
+        configs = platform.setdefault("deploymentSpec", {}).setdefault("executors", {})
+        for label in containers:
+            task = _PlatformConfigHolder({"kubernetes": configs.get(label, {})})
+            for key, value in sorted(settings.node_selector.items()):
+                k8s_node_selector.add_node_selector(task, key, value)
+            for toleration in settings.tolerations:
+                k8s_toleration.add_toleration(task, key=toleration.get("key"), operator=toleration.get("operator"),
+                                              value=toleration.get("value"), effect=toleration.get("effect"),
+                                              toleration_seconds=toleration.get("tolerationSeconds"))
+            configs[label] = task.platform_config["kubernetes"]
+    text = yaml.safe_dump_all(documents, sort_keys=False)
+    if text == original:
+        return pipeline_package_path
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(pipeline_package_path))[0]
+    target = os.path.join(directory, f"{stem}-{digest}.yaml")
+    if not os.path.exists(target):
+        os.makedirs(directory, exist_ok=True)
+        partial = f"{target}.{os.getpid()}.tmp"
+        with open(partial, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(partial, target)  # readers never see half a file
+    return target
+
+
+class _PlatformConfigHolder:
+    """What kfp-kubernetes' functions read and write of a PipelineTask: its ``platform_config``."""
+
+    def __init__(self, platform_config: dict[str, Any]) -> None:
+        self.platform_config = platform_config
 
 
 _PARAMETER_TYPES: dict[int, tuple[str, Callable[[Any], bool]]] = {
@@ -633,6 +790,7 @@ def _to_kfp_run(run: kfp_server_api.V2beta1Run) -> KfpRun:
         kfp_state=kfp_state,
         message=message,
         created=_timestamp(run.created_at),
+        scheduled=_timestamp(run.scheduled_at),
         started=started,
         finished=_timestamp(run.finished_at) if state in ("Succeeded", "Failed", "Canceled") else None,
         parameters=dict((run.runtime_config.parameters or {}) if run.runtime_config else {}),

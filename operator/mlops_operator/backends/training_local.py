@@ -23,7 +23,6 @@ All functions are synchronous and quick (no waiting on the run); call them from 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -39,7 +38,16 @@ from typing import Any
 import yaml
 
 from mlops_operator.api.errors import STEP_REASONS, Failure, InvalidSpec
-from mlops_operator.backends.artifacts import default_artifact_root
+# The pipeline package helpers live in pipeline_package (every backend uses them); these names stay
+# importable from here for the runner and existing callers.
+from mlops_operator.backends.pipeline_package import (  # noqa: F401
+    PIPELINE_PACKAGE_ENV,
+    REQUEST_KEYS,
+    default_pipeline_package,
+    pipeline_arguments,
+    pipeline_digest,
+    pipeline_inputs,
+)
 
 PENDING = "PENDING"
 RUNNING = "RUNNING"
@@ -61,14 +69,11 @@ STEP_ERROR_FILE = "step-error.json"
 CANCEL_FILE = "cancel-requested"
 PIPELINE_ROOT_DIR = "pipeline_root"
 
-PIPELINE_PACKAGE_ENV = "MLOPS_PIPELINE_PACKAGE"
 # Where a failing step writes {"step", "reason", "message"} (mlops_operator.components.errors reads
 # the same variable; backends do not import components, which sit above them).
 STEP_ERROR_FILE_ENV = "MLOPS_STEP_ERROR_FILE"
 # Greedy prefix: a traceback line reads "pkg.errors.InvalidSpec: InvalidSpec: <message>".
 _REASON_LINE = re.compile(r"^.*\b(" + "|".join(STEP_REASONS) + r"): (.+)$")
-# Keys of a request that are not pipeline parameters.
-REQUEST_KEYS = frozenset({"namespace", "pipeline_package", "parameters"})
 # How long a run dir may exist without a runner pid before the run counts as lost (the operator
 # died between creating the directory and starting the runner).
 START_GRACE_SECONDS = 60.0
@@ -121,68 +126,6 @@ def run_dir(data_dir: str | Path, run_name: str, namespace: str = "default") -> 
         if not _NAME.match(value or ""):
             raise ValueError(f"invalid {label} {value!r}")
     return Path(data_dir) / "runs" / namespace / run_name
-
-
-def default_pipeline_package() -> Path:
-    """The compiled built-in pipeline: ``$MLOPS_PIPELINE_PACKAGE``, else ``pipelines/tabular.yaml``
-    beside the package (source checkout) or inside it (``mlops_operator/pipelines/``)."""
-    env = os.environ.get(PIPELINE_PACKAGE_ENV)
-    if env:
-        return Path(env)
-    package_dir = Path(__file__).resolve().parent.parent
-    for candidate in (package_dir / "pipelines" / "tabular.yaml", package_dir.parent.parent / "pipelines" / "tabular.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"compiled pipeline tabular.yaml not found; set {PIPELINE_PACKAGE_ENV}")
-
-
-def pipeline_digest(package: str | Path) -> str:
-    """sha256 of a compiled pipeline package's bytes."""
-    return hashlib.sha256(Path(package).read_bytes()).hexdigest()
-
-
-def pipeline_inputs(package: str | Path) -> dict[str, dict[str, Any]]:
-    """The root input parameters of a compiled pipeline: ``{name: {"parameterType", "isOptional", ...}}``."""
-    spec = yaml.safe_load(Path(package).read_text())
-    return dict(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
-
-
-def pipeline_arguments(
-    request: dict[str, Any], run_name: str, data_dir: str | Path, package: str | Path | None = None
-) -> dict[str, Any]:
-    """The pipeline arguments for a request (also usable by a KFP backend).
-
-    Pipeline parameters come from ``request["parameters"]`` and from any top-level key that is not
-    one of REQUEST_KEYS. Fills ``run_name``, ``artifact_root`` (``file://<data_dir>/artifacts``) and
-    ``pipeline_digest``; turns a number ``max_regression`` into ``{"*": number}`` and a list ``gate``
-    of ``{"metric", "min", "max"}`` into ``{metric: {"min", "max"}}``; drops None values so the
-    pipeline's defaults apply. Raises ValueError for unknown or missing parameters.
-    """
-    package = Path(package) if package else default_pipeline_package()
-    args = {k: v for k, v in request.items() if k not in REQUEST_KEYS}
-    args.update(request.get("parameters") or {})
-    args = {k: v for k, v in args.items() if v is not None}
-    args.setdefault("run_name", run_name)
-    args.setdefault("artifact_root", default_artifact_root(data_dir))
-    inputs = pipeline_inputs(package)
-    if "pipeline_digest" in inputs:
-        args["pipeline_digest"] = pipeline_digest(package)
-    if isinstance(args.get("max_regression"), (int, float)) and not isinstance(args["max_regression"], bool):
-        args["max_regression"] = {"*": float(args["max_regression"])}
-    if isinstance(args.get("gate"), list):
-        args["gate"] = {
-            item["metric"]: {k: item[k] for k in ("min", "max") if item.get(k) is not None} for item in args["gate"]
-        }
-    unknown = sorted(set(args) - set(inputs))
-    if unknown:
-        raise ValueError(f"unknown pipeline parameters {unknown}; the pipeline takes {sorted(inputs)}")
-    missing = sorted(name for name, spec in inputs.items() if not spec.get("isOptional") and name not in args)
-    if missing:
-        raise ValueError(f"missing pipeline parameters {missing}")
-    for name, spec in inputs.items():
-        if name in args:
-            args[name] = _coerce(name, args[name], spec.get("parameterType", ""))
-    return args
 
 
 def submit(run_name: str, request: dict[str, Any], data_dir: str | Path, namespace: str | None = None,
@@ -437,28 +380,6 @@ def _read_pid(directory: Path) -> int | None:
         return int((directory / PID_FILE).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-
-
-def _coerce(name: str, value: Any, parameter_type: str) -> Any:
-    try:
-        if parameter_type == "NUMBER_INTEGER":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError("not a whole number")
-            return int(value)
-        if parameter_type == "NUMBER_DOUBLE":
-            return float(value)
-        if parameter_type == "STRING":
-            # Objects go as JSON text where the pipeline wants exact numbers (estimator_params).
-            return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-        if parameter_type == "BOOLEAN":
-            return bool(value)
-        if parameter_type == "STRUCT" and not isinstance(value, dict):
-            raise ValueError("not an object")
-        if parameter_type == "LIST" and not isinstance(value, list):
-            raise ValueError("not a list")
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"pipeline parameter {name}={value!r} is not a valid {parameter_type}: {err}") from err
-    return value
 
 
 def _read_json(path: Path) -> Any:

@@ -16,8 +16,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from mlops_operator.api.errors import DataValidationFailed, InvalidSpec
 from mlops_operator.backends import training_local as tl
 
+# Failures a retry cannot change (the same request, the same data): not retried.
+NOT_RETRIED = frozenset({InvalidSpec.reason, DataValidationFailed.reason})
 # Longest failure message put in state.json; the log has the rest.
 _MAX_MESSAGE = 3000
 
@@ -35,15 +38,27 @@ def run(directory: Path) -> int:
     tl._write_state(directory, tl.RUNNING, started=started)
     error_file = directory / tl.STEP_ERROR_FILE
     os.environ[tl.STEP_ERROR_FILE_ENV] = str(error_file)
-    try:
-        outputs = _run_pipeline(Path(request["pipelinePackage"]), request["arguments"], directory / tl.PIPELINE_ROOT_DIR)
-    except Exception as err:  # any failure becomes a FAILED state with the best reason we can find
-        traceback.print_exc()
-        sys.stdout.flush()
-        reason, message = failure_reason(directory, err)
-        tl._write_state(directory, tl.FAILED, reason=reason, message=message[:_MAX_MESSAGE],
-                        started=started, finished=tl._now())
-        return 1
+    attempts = 1 + int((request.get("request") or {}).get("retries") or 0)
+    for attempt in range(1, attempts + 1):
+        try:
+            outputs = _run_pipeline(Path(request["pipelinePackage"]), request["arguments"],
+                                    directory / tl.PIPELINE_ROOT_DIR)
+            break
+        except Exception as err:  # any failure becomes a FAILED state with the best reason we can find
+            traceback.print_exc()
+            sys.stdout.flush()
+            reason, message = failure_reason(directory, err)
+            if attempt < attempts and reason not in NOT_RETRIED and not (directory / tl.CANCEL_FILE).exists():
+                # spec.retries: the whole pipeline again (kfp.local has no per-task retry).
+                print(f"attempt {attempt} of {attempts} failed ({reason}): {message[:500]}; running the pipeline "
+                      "again", flush=True)
+                error_file.unlink(missing_ok=True)
+                continue
+            if attempt > 1:
+                message = f"{message} (attempt {attempt} of {attempts})"
+            tl._write_state(directory, tl.FAILED, reason=reason, message=message[:_MAX_MESSAGE],
+                            started=started, finished=tl._now())
+            return 1
     tl._write_state(directory, tl.SUCCEEDED, outputs=outputs, started=started, finished=tl._now())
     return 0
 

@@ -21,6 +21,7 @@ import pydantic
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.errors import InvalidSpec
 from mlops_operator.backends import kube, notifier, uri_policy
+from mlops_operator.backends.kube import describe_api_error  # noqa: F401  (re-exported for the kinds)
 from mlops_operator.metrics import reconcile_timer
 from mlops_operator.reconcile.conditions import FALSE, initial_conditions, set_condition
 from mlops_operator.reconcile.notify import NOTIFIED
@@ -73,28 +74,6 @@ def describe_validation_error(error: pydantic.ValidationError) -> str:
         path = ".".join(str(part) for part in problem["loc"])
         lines.append(f"spec.{path}: {problem['msg']}")
     return "; ".join(lines)
-
-
-def describe_api_error(error: BaseException, what: str) -> str:
-    """A Kubernetes API error in one readable line (never the raw response with its headers)."""
-    status = getattr(error, "status", None)
-    if status == 404:
-        return f"{what} not found"
-    if status == 403:
-        return f"the operator may not read {what} (RBAC: forbidden)"
-    if status is not None:
-        reason = getattr(error, "reason", "") or ""
-        message = ""
-        body = getattr(error, "body", None)
-        if body:
-            try:
-                import json
-
-                message = json.loads(body).get("message", "")
-            except (ValueError, AttributeError, TypeError):
-                message = ""
-        return f"cannot read {what}: HTTP {status} {reason}{': ' + message if message else ''}"[:512]
-    return f"cannot read {what}: {type(error).__name__}: {error}"[:512]
 
 
 def parse_spec(model: type[M], spec: Mapping[str, Any]) -> M:

@@ -45,8 +45,11 @@ def pending_triggers(
     annotations: dict[str, str],
     created: datetime,
     now: datetime,
+    *,
+    backend_schedules: bool = False,
 ) -> list[Trigger]:
-    """The triggers that have not started a run yet, most important first."""
+    """The triggers that have not started a run yet, most important first. With
+    ``backend_schedules`` the backend fires spec.schedule itself (a KFP recurring run): no schedule trigger."""
     triggers = []
     if status.get("triggeredGeneration") != generation:
         triggers.append(Trigger("spec", f"g{generation}", f"spec generation {generation}"))
@@ -54,7 +57,7 @@ def pending_triggers(
     if request and request != status.get("observedRetrainRequest"):
         digest = hashlib.sha256(request.encode()).hexdigest()[:8]
         triggers.append(Trigger("retrain", f"r{digest}", f"retrain requested: {request}"[:1024]))
-    due = due_schedule_time(spec, status, created, now)
+    due = None if backend_schedules else due_schedule_time(spec, status, created, now)
     if due is not None:
         triggers.append(Trigger("schedule", f"s{due:%Y%m%d%H%M}", f"schedule {spec.schedule} at {due:%Y-%m-%dT%H:%M:%SZ}"))
     return triggers
@@ -93,11 +96,31 @@ def concurrency_step(policy: ConcurrencyPolicy | str, triggers: list[Trigger], l
     return ConcurrencyDecision(list(triggers), replaced)
 
 
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+"""The reason of a run stopped because it ran longer than spec.timeout."""
+
+
+def deadline_step(record: dict[str, Any], timeout: str | None, now: datetime) -> dict[str, Any] | None:
+    """The active run's record as stopped (Failed/DeadlineExceeded) when it has run longer than
+    ``timeout`` (spec.timeout) since it started; None while it may go on. The caller cancels the run."""
+    if not timeout or record.get("state") not in ACTIVE_STATES or not record.get("started"):
+        return None
+    from mlops_operator.reconcile.durations import parse_duration
+
+    started = parse_rfc3339(record["started"])
+    if now - started <= parse_duration(timeout):
+        return None
+    return {**record, "state": "Failed", "reason": DEADLINE_EXCEEDED,
+            "message": f"the run was still {record['state'].lower()} after spec.timeout {timeout} "
+                       f"(started {record['started']}); it was stopped",
+            "finished": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
 def due_schedule_time(spec: ModelTrainingSpec, status: dict[str, Any], created: datetime, now: datetime
                       ) -> datetime | None:
     """The latest cron time in (last fired, now], or None. Missed times collapse into one run."""
-    if not spec.schedule or spec.suspend or spec.backend != "local":
-        return None  # backend kfp schedules with a KFP recurring run instead
+    if not spec.schedule or spec.suspend:
+        return None
     last = parse_rfc3339(status["lastScheduleTime"]) if status.get("lastScheduleTime") else created
     latest = croniter(spec.schedule, now).get_prev(datetime)
     return latest if latest > last else None
@@ -113,6 +136,52 @@ def next_schedule_time(spec: ModelTrainingSpec, now: datetime) -> datetime | Non
 def run_name(name: str, uid: str, triggers: list[Trigger]) -> str:
     """The deterministic name of the run that serves these triggers."""
     return f"{name}-{uid.replace('-', '')[:8]}-{triggers[0].key}"
+
+
+def scheduled_run_prefix(name: str, uid: str) -> str:
+    """How the runs a backend's own schedule starts are named: this prefix and the fire's schedule
+    time (``<name>-<uid8>-s20261123101500``), so each fire claims its own model version."""
+    return f"{name}-{uid.replace('-', '')[:8]}-s"
+
+
+@dataclass(frozen=True)
+class ScheduledRun:
+    """A run the backend's own schedule started (a KFP recurring run's fire)."""
+
+    scheduled: datetime
+    """The schedule time it fired for."""
+    record: dict[str, Any]
+    """Its run record."""
+    reasons: list[str]
+    """The gate's reasons when its model failed the gate."""
+
+
+def record_scheduled_runs(status: dict[str, Any], runs: list[ScheduledRun], history_limit: int, generation: int,
+                          now: datetime | None = None) -> tuple[dict[str, Any], list[ScheduledRun]]:
+    """Status with the fires the operator has not recorded yet, and those of them that finished
+    (to count and announce once).
+
+    Fires are taken oldest first after status.lastScheduleTime (the newest fire recorded). A
+    finished fire goes to history (and may become latestValidatedModel); an active one becomes
+    latestRun, observed from then on like any run, unless another run is active: then it and every
+    later fire wait for the next reconcile, so none is skipped.
+    """
+    last = parse_rfc3339(status["lastScheduleTime"]) if status.get("lastScheduleTime") else None
+    result, finished = dict(status), []
+    for run in sorted(runs, key=lambda r: r.scheduled):
+        if last is not None and run.scheduled <= last:
+            continue
+        latest = result.get("latestRun") or {}
+        if run.record["state"] in ACTIVE_STATES:
+            if latest.get("state") in ACTIVE_STATES and latest.get("name") != run.record["name"]:
+                break
+            result = running_status(result, run.record, generation, now)
+        else:
+            result = finished_status(result, run.record, history_limit, generation, run.reasons, now)
+            finished.append(run)
+        last = run.scheduled
+        result["lastScheduleTime"] = last.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return result, finished
 
 
 def mark_handled(triggers: list[Trigger], generation: int, annotations: dict[str, str], now: datetime
@@ -311,7 +380,20 @@ def comparison_summary(record: dict[str, Any]) -> str:
 
 def finished_status(status: dict[str, Any], record: dict[str, Any], history_limit: int, generation: int,
                     validation_reasons: list[str] | None = None, now: datetime | None = None) -> dict[str, Any]:
-    """Status after a run reached a final state: conditions, phase, history, latestValidatedModel."""
+    """Status after a run reached a final state: conditions, phase, history, latestValidatedModel.
+
+    A run that finished while another one is active (a KFP recurring run's fire beside an
+    on-demand run) goes to history and may become latestValidatedModel; the active run stays
+    latestRun with its Succeeded condition and phase. latestValidatedModel only moves to a newer
+    version."""
+    latest = status.get("latestRun") or {}
+    if latest.get("state") in ACTIVE_STATES and latest.get("name") != record["name"]:
+        result = finished_status({**status, "latestRun": None}, record, history_limit, generation,
+                                 validation_reasons, now)
+        succeeded = [c for c in status.get("conditions") or [] if c["type"] == "Succeeded"]
+        others = [c for c in result["conditions"] if c["type"] != "Succeeded"]
+        return {**result, "latestRun": latest, "phase": status.get("phase", "Running"),
+                "conditions": succeeded + others}
     result = dict(status)
     result["latestRun"] = record
     history = [record] + [r for r in status.get("history", []) if r.get("name") != record["name"]]
@@ -326,13 +408,15 @@ def finished_status(status: dict[str, Any], record: dict[str, Any], history_limi
                                        f"Model version {record.get('modelVersion')} passed the validation gate"
                                        + (f": {comparison_summary(record)}." if comparison_summary(record) else "."),
                                        generation=generation, now=now)
-            result["latestValidatedModel"] = {
-                "version": record["modelVersion"],
-                "uri": record["modelUri"],
-                "metrics": record.get("metrics", {}),
-                **({"profileUri": record["profileUri"]} if record.get("profileUri") else {}),
-                "run": record["name"],
-            }
+            current = (status.get("latestValidatedModel") or {}).get("version") or 0
+            if (record.get("modelVersion") or 0) >= current:
+                result["latestValidatedModel"] = {
+                    "version": record["modelVersion"],
+                    "uri": record["modelUri"],
+                    "metrics": record.get("metrics", {}),
+                    **({"profileUri": record["profileUri"]} if record.get("profileUri") else {}),
+                    "run": record["name"],
+                }
         else:
             reasons = "; ".join(validation_reasons or []) or "the gate rejected the model"
             conditions = set_condition(conditions, "Validated", FALSE, "ValidationFailed",

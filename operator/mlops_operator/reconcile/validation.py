@@ -7,6 +7,7 @@ InvalidSpec and not retried until its spec changes.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Callable
 from urllib.parse import urlsplit
@@ -114,6 +115,39 @@ def training_spec_errors(spec: ModelTrainingSpec, default_kfp_host: str | None =
     for check in spec.data_validation.columns:
         if check.min is not None and check.max is not None and check.min > check.max:
             problems.append(f"spec.dataValidation.columns[{check.name}]: min exceeds max")
+    return problems + _training_run_problems(spec)
+
+
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def _training_run_problems(spec: ModelTrainingSpec) -> list[str]:
+    """spec.timeout, resources and nodeSelector beyond what the schema checks."""
+    problems = []
+    if spec.timeout is not None:
+        try:
+            if parse_duration(spec.timeout).total_seconds() <= 0:
+                problems.append("spec.timeout: must be above 0")
+        except ValueError as error:
+            problems.append(f"spec.timeout: {error}")
+    resources = spec.resources
+    if resources is not None:
+        for kind, amounts in (("requests", resources.requests), ("limits", resources.limits)):
+            for name in ("cpu", "memory"):
+                value = getattr(amounts, name) if amounts else None
+                if value is not None and parse_quantity(value) <= 0:
+                    problems.append(f"spec.resources.{kind}.{name}: {value!r} must be above 0")
+        gpus = [amounts.gpu for amounts in (resources.requests, resources.limits) if amounts and amounts.gpu]
+        if len(gpus) == 2 and gpus[0] != gpus[1]:
+            problems.append("spec.resources: the nvidia.com/gpu request and limit must be equal (an extended "
+                            "resource is never overcommitted); set it in limits only")
+    for key, value in (spec.node_selector or {}).items():
+        if len(key) > 316 or not _LABEL_KEY.match(key) or len(key.rsplit("/", 1)[0]) > 253:
+            problems.append(f"spec.nodeSelector: {key!r} is not a label key")
+        elif not _LABEL_VALUE.match(value):
+            problems.append(f"spec.nodeSelector.{key}: {value!r} is not a label value")
     return problems
 
 

@@ -1,0 +1,371 @@
+"""Training backends behind one protocol: :class:`TrainingBackend`, chosen once per ModelTraining.
+
+The ModelTraining handler knows only this protocol: it asks a backend to submit a run, observe it,
+cancel it, keep its schedule in step with the spec and clean up when the object goes. Each backend
+turns its own run states into the API's run records (``reconcile.modeltraining.run_record``).
+
+- ``local`` (:class:`LocalTraining`): the compiled pipeline through kfp.local in a detached process
+  (``training_local``); the operator fires ``spec.schedule`` itself, as a trigger.
+- ``kfp`` (:class:`KfpTraining`): a Kubeflow Pipelines v2 API (``training_kfp``); ``spec.schedule``
+  is a KFP recurring run, whose fires the backend reads back as runs, each with its own name and
+  model version.
+
+A new backend implements :class:`TrainingBackend` and registers its class in :data:`BACKENDS`; the
+handler does not change. All methods are async and never block the event loop (the synchronous
+clients run in threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from mlops_operator.api.errors import STEP_REASONS, Failure, InvalidSpec
+from mlops_operator.api.modeltraining import ModelTrainingSpec
+from mlops_operator.backends import artifacts, kube, pipeline_package, storage_credentials, training_kfp, training_local
+from mlops_operator.reconcile import modeltraining
+from mlops_operator.settings import Settings
+
+Record = dict[str, Any]
+"""A run record in API form (status.latestRun / status.history entry)."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A run as the backend sees it now."""
+
+    record: Record
+    """The run record (state, times, outputs when it succeeded)."""
+    reasons: list[str]
+    """The validation gate's reasons when the run produced a model that failed it."""
+
+
+@dataclass(frozen=True)
+class ScheduleRequest:
+    """What a backend that schedules runs itself should keep (``cron`` None: no schedule)."""
+
+    cron: str | None
+    """spec.schedule."""
+    enabled: bool
+    """False while spec.suspend."""
+    run_prefix: str
+    """Each fire's run is named this prefix and its schedule time (reconcile.modeltraining.scheduled_run_prefix)."""
+    parameters: dict[str, Any]
+    """Pipeline parameters, as for :meth:`TrainingBackend.submit`."""
+    since: datetime | None = None
+    """Only fires scheduled after this are returned (status.lastScheduleTime: the newest recorded)."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What :meth:`TrainingBackend.sync_schedule` found and did."""
+
+    backend_id: str | None = None
+    """The backend's own schedule (KFP recurring run id); None when it has none."""
+    runs: list[modeltraining.ScheduledRun] = field(default_factory=list)
+    """The runs the backend's schedule started after ``since``."""
+
+
+class TrainingBackend(Protocol):
+    """What the ModelTraining handler needs from a training backend."""
+
+    schedules_runs: ClassVar[bool]
+    """True: the backend fires spec.schedule itself and :meth:`sync_schedule` returns the runs it
+    started; False: the operator fires the schedule as a trigger and calls :meth:`submit`."""
+
+    async def submit(self, run_name: str, trigger: str, parameters: dict[str, Any]) -> Record:
+        """Start the run ``run_name`` (or find the one with that name) with the pipeline parameters
+        of ``reconcile.modeltraining.pipeline_parameters``; a request the pipeline can never take
+        gives a Failed/InvalidSpec record, not an exception."""
+        ...
+
+    async def observe(self, record: Record) -> Observed:
+        """The active run's current state."""
+        ...
+
+    async def cancel(self, record: Record) -> None:
+        """Stop an active run (a finished or unknown run is left alone)."""
+        ...
+
+    async def sync_schedule(self, request: ScheduleRequest) -> Schedule:
+        """Keep the backend's own schedule in step with the spec; returns the runs the schedule
+        started (none for a backend that does not schedule). The runs are read before the
+        schedule is replaced, so no fire of a replaced schedule goes unrecorded."""
+        ...
+
+    async def cleanup(self, status: Mapping[str, Any]) -> None:
+        """The ModelTraining is being deleted: stop its active runs, remove its schedule."""
+        ...
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+class LocalTraining:
+    """Backend ``local``: the compiled pipeline through kfp.local in a detached runner process."""
+
+    schedules_runs: ClassVar[bool] = False
+    STATES: ClassVar[dict[str, str]] = {
+        training_local.PENDING: "Pending",
+        training_local.RUNNING: "Running",
+        training_local.SUCCEEDED: "Succeeded",
+        training_local.FAILED: "Failed",
+        training_local.CANCELED: "Canceled",
+    }
+
+    def __init__(self, spec: ModelTrainingSpec, namespace: str, name: str, settings: Settings) -> None:
+        self.spec, self.namespace, self.name, self.settings = spec, namespace, name, settings
+
+    def _record(self, run: training_local.RunStatus, trigger: str) -> Record:
+        return modeltraining.run_record(run.run_name, trigger, run.run_name, self.STATES[run.state], run.started,
+                                        run.finished, run.reason, run.message, run.outputs)
+
+    async def submit(self, run_name: str, trigger: str, parameters: dict[str, Any]) -> Record:
+        package = await pipeline_source(self.spec, self.namespace, self.settings)
+        request = {"namespace": self.namespace, "parameters": parameters,
+                   **({"pipeline_package": package} if package else {}),
+                   **({"retries": self.spec.retries} if self.spec.retries else {})}
+        env = await dataset_credentials_env(self.spec, self.namespace)
+        run = await asyncio.to_thread(training_local.submit, run_name, request, self.settings.data_dir,
+                                      self.namespace, env)
+        return self._record(run, trigger)
+
+    async def observe(self, record: Record) -> Observed:
+        try:
+            run = await asyncio.to_thread(training_local.status, record["name"], self.settings.data_dir, self.namespace)
+        except FileNotFoundError:
+            return Observed({**record, "state": "Failed", "reason": training_local.REASON_RUNNER_LOST,
+                             "message": "the run directory is gone"}, [])
+        return Observed(self._record(run, record["trigger"]), list(run.outputs.get("validation_reasons") or []))
+
+    async def cancel(self, record: Record) -> None:
+        await asyncio.to_thread(training_local.cancel, record["name"], self.settings.data_dir, self.namespace)
+
+    async def sync_schedule(self, request: ScheduleRequest) -> Schedule:
+        return Schedule()  # the operator fires the schedule itself
+
+    async def cleanup(self, status: Mapping[str, Any]) -> None:
+        latest = status.get("latestRun") or {}
+        if latest.get("state") in modeltraining.ACTIVE_STATES:
+            await self.cancel(latest)
+
+
+class KfpTraining:
+    """Backend ``kfp``: runs and a recurring run on a Kubeflow Pipelines v2 API."""
+
+    schedules_runs: ClassVar[bool] = True
+
+    def __init__(self, spec: ModelTrainingSpec, namespace: str, name: str, settings: Settings) -> None:
+        self.spec, self.namespace, self.name, self.settings = spec, namespace, name, settings
+        self.experiment = spec.kfp.experiment if spec.kfp else "mlops-operator"
+        self._connection: training_kfp.KfpConnection | None = None
+
+    @property
+    def recurring_run_name(self) -> str:
+        """The display name of this object's recurring run (deterministic: found again after a restart,
+        and on delete without the object's uid)."""
+        return f"{self.namespace}.{self.name}"
+
+    async def connection(self) -> training_kfp.KfpConnection:
+        """The KFP API connection of this object (its token read from the Secret now, never stored)."""
+        if self._connection is None:
+            spec = self.spec
+            token = None
+            if spec.kfp and spec.kfp.token_secret_ref:
+                ref = spec.kfp.token_secret_ref
+                try:
+                    token = await kube.read_secret_key(self.namespace, ref.name, ref.key)
+                except KeyError:
+                    raise InvalidSpec(f"spec.kfp.tokenSecretRef: Secret {ref.name} has no key {ref.key}") from None
+                except Exception as error:  # the message names the Secret, never its value
+                    raise InvalidSpec("spec.kfp.tokenSecretRef: "
+                                      + kube.describe_api_error(error, f"Secret {ref.name}")) from None
+            host = (spec.kfp and spec.kfp.host) or self.settings.kfp_host or ""
+            self._connection = training_kfp.KfpConnection(
+                host=host, namespace=(spec.kfp and spec.kfp.namespace) or self.settings.kfp_namespace, token=token)
+        return self._connection
+
+    async def package(self) -> str:
+        """The compiled pipeline to send: the spec's, or the built-in one in the trainingImage
+        setting's image; with the spec's resources, retries, node selector and tolerations."""
+        source = await pipeline_source(self.spec, self.namespace, self.settings)
+        image = None if source else self.settings.training_image_ref
+        package = source or str(pipeline_package.default_pipeline_package())
+        return await asyncio.to_thread(training_kfp.with_run_settings, package, kfp_run_settings(self.spec, image),
+                                       Path(self.settings.data_dir) / "pipelines")
+
+    def _outputs(self, run_name: str) -> dict[str, Any]:
+        """KFP does not return a run's output parameters through its run API; the export step wrote
+        the version to the shared artifact store under a claim keyed by the run name."""
+        root = self.settings.artifact_root_uri
+        version = artifacts.version_for_run(root, self.spec.model, run_name)
+        if version is None or not artifacts.is_complete(root, self.spec.model, version):
+            return {}
+        info = artifacts.read_model_version(root, self.spec.model, version)
+        return {"model_version": version, "model_uri": info["uri"], "metrics": info["metrics"],
+                "validated": info["validated"], "validation_reasons": info["validationReasons"],
+                "profile_uri": info["profileUri"],
+                "dataset_digest": (info["lineage"].get("dataset") or {}).get("digest"),
+                "sources": info["lineage"].get("sources"), "comparison": info["lineage"].get("comparison")}
+
+    @staticmethod
+    def _record(run: training_kfp.KfpRun, name: str, trigger: str, outputs: dict[str, Any]) -> Record:
+        reason = None
+        if run.state == "Failed":
+            message = run.message or ""
+            reason = next((r for r in STEP_REASONS if r in message), Failure.reason)
+        return modeltraining.run_record(name, trigger, run.run_id, run.state, _iso(run.started), _iso(run.finished),
+                                        reason, run.message, outputs)
+
+    async def _observed(self, run: training_kfp.KfpRun, name: str, trigger: str) -> Observed:
+        outputs = await asyncio.to_thread(self._outputs, name) if run.state == "Succeeded" else {}
+        return Observed(self._record(run, name, trigger, outputs), list(outputs.get("validation_reasons") or []))
+
+    async def submit(self, run_name: str, trigger: str, parameters: dict[str, Any]) -> Record:
+        conn = await self.connection()
+        package = await self.package()
+        try:
+            # Parameter types coerced to the compiled pipeline's inputs (estimator_params travels as
+            # JSON text), the pipeline digest filled in: the same arguments as a local run.
+            arguments = pipeline_package.pipeline_arguments({"parameters": parameters}, run_name,
+                                                            self.settings.data_dir, package)
+            run = await asyncio.to_thread(training_kfp.submit_run, conn, run_name, package, arguments,
+                                          self.experiment, pipeline_root=self.settings.kfp_pipeline_root,
+                                          service_account=self.settings.kfp_service_account,
+                                          enable_caching=self.spec.caching)
+        except (training_kfp.RequestRejected, ValueError) as error:  # the KFP API will never take this run
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return modeltraining.run_record(run_name, trigger, None, "Failed", stamp, stamp, InvalidSpec.reason,
+                                            str(error))
+        return self._record(run, run_name, trigger, {})
+
+    async def observe(self, record: Record) -> Observed:
+        conn = await self.connection()
+        run = await asyncio.to_thread(training_kfp.get_run, conn, record["backendRunId"])
+        return await self._observed(run, record["name"], record["trigger"])
+
+    async def cancel(self, record: Record) -> None:
+        if record.get("backendRunId"):
+            conn = await self.connection()
+            await asyncio.to_thread(training_kfp.cancel_run, conn, record["backendRunId"])
+
+    async def sync_schedule(self, request: ScheduleRequest) -> Schedule:
+        conn = await self.connection()
+        jobs = await asyncio.to_thread(training_kfp.find_recurring_runs, conn, self.recurring_run_name)
+        runs = []
+        for job in jobs:
+            for run in await asyncio.to_thread(training_kfp.recurring_run_runs, conn, job):
+                if run.scheduled is None or (request.since is not None and run.scheduled <= request.since):
+                    continue
+                name = request.run_prefix + run.scheduled.astimezone(UTC).strftime(training_kfp.SCHEDULED_TIME_FORMAT)
+                trigger = f"schedule {request.cron or '(removed)'} at {_iso(run.scheduled)}"
+                observed = await self._observed(run, name, trigger)
+                runs.append(modeltraining.ScheduledRun(run.scheduled, observed.record, observed.reasons))
+        if request.cron is None:
+            await asyncio.to_thread(training_kfp.delete_recurring_run, conn, self.recurring_run_name)
+            return Schedule(None, runs)
+        package = await self.package()
+        # Each fire gets its own run name, so its own model version: KFP puts the fire's schedule
+        # time in place of the macro, and the same time is the fire's scheduled_at, read back above.
+        arguments = pipeline_package.pipeline_arguments(
+            {"parameters": request.parameters}, request.run_prefix + training_kfp.SCHEDULED_TIME_MACRO,
+            self.settings.data_dir, package)
+        recurring_run_id = await asyncio.to_thread(
+            training_kfp.ensure_recurring_run, conn, self.recurring_run_name, package, arguments, request.cron,
+            self.experiment, enabled=request.enabled, pipeline_root=self.settings.kfp_pipeline_root,
+            service_account=self.settings.kfp_service_account, enable_caching=self.spec.caching)
+        return Schedule(recurring_run_id, runs)
+
+    async def cleanup(self, status: Mapping[str, Any]) -> None:
+        """Terminate the active runs (the latest one and any fire of the recurring run), then delete
+        the recurring run."""
+        latest = status.get("latestRun") or {}
+        if latest.get("state") in modeltraining.ACTIVE_STATES:
+            await self.cancel(latest)
+        conn = await self.connection()
+        jobs = await asyncio.to_thread(training_kfp.find_recurring_runs, conn, self.recurring_run_name)
+        # Deleted first, so it fires no more while its runs are being stopped (its runs keep its id).
+        await asyncio.to_thread(training_kfp.delete_recurring_run, conn, self.recurring_run_name)
+        for job in jobs:
+            for run in await asyncio.to_thread(training_kfp.recurring_run_runs, conn, job):
+                if not run.is_finished:
+                    await asyncio.to_thread(training_kfp.cancel_run, conn, run.run_id)
+
+
+BACKENDS: dict[str, type[LocalTraining] | type[KfpTraining]] = {"local": LocalTraining, "kfp": KfpTraining}
+"""spec.backend -> the class that implements it."""
+
+
+def training_backend(spec: ModelTrainingSpec, namespace: str, name: str, settings: Settings) -> TrainingBackend:
+    """The backend of one ModelTraining, chosen by spec.backend."""
+    return BACKENDS[spec.backend](spec, namespace, name, settings)
+
+
+def kfp_run_settings(spec: ModelTrainingSpec, image: str | None) -> training_kfp.RunSettings:
+    """spec.resources, retries, nodeSelector and tolerations (and the steps' image) for KFP."""
+    requests = spec.resources.requests if spec.resources and spec.resources.requests else None
+    limits = spec.resources.limits if spec.resources and spec.resources.limits else None
+    gpus = (limits and limits.gpu) or (requests and requests.gpu) or None  # an extended resource: request = limit
+    return training_kfp.RunSettings(
+        image=image, cpu_request=requests and requests.cpu, cpu_limit=limits and limits.cpu,
+        memory_request=requests and requests.memory, memory_limit=limits and limits.memory, gpus=gpus,
+        node_selector=dict(spec.node_selector or {}),
+        tolerations=tuple(t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations or ()),
+        retries=spec.retries)
+
+
+def builtin_kfp_package(settings: Settings) -> str:
+    """The built-in pipeline with its steps in the trainingImage setting's image (default: the
+    operator's own image and version, what the pipeline is compiled with)."""
+    return training_kfp.with_component_image(str(pipeline_package.default_pipeline_package()),
+                                             settings.training_image_ref, settings.data_dir / "pipelines")
+
+
+async def dataset_credentials_env(spec: ModelTrainingSpec, namespace: str) -> dict[str, str]:
+    """The run's environment carrying spec.dataset.credentialsSecretRef's keys (read now, never stored)."""
+    ref = spec.dataset.credentials_secret_ref
+    if ref is None:
+        return {}
+    try:
+        data = await kube.read_secret(namespace, ref.name)
+    except Exception as error:  # the message names the Secret, never a value
+        reason = getattr(error, "reason", None) or type(error).__name__
+        raise InvalidSpec(f"spec.dataset.credentialsSecretRef: cannot read Secret {ref.name}: {reason}") from None
+    if not data:
+        raise InvalidSpec(f"spec.dataset.credentialsSecretRef: Secret {ref.name} has no keys")
+    return storage_credentials.dataset_env(data)
+
+
+async def pipeline_source(spec: ModelTrainingSpec, namespace: str, settings: Settings) -> str | None:
+    """Path of the compiled pipeline the spec names (None: the built-in template)."""
+    source = spec.pipeline
+    if source.config_map_ref:
+        ref = source.config_map_ref
+        try:
+            text = await kube.read_config_map_key(namespace, ref.name, ref.key)
+        except KeyError:
+            raise InvalidSpec(f"spec.pipeline.configMapRef: ConfigMap {ref.name} has no key {ref.key}") from None
+        except Exception as error:
+            raise InvalidSpec("spec.pipeline.configMapRef: "
+                              + kube.describe_api_error(error, f"ConfigMap {ref.name}")) from None
+        path = Path(settings.data_dir) / "pipelines" / namespace / f"{ref.name}-{ref.key}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return str(path)
+    if source.uri:
+        import fsspec
+
+        path = Path(settings.data_dir) / "pipelines" / namespace / source.uri.replace("/", "_")[-120:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with fsspec.open(source.uri, "rb") as handle:
+                path.write_bytes(handle.read())
+        except Exception as error:
+            raise InvalidSpec(f"spec.pipeline.uri: cannot read {source.uri}: {error}") from None
+        return str(path)
+    return None
