@@ -171,8 +171,9 @@ def webhook_certificate(directory: Path) -> bytes:
 # ---------------------------------------------------------------- the chart
 
 
-def chart_values(images: dict[str, str]) -> list[str]:
-    """``helm --set`` values that point seldon-config at our images (refs ``name:tag``)."""
+def chart_values(images: dict[str, str], extra: dict[str, str] | None = None) -> list[str]:
+    """``helm --set`` values that point seldon-config at our images (refs ``name:tag``), and ``extra``
+    values (e.g. ``istio.enabled``)."""
     executor_repo, executor_tag = images["executor"].rsplit(":", 1)
     registry, repository = executor_repo.split("/", 1)
     mlserver_image, mlserver_tag = images["mlserver"].rsplit(":", 1)
@@ -185,13 +186,15 @@ def chart_values(images: dict[str, str]) -> list[str]:
         "predictor_servers.SKLEARN_SERVER.protocols.v2.image": mlserver_image,
         "predictor_servers.SKLEARN_SERVER.protocols.v2.defaultImageVersion": mlserver_tag,
         "certManager.enabled": "false", "usageMetrics.enabled": "false",
+        **(extra or {}),
     }
     return [a for k, v in values.items() for a in ("--set-string", f"{k}={v}")]
 
 
-def render_chart(src: Path, helm: Path, images: dict[str, str]) -> list[dict[str, Any]]:
+def render_chart(src: Path, helm: Path, images: dict[str, str], extra: dict[str, str] | None = None
+                 ) -> list[dict[str, Any]]:
     out = subprocess.run([str(helm), "template", "seldon-core", str(src / CHART), "-n", SELDON_NAMESPACE,
-                          *chart_values(images)], capture_output=True, text=True, check=False, timeout=120)
+                          *chart_values(images, extra)], capture_output=True, text=True, check=False, timeout=120)
     if out.returncode != 0:
         raise ServerError(f"helm template {src / CHART} failed: {out.stderr[-2000:]}")
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -203,7 +206,8 @@ class SeldonInstall(LoopbackServer):
     name = "seldon-manager"
     error = ServerError
 
-    def __init__(self, kube_api: Any, kubeconfig: str, workdir: Path, images: dict[str, str], helm: Path):
+    def __init__(self, kube_api: Any, kubeconfig: str, workdir: Path, images: dict[str, str], helm: Path,
+                 values: dict[str, str] | None = None):
         self.src = source_or_skip()
         self.bin_dir = seldon_build.build(self.src)
         super().__init__(self.bin_dir / "manager", workdir)
@@ -211,7 +215,8 @@ class SeldonInstall(LoopbackServer):
         self.kubeconfig = kubeconfig
         self.images = images
         self.helm = helm
-        self.objects = render_chart(self.src, helm, images)
+        self.values = dict(values or {})
+        self.objects = render_chart(self.src, helm, images, self.values)
         self.deployment = next(d for d in self.objects if d["kind"] == "Deployment")
 
     def apply_chart(self, webhook_port: int, ca_pem: bytes) -> None:

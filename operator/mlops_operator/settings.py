@@ -56,6 +56,15 @@ class Settings(BaseSettings):
     `ghcr.io/mlops-operator/mlops-operator:<version>` (the chart sets the image it deploys)."""
     prometheus_url: str | None = None
     """Default Prometheus for rollout analysis; without it the analysis reads the router's statistics."""
+    seldon_routing: Literal["none", "istio", "ambassador"] = "none"
+    """How the cluster routes a Seldon canary's and shadow's traffic (backend seldon): `istio` or `ambassador`
+    (Seldon writes the mesh's weights and mirror), or `none` (no mesh: the operator routes through a Service
+    named like the ModelDeployment that selects every predictor's Pods, so kube-proxy splits requests in
+    proportion to ready replicas, and sets the canary's and stable's replica counts from the step's weight;
+    shadow is refused)."""
+    seldon_split_max_replicas: int = Field(10, ge=2, le=100)
+    """With `MLOPS_SELDON_ROUTING=none`: most replicas (stable + canary) a canary step may use to approximate its
+    weight (10 gives every multiple of 10%; 2 gives only 50%); the status reports the share the replicas give."""
     poll_interval_seconds: float = Field(5.0, gt=0, le=3600)
     """How often running trainings, rollouts and model servers are observed."""
     leader_election: bool = False

@@ -9,8 +9,11 @@ initializer in each Pod downloads them with the credentials of a Secret named by
 
 One SeldonDeployment lifecycle: version 1 → Seldon's Deployments, init container download, MLServer
 serving through the predictor Service with the predictions of the model loaded directly, the
-endpoint in status callable as it is (resolved by the node's CoreDNS) → version 2 as a canary (its own
-predictor and Service) → promoted → served by the stable predictor → version 3, which cannot load,
+endpoint in status callable as it is (resolved by the node's CoreDNS) → version 2 as a canary at 33%
+without a mesh (MLOPS_SELDON_ROUTING=none: the step's weight becomes 2 stable and 1 canary replicas,
+and the operator's routing Service over every predictor's Pods lets the node's real kube-proxy split
+requests by ready replicas; the split over 400 requests is checked against a binomial bound) →
+approved → promoted → served by the stable predictor → version 3, which cannot load,
 fails after its progress deadline with the failing container named and is rejected; meanwhile the executors' request
 logger posts every request to the operator's sink on the bridge address, which writes the inference
 log on S3, and a DriftMonitor checks those rows against the served version's training profile. Nothing here writes a SeldonDeployment status: the controller does.
@@ -32,6 +35,7 @@ from typing import Any
 import joblib
 import numpy as np
 import pytest
+from scipy.stats import binom
 from sklearn.datasets import load_iris
 
 from chart_support import bin_dir
@@ -48,6 +52,12 @@ KIND = "ModelDeployment"
 # Rows of every class, so two models can disagree.
 ROWS = load_iris().data[::15].tolist()
 POD_READY_TIMEOUT = 300  # image import is done before; an MLServer Pod is Ready in ~30 s (probe delay 20 s)
+# The canary split without a mesh: weight 33 → 2 stable + 1 canary replicas; kube-proxy picks one of
+# the 3 ready endpoints uniformly per connection (each request here is a new connection), so the
+# canary's count over SPLIT_REQUESTS is Binomial(n, 1/3). It must lie in the central 1 - 1e-4 interval
+# (a correct split fails this 1 time in 10,000; a 50/50 split, what equal replica counts would give,
+# passes it 2 times in 1,000): for n = 400, 98..171 canary answers (24.5%..42.75%).
+SPLIT_WEIGHT, SPLIT_REQUESTS, SPLIT_ALPHA = 33, 400, 1e-4
 
 
 def _timed(timings: dict[str, float], what: str, start: float) -> None:
@@ -87,6 +97,17 @@ def v2_infer(url: str, rows: list[list[float]], timeout: float = 10) -> dict[str
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         raise AssertionError(f"{url}: HTTP {error.code} {error.read()[:500]!r}") from None
+
+
+def proxied_endpoints(namespace: str, service: str, port: str = "http") -> int:
+    """How many endpoints kube-proxy has programmed for ``namespace/service:port`` (its nat rules,
+    read with iptables-save as root): a split is measured only once every ready Pod is in them."""
+    import subprocess
+
+    rules = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True,
+                           timeout=30).stdout
+    marker = f'--comment "{namespace}/{service}:{port} -> '
+    return sum(1 for line in rules.splitlines() if line.startswith("-A KUBE-SVC-") and marker in line)
 
 
 def direct_predictions(s3: S3Server, uri: str) -> list[int]:
@@ -191,7 +212,8 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         start = time.monotonic()
         objects.create(deployment_body(
             "iris", {"uri": v1["uri"], "version": "1", "name": "iris"},
-            {"strategy": "canary", "steps": [{"weight": 50, "pauseSeconds": 1}]},
+            # Manual approval: the canary step holds while its split is measured.
+            {"strategy": "canary", "steps": [{"weight": SPLIT_WEIGHT, "pauseSeconds": 1}], "approval": "manual"},
             backend="seldon", storageSecretName="s3-models", progressDeadlineSeconds=180,
             resources={"requests": {"cpu": "50m", "memory": "128Mi"}}))
         md = objects.wait(KIND, "iris", lambda o: (condition(o, "Ready") or {}).get("status") == "True",
@@ -206,13 +228,16 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         assert init and init[0].image == seldon.images["rclone"], [c.image for c in pod.spec.init_containers]
         assert {c.image for c in pod.spec.containers} == {seldon.images["mlserver"], seldon.images["executor"]}
 
-        # The endpoint in status is the predictor Service's URL, callable as it is (endpoint + /infer).
+        # The endpoint in status is the routing Service's URL (named like the ModelDeployment, over every
+        # predictor's Pods: no mesh here), callable as it is (endpoint + /infer).
         endpoint = md["status"]["endpoint"]
         url = urllib.parse.urlparse(endpoint)
-        assert url.hostname == f"iris-stable.{ns}.svc.cluster.local" and url.path == "/v2/models/iris", endpoint
+        assert url.hostname == f"iris.{ns}.svc.cluster.local" and url.path == "/v2/models/iris", endpoint
         service_ip = resolve(url.hostname, node_cluster.devnode.NODE_IP)
-        assert service_ip == core.read_namespaced_service("iris-stable", ns).spec.cluster_ip
+        assert service_ip == core.read_namespaced_service("iris", ns).spec.cluster_ip
         callable_endpoint = endpoint.replace(url.hostname, service_ip, 1)  # the host has no cluster DNS
+        # The stable predictor's own Service (Seldon's), for what only the stable predictor must answer.
+        stable_endpoint = f"http://{core.read_namespaced_service('iris-stable', ns).spec.cluster_ip}:8000/v2/models/iris"
         # Seldon says Available once the Pods are; kube-proxy programs the Service's rules on its own
         # clock (about a second later), so the first call may be refused: it answers within seconds.
         def first_answer() -> dict[str, Any] | None:
@@ -225,7 +250,8 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         assert answer["model_name"] == "iris" and answer["model_version"] == "1"
         assert [int(x) for x in answer["outputs"][0]["data"]] == expected["1"]
 
-        # 2. Version 2 rolls out as a canary: its own predictor, Deployment and Service.
+        # 2. Version 2 rolls out as a canary: its own predictor, Deployment and Service; at 33% without a
+        # mesh, 2 stable replicas and 1 canary replica.
         start = time.monotonic()
         objects.patch(KIND, "iris", {"spec": {"model": {"uri": v2["uri"], "version": "2", "name": "iris"}}})
 
@@ -241,9 +267,40 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         _timed(timings, "seldon v2 canary serving", start)
         assert canary["model_version"] == "2" and [int(x) for x in canary["outputs"][0]["data"]] == expected["2"]
         # The stable predictor still serves version 1 meanwhile.
-        assert v2_infer(f"{callable_endpoint}/infer", ROWS)["model_version"] == "1"
+        assert v2_infer(f"{stable_endpoint}/infer", ROWS)["model_version"] == "1"
+
+        # The step holds (manual approval) with the split the replicas give, reported in status.traffic.
+        def split_reported(o: dict[str, Any]) -> bool:
+            weights = {t["predictor"]: t["weight"] for t in o["status"].get("traffic") or []}
+            return o["status"].get("phase") == "AwaitingApproval" and weights == {"stable": 67, "canary": 33}
+
+        objects.wait(KIND, "iris", split_reported, timeout=POD_READY_TIMEOUT, what="the 2:1 split reported")
+        sdep = custom.get_namespaced_custom_object("machinelearning.seldon.io", "v1", ns, "seldondeployments", "iris")
+        assert [(p["name"], p["replicas"]) for p in sdep["spec"]["predictors"]] == [("stable", 2), ("canary", 1)]
+        wait_until(lambda: proxied_endpoints(ns, "iris") == 3, timeout=60, interval=0.5,
+                   what="kube-proxy routing iris over the 3 ready Pods")
+        _timed(timings, "seldon split ready (2 stable + 1 canary)", start)
+
+        # The split through the routing Service, on the node's real kube-proxy: one new connection per request.
+        start = time.monotonic()
+        answers: dict[str, int] = {}
+        deadline = time.monotonic() + 180
+        for i in range(SPLIT_REQUESTS):
+            assert time.monotonic() < deadline, f"{i} requests in 180 s: {answers}"
+            version = v2_infer(f"{callable_endpoint}/infer", ROWS[:1], timeout=10)["model_version"]
+            answers[version] = answers.get(version, 0) + 1
+        low, high = binom.interval(1 - SPLIT_ALPHA, SPLIT_REQUESTS, 1 / 3)
+        canary_share = answers.get("2", 0)
+        assert set(answers) == {"1", "2"} and low <= canary_share <= high, (
+            f"canary answered {canary_share} of {SPLIT_REQUESTS} (expected {low:.0f}..{high:.0f}): {answers}")
+        _timed(timings, "seldon split measured", start)
+        SUMMARY.append(f"seldon split without a mesh (weight {SPLIT_WEIGHT}, 2+1 replicas): canary "
+                       f"{canary_share}/{SPLIT_REQUESTS} = {100 * canary_share / SPLIT_REQUESTS:.1f}% "
+                       f"(binomial 1-{SPLIT_ALPHA:g} interval {low:.0f}..{high:.0f})")
+        objects.patch(KIND, "iris", {"metadata": {"annotations": {"mlops.dev/approve": "2"}}})
 
         # 3. Promoted: the stable predictor serves version 2, the canary predictor is gone.
+        start = time.monotonic()
         md = objects.wait(KIND, "iris", lambda o: o["status"].get("stableVersion") == "2"
                           and (condition(o, "Ready") or {}).get("status") == "True",
                           timeout=POD_READY_TIMEOUT, what="version 2 promoted")
@@ -252,7 +309,7 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
 
         def stable_serves_v2() -> dict[str, Any] | None:
             try:
-                out = v2_infer(f"{callable_endpoint}/infer", ROWS, timeout=5)
+                out = v2_infer(f"{stable_endpoint}/infer", ROWS, timeout=5)
             except (AssertionError, OSError):
                 return None
             return out if out["model_version"] == "2" else None
@@ -276,7 +333,9 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
                 if path.endswith(".jsonl"):
                     for line in fs.cat_file(path).decode().splitlines():
                         record = json.loads(line)
-                        if record.get("status") == 200 and record.get("outputs"):
+                        # The answers to ROWS (the split's one-row requests are logged too).
+                        if record.get("status") == 200 and record.get("outputs") and \
+                                len(record["outputs"][0]["data"]) == len(ROWS):
                             seen[(record["predictor"], record["modelVersion"])] = record["outputs"][0]["data"]
             return seen if {("stable", "1"), ("canary", "2"), ("stable", "2")} <= set(seen) else None
 
@@ -328,6 +387,10 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         print(seldon.log_tail(40))
         for p in core.list_namespaced_pod(ns).items:
             print(p.metadata.name, p.status.phase, [(c.name, c.state) for c in (p.status.container_statuses or [])])
+        # What happened to Pods and Deployments that are gone by now (scheduling, ReplicaSet, kubelet).
+        for e in sorted(core.list_namespaced_event(ns).items, key=lambda e: str(e.last_timestamp or e.event_time))[-40:]:
+            print(e.last_timestamp or e.event_time, e.involved_object.kind, e.involved_object.name, e.reason,
+                  (e.message or "")[:200])
         raise
     finally:
         objects.delete_all()
@@ -335,3 +398,123 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         operator.stop()
     _timed(timings, "seldon lifecycle total", t0)
     SUMMARY.append("seldon e2e: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if "seldon" in k))
+
+
+def virtual_service_layout(vs: dict[str, Any], ns: str) -> tuple:
+    """What a VirtualService Seldon wrote routes: the HTTP route's (predictor, weight) pairs and its
+    mirror (predictor, percent), with the gRPC route checked to say the same."""
+    suffix = f".{ns}.svc.cluster.local"
+    layouts = []
+    for route in vs["spec"]["http"]:
+        weights = tuple((d["destination"]["host"].removesuffix(suffix).removeprefix("iris-"), d.get("weight"))
+                        for d in route.get("route") or [])
+        mirror = route.get("mirror")
+        mirrored = None
+        if mirror:
+            mirrored = (mirror["host"].removesuffix(suffix).removeprefix("iris-"),
+                        (route.get("mirrorPercentage") or {}).get("value", 100))
+        layouts.append((weights, mirrored))
+    assert len(layouts) == 2 and layouts[0] == layouts[1], f"HTTP and gRPC routes differ: {layouts}"
+    return layouts[0]
+
+
+def test_istio_virtual_service_follows_the_rollout_steps(node_cluster, node_api, seldon, s3, seldon_namespace,
+                                                         tmp_path, monkeypatch):
+    """MLOPS_SELDON_ROUTING=istio, with Seldon's controller installed with ``istio.enabled`` and Istio's
+    VirtualService and DestinationRule CRDs from istio.io/api v1.32.0: at each step of a shadow →
+    canary 25% → canary 60% → promoted rollout, the VirtualService Seldon writes routes what our step
+    says (weights, and the mirror with our mirrorPercent). Istio itself does not run here (no Envoy):
+    the objects are checked, not the traffic; the API server validates them against Istio's schemas."""
+    from kubernetes import client
+
+    from istio_support import ISTIO_API_VERSION, istio_crds
+
+    ns, timings, kc = seldon_namespace, node_cluster.timings, node_cluster.kubeconfig
+    custom = client.CustomObjectsApi(node_api)
+    start = time.monotonic()
+    install_crds(node_api, istio_crds(), what=f"Istio CRDs (istio.io/api {ISTIO_API_VERSION})")
+    # Seldon's controller as the chart runs it with istio.enabled (ISTIO_ENABLED, ISTIO_GATEWAY): one
+    # controller at a time, so the module's (without Istio) stops first.
+    seldon.stop()
+    istio = SeldonInstall(node_api, kc, tmp_path / "seldon-istio", seldon.images, seldon.helm,
+                          values={"istio.enabled": "true"}).start()
+    assert istio.env()["ISTIO_ENABLED"] == "true"
+    _timed(timings, "seldon istio: CRDs and controller", start)
+
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    root = f"s3://{s3.bucket}/{ns}"
+    v1, v2 = publish_model(root), publish_model(root, c=0.001)
+    core = client.CoreV1Api(node_api)
+    core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="s3-models"), string_data={
+        "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "Minio", "RCLONE_CONFIG_S3_ENV_AUTH": "false",
+        "RCLONE_CONFIG_S3_ACCESS_KEY_ID": s3.access_key, "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": s3.secret_key,
+        "RCLONE_CONFIG_S3_ENDPOINT": s3.endpoint_url, "RCLONE_CONFIG_S3_REGION": "us-east-1"}))
+    install_crds(node_api, [__import__("yaml").safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))])
+    operator = OperatorProcess(kc, ns, tmp_path / "operator", env={
+        **s3.env(), "MLOPS_ARTIFACT_ROOT": root, "MLOPS_SELDON_ROUTING": "istio", "MLOPS_SELDON_LOGGER_MODE": "never"}
+    ).start()
+    objects = Objects(node_api, ns)
+
+    # Every distinct layout of the VirtualService, in order, polled beside the rollout.
+    seen: list[tuple] = []
+
+    def record() -> None:
+        try:
+            vs = custom.get_namespaced_custom_object("networking.istio.io", "v1alpha3", ns, "virtualservices", "iris")
+        except client.exceptions.ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        layout = virtual_service_layout(vs, ns)
+        if not seen or seen[-1] != layout:
+            seen.append(layout)
+
+    def wait_recording(predicate, what: str, timeout: float = POD_READY_TIMEOUT) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            record()
+            obj = objects.get(KIND, "iris")
+            return obj if predicate(obj) else None
+        return wait_until(probe, timeout=timeout, interval=0.25, what=what)
+
+    try:
+        start = time.monotonic()
+        rollout = {"strategy": "shadow", "shadow": {"mirrorPercent": 50, "durationSeconds": 8},
+                   "steps": [{"weight": 25, "pauseSeconds": 8}, {"weight": 60, "pauseSeconds": 8}],
+                   "approval": "manual"}
+        objects.create(deployment_body("iris", {"uri": v1["uri"], "version": "1", "name": "iris"}, rollout,
+                                       backend="seldon", storageSecretName="s3-models", progressDeadlineSeconds=180,
+                                       resources={"requests": {"cpu": "50m", "memory": "128Mi"}}))
+        wait_recording(lambda o: (condition(o, "Ready") or {}).get("status") == "True" and seen,
+                       "version 1 Ready and its VirtualService written")
+        objects.patch(KIND, "iris", {"spec": {"model": {"uri": v2["uri"], "version": "2", "name": "iris"}}})
+        md = wait_recording(lambda o: o["status"].get("phase") == "AwaitingApproval"
+                            and seen and seen[-1] == ((("stable", 40), ("canary", 60)), None),
+                            "shadow, canary 25%, canary 60% and the approval gate")
+        assert [t["weight"] for t in md["status"]["traffic"]] == [40, 60]
+        objects.patch(KIND, "iris", {"metadata": {"annotations": {"mlops.dev/approve": "2"}}})
+        wait_recording(lambda o: o["status"].get("stableVersion") == "2" and not o["status"].get("rollout")
+                       and len(seen) > 4 and seen[-1] == ((("stable", 100),), None), "promoted, stable at 100%")
+        _timed(timings, "seldon istio rollout", start)
+        assert seen == [
+            ((("stable", 100),), None),                       # version 1
+            ((("stable", 100),), ("shadow", 50)),             # shadow: every request to stable, half mirrored
+            ((("stable", 75), ("canary", 25)), None),         # step 1
+            ((("stable", 40), ("canary", 60)), None),         # step 2, held for approval
+            ((("stable", 100),), None),                       # promoted: version 2 on the stable predictor
+        ], seen
+        rules = custom.list_namespaced_custom_object("networking.istio.io", "v1alpha3", ns, "destinationrules")
+        hosts = {r["metadata"]["name"]: r["spec"]["host"] for r in rules["items"]}
+        assert hosts.get("iris-stable") == f"iris-stable.{ns}.svc.cluster.local", hosts
+        SUMMARY.append("seldon istio: VirtualService layouts " + " -> ".join(str(x) for x in seen))
+    except BaseException:
+        print("VirtualService layouts seen:", seen)
+        print("\n".join(line for line in operator.logs().splitlines()
+                        if "Timer 'observe' succeeded" not in line)[-6000:])
+        print(istio.log_tail(40))
+        raise
+    finally:
+        objects.delete_all()
+        wait_until(lambda: not objects.list_all(), timeout=120, what="our objects deleted")
+        operator.stop()
+        istio.stop()

@@ -140,6 +140,13 @@ def test_the_first_version_is_written_as_seldon_expects(objects, operator, seldo
                        what="waiting for Seldon")
     assert obj["status"]["seldonDeployment"] == "iris"
     assert obj["status"]["estimatedMonthlyCost"]["instanceType"] == "t3.large"
+    # No mesh (MLOPS_SELDON_ROUTING=none, the default): a Service named like the ModelDeployment over
+    # every predictor's Pods, owned by it (tests/e2e/test_seldon.py measures its split on a real node).
+    from kubernetes import client
+
+    service = client.CoreV1Api(seldon.api.api_client).read_namespaced_service("iris", namespace)
+    assert service.spec.selector == {"seldon-deployment-id": "iris"}
+    assert [(o.kind, o.uid) for o in service.metadata.owner_references] == [("ModelDeployment", md["metadata"]["uid"])]
 
     # Deleting the ModelDeployment lets the garbage collector delete the SeldonDeployment.
     objects.delete(KIND, "iris")
@@ -170,3 +177,31 @@ def test_every_rollout_layout_is_admitted_by_seldons_schema(seldon_crd, kube_api
         admitted = api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest, dry_run="All")
         # Nothing of ours was pruned by the schema.
         assert admitted["spec"] == manifest["spec"], phase
+
+
+def test_shadow_without_a_mesh_is_refused_before_any_work(objects, operator, seldon_crd, seldon):
+    """MLOPS_SELDON_ROUTING=none (the default): Seldon would ignore the shadow, so it is refused with
+    a condition and an event naming the setting, and no SeldonDeployment is written."""
+    v1 = publish_model((operator.data_dir / "artifacts").resolve().as_uri())
+    objects.create(deployment_body("iris", model_source(v1), {"strategy": "shadow"}, backend="seldon"))
+    obj = objects.wait(KIND, "iris", lambda o: condition(o, "Ready").get("reason") == "InvalidSpec", timeout=30,
+                       what="shadow refused")
+    message = condition(obj, "Ready")["message"]
+    assert "shadow needs a mesh" in message and "MLOPS_SELDON_ROUTING=none" in message, message
+    assert obj["status"]["phase"] == "Invalid"
+    wait_until(lambda: any(e.reason == "InvalidSpec" and "MLOPS_SELDON_ROUTING" in e.message
+                           for e in objects.events("iris")), timeout=30, what="the InvalidSpec event")
+    assert seldon.get("iris") is None
+
+
+def test_shadow_with_istio_routing_is_written(objects, kubeconfig, namespace, crds, tmp_path, seldon_crd, seldon):
+    """With MLOPS_SELDON_ROUTING=istio the shadow strategy is Seldon's (VirtualService mirror)."""
+    process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator",
+                              env={"MLOPS_SELDON_LOGGER_PORT": "0", "MLOPS_SELDON_ROUTING": "istio"}).start()
+    try:
+        v1 = publish_model((process.data_dir / "artifacts").resolve().as_uri())
+        objects.create(deployment_body("iris", model_source(v1), {"strategy": "shadow"}, backend="seldon"))
+        seldon.wait_predictors("iris", [("stable", 100, None, "1")], timeout=60)
+        assert condition(objects.get(KIND, "iris"), "Ready").get("reason") != "InvalidSpec"
+    finally:
+        process.stop()

@@ -232,6 +232,8 @@ OPERATOR_GRANTS = (
        ("", "secrets", "get")}
     | {("machinelearning.seldon.io", "seldondeployments", verb) for verb in ("get", "list", "create", "patch", "delete")}
     | {("", "pods", "list")}  # backend seldon: the failing container's reason when Seldon's message is generic
+    # backend seldon without a mesh: the routing Service named like the ModelDeployment
+    | {("", "services", verb) for verb in ("get", "create", "patch", "delete")}
 )
 
 

@@ -97,6 +97,11 @@ uses; README.md "RBAC" says which.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# seldonRouting none: the Service named like the ModelDeployment that routes to every predictor's
+# Pods (created, its selector and ports kept, deleted after a switch to a mesh or backend local).
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create, patch, delete]
 {{- end }}
 {{- end }}
 

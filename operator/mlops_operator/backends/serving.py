@@ -79,7 +79,7 @@ def backends(settings: Settings) -> dict[str, ServingBackend]:
         manager = LocalServingManager(settings.data_dir, settings.inference_log_root_uri, ready_timeout=15)
         logger_urls = functools.partial(seldon_logger_sink.predictor_logger_urls, settings.inference_log_root_uri)
         _backends = {"local": LocalServing(manager, settings.data_dir / "model-cache"),
-                     "seldon": SeldonServing(logger_urls)}
+                     "seldon": SeldonServing(logger_urls, settings.seldon_routing, settings.seldon_split_max_replicas)}
     return _backends
 
 

@@ -27,9 +27,13 @@ from mlops_operator.reconcile.seldondeployment import (
     SELDON_GROUP,
     SELDON_PLURAL,
     SELDON_VERSION,
+    Routing,
+    build_routing_service,
     build_seldon_deployment,
     observe_seldon_deployment,
     pod_failure_reason,
+    predictor_replicas,
+    routing_service_name,
     seldon_deployment_name,
 )
 from mlops_operator.reconcile.serving import BackendView, ServedDeployment, seldon_needs_pod_reason, seldon_view
@@ -141,6 +145,62 @@ async def list_seldon_pods(namespace: str, sdep: str) -> list[dict[str, Any]]:
         return []
 
 
+# ---------------------------------------------------------------- routing without a mesh
+
+
+def _apply_service(manifest: dict[str, Any]) -> dict[str, Any]:
+    meta = manifest["metadata"]
+    api = kube.api_client()
+    core = client.CoreV1Api(api)
+    try:
+        live = api.sanitize_for_serialization(core.read_namespaced_service(meta["name"], meta["namespace"]))
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        try:
+            return api.sanitize_for_serialization(core.create_namespaced_service(meta["namespace"], manifest))
+        except ApiException as create_error:
+            if create_error.status != 409:
+                raise
+            live = api.sanitize_for_serialization(core.read_namespaced_service(meta["name"], meta["namespace"]))
+    owners = [o.get("uid") for o in live["metadata"].get("ownerReferences") or [] if o.get("controller")]
+    if owners != [meta["ownerReferences"][0]["uid"]]:
+        raise InvalidSpec(f"Service {meta['namespace']}/{meta['name']} exists and is not this ModelDeployment's: "
+                          "without a mesh (MLOPS_SELDON_ROUTING=none) the requests are routed through a Service "
+                          "named like the ModelDeployment; rename the ModelDeployment or that Service")
+    wanted = manifest["spec"]
+    if live["spec"].get("selector") == wanted["selector"] and [
+            (p.get("name"), p.get("port"), p.get("targetPort")) for p in live["spec"].get("ports") or []] == [
+            (p["name"], p["port"], p["targetPort"]) for p in wanted["ports"]]:
+        return live
+    body = {"metadata": {"labels": meta["labels"]}, "spec": {"selector": wanted["selector"], "ports": wanted["ports"]}}
+    return api.sanitize_for_serialization(core.patch_namespaced_service(meta["name"], meta["namespace"], body))
+
+
+async def apply_routing_service(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create the Service that routes a ModelDeployment's requests without a mesh, or bring its selector
+    and ports back; InvalidSpec when the name is taken by a Service the ModelDeployment does not own."""
+    return await asyncio.to_thread(_apply_service, manifest)
+
+
+def _delete_service(namespace: str, name: str) -> None:
+    core = client.CoreV1Api(kube.api_client())
+    try:
+        live = core.read_namespaced_service(name, namespace)
+        if any(o.kind == "ModelDeployment" and o.name == name and o.controller
+               for o in live.metadata.owner_references or []):
+            core.delete_namespaced_service(name, namespace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+async def delete_routing_service(namespace: str, name: str) -> None:
+    """Delete the routing Service of the ModelDeployment ``name`` when it is that ModelDeployment's
+    (after a switch to a mesh or to backend local)."""
+    await asyncio.to_thread(_delete_service, namespace, routing_service_name(name))
+
+
 # ---------------------------------------------------------------- the serving backend
 
 LoggerUrls = Callable[[str, str, Sequence[PredictorPlan]], Awaitable[Mapping[str, str] | None]]
@@ -152,8 +212,11 @@ class SeldonServing:
 
     name = "seldon"
 
-    def __init__(self, logger_urls: LoggerUrls | None = None) -> None:
+    def __init__(self, logger_urls: LoggerUrls | None = None, routing: Routing = "none", max_replicas: int = 10
+                 ) -> None:
         self._logger_urls = logger_urls
+        self.routing = routing
+        self.max_replicas = max_replicas
 
     async def apply(self, target: ServedDeployment, plan: Sequence[PredictorPlan], rollout_in_flight: bool
                     ) -> BackendView:
@@ -161,9 +224,16 @@ class SeldonServing:
         if not plan:
             return BackendView()
         urls = await self._logger_urls(target.namespace, target.name, plan) if self._logger_urls else None
+        # Without a mesh Seldon ignores traffic: the canary's weight becomes replica counts, and a Service
+        # over every predictor's Pods lets kube-proxy split by them.
+        replicas = predictor_replicas(target.spec, plan, self.routing, self.max_replicas)
         manifest = build_seldon_deployment(target.name, target.namespace, target.uid, target.spec, target.model_name,
-                                           plan, urls)
+                                           plan, urls, replicas)
         live = await apply_seldon_deployment(manifest)
+        if self.routing == "none":
+            await apply_routing_service(build_routing_service(target.name, target.namespace, target.uid))
+        else:
+            await delete_routing_service(target.namespace, target.name)
         observed = observe_seldon_deployment(live, [p.name for p in plan])
         sdep_name = manifest["metadata"]["name"]
         pod_reason = None
@@ -171,7 +241,9 @@ class SeldonServing:
             pods = await list_seldon_pods(target.namespace, sdep_name)
             pod_reason = pod_failure_reason(pods, sdep_name, [p.name for p in plan])
         return seldon_view(plan, observed, sdep_name, pod_reason, rollout_in_flight=rollout_in_flight,
-                           replicas=target.spec.replicas)
+                           replicas=target.spec.replicas,
+                           routed_by=(target.name, target.namespace, target.model_name)
+                           if self.routing == "none" else None)
 
     async def request_stats(self, target: ServedDeployment, predictor: str, since: datetime
                             ) -> tuple[RequestStats | None, bool]:
@@ -196,6 +268,7 @@ class SeldonServing:
         """Delete the SeldonDeployment the status names (another backend serves the deployment now)."""
         if status.get("seldonDeployment"):
             await delete_seldon_deployment(namespace, status["seldonDeployment"])
+            await delete_routing_service(namespace, name)
 
     async def forget(self, namespace: str, name: str) -> None:
         """Nothing: the SeldonDeployment goes with its owner (garbage collector)."""

@@ -36,7 +36,7 @@ from mlops_operator.handlers.common import (
     register_kind,
     uri_policy_problems,
 )
-from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rightsizing, rootcause
+from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rightsizing, rootcause, seldondeployment
 from mlops_operator.reconcile.conditions import FALSE, TRUE, find_condition, set_condition
 from mlops_operator.reconcile.cost import default_price_table, estimate_monthly_cost
 from mlops_operator.reconcile.serving import BackendView, ServedDeployment
@@ -135,6 +135,7 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
     # 1. The spec.
     spec = parse_spec(ModelDeploymentSpec, obj.get("spec") or {})
     problems = deployment_spec_errors(spec, default_price_table().instance_type_names())
+    problems += seldondeployment.routing_problems(spec, get_settings().seldon_routing)
     problems += await uri_policy_problems(status, ("spec.model.uri", spec.model.uri))
     regions = {spec.region} if spec.region else set()
     regions |= {r.region for r in spec.placement.regions} if spec.placement else set()

@@ -7,22 +7,32 @@ of Seldon's prepackaged servers; ``modelUri`` is the model version's directory, 
 storage initializer downloads. On EKS the artifact root is ``s3://`` (a ``file://`` URI, as on
 the local control plane, is not loadable by a real Seldon).
 
-Seldon Core v1 mirrors every request to a shadow predictor: ``shadow.mirrorPercent`` applies to
-the local backend only.
+A shadow predictor's ``traffic`` is ``shadow.mirrorPercent`` when below 100: Seldon writes it as the
+Istio VirtualService's ``mirrorPercentage`` (without it Istio mirrors every request).
+
+Seldon honours ``traffic`` and ``shadow`` only through a mesh (Istio VirtualService weights and
+``mirror``, or Ambassador mappings); without one it silently makes one plain Service per predictor.
+The setting ``MLOPS_SELDON_ROUTING`` says which the cluster has. With ``none`` the operator routes for
+real without a mesh: a Service named like the ModelDeployment selects the serving Pods of every
+predictor (:func:`build_routing_service`), so kube-proxy splits requests in proportion to ready
+replicas, and the replica counts are set from the step's weight (:func:`split_replicas`); the status
+reports the split the replicas give. A shadow cannot be done that way and is refused
+(:func:`routing_problems`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from mlops_operator.api.annotations import SPEC_HASH_ANNOTATION
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
-from mlops_operator.reconcile.modeldeployment import STABLE, PredictorPlan
+from mlops_operator.reconcile.modeldeployment import CANARY, STABLE, PredictorPlan
 
 SELDON_GROUP = "machinelearning.seldon.io"
 SELDON_VERSION = "v1"
@@ -38,6 +48,128 @@ LIGHTGBM_IMAGE = "seldonio/mlserver:1.7.1-lightgbm"
 LIGHTGBM_RUNTIME = "mlserver_lightgbm.LightGBMModel"
 
 AVAILABLE, CREATING, FAILED = "Available", "Creating", "Failed"
+
+Routing = Literal["istio", "ambassador", "none"]
+# Seldon's executor ports in every predictor Pod (the chart's defaults), which our routing Service targets.
+EXECUTOR_HTTP_PORT, EXECUTOR_GRPC_PORT = 8000, 5001
+
+
+# ---------------------------------------------------------------- routing without a mesh
+
+
+@dataclass(frozen=True)
+class ReplicaSplit:
+    """Replica counts of the stable and canary predictors, and the share of requests they give."""
+
+    stable: int
+    canary: int
+
+    @property
+    def weight(self) -> float:
+        """Percent of requests kube-proxy sends to the canary: its share of the ready endpoints."""
+        return 100.0 * self.canary / (self.stable + self.canary)
+
+
+def split_replicas(weight: int, stable_replicas: int, max_replicas: int) -> ReplicaSplit:
+    """Replica counts whose ratio comes closest to ``weight`` percent for the canary.
+
+    kube-proxy picks a ready endpoint uniformly at random, so the canary's share is canary/(stable +
+    canary). Both predictors keep at least one replica (Seldon never calls a Deployment with no ready
+    replica available), the total is at least the stable replica count + 1 (a canary step adds
+    capacity, it does not take it from stable), and at most ``max_replicas`` (or stable + 1 when that
+    is more). Among the totals in range the closest share wins; at equal distance the fewer replicas.
+    """
+    stable_replicas = max(stable_replicas, 1)
+    lowest = stable_replicas + 1
+    highest = max(max_replicas, stable_replicas + 1)
+    best: ReplicaSplit | None = None
+    best_error = math.inf
+    for total in range(lowest, highest + 1):
+        canary = min(max(round(total * weight / 100), 1), total - 1)
+        split = ReplicaSplit(total - canary, canary)
+        error = abs(split.weight - weight)
+        if error < best_error - 1e-9:
+            best, best_error = split, error
+    assert best is not None
+    return best
+
+
+def predictor_replicas(spec: ModelDeploymentSpec, predictors: Sequence[PredictorPlan], routing: Routing,
+                       max_replicas: int) -> dict[str, int]:
+    """Replicas per predictor. With a mesh (or autoscaling, where the HPAs own the counts) each
+    predictor has spec.replicas; with routing ``none`` a canary step's weight becomes replica counts."""
+    base = 1 if spec.replicas is None else spec.replicas
+    replicas = {p.name: base for p in predictors}
+    canary = next((p for p in predictors if p.name == CANARY), None)
+    if routing == "none" and canary is not None and STABLE in replicas and not spec.autoscaling:
+        split = split_replicas(canary.weight, base, max_replicas)
+        replicas[STABLE], replicas[CANARY] = split.stable, split.canary
+    return replicas
+
+
+def routing_problems(spec: ModelDeploymentSpec, routing: Routing) -> list[str]:
+    """What the cluster's routing cannot do for this spec (backend seldon), as InvalidSpec messages."""
+    if spec.backend != "seldon" or routing != "none":
+        return []
+    problems = []
+    if spec.rollout.strategy == "shadow":
+        problems.append(
+            "spec.rollout.strategy: shadow needs a mesh on backend seldon (Seldon Core mirrors requests only "
+            "through an Istio VirtualService or Ambassador), and this operator is configured with "
+            "MLOPS_SELDON_ROUTING=none: without a mesh a shadow would receive no traffic. Use strategy canary "
+            "(split by replica counts) or direct, or set MLOPS_SELDON_ROUTING to the cluster's mesh")
+    return problems
+
+
+def routing_service_name(deployment: str) -> str:
+    """The Service that routes a ModelDeployment's requests without a mesh: named like it (Seldon's own
+    Services are ``<sdep>-<predictor>[-<container>]``)."""
+    return deployment
+
+
+def build_routing_service(name: str, namespace: str, owner_uid: str) -> dict[str, Any]:
+    """A Service selecting the Pods of every predictor of the SeldonDeployment ``name``: kube-proxy
+    spreads its requests over their ready executors, so each predictor's share is its share of the
+    ready replicas. Owned by the ModelDeployment (deleted with it)."""
+    sdep = seldon_deployment_name(name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": routing_service_name(name),
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/name": name,
+                       "mlops.dev/deployment": name},
+            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "name": name,
+                                 "uid": owner_uid, "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            # Seldon labels every Pod of the SeldonDeployment with its id; a shadow (which would be
+            # selected too) is refused with this routing.
+            "selector": {"seldon-deployment-id": sdep},
+            "ports": [{"name": "http", "port": EXECUTOR_HTTP_PORT, "targetPort": EXECUTOR_HTTP_PORT, "protocol": "TCP"},
+                      {"name": "grpc", "port": EXECUTOR_GRPC_PORT, "targetPort": EXECUTOR_GRPC_PORT,
+                       "protocol": "TCP"}],
+        },
+    }
+
+
+def routing_endpoint(name: str, namespace: str, model_name: str) -> str:
+    """status.endpoint with routing ``none``: the routing Service's in-cluster URL of the model (clients
+    POST to endpoint + "/infer"); it stays the same through rollouts."""
+    return (f"http://{routing_service_name(name)}.{namespace}.svc.cluster.local:{EXECUTOR_HTTP_PORT}"
+            f"/v2/models/{model_name}")
+
+
+def served_weights(predictors: Sequence[PredictorPlan], available: Mapping[str, int]) -> list[PredictorPlan]:
+    """The plan with the weights kube-proxy really gives (routing ``none``): each live predictor's share
+    of the available replicas. Before any replica is available the planned weights stay."""
+    live = [p for p in predictors if not p.shadow]
+    total = sum(available.get(p.name, 0) for p in live)
+    if total == 0:
+        return list(predictors)
+    return [p if p.shadow else replace(p, weight=round(100 * available.get(p.name, 0) / total)) for p in predictors]
 
 
 def seldon_deployment_name(deployment: str) -> str:
@@ -82,8 +214,8 @@ def _component_spec(spec: ModelDeploymentSpec, container: str) -> dict[str, Any]
     return pod or None
 
 
-def _predictor(spec: ModelDeploymentSpec, model_name: str, plan: PredictorPlan, logger_url: str | None
-               ) -> dict[str, Any]:
+def _predictor(spec: ModelDeploymentSpec, model_name: str, plan: PredictorPlan, logger_url: str | None,
+               replicas: int | None) -> dict[str, Any]:
     graph: dict[str, Any] = {"name": model_name, "type": "MODEL", "modelUri": plan.model.uri, "children": []}
     if logger_url:
         # Seldon's executor posts every request and response there (the operator's request-logger
@@ -104,10 +236,14 @@ def _predictor(spec: ModelDeploymentSpec, model_name: str, plan: PredictorPlan, 
     }
     if plan.shadow:
         predictor["shadow"] = True
+        if plan.mirror_percent < 100:
+            # A shadow's traffic is its mirror percentage: Seldon writes it as the VirtualService's
+            # mirrorPercentage (Istio); without it Istio mirrors every request.
+            predictor["traffic"] = plan.mirror_percent
     else:
         predictor["traffic"] = plan.weight
     if not spec.autoscaling:
-        predictor["replicas"] = 1 if spec.replicas is None else spec.replicas
+        predictor["replicas"] = replicas if replicas is not None else (1 if spec.replicas is None else spec.replicas)
     component = _component_spec(spec, model_name)
     if component:
         predictor["componentSpecs"] = [component]
@@ -127,13 +263,16 @@ def build_seldon_deployment(
     model_name: str,
     predictors: Sequence[PredictorPlan],
     logger_urls: Mapping[str, str] | None = None,
+    replicas: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The SeldonDeployment serving ``predictors`` for the ModelDeployment ``name`` (owned by it,
     so Kubernetes' garbage collector deletes it with the ModelDeployment). ``logger_urls`` maps
-    predictor names to their request-logger URL (``graph.logger``, mode all)."""
+    predictor names to their request-logger URL (``graph.logger``, mode all); ``replicas`` predictor
+    names to replica counts (:func:`predictor_replicas`; default spec.replicas)."""
     seldon_spec = {
         "protocol": "v2",
-        "predictors": [_predictor(spec, model_name, plan, (logger_urls or {}).get(plan.name)) for plan in predictors],
+        "predictors": [_predictor(spec, model_name, plan, (logger_urls or {}).get(plan.name),
+                                  (replicas or {}).get(plan.name)) for plan in predictors],
     }
     return {
         "apiVersion": f"{SELDON_GROUP}/{SELDON_VERSION}",

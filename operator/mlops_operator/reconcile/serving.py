@@ -21,7 +21,14 @@ from mlops_operator.reconcile.modeldeployment import (
     ServingObservation,
     effective_predictors,
 )
-from mlops_operator.reconcile.seldondeployment import AVAILABLE, FAILED, SeldonObservation, stable_ready_replicas
+from mlops_operator.reconcile.seldondeployment import (
+    AVAILABLE,
+    FAILED,
+    SeldonObservation,
+    routing_endpoint,
+    served_weights,
+    stable_ready_replicas,
+)
 
 # A candidate whose model server failed to start this many times in a row cannot be served.
 CANDIDATE_RESTART_LIMIT = 2
@@ -170,11 +177,15 @@ def seldon_needs_pod_reason(observed: SeldonObservation, plan: Sequence[Predicto
 
 
 def seldon_view(plan: Sequence[PredictorPlan], observed: SeldonObservation, sdep_name: str, pod_reason: str | None,
-                *, rollout_in_flight: bool, replicas: int | None) -> BackendView:
+                *, rollout_in_flight: bool, replicas: int | None,
+                routed_by: tuple[str, str, str] | None = None) -> BackendView:
     """A SeldonDeployment serving ``plan`` (not empty), as its status and its Pods say.
 
     A version is ready when all its predictors are; a Failed SeldonDeployment during a rollout is
     the candidate's failure (what changed is the candidate) and degrades the deployment.
+    ``routed_by`` (deployment, namespace, model name) when the operator's routing Service routes
+    (no mesh): the endpoint is that Service's, and the served weights are the shares of the available
+    replicas, which is what kube-proxy does.
     """
     view = BackendView()
     for version in {p.model.version for p in plan}:
@@ -194,7 +205,11 @@ def seldon_view(plan: Sequence[PredictorPlan], observed: SeldonObservation, sdep
                                f"{observed.state or 'waiting for Seldon Core to report its state'}"
                                + (f" ({pod_reason})" if pod_reason else ""))
     stable = next(p for p in plan if p.name == STABLE)
+    served, endpoint = list(plan), observed.endpoint
+    if routed_by is not None:
+        served = served_weights(plan, observed.available_replicas)
+        endpoint = routing_endpoint(*routed_by) if view.ready(stable.model) else None
     view.serving = ServingObservation(
-        served=list(plan), stable_ready=view.ready(stable.model), endpoint=observed.endpoint,
+        served=served, stable_ready=view.ready(stable.model), endpoint=endpoint,
         ready_replicas=stable_ready_replicas(observed, replicas), problem=problem, degrades=degrades)
     return view
