@@ -169,11 +169,6 @@ def seldon_namespace(node_api, request):
     core.delete_namespace(name)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "Quarantined, so issue #11 stays open: it passes when the e2e tests run alone (3 of 3 on 2026-11-29) but "
-    "failed in both clean-clone CI runs that day: once the first call to the stable Service was refused right "
-    "after Ready (now polled), once no canary Pod ever served in 300 s (only the stable Pod existed; Seldon later "
-    "found no iris-canary-0-iris Deployment). The operator log without timer lines is printed on failure."))
 def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_namespace,
                                                   tmp_path, monkeypatch):
     from kubernetes import client
