@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     seldon_split_max_replicas: int = Field(10, ge=2, le=100)
     """With `MLOPS_SELDON_ROUTING=none`: most replicas (stable + canary) a canary step may use to approximate its
     weight (10 gives every multiple of 10%; 2 gives only 50%); the status reports the share the replicas give."""
+    allow_pause_only_analysis: bool = False
+    """Let an automatic canary or shadow on backend seldon without a metrics source (no Prometheus) pass its
+    steps on their pauses alone. Off: such a rollout is refused before any traffic (RolloutAborted naming
+    what to set); with approval manual a person decides either way."""
     poll_interval_seconds: float = Field(5.0, gt=0, le=3600)
     """How often running trainings, rollouts and model servers are observed."""
     leader_election: bool = False

@@ -442,3 +442,36 @@ def test_prometheus_queries_select_the_candidate():
     seldon = prometheus_queries("seldon", "ns", "iris", "canary", 60)
     assert 'deployment_name="iris",predictor_name="canary",code=~"5.."' in seldon["errors"]
     assert 'predictor_name="canary",code!~"4.."' in seldon["requests"]
+
+
+# ---------------------------------------------------------------- no metrics source (a cluster backend)
+
+
+NO_METRICS = "no request metrics source for a canary on backend seldon"
+
+
+@pytest.mark.parametrize("strategy", ["canary", "shadow"])
+def test_an_automatic_rollout_nothing_can_analyse_is_refused_before_any_traffic(strategy):
+    result = next_rollout_step(rollout(strategy=strategy), DeploymentState(stable=V1),
+                               obs(analysis_unavailable=NO_METRICS))
+    assert result.state.candidate is None and result.state.rollout is None and result.state.stable == V1
+    assert result.state.rejected == ("2",) and result.result == "aborted"
+    assert result.degraded[0] == ROLLOUT_ABORTED and NO_METRICS in result.degraded[1]
+    assert [e.reason for e in result.events] == ["RolloutStarted", ROLLOUT_ABORTED]
+    assert "before any traffic" in result.events[-1].message
+
+
+@pytest.mark.parametrize("fields", [{"approval": "manual"}, {"strategy": "direct"}])
+def test_a_person_or_a_direct_rollout_needs_no_metrics(fields):
+    result = next_rollout_step(rollout(**fields), DeploymentState(stable=V1), obs(analysis_unavailable=NO_METRICS))
+    assert result.state.candidate == V2 and result.result is None
+
+
+def test_which_backends_lack_a_metrics_source():
+    from mlops_operator.reconcile.modeldeployment import analysis_unavailable
+
+    message = analysis_unavailable("seldon", None, allow_pause_only=False)
+    assert message and "MLOPS_PROMETHEUS_URL" in message and "MLOPS_ALLOW_PAUSE_ONLY_ANALYSIS=true" in message
+    assert analysis_unavailable("seldon", "http://prometheus:9090", allow_pause_only=False) is None
+    assert analysis_unavailable("seldon", None, allow_pause_only=True) is None
+    assert analysis_unavailable("local", None, allow_pause_only=False) is None  # the router's statistics

@@ -190,6 +190,8 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
             rollback=health.rollback or annotations.get(ROLLBACK_ANNOTATION),
             rollback_reason=health.rollback_reason,
             verdict=verdict,
+            analysis_unavailable=modeldeployment.analysis_unavailable(
+                spec.backend, _prometheus_url(spec), get_settings().allow_pause_only_analysis),
         )
         transition = modeldeployment.next_rollout_step(spec.rollout, state, observation)
         if transition.state != state:

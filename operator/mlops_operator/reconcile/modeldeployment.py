@@ -198,6 +198,18 @@ def analyse_candidate(analysis: Analysis, stats: RequestStats | None) -> Verdict
     return Verdict("pass", f"error rate {rate:.1%} over {stats.requests} requests{latency}: within thresholds", stats)
 
 
+def analysis_unavailable(backend: str, prometheus_url: str | None, allow_pause_only: bool) -> str | None:
+    """Why a canary of ``backend`` cannot be analysed (None when it can): backend seldon reads request
+    metrics only from Prometheus (the local backend also from its router), unless the operator allows
+    pause-only analysis."""
+    if backend != "seldon" or prometheus_url or allow_pause_only:
+        return None
+    return ("no request metrics source for a canary on backend seldon: nothing would judge the candidate, and a "
+            "canary is not promoted on its pauses alone. Set spec.rollout.analysis.prometheusUrl or the operator's "
+            "MLOPS_PROMETHEUS_URL, or use approval: manual (a person decides), or allow it for this operator with "
+            "MLOPS_ALLOW_PAUSE_ONLY_ANALYSIS=true")
+
+
 def model_metric_problem(analysis: Analysis, metrics: Mapping[str, float]) -> str | None:
     """Why the candidate's evaluation metric breaks analysis.modelMetric, or None."""
     check = analysis.model_metric
@@ -268,6 +280,9 @@ class Observation:
     """Why the operator itself rolls back (the post-promotion guard); None: by hand."""
     verdict: Verdict | None = None
     """The analysis of the candidate, when :func:`analysis_due` said so."""
+    analysis_unavailable: str | None = None
+    """Why no request metrics can judge a candidate here (a cluster backend without a metrics source);
+    None when they can. An automatic canary or shadow is then refused before any traffic."""
 
 
 @dataclass(frozen=True)
@@ -372,6 +387,10 @@ def _start(rollout: Rollout, state: DeploymentState, desired: ModelRef, obs: Obs
                f"{state.stable.version if state.stable else '-'} ({_describe_plan(rollout)}).")
     events = events + (Event("RolloutStarted", message),)
     problem = model_metric_problem(rollout.analysis, desired.metrics)
+    if not problem and obs.analysis_unavailable and phase in (SHADOW_PHASE, CANARY_PHASE) \
+            and rollout.approval == "automatic":
+        # Never promoted on its pauses alone: nothing would have judged the candidate.
+        problem = obs.analysis_unavailable
     if problem:
         ended = _end(started, obs, "aborted", ROLLOUT_ABORTED,
                      f"Rollout of version {desired.version} aborted before any traffic: {problem}.", reject=True)
