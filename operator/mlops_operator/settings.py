@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,6 +55,10 @@ class Settings(BaseSettings):
     training_image: str | None = Field(None, pattern=r"^[^\s@]+(@sha256:[0-9a-f]{64})?$")
     """Image the built-in pipeline's steps run in on KFP; default the operator's own image and version,
     `ghcr.io/mlops-operator/mlops-operator:<version>` (the chart sets the image it deploys)."""
+    local_training_in_pod: bool = False
+    """Allow backend local training when the operator runs in a Pod (KUBERNETES_SERVICE_HOST set): the runs
+    then share the operator Pod's CPU and memory and are lost when it restarts. Off: such a ModelTraining is
+    InvalidSpec (use backend kfp). Outside a Pod local training is always allowed."""
     prometheus_url: str | None = None
     """Default Prometheus for rollout analysis; without it the analysis reads the router's statistics."""
     seldon_routing: Literal["none", "istio", "ambassador"] = "none"
@@ -127,6 +132,11 @@ class Settings(BaseSettings):
     def artifact_root_uri(self) -> str:
         """The artifact root as a URI."""
         return self.artifact_root or (self.data_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def runs_in_pod(self) -> bool:
+        """Whether the operator runs in a Kubernetes Pod (the kubelet sets KUBERNETES_SERVICE_HOST in every container)."""
+        return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
     @property
     def training_image_ref(self) -> str:

@@ -127,3 +127,26 @@ def test_failures_are_named(operator, objects):
     assert "latestRun" not in bad["status"]
     assert operator.metric("mlops_training_runs_total", result="failed") == 2
     assert operator.metric("mlops_training_runs_total", result="rejected") == 1
+
+
+def test_local_training_inside_an_operator_pod_is_refused(kubeconfig, namespace, crds, objects, tmp_path):
+    """The operator in a Pod (the kubelet sets KUBERNETES_SERVICE_HOST) refuses backend local unless allowed."""
+    from kube_support import OperatorProcess
+
+    # Only the host: the clients' in-cluster login needs the port and a token too, so they keep using KUBECONFIG.
+    process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator",
+                              env={"KUBERNETES_SERVICE_HOST": "10.0.0.1"}).start()
+    try:
+        objects.create(load_example("training.yaml"))
+        mt = objects.wait("ModelTraining", "iris", lambda o: (o.get("status") or {}).get("phase") == "Invalid",
+                          what="refused")
+        succeeded = condition(mt, "Succeeded")
+        assert (succeeded["status"], succeeded["reason"]) == ("False", "InvalidSpec")
+        assert "inside the operator's Pod" in succeeded["message"]
+        assert "MLOPS_LOCAL_TRAINING_IN_POD" in succeeded["message"]
+        assert "latestRun" not in mt["status"]
+        assert not (process.data_dir / "runs").exists()
+        objects.delete_all()
+        wait_until(lambda: not objects.list_all(), what="deletion")
+    finally:
+        process.stop()

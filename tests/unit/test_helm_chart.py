@@ -124,6 +124,7 @@ def test_one_restricted_operator_pod() -> None:
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["MLOPS_METRICS_HOST"] == "0.0.0.0" and env["MLOPS_NAMESPACES"] == ""
     assert env["MLOPS_HEALTH_PORT"] == "8081" and env["MLOPS_DATA_DIR"] == "/var/lib/mlops-operator"
+    assert env["MLOPS_LOCAL_TRAINING_IN_POD"] == "false"  # local training inside the operator Pod: refused
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert set(mounts) == {"/var/lib/mlops-operator", "/tmp"}
@@ -360,3 +361,13 @@ def test_schema_refuses_bad_values(value: str, complaint: str) -> None:
 
 def test_lint_strict_passes() -> None:
     assert "0 chart(s) failed" in helm("lint", "--strict", str(CHART), *ALL_OPTIONS).stdout
+
+
+def test_local_training_in_the_operator_pod_is_a_chart_value() -> None:
+    (deployment,) = of_kind(render("--set", "operator.localTrainingInPod=true"), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["MLOPS_LOCAL_TRAINING_IN_POD"] == "true"
+    from mlops_operator.settings import Settings
+
+    assert Settings(local_training_in_pod=env["MLOPS_LOCAL_TRAINING_IN_POD"]).local_training_in_pod is True

@@ -279,3 +279,22 @@ def test_good_run_settings_pass():
                 tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
     assert training_spec_errors(good) == []
     assert good.resources.limits.gpu == 1
+
+
+# --- backend local inside the operator's Pod -----------------------------------------------
+
+@pytest.mark.parametrize(("backend", "in_pod", "allowed", "refused"), [
+    ("local", True, False, True),
+    ("local", True, True, False),
+    ("local", False, False, False),  # a host process (make run, the demo): nothing shared with a controller Pod
+    ("kfp", True, False, False),
+])
+def test_local_training_in_the_operator_pod_is_refused_unless_allowed(backend, in_pod, allowed, refused):
+    from mlops_operator.reconcile.validation import local_training_problem
+
+    s = spec(backend=backend, **({"kfp": {"host": "http://kfp.example"}} if backend == "kfp" else {}))
+    problem = local_training_problem(s, in_pod, allowed)
+    assert (problem is not None) == refused
+    if refused:
+        assert problem.startswith("spec.backend: local training would run inside the operator's Pod")
+        assert "MLOPS_LOCAL_TRAINING_IN_POD" in problem and "backend kfp" in problem

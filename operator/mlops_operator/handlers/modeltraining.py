@@ -33,7 +33,7 @@ from mlops_operator.handlers.common import (
 )
 from mlops_operator.reconcile import modeltraining
 from mlops_operator.reconcile.conditions import FALSE, parse_rfc3339, set_condition
-from mlops_operator.reconcile.validation import training_spec_errors
+from mlops_operator.reconcile.validation import local_training_problem, training_spec_errors
 
 KIND = "ModelTraining"
 PLURAL = "modeltrainings"
@@ -101,6 +101,9 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
 
     # 1. The spec, and the backend it names.
     spec = parse_spec(ModelTrainingSpec, obj.get("spec") or {})
+    refused = local_training_problem(spec, settings.runs_in_pod, settings.local_training_in_pod)
+    if refused:
+        raise InvalidSpec(refused)
     problems = training_spec_errors(spec, settings.kfp_host, _estimator_task) or _estimator_problems(spec)
     problems += await uri_policy_problems(status, ("spec.dataset.uri", spec.dataset.uri),
                                           ("spec.pipeline.uri", spec.pipeline.uri))

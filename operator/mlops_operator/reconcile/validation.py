@@ -123,6 +123,16 @@ _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
+def local_training_problem(spec: ModelTrainingSpec, runs_in_pod: bool, allowed_in_pod: bool) -> str | None:
+    """Backend local inside the operator's Pod: refused unless the installation allows it (the runs would
+    share the operator Pod's CPU and memory, one at a time beside the controller, lost on a restart)."""
+    if spec.backend != "local" or not runs_in_pod or allowed_in_pod:
+        return None
+    return ("spec.backend: local training would run inside the operator's Pod (its CPU and memory, lost when the "
+            "Pod restarts); this installation does not allow it: use backend kfp, or have the operator's "
+            "MLOPS_LOCAL_TRAINING_IN_POD (chart: operator.localTrainingInPod) set to true")
+
+
 def _training_run_problems(spec: ModelTrainingSpec) -> list[str]:
     """spec.timeout, resources and nodeSelector beyond what the schema checks."""
     problems = []
