@@ -97,7 +97,7 @@ def test_at_least_fifteen_cases():
     assert len(CASES) >= 15
 
 
-@pytest.mark.parametrize("example", ["training.yaml", "deployment.yaml", "driftmonitor.yaml"])
+@pytest.mark.parametrize("example", ["training.yaml", "training-kfp.yaml", "deployment.yaml", "driftmonitor.yaml"])
 def test_examples_are_accepted_with_defaults(objects, example):
     created = objects.create(load_example(example))
     assert created["spec"]  # defaults applied by the API server

@@ -298,3 +298,16 @@ def test_local_training_in_the_operator_pod_is_refused_unless_allowed(backend, i
     if refused:
         assert problem.startswith("spec.backend: local training would run inside the operator's Pod")
         assert "MLOPS_LOCAL_TRAINING_IN_POD" in problem and "backend kfp" in problem
+
+
+def test_the_kfp_example_passes_the_operators_checks():
+    from pathlib import Path
+
+    import yaml
+
+    from mlops_operator.reconcile.validation import training_spec_errors
+
+    example = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "training-kfp.yaml").read_text())
+    parsed = ModelTrainingSpec.model_validate(example["spec"])
+    assert training_spec_errors(parsed, None, lambda name: "classification") == []
+    assert (parsed.retries, parsed.timeout, parsed.resources.limits.memory) == (2, "2h", "8Gi")
