@@ -68,38 +68,35 @@ class BackendView:
 # ---------------------------------------------------------------- backend local
 
 
-class ModelServer(Protocol):
-    """A local model server as the backend reports it (``serving_local.PredictorState``)."""
+class Supervised(Protocol):
+    """A process the local backend supervises, as it reports it."""
+
+    @property
+    def phase(self) -> str: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def ready(self) -> bool: ...
+
+
+class ModelServer(Supervised, Protocol):
+    """A local model server (``serving_local.PredictorState``)."""
 
     @property
     def version(self) -> str: ...
     @property
     def model_name(self) -> str: ...
     @property
-    def phase(self) -> str: ...
-    @property
     def url(self) -> str | None: ...
-    @property
-    def restarts(self) -> int: ...
-    @property
-    def last_error(self) -> str | None: ...
-    @property
-    def ready(self) -> bool: ...
 
 
-class Router(Protocol):
-    """A deployment's local router as the backend reports it (``serving_local.RouterState``)."""
+class Router(Supervised, Protocol):
+    """A deployment's local router (``serving_local.RouterState``)."""
 
-    @property
-    def phase(self) -> str: ...
     @property
     def endpoint_url(self) -> str | None: ...
-    @property
-    def restarts(self) -> int: ...
-    @property
-    def last_error(self) -> str | None: ...
-    @property
-    def ready(self) -> bool: ...
 
 
 def server_failure(server: ModelServer) -> str | None:
