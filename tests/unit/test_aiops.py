@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mlops_operator.api.modeldeployment import ModelDeploymentStatus
 from mlops_operator.reconcile import aiops
 from mlops_operator.reconcile.anomaly import METRICS, Series
 from mlops_operator.reconcile.conditions import find_condition
@@ -25,11 +26,12 @@ def open_anomaly(version: str = "2", metric: str = "errorRate", since: datetime 
     return opened
 
 
-def promoted(version: str = "2", previous: str = "1", ago: int = 120, **extra):
+def promoted(version: str = "2", previous: str = "1", ago: int = 120, **extra) -> ModelDeploymentStatus:
     finished = (NOW - timedelta(seconds=ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"stableVersion": version, "previousStableVersion": previous, "rejectedVersions": [],
-            "lastRollout": {"version": version, "result": "promoted", "started": finished, "finished": finished},
-            **extra}
+    return ModelDeploymentStatus.model_validate({
+        "stableVersion": version, "previousStableVersion": previous, "rejectedVersions": [],
+        "lastRollout": {"version": version, "result": "promoted", "started": finished, "finished": finished},
+        **extra})
 
 
 def test_an_anomaly_after_a_promotion_rolls_back_or_asks_for_approval():
@@ -51,7 +53,8 @@ def test_an_anomaly_after_a_promotion_rolls_back_or_asks_for_approval():
     (promoted(candidateVersion="3"), {}),                         # a rollout in flight decides itself
     (promoted(previous=None), {}),                                # nothing to return to
     (promoted(rejectedVersions=["1"]), {}),                       # the previous version was rejected
-    ({**promoted(), "lastRollout": {**promoted()["lastRollout"], "result": "rolledback"}}, {}),  # not a promotion
+    (promoted().model_copy(update={"last_rollout": promoted().last_rollout.model_copy(update={"result": "rolledback"})}),
+     {}),                                                         # not a promotion
 ])
 def test_the_guard_stays_out_of_it(status, kwargs):
     args = {"bake_seconds": 600, "guarded": ["errorRate"], "approval": "automatic", "now": NOW, **kwargs}
@@ -118,3 +121,31 @@ def test_placement_advice_prices_each_candidate_region_for_this_deployment():
     assert "monthlyCost" not in advice["ranked"][3] and "Not ranked (no sourced price" in advice["message"]
     assert "meeting the budget costs $7.30/month" in advice["message"]
     assert aiops.placement_status(ModelDeploymentSpec.model_validate({"model": {"fromTraining": "iris"}}), table) is None
+    # Into the typed status, with the monthly estimate for spec.region and no right-sizing yet.
+    typed = aiops.with_costs(ModelDeploymentStatus(), spec.model_copy(update={"region": "ap-south-1"}), table, 2.0,
+                             None)
+    assert typed.placement.choice == "ap-south-1" and typed.placement.ranked[3].monthly_cost is None
+    assert typed.estimated_monthly_cost.amount == 147.46 and typed.cost.monthly == 147.46
+    assert typed.cost.requests_per_second == 2.0 and typed.right_sizing is None
+    assert aiops.with_costs(ModelDeploymentStatus(), ModelDeploymentSpec.model_validate(
+        {"model": {"fromTraining": "iris"}}), table, None, None).to_status()["cost"] is None
+
+
+def test_health_into_status_and_its_events():
+    anomaly = open_anomaly()
+    record = aiops.anomaly_record(anomaly, "Likely cause: x.")
+    health = aiops.ServingHealth(enabled=True, open=[record], opened=[record],
+                                 awaiting_rollback="Version 2 is anomalous within its bake period: ...")
+    before = promoted()
+    after = aiops.with_health(before, before, health, generation=2, now=NOW)
+    assert [a.metric for a in after.anomalies] == ["errorRate"] and after.anomalies[0].cause == "Likely cause: x."
+    assert after.condition("Anomalous").status == "True" and after.phase == "AwaitingApproval"
+    assert after.condition("AwaitingApproval").reason == aiops.ROLLBACK_AWAITING_APPROVAL
+    events = aiops.health_events(before, after, health)
+    assert [(e.reason, e.warning, incident) for e, incident in events] == [
+        ("AnomalyOpened", True, "2/errorRate"), (aiops.ROLLBACK_AWAITING_APPROVAL, True, "2")]
+    assert events[0][0].message.endswith("Likely cause: x.")
+    # Once: the same wait is not announced again; detection off clears the anomalies.
+    assert aiops.health_events(after, after, aiops.ServingHealth(enabled=True)) == []
+    off = aiops.with_health(after, after, aiops.ServingHealth(), generation=2, now=NOW)
+    assert off.anomalies == [] and off.condition("Anomalous").reason == "DetectionDisabled"

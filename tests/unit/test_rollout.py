@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mlops_operator.api.modeldeployment import Rollout
+from mlops_operator.api.modeldeployment import ModelDeploymentStatus, Rollout
 from mlops_operator.reconcile.modeldeployment import (
     AWAITING_APPROVAL,
     CANARY_PHASE,
@@ -104,7 +104,7 @@ def test_direct_automatic_with_a_ready_candidate_promotes_at_once():
                                obs(desired=V2, candidate_ready=True))
     assert result.state == DeploymentState(stable=V2, previous_stable=V1)
     assert result.result == "promoted"
-    assert result.record["version"] == "2" and result.record["result"] == "promoted"
+    assert result.record.version == "2" and result.record.result == "promoted"
 
 
 def test_model_metric_check_aborts_before_any_traffic():
@@ -287,7 +287,7 @@ def test_rollback_without_a_previous_version_does_nothing():
 
 def test_a_newer_version_supersedes_the_rollout_in_flight():
     out = next_rollout_step(rollout(), in_flight(CANARY_PHASE, step=1), obs(10, desired=V3))
-    assert out.result == "superseded" and out.record["version"] == "2"
+    assert out.result == "superseded" and out.record.version == "2"
     assert out.state.candidate == V3 and out.state.rollout.step == 0 and out.state.rollout.started == at(10)
     assert out.state.rejected == ()
     assert [e.reason for e in out.events] == ["RolloutSuperseded", "RolloutStarted"]
@@ -398,7 +398,7 @@ def test_desired_predictors_per_phase(state, expected):
     assert [(p.name, p.model.version, p.weight, p.shadow) for p in plan] == expected
     if state.rollout and state.rollout.phase == SHADOW_PHASE:
         assert plan[1].mirror_percent == 30
-        assert traffic_status(plan)[1] == {"predictor": "shadow", "version": "2", "weight": 30, "shadow": True}
+        assert traffic_status(plan)[1].to_api() == {"predictor": "shadow", "version": "2", "weight": 30, "shadow": True}
 
 
 def test_a_direct_rollout_gives_the_candidate_no_traffic_before_promotion():
@@ -423,14 +423,14 @@ def test_effective_predictors_follow_readiness(ready, expected):
 
 def test_state_round_trips_through_status():
     state = in_flight(CANARY_PHASE, step=1, extensions=2, previous_stable=V3, rejected=("4",))
-    fields = state_to_status(state)
+    fields = state_to_status(state).to_status()
     assert fields["rollout"] == {"phase": "Canary", "step": 1, "started": "2026-01-01T12:00:00.000Z",
                                  "stepStarted": "2026-01-01T12:00:00.000Z", "extensions": 2}
     precise = replace(state, rollout=replace(state.rollout, step_started=at(1.25)))
-    assert state_to_status(precise)["rollout"]["stepStarted"] == "2026-01-01T12:00:01.250Z"
+    assert state_to_status(precise).rollout.step_started == "2026-01-01T12:00:01.250Z"
     assert state_from_status(state_to_status(precise)) == precise
-    assert state_from_status(fields) == state
-    cleared = state_to_status(DeploymentState(stable=V1))
+    assert state_from_status(ModelDeploymentStatus.model_validate(fields)) == state  # as read back from the API
+    cleared = state_to_status(DeploymentState(stable=V1)).to_status()
     assert cleared["candidateVersion"] is None and cleared["rollout"] is None
 
 

@@ -118,6 +118,18 @@ class StatusBase(Model):
     )
     """The latest observations of the object's state."""
 
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of this type, if present."""
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def to_status(self) -> dict[str, Any]:
+        """The status as the operator writes it with a merge patch: every field (None clears it), and
+        below the top level only what is set (as the API server stores it, so an unchanged status
+        compares equal to the live one)."""
+        every = self.model_dump(by_alias=True, mode="json")
+        present = self.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return {key: present.get(key) for key in every}
+
 
 @dataclass(frozen=True)
 class PrinterColumn:

@@ -55,7 +55,8 @@ class ServingBackend(Protocol):
         ...
 
     def status_fields(self, name: str) -> dict[str, Any]:
-        """Status fields only this backend records (cleared when another backend serves)."""
+        """Status fields only this backend records, by ModelDeploymentStatus attribute name (cleared when
+        another backend serves)."""
         ...
 
     async def release(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:

@@ -261,8 +261,8 @@ class SeldonServing:
                                        now=now.timestamp())
 
     def status_fields(self, name: str) -> dict[str, Any]:
-        """status.seldonDeployment: the SeldonDeployment's name."""
-        return {"seldonDeployment": seldon_deployment_name(name)}
+        """status.seldonDeployment: the SeldonDeployment's name (field names as ModelDeploymentStatus has them)."""
+        return {"seldon_deployment": seldon_deployment_name(name)}
 
     async def release(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Delete the SeldonDeployment the status names (another backend serves the deployment now)."""

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import kopf
 import pydantic
 
-from mlops_operator.api.common import GROUP, VERSION
+from mlops_operator.api.common import GROUP, VERSION, StatusBase
 from mlops_operator.api.errors import InvalidSpec
 from mlops_operator.backends import kube, notifier, uri_policy
 from mlops_operator.backends.kube import describe_api_error  # noqa: F401  (re-exported for the kinds)
@@ -35,7 +35,8 @@ ERROR_BACKOFF_SECONDS = 60.0
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 Status = dict[str, Any]
-Reconciler = Callable[[dict[str, Any]], Awaitable[Status]]
+Reconciler = Callable[[dict[str, Any]], Awaitable[Status | StatusBase]]
+"""A kind's reconciliation: (live object) -> desired status, typed (a ``*Status`` model) or as a dict."""
 
 log = logging.getLogger("mlops_operator")
 
@@ -46,7 +47,7 @@ def get_settings() -> Settings:
     return Settings()
 
 
-async def uri_policy_problems(status: Status, *fields: tuple[str, str | None]) -> list[str]:
+async def uri_policy_problems(status: Status | StatusBase, *fields: tuple[str, str | None]) -> list[str]:
     """The URI policy's refusals of the spec's (field, URI) pairs (the host lookups run in a thread).
     DNS failing for now is no refusal: Retry, keeping ``status``."""
     if not any(uri for _, uri in fields):
@@ -61,10 +62,15 @@ async def uri_policy_problems(status: Status, *fields: tuple[str, str | None]) -
 class Retry(Exception):
     """Transient trouble (a dependency is down): record ``status``, then retry after ``delay`` seconds."""
 
-    def __init__(self, message: str, status: Status, delay: float = 30):
+    def __init__(self, message: str, status: Status | StatusBase, delay: float = 30):
         super().__init__(message)
-        self.status = status
+        self.status = api_status(status)
         self.delay = delay
+
+
+def api_status(status: Status | StatusBase) -> Status:
+    """A status as it is written: a typed ``*Status`` model serialised once, here (a dict as it is)."""
+    return status.to_status() if isinstance(status, StatusBase) else status
 
 
 def describe_validation_error(error: pydantic.ValidationError) -> str:
@@ -174,7 +180,7 @@ async def reconcile_object(
                 post_event(obj, ACCEPTED, f"{kind} accepted; reconciling.")
             obj = {**obj, "status": base}
             try:
-                desired = await reconciler(obj)
+                desired = api_status(await reconciler(obj))
             except InvalidSpec as error:
                 message = error.message
                 desired = dict(base)

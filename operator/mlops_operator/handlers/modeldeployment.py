@@ -1,10 +1,16 @@
 """kopf handlers for ModelDeployment: follow the model source, roll new versions out, serve them.
 
+The handler registers, calls and writes; the decisions are pure, in ``reconcile/`` (modeldeployment,
+serving, aiops), and the I/O is in ``backends/``. One reconciliation:
+
 1. Parse and check the spec (InvalidSpec stops here).
 2. Resolve the model source: uri+version, or the ModelTraining's latestValidatedModel.
 3. Bring the serving backend to the recorded state and observe it (readiness, failures).
-4. When a rollout step is due, analyse the candidate (router statistics or Prometheus).
-5. Decide the next rollout step (pure), apply it to the backend, write status, events, metrics.
+4. When a rollout step is due, analyse the candidate (Prometheus, else the backend's own statistics).
+5. Read the serving telemetry: anomalies, their likely causes, the post-promotion guard.
+6. Decide the next rollout step and apply it to the backend.
+7. Build the status (a ``ModelDeploymentStatus``, serialised by the registration helper), post the
+   events, record the metrics.
 
 The serving backend is chosen once per object by ``spec.backend`` (``backends.serving``: local runs
 one MLServer process per model version behind a router per deployment, seldon writes a
@@ -16,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +30,7 @@ import kopf
 from mlops_operator import metrics
 from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATION
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
-from mlops_operator.api.modeldeployment import ModelDeploymentSpec
+from mlops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 from mlops_operator.backends import model_source, prices_aws, serving, telemetry
 from mlops_operator.handlers import common
 from mlops_operator.handlers.common import (
@@ -37,8 +42,8 @@ from mlops_operator.handlers.common import (
     uri_policy_problems,
 )
 from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rightsizing, rootcause, seldondeployment
-from mlops_operator.reconcile.conditions import FALSE, TRUE, find_condition, set_condition
-from mlops_operator.reconcile.cost import default_price_table, estimate_monthly_cost
+from mlops_operator.reconcile.conditions import TRUE, plain
+from mlops_operator.reconcile.cost import default_price_table
 from mlops_operator.reconcile.serving import BackendView, ServedDeployment
 from mlops_operator.reconcile.validation import deployment_spec_errors
 
@@ -60,10 +65,10 @@ def _prometheus_url(spec: ModelDeploymentSpec) -> str | None:
 # ---------------------------------------------------------------- reconcile
 
 
-def _record_metrics(namespace: str, name: str, status: dict[str, Any], result: str | None) -> None:
-    ready = find_condition(status.get("conditions"), "Ready")
-    metrics.DEPLOYMENT_READY.labels(namespace, name).set(1 if ready and ready.get("status") == TRUE else 0)
-    weights = {t["predictor"]: t["weight"] for t in status.get("traffic") or []}
+def _record_metrics(namespace: str, name: str, status: ModelDeploymentStatus, result: str | None) -> None:
+    ready = status.condition("Ready")
+    metrics.DEPLOYMENT_READY.labels(namespace, name).set(1 if ready and ready.status == TRUE else 0)
+    weights = {t.predictor: t.weight for t in status.traffic}
     for predictor in PREDICTORS:
         metrics.TRAFFIC_WEIGHT.labels(namespace, name, predictor).set(weights.get(predictor, 0))
     if result:
@@ -82,54 +87,27 @@ def _forget_metrics(namespace: str, name: str) -> None:
                 pass
 
 
-def _rejected_version(before: dict[str, Any], after: dict[str, Any], transition: modeldeployment.Transition) -> str:
-    """The version a rollout event is about: the one it rejects or leaves (one incident for notifications)."""
-    if transition.record:
-        return str(transition.record.get("version"))
-    if before.get("candidateVersion") and before.get("candidateVersion") == after.get("stableVersion"):
-        return str(before.get("stableVersion"))  # a rollback completing: the version left behind
-    rejected = after.get("rejectedVersions") or []
-    return str(before.get("candidateVersion") or (rejected[-1] if rejected else after.get("stableVersion")))
-
-
-def _rollout_cause(namespace: str, name: str, status: dict[str, Any], result: dict[str, Any],
-                   transition: modeldeployment.Transition, view: BackendView, now: datetime) -> str | None:
+def _rollout_cause(namespace: str, name: str, before: ModelDeploymentStatus, result: ModelDeploymentStatus,
+                   transition: modeldeployment.Transition, view: BackendView, now: datetime
+                   ) -> tuple[ModelDeploymentStatus, str | None]:
     """Root-cause hints for a rollout that ended aborted or rolled back, into status.lastRollout.cause."""
-    record = result.get("lastRollout")
+    record = result.last_rollout
     if transition.result not in ("aborted", "rolledback") or not record:
-        return None
+        return result, None
     watch = telemetry.peek(namespace, name)
     if watch is not None:
         telemetry.note_restarts(watch, view.restarts, now.timestamp())
-    facts = telemetry.facts(status, watch, telemetry.recent_drift(namespace, name))
-    incident = rootcause.Incident("rollout", now.timestamp(), version=record.get("version"))
+    facts = telemetry.facts(before.to_status(), watch, telemetry.recent_drift(namespace, name))
+    incident = rootcause.Incident("rollout", now.timestamp(), version=record.version)
     cause = rootcause.summarise(rootcause.root_cause_hints(incident, facts))[:1024]
-    result["lastRollout"] = {**record, "cause": cause}
-    return cause
+    return result.model_copy(update={"last_rollout": record.model_copy(update={"cause": cause})}), cause
 
 
-def _announce(obj: dict[str, Any], before: dict[str, Any], after: dict[str, Any], transition: modeldeployment.Transition,
-              cause: str | None = None) -> None:
-    incident = _rejected_version(before, after, transition)
-    for event in transition.events:
-        message = event.message
-        if cause and event.reason in (modeldeployment.ROLLOUT_ABORTED, modeldeployment.ROLLED_BACK):
-            message = f"{message} {cause}"
-        post_event(obj, event.reason, message, warning=event.warning, incident=incident)
-    # Trouble that no transition announced (a missing model, a crash loop): once, when it starts.
-    old = find_condition(before.get("conditions"), "Degraded") or {}
-    new = find_condition(after.get("conditions"), "Degraded") or {}
-    announced = {e.reason for e in transition.events}
-    if new.get("status") == TRUE and (old.get("status") != TRUE or old.get("reason") != new.get("reason")) \
-            and new.get("reason") not in announced:
-        post_event(obj, new["reason"], new.get("message", ""), warning=True, incident=incident)
-
-
-async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
+async def reconcile_modeldeployment(obj: dict[str, Any]) -> ModelDeploymentStatus:
     """One reconciliation of a ModelDeployment; returns the desired status."""
     meta = obj["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation") or 0
-    status = dict(obj["status"])
+    status = ModelDeploymentStatus.model_validate(obj["status"])
     now = _now()
 
     # 1. The spec.
@@ -155,7 +133,7 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
         source_problem = (modeldeployment.WAITING_FOR_MODEL, str(error))
     except model_source.ModelUnavailable as error:
         source_problem = (modeldeployment.MODEL_UNAVAILABLE, f"{error}; the stable version keeps serving"
-                          if status.get("stableVersion") else str(error))
+                          if status.stable_version else str(error))
 
     state = modeldeployment.state_from_status(status)
     backend = serving.serving_backend(spec.backend, get_settings())
@@ -180,7 +158,7 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
         health = await _serving_health(spec, backend, target, status, view, now)
 
         # 6. The next step.
-        was_ready = (find_condition(status.get("conditions"), "Ready") or {}).get("status") == TRUE
+        was_ready = (ready := status.condition("Ready")) is not None and ready.status == TRUE
         observation = modeldeployment.Observation(
             now=now, desired=desired,
             stable_serving=view.ready(state.stable) or was_ready,
@@ -197,93 +175,64 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> dict[str, Any]:
         if transition.state != state:
             view = await backend.apply(target, modeldeployment.desired_predictors(spec.rollout, transition.state),
                                        transition.state.rollout is not None)
-        await serving.release_others(backend, namespace, name, status, get_settings())
+        await serving.release_others(backend, namespace, name, status.to_status(), get_settings())
     except BackendUnavailable as error:
-        status["conditions"] = set_condition(status.get("conditions"), "Degraded", TRUE, BackendUnavailable.reason,
-                                             error.message, generation=generation)
-        if not status.get("stableVersion") or (find_condition(status["conditions"], "Ready") or {}).get("status") != TRUE:
-            status["conditions"] = set_condition(status["conditions"], "Ready", FALSE, BackendUnavailable.reason,
-                                                 error.message, generation=generation)
-        old = find_condition(obj["status"].get("conditions"), "Degraded") or {}
-        if old.get("reason") != BackendUnavailable.reason:
+        degraded = status.condition("Degraded")
+        if degraded is None or degraded.reason != BackendUnavailable.reason:
             post_event(obj, BackendUnavailable.reason, error.message, warning=True)
-        status["phase"] = "Degraded"
-        raise Retry(error.message, status, delay=30) from None
+        raise Retry(error.message, modeldeployment.backend_unavailable_status(
+            status, BackendUnavailable.reason, error.message, generation=generation, now=now), delay=30) from None
 
+    # 7. The status, events and metrics.
     result = modeldeployment.deployment_status(status, state, transition, view.serving, desired=desired,
                                                source_problem=source_problem, generation=generation, now=now,
                                                rollout=spec.rollout)
-    estimate = estimate_monthly_cost(spec, prices).cost
-    result["estimatedMonthlyCost"] = estimate
-    result["cost"] = aiops.cost_status(estimate, health.requests_per_second, prices.hours_per_month)
-    result["placement"] = aiops.placement_status(spec, prices)
     suggestion = rightsizing.suggest_requests(spec.resources.requests.cpu, spec.resources.requests.memory,
                                               health.usage)
-    result["rightSizing"] = None if suggestion is None else {
-        "cpu": suggestion.cpu, "memory": suggestion.memory, "verdict": suggestion.verdict,
-        "message": suggestion.message[:2048], "samples": suggestion.samples}
-    result.update(serving.status_fields(backend, name, get_settings()))
-    _apply_health(result, status, health, spec, generation, now)
-    cause = _rollout_cause(namespace, name, status, result, transition, view, now)
-    _announce(obj, status, result, transition, cause)
-    _announce_health(obj, status, result, health)
+    result = aiops.with_costs(result, spec, prices, health.requests_per_second, suggestion)
+    result = result.model_copy(update=serving.status_fields(backend, name, get_settings()))
+    result = aiops.with_health(result, status, health, generation=generation, now=now)
+    result, cause = _rollout_cause(namespace, name, status, result, transition, view, now)
+    incident = modeldeployment.incident_version(status, result, transition)
+    for event in modeldeployment.rollout_events(status, result, transition, cause):
+        post_event(obj, event.reason, event.message, warning=event.warning, incident=incident)
+    for event, about in aiops.health_events(status, result, health):
+        post_event(obj, event.reason, event.message, warning=event.warning, incident=about)
     _record_metrics(namespace, name, result, transition.result)
     _record_anomalies(namespace, name, health)
     return result
 
 
-@dataclass
-class ServingHealth:
-    """What the telemetry said at this reconciliation."""
-
-    enabled: bool = False
-    open: list[dict[str, Any]] = field(default_factory=list)
-    """status.anomalies records of the open anomalies."""
-    opened: list[dict[str, Any]] = field(default_factory=list)
-    closed: list[dict[str, Any]] = field(default_factory=list)
-    open_metrics: set[str] = field(default_factory=set)
-    learning: set[str] = field(default_factory=set)
-    """Metrics whose stable-version series has no baseline yet (the detector learns, does not judge)."""
-    requests_per_second: float | None = None
-    rollback: str | None = None
-    rollback_reason: str | None = None
-    awaiting_rollback: str | None = None
-    """The guard's message when the rollback waits for approval."""
-    usage: list = field(default_factory=list)
-    """CPU and memory samples of the stable version's model servers."""
-
-
 async def _serving_health(spec: ModelDeploymentSpec, backend: serving.ServingBackend, target: ServedDeployment,
-                          status: dict[str, Any], view: BackendView, now: datetime) -> ServingHealth:
+                          status: ModelDeploymentStatus, view: BackendView, now: datetime) -> aiops.ServingHealth:
     """Read the telemetry, judge it, explain new anomalies, and ask the post-promotion guard."""
     detection = spec.anomaly_detection
     if not detection.enabled:
-        return ServingHealth()
+        return aiops.ServingHealth()
     namespace, name = target.namespace, target.name
     watch = telemetry.watch(namespace, name, aiops.detector_settings(detection))
     telemetry.note_restarts(watch, view.restarts, now.timestamp())
     observed = await backend.observe_telemetry(target, watch, interval=detection.interval_seconds,
-                                               traffic=status.get("traffic") or [],
+                                               traffic=plain(status.traffic),
                                                prometheus_url=_prometheus_url(spec), now=now)
-    health = ServingHealth(enabled=True, requests_per_second=watch.requests_per_second,
-                           usage=list(watch.usage.get(status.get("stableVersion") or "", ())))
+    health = aiops.ServingHealth(enabled=True, requests_per_second=watch.requests_per_second,
+                                 usage=list(watch.usage.get(status.stable_version or "", ())))
     causes = {}
     for opened in observed.opened:
         incident = rootcause.Incident("anomaly", opened.since, opened.metric, opened.version)
-        causes[(opened.version, opened.metric)] = rootcause.summarise(
-            rootcause.root_cause_hints(incident, telemetry.facts(status, watch, telemetry.recent_drift(namespace, name))))
+        causes[(opened.version, opened.metric)] = rootcause.summarise(rootcause.root_cause_hints(
+            incident, telemetry.facts(status.to_status(), watch, telemetry.recent_drift(namespace, name))))
     open_anomalies = watch.detector.open_anomalies()
     health.open = [aiops.anomaly_record(a, causes.get((a.version, a.metric))) for a in open_anomalies]
     health.open_metrics = {a.metric for a in open_anomalies}
-    stable = status.get("stableVersion")
     for metric in anomaly.METRICS:
-        series = watch.detector.series.get((None if metric == "requestRate" else stable, metric))
+        series = watch.detector.series.get((None if metric == "requestRate" else status.stable_version, metric))
         if series is None or series.state == "learning":
             health.learning.add(metric)
     health.opened = [aiops.anomaly_record(a, causes.get((a.version, a.metric))) for a in observed.opened]
     health.closed = [aiops.anomaly_record(a) for a in observed.closed]
     guard = spec.rollout.post_promotion
-    cause = next((r.get("cause") for r in aiops.anomalies_status(status.get("anomalies"), health.open, [])
+    cause = next((r.get("cause") for r in aiops.anomalies_status(plain(status.anomalies), health.open, [])
                   if r.get("cause")), None)
     verdict = aiops.guard(status, open_anomalies, bake_seconds=guard.bake_seconds, guarded=guard.metrics,
                           approval=spec.rollout.approval, now=now, cause=cause)
@@ -294,36 +243,7 @@ async def _serving_health(spec: ModelDeploymentSpec, backend: serving.ServingBac
     return health
 
 
-def _apply_health(result: dict[str, Any], status: dict[str, Any], health: ServingHealth, spec: ModelDeploymentSpec,
-                  generation: int, now: datetime) -> None:
-    result["anomalies"] = aiops.anomalies_status(status.get("anomalies"), health.open, health.closed) \
-        if health.enabled else []
-    result["conditions"] = aiops.anomalous_condition(result.get("conditions"), result["anomalies"][:len(health.open)],
-                                                     generation=generation, now=now, enabled=health.enabled)
-    if health.awaiting_rollback and not result.get("rollout"):
-        result["conditions"] = set_condition(result["conditions"], "AwaitingApproval", TRUE,
-                                             aiops.ROLLBACK_AWAITING_APPROVAL, health.awaiting_rollback[:4096],
-                                             generation=generation, now=now)
-        result["phase"] = "AwaitingApproval"
-
-
-def _announce_health(obj: dict[str, Any], before: dict[str, Any], after: dict[str, Any], health: ServingHealth) -> None:
-    for record in health.opened:
-        cause = f" {record['cause']}" if record.get("cause") else ""
-        post_event(obj, "AnomalyOpened", f"{record['message']}; since {record['since']}.{cause}", warning=True,
-                   incident=f"{record.get('version') or '-'}/{record['metric']}")
-    for record in health.closed:
-        post_event(obj, "AnomalyClosed", f"{record['metric']} of version {record.get('version') or '-'}: "
-                                         f"{record.get('closeReason') or 'closed'}.",
-                   incident=f"{record.get('version') or '-'}/{record['metric']}")
-    old = find_condition(before.get("conditions"), "AwaitingApproval") or {}
-    new = find_condition(after.get("conditions"), "AwaitingApproval") or {}
-    if new.get("reason") == aiops.ROLLBACK_AWAITING_APPROVAL and old.get("reason") != new.get("reason"):
-        post_event(obj, aiops.ROLLBACK_AWAITING_APPROVAL, new.get("message", ""), warning=True,
-                   incident=str(after.get("stableVersion")))
-
-
-def _record_anomalies(namespace: str, name: str, health: ServingHealth) -> None:
+def _record_anomalies(namespace: str, name: str, health: aiops.ServingHealth) -> None:
     for metric in anomaly.METRICS:
         metrics.ANOMALY_ACTIVE.labels(namespace, name, metric).set(1 if metric in health.open_metrics else 0)
         if health.enabled:

@@ -14,14 +14,24 @@ and serving cost from observed traffic.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from mlops_operator.api.modeldeployment import (
+    AnomalyRecord,
+    Cost,
+    ModelDeploymentStatus,
+    PlacementAdvice,
+    RightSizing,
+    ServingCost,
+)
 from mlops_operator.reconcile.anomaly import Anomaly, DetectorSettings
-from mlops_operator.reconcile.conditions import FALSE, TRUE, now_rfc3339, parse_rfc3339, set_condition
+from mlops_operator.reconcile.conditions import FALSE, TRUE, now_rfc3339, parse_rfc3339, plain, set_condition, typed
 from mlops_operator.reconcile.cost import PriceTable, cost_per_thousand_predictions, estimate_monthly_cost
+from mlops_operator.reconcile.events import Event
 from mlops_operator.reconcile.placement import RegionOption, advise_placement
+from mlops_operator.reconcile.rightsizing import Suggestion, UsageSample
 
 ANOMALOUS = "Anomalous"
 MAX_ANOMALIES = 10
@@ -108,23 +118,22 @@ class GuardVerdict:
     message: str
 
 
-def promoted_at(status: Mapping[str, Any]) -> datetime | None:
+def promoted_at(status: ModelDeploymentStatus) -> datetime | None:
     """When the current stable version became stable by promotion (None: not by promotion)."""
-    record = status.get("lastRollout") or {}
-    if record.get("result") == "promoted" and record.get("version") == status.get("stableVersion") \
-            and record.get("finished"):
-        return parse_rfc3339(record["finished"])
+    record = status.last_rollout
+    if record and record.result == "promoted" and record.version == status.stable_version and record.finished:
+        return parse_rfc3339(record.finished)
     return None
 
 
-def guard(status: Mapping[str, Any], open_anomalies: Sequence[Anomaly], *, bake_seconds: int,
+def guard(status: ModelDeploymentStatus, open_anomalies: Sequence[Anomaly], *, bake_seconds: int,
           guarded: Sequence[str], approval: str, now: datetime, cause: str | None = None) -> GuardVerdict | None:
     """The post-promotion guard's decision for this reconciliation (None: nothing to do)."""
-    stable, previous = status.get("stableVersion"), status.get("previousStableVersion")
+    stable, previous = status.stable_version, status.previous_stable_version
     since = promoted_at(status)
-    if not bake_seconds or not stable or not previous or since is None or status.get("candidateVersion"):
+    if not bake_seconds or not stable or not previous or since is None or status.candidate_version:
         return None
-    if previous in (status.get("rejectedVersions") or ()):
+    if previous in status.rejected_versions:
         return None
     elapsed = (now - since).total_seconds()
     if elapsed > bake_seconds:
@@ -186,3 +195,74 @@ def placement_status(spec: Any, table: PriceTable) -> dict[str, Any] | None:
         message += (f" Not ranked (no sourced price; with AWS credentials the Price List API prices them): "
                     f"{', '.join(c.region for c in unpriced)}.")
     return {"choice": advice.choice.region if advice.choice else None, "message": message[:2048], "ranked": ranked}
+
+
+def with_costs(status: ModelDeploymentStatus, spec: Any, prices: PriceTable, requests_per_second: float | None,
+               suggestion: Suggestion | None) -> ModelDeploymentStatus:
+    """``status`` with estimatedMonthlyCost, cost, placement and rightSizing."""
+    estimate = estimate_monthly_cost(spec, prices).cost
+    cost = cost_status(estimate, requests_per_second, prices.hours_per_month)
+    placement = placement_status(spec, prices)
+    right_sizing = None if suggestion is None else RightSizing(
+        cpu=suggestion.cpu, memory=suggestion.memory, verdict=suggestion.verdict, message=suggestion.message[:2048],
+        samples=suggestion.samples)
+    return status.model_copy(update={
+        "estimated_monthly_cost": Cost.model_validate(estimate) if estimate else None,
+        "cost": ServingCost.model_validate(cost) if cost else None,
+        "placement": PlacementAdvice.model_validate(placement) if placement else None,
+        "right_sizing": right_sizing})
+
+
+@dataclass
+class ServingHealth:
+    """What the serving telemetry said at this reconciliation."""
+
+    enabled: bool = False
+    open: list[dict[str, Any]] = field(default_factory=list)
+    """status.anomalies records of the open anomalies."""
+    opened: list[dict[str, Any]] = field(default_factory=list)
+    closed: list[dict[str, Any]] = field(default_factory=list)
+    open_metrics: set[str] = field(default_factory=set)
+    learning: set[str] = field(default_factory=set)
+    """Metrics whose stable-version series has no baseline yet (the detector learns, does not judge)."""
+    requests_per_second: float | None = None
+    rollback: str | None = None
+    rollback_reason: str | None = None
+    awaiting_rollback: str | None = None
+    """The guard's message when the rollback waits for approval."""
+    usage: list[UsageSample] = field(default_factory=list)
+    """CPU and memory samples of the stable version's model servers."""
+
+
+def with_health(status: ModelDeploymentStatus, previous: ModelDeploymentStatus, health: ServingHealth, *,
+                generation: int, now: datetime) -> ModelDeploymentStatus:
+    """``status`` with the anomalies, the Anomalous condition, and a rollback the guard wants approved."""
+    anomalies = anomalies_status(plain(previous.anomalies), health.open, health.closed) if health.enabled else []
+    conditions = anomalous_condition(plain(status.conditions), anomalies[:len(health.open)], generation=generation,
+                                     now=now, enabled=health.enabled)
+    phase = status.phase
+    if health.awaiting_rollback and not status.rollout:
+        conditions = set_condition(conditions, "AwaitingApproval", TRUE, ROLLBACK_AWAITING_APPROVAL,
+                                   health.awaiting_rollback[:4096], generation=generation, now=now)
+        phase = "AwaitingApproval"
+    return status.model_copy(update={"anomalies": [AnomalyRecord.model_validate(a) for a in anomalies],
+                                     "conditions": typed(conditions), "phase": phase})
+
+
+def health_events(before: ModelDeploymentStatus, after: ModelDeploymentStatus, health: ServingHealth
+                  ) -> list[tuple[Event, str]]:
+    """The events of anomalies that opened or closed, and of a rollback that now waits for approval,
+    each with the incident it is about (``<version>/<metric>`` or the version)."""
+    events = []
+    for record in health.opened:
+        cause = f" {record['cause']}" if record.get("cause") else ""
+        events.append((Event("AnomalyOpened", f"{record['message']}; since {record['since']}.{cause}", warning=True),
+                       f"{record.get('version') or '-'}/{record['metric']}"))
+    for record in health.closed:
+        events.append((Event("AnomalyClosed", f"{record['metric']} of version {record.get('version') or '-'}: "
+                                              f"{record.get('closeReason') or 'closed'}."),
+                       f"{record.get('version') or '-'}/{record['metric']}"))
+    old, new = before.condition("AwaitingApproval"), after.condition("AwaitingApproval")
+    if new and new.reason == ROLLBACK_AWAITING_APPROVAL and (old is None or old.reason != new.reason):
+        events.append((Event(ROLLBACK_AWAITING_APPROVAL, new.message, warning=True), str(after.stable_version)))
+    return events

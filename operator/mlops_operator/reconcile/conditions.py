@@ -6,9 +6,11 @@ A condition's ``lastTransitionTime`` changes only when its status flips; reason,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from mlops_operator.api.common import Condition
 
 UNKNOWN, TRUE, FALSE = "Unknown", "True", "False"
 RECONCILING = "Reconciling"
@@ -83,3 +85,13 @@ def initial_conditions(
             result = set_condition(result, type_, UNKNOWN, RECONCILING, "The operator is reconciling this object.",
                                    generation=generation, now=now)
     return result
+
+
+def typed(conditions: Iterable[Mapping[str, Any]]) -> list[Condition]:
+    """Conditions as the status models hold them."""
+    return [Condition.model_validate(c) for c in conditions]
+
+
+def plain(conditions: Iterable[Any]) -> list[dict[str, Any]]:
+    """Conditions (or other status entries) as the API represents them (what :func:`set_condition` takes)."""
+    return [c.to_api() for c in conditions]

@@ -23,17 +23,27 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATION
-from mlops_operator.api.modeldeployment import Analysis, Rollout
+from mlops_operator.api.modeldeployment import (
+    Analysis,
+    AnalysisResult,
+    ModelDeploymentStatus,
+    Rollout,
+    RolloutRecord,
+    RolloutStatus,
+    TrafficTarget,
+)
 from mlops_operator.reconcile.conditions import (
     FALSE,
     TRUE,
-    find_condition,
+    is_true,
     now_rfc3339,
     parse_rfc3339,
+    plain,
     set_condition,
+    typed,
 )
 from mlops_operator.reconcile.events import Event
 
@@ -92,30 +102,29 @@ class DeploymentState:
     rejected: tuple[str, ...] = ()
 
 
-def _model(status: Mapping[str, Any], prefix: str) -> ModelRef | None:
-    version, uri = status.get(f"{prefix}Version"), status.get(f"{prefix}Uri")
+def _model(version: str | None, uri: str | None) -> ModelRef | None:
     return ModelRef(str(version), str(uri)) if version and uri else None
 
 
-def state_from_status(status: Mapping[str, Any]) -> DeploymentState:
+def state_from_status(status: ModelDeploymentStatus) -> DeploymentState:
     """The deployment state recorded in a status."""
-    rollout = status.get("rollout")
+    rollout = status.rollout
     progress = None
-    candidate = _model(status, "candidate")
+    candidate = _model(status.candidate_version, status.candidate_uri)
     if rollout and candidate:
         progress = RolloutProgress(
-            phase=rollout["phase"],
-            started=parse_rfc3339(rollout["started"]),
-            step=int(rollout.get("step") or 0),
-            step_started=parse_rfc3339(rollout["stepStarted"]) if rollout.get("stepStarted") else None,
-            extensions=int(rollout.get("extensions") or 0),
+            phase=rollout.phase,
+            started=parse_rfc3339(rollout.started),
+            step=rollout.step,
+            step_started=parse_rfc3339(rollout.step_started) if rollout.step_started else None,
+            extensions=rollout.extensions,
         )
     return DeploymentState(
-        stable=_model(status, "stable"),
+        stable=_model(status.stable_version, status.stable_uri),
         candidate=candidate if progress else None,
         rollout=progress,
-        previous_stable=_model(status, "previousStable"),
-        rejected=tuple(status.get("rejectedVersions") or ()),
+        previous_stable=_model(status.previous_stable_version, status.previous_stable_uri),
+        rejected=tuple(status.rejected_versions),
     )
 
 
@@ -126,25 +135,28 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def state_to_status(state: DeploymentState) -> dict[str, Any]:
-    """Status fields of a deployment state (None clears a field in a merge patch)."""
+STATE_FIELDS = ("stable_version", "stable_uri", "candidate_version", "candidate_uri", "rollout",
+                "previous_stable_version", "previous_stable_uri", "rejected_versions")
+"""The status fields a deployment state is recorded in."""
+
+
+def state_to_status(state: DeploymentState) -> ModelDeploymentStatus:
+    """A status holding a deployment state in :data:`STATE_FIELDS` (unset ones None: cleared when written)."""
     rollout = None
     if state.rollout:
         progress = state.rollout
-        rollout = {"phase": progress.phase, "step": progress.step, "started": _iso(progress.started),
-                   "extensions": progress.extensions}
-        if progress.step_started:
-            rollout["stepStarted"] = _iso(progress.step_started)
-    return {
-        "stableVersion": state.stable.version if state.stable else None,
-        "stableUri": state.stable.uri if state.stable else None,
-        "candidateVersion": state.candidate.version if state.candidate else None,
-        "candidateUri": state.candidate.uri if state.candidate else None,
-        "rollout": rollout,
-        "previousStableVersion": state.previous_stable.version if state.previous_stable else None,
-        "previousStableUri": state.previous_stable.uri if state.previous_stable else None,
-        "rejectedVersions": list(state.rejected),
-    }
+        rollout = RolloutStatus(phase=progress.phase, step=progress.step, started=_iso(progress.started),
+                                step_started=_iso(progress.step_started), extensions=progress.extensions)
+    return ModelDeploymentStatus(
+        stable_version=state.stable.version if state.stable else None,
+        stable_uri=state.stable.uri if state.stable else None,
+        candidate_version=state.candidate.version if state.candidate else None,
+        candidate_uri=state.candidate.uri if state.candidate else None,
+        rollout=rollout,
+        previous_stable_version=state.previous_stable.version if state.previous_stable else None,
+        previous_stable_uri=state.previous_stable.uri if state.previous_stable else None,
+        rejected_versions=list(state.rejected),
+    )
 
 
 # ---------------------------------------------------------------- analysis
@@ -293,7 +305,7 @@ class Transition:
     events: tuple[Event, ...] = ()
     result: str | None = None
     """A rollout ended: promoted, aborted, rolledback or superseded."""
-    record: dict[str, Any] | None = None
+    record: RolloutRecord | None = None
     """status.lastRollout for the rollout that ended."""
     degraded: tuple[str, str] | None = None
     """(reason, message) when this step leaves the deployment degraded."""
@@ -307,9 +319,9 @@ def _reject(rejected: tuple[str, ...], version: str) -> tuple[str, ...]:
 
 
 def _record(version: str, result: str, progress: RolloutProgress | None, now: datetime, message: str
-            ) -> dict[str, Any]:
-    return {"version": version, "result": result, "started": now_rfc3339(progress.started if progress else now),
-            "finished": now_rfc3339(now), "message": message[:4096]}
+            ) -> RolloutRecord:
+    return RolloutRecord(version=version, result=result, started=now_rfc3339(progress.started if progress else now),
+                         finished=now_rfc3339(now), message=message[:4096])
 
 
 def _describe_plan(rollout: Rollout) -> str:
@@ -582,10 +594,10 @@ def effective_predictors(plan: Sequence[PredictorPlan], ready: Callable[[ModelRe
     return [replace(p, weight=p.weight + moved) if p.name == STABLE else p for p in result]
 
 
-def traffic_status(plan: Sequence[PredictorPlan]) -> list[dict[str, Any]]:
+def traffic_status(plan: Sequence[PredictorPlan]) -> list[TrafficTarget]:
     """status.traffic of a served plan."""
-    return [{"predictor": p.name, "version": p.model.version,
-             "weight": p.mirror_percent if p.shadow else p.weight, "shadow": p.shadow} for p in plan]
+    return [TrafficTarget(predictor=p.name, version=p.model.version,
+                          weight=p.mirror_percent if p.shadow else p.weight, shadow=p.shadow) for p in plan]
 
 
 # ---------------------------------------------------------------- Prometheus
@@ -638,28 +650,23 @@ class ServingObservation:
 
 
 def _analysis_status(verdict: Verdict, candidate: ModelRef | None, predictor: str | None, now: datetime
-                     ) -> dict[str, Any]:
+                     ) -> AnalysisResult:
     stats = verdict.stats
-    result: dict[str, Any] = {
-        "time": now_rfc3339(now),
-        "requests": stats.requests if stats else 0,
-        "passed": verdict.outcome == "pass",
-        "message": verdict.message[:4096],
-        "source": stats.source if stats else "none",
-    }
-    if candidate:
-        result["version"] = candidate.version
-    if predictor:
-        result["predictor"] = predictor
-    if stats and stats.error_rate is not None:
-        result["errorRate"] = round(stats.error_rate, 6)
-    if stats and stats.p99_ms is not None:
-        result["latencyP99Ms"] = round(stats.p99_ms, 3)
-    return result
+    return AnalysisResult(
+        time=now_rfc3339(now),
+        requests=stats.requests if stats else 0,
+        passed=verdict.outcome == "pass",
+        message=verdict.message[:4096],
+        source=stats.source if stats else "none",
+        version=candidate.version if candidate else None,
+        predictor=predictor or None,
+        error_rate=round(stats.error_rate, 6) if stats and stats.error_rate is not None else None,
+        latency_p99_ms=round(stats.p99_ms, 3) if stats and stats.p99_ms is not None else None,
+    )
 
 
 def deployment_status(
-    status: Mapping[str, Any],
+    status: ModelDeploymentStatus,
     previous: DeploymentState,
     transition: Transition,
     serving: ServingObservation,
@@ -669,27 +676,20 @@ def deployment_status(
     generation: int,
     now: datetime,
     rollout: Rollout,
-) -> dict[str, Any]:
+) -> ModelDeploymentStatus:
     """The status after one reconciliation: versions, rollout, traffic, conditions and phase.
 
     ``source_problem`` is (reason, message) when the model source could not be resolved
     (WaitingForModel, ModelUnavailable).
     """
     state = transition.state
-    result = dict(status)
-    result.update(state_to_status(state))
-    result["traffic"] = traffic_status(serving.served)
-    result["endpoint"] = serving.endpoint
-    result["readyReplicas"] = serving.ready_replicas
-    if transition.record:
-        result["lastRollout"] = transition.record
-    verdict = transition.verdict
-    if verdict is not None:
+    last_analysis = status.last_analysis
+    if transition.verdict is not None:
         analysed = previous.rollout
-        result["lastAnalysis"] = _analysis_status(verdict, previous.candidate,
-                                                  analysed_predictor(analysed) if analysed else None, now)
+        last_analysis = _analysis_status(transition.verdict, previous.candidate,
+                                         analysed_predictor(analysed) if analysed else None, now)
 
-    conditions = status.get("conditions")
+    conditions = plain(status.conditions)
     cond = lambda cs, t, s, r, m: set_condition(cs, t, s, r, m, generation=generation, now=now)  # noqa: E731
 
     # Ready: the stable version answers.
@@ -728,41 +728,79 @@ def deployment_status(
                           "No rollout waits for approval.")
 
     # Degraded: newest trouble first; a rejected version keeps it until the source moves on.
-    live = find_condition(status.get("conditions"), "Degraded") or {}
+    live = status.condition("Degraded")
     if transition.degraded:
         conditions = cond(conditions, "Degraded", TRUE, *transition.degraded)
     elif source_problem and source_problem[0] == MODEL_UNAVAILABLE:
         conditions = cond(conditions, "Degraded", TRUE, *source_problem)
     elif serving.problem and serving.degrades:
         conditions = cond(conditions, "Degraded", TRUE, *serving.problem)
-    elif (desired and desired.version in state.rejected and live.get("status") == TRUE
-          and live.get("reason") in STICKY_DEGRADED):
-        conditions = cond(conditions, "Degraded", TRUE, live["reason"], live.get("message", ""))
+    elif (desired and desired.version in state.rejected and live and live.status == TRUE
+          and live.reason in STICKY_DEGRADED):
+        conditions = cond(conditions, "Degraded", TRUE, live.reason, live.message)
     elif desired and desired.version in state.rejected and not (state.stable and desired.version == state.stable.version):
         conditions = cond(conditions, "Degraded", TRUE, ROLLOUT_ABORTED,
                           f"Version {desired.version} was rejected earlier and is not rolled out again; "
                           f"version {state.stable.version if state.stable else '-'} serves.")
     else:
         conditions = cond(conditions, "Degraded", FALSE, "AsExpected", "Nothing is degraded.")
-    result["conditions"] = conditions
 
     # Phase, for printing.
     if progress and progress.phase == AWAITING_APPROVAL:
-        result["phase"] = "AwaitingApproval"
+        phase = "AwaitingApproval"
     elif progress:
-        result["phase"] = "Progressing"
-    elif _is(conditions, "Degraded", TRUE):
-        result["phase"] = "Degraded"
-    elif _is(conditions, "Ready", TRUE):
-        result["phase"] = "Ready"
+        phase = "Progressing"
+    elif is_true(conditions, "Degraded"):
+        phase = "Degraded"
+    elif is_true(conditions, "Ready"):
+        phase = "Ready"
     else:
-        result["phase"] = "Pending"
-    return result
+        phase = "Pending"
+    recorded = state_to_status(state)
+    return status.model_copy(update={
+        **{name: getattr(recorded, name) for name in STATE_FIELDS},
+        **dict(traffic=traffic_status(serving.served), endpoint=serving.endpoint, ready_replicas=serving.ready_replicas,
+               last_rollout=transition.record or status.last_rollout, last_analysis=last_analysis,
+               conditions=typed(conditions), phase=phase)})
 
 
-def _is(conditions: Sequence[dict[str, Any]], type_: str, value: str) -> bool:
-    found = find_condition(conditions, type_)
-    return found is not None and found.get("status") == value
+def backend_unavailable_status(status: ModelDeploymentStatus, reason: str, message: str, *, generation: int,
+                               now: datetime) -> ModelDeploymentStatus:
+    """The serving backend cannot be reached: Degraded with why, and Ready False too unless a stable
+    version was serving (it may well still serve)."""
+    conditions = set_condition(plain(status.conditions), "Degraded", TRUE, reason, message, generation=generation,
+                               now=now)
+    if not status.stable_version or not is_true(conditions, "Ready"):
+        conditions = set_condition(conditions, "Ready", FALSE, reason, message, generation=generation, now=now)
+    return status.model_copy(update={"conditions": typed(conditions), "phase": "Degraded"})
+
+
+def incident_version(before: ModelDeploymentStatus, after: ModelDeploymentStatus, transition: Transition) -> str:
+    """The version a rollout event is about: the one it rejects or leaves (one incident for notifications)."""
+    if transition.record:
+        return transition.record.version
+    if before.candidate_version and before.candidate_version == after.stable_version:
+        return str(before.stable_version)  # a rollback completing: the version left behind
+    rejected = after.rejected_versions
+    return str(before.candidate_version or (rejected[-1] if rejected else after.stable_version))
+
+
+def rollout_events(before: ModelDeploymentStatus, after: ModelDeploymentStatus, transition: Transition,
+                   cause: str | None = None) -> list[Event]:
+    """The events of this reconciliation: the transition's (an abort or rollback with its likely
+    ``cause``), and trouble no transition announced (a missing model, a crash loop) once, when it starts."""
+    events = []
+    for event in transition.events:
+        message = event.message
+        if cause and event.reason in (ROLLOUT_ABORTED, ROLLED_BACK):
+            message = f"{message} {cause}"
+        events.append(Event(event.reason, message, warning=event.warning))
+    old, new = before.condition("Degraded"), after.condition("Degraded")
+    announced = {e.reason for e in transition.events}
+    if new and new.status == TRUE and (old is None or old.status != TRUE or old.reason != new.reason) \
+            and new.reason not in announced:
+        events.append(Event(new.reason, new.message, warning=True))
+    return events
 
 
 def _progress_message(rollout: Rollout, state: DeploymentState) -> str:
