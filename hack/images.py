@@ -82,8 +82,10 @@ def cache_dir() -> Path:
     return Path(base) / f"images-v{RECIPE_VERSION}"
 
 
-def _run(cmd: list[str], what: str, *, log: Path | None = None, **kw: Any) -> None:
-    """Run a slow command, printing a progress line every 30 s; its output goes to ``log``."""
+def run_with_progress(cmd: list[str], what: str, *, log: Path | None = None,
+                      say: Callable[[str], None] = _say, **kw: Any) -> int:
+    """Run a slow command, saying ``  ... <what> (<seconds>s)`` every 30 s; its output goes to ``log``.
+    Returns its exit code. (hack/seldon.py's Go builds use it too.)"""
     start = time.monotonic()
     out = open(log, "ab") if log else subprocess.DEVNULL
     try:
@@ -92,16 +94,21 @@ def _run(cmd: list[str], what: str, *, log: Path | None = None, **kw: Any) -> No
         while proc.poll() is None:
             time.sleep(0.5)
             if time.monotonic() - start >= next_report:
-                _say(f"  ... {what} ({time.monotonic() - start:.0f}s)")
+                say(f"  ... {what} ({time.monotonic() - start:.0f}s)")
                 next_report += 30
     finally:
         if log:
             out.close()
-    if proc.returncode != 0:
+    return proc.returncode
+
+
+def _run(cmd: list[str], what: str, *, log: Path | None = None, **kw: Any) -> None:
+    """:func:`run_with_progress`; a failure raises ImageError with the end of ``log``."""
+    if (code := run_with_progress(cmd, what, log=log, **kw)) != 0:
         tail = ""
         if log and log.exists():
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise ImageError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+        raise ImageError(f"{what} failed (exit {code}): {' '.join(cmd)}\n{tail}")
 
 
 def _hash(parts: Iterable[bytes | str]) -> str:
@@ -251,8 +258,9 @@ def pause_image() -> Image:
     return _cached("pause", PAUSE_IMAGE, key, build)
 
 
-def base_image() -> Image:
-    args = ["--variant=minbase", "--include=python3,ca-certificates",
+def _debian_image(name: str, ref: str, packages: str, config: dict[str, Any]) -> Image:
+    """A Debian (minbase) image with ``packages`` from mmdebstrap, cached by its recipe."""
+    args = ["--variant=minbase", f"--include={packages},ca-certificates",
             *[f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES], "--format=tar", DEBIAN_SUITE]
     key = _hash([RECIPE_VERSION, *args, *DEBIAN_MIRRORS])
 
@@ -260,14 +268,18 @@ def base_image() -> Image:
         mm = _need("mmdebstrap", "mmdebstrap")
         with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
             rootfs = Path(tmp) / "rootfs.tar"
-            _run([mm, "--quiet", *args, str(rootfs), *DEBIAN_MIRRORS], "mmdebstrap bookworm + python3",
+            _run([mm, "--quiet", *args, str(rootfs), *DEBIAN_MIRRORS], f"mmdebstrap bookworm + {packages}",
                  log=Path(tmp) / "mmdebstrap.log")
-            write_docker_archive(archive, BASE_IMAGE, _copy_rootfs(rootfs), {
-                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
-                "Cmd": ["python3"],
-            })
+            write_docker_archive(archive, ref, _copy_rootfs(rootfs), config)
 
-    return _cached("base", BASE_IMAGE, key, build)
+    return _cached(name, ref, key, build)
+
+
+def base_image() -> Image:
+    return _debian_image("base", BASE_IMAGE, "python3", {
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+        "Cmd": ["python3"],
+    })
 
 
 def _uv_binary() -> Path:
@@ -479,25 +491,13 @@ CMD ["mlserver", "start", "/mnt/models"]
 
 
 def rclone_image() -> Image:
-    args = ["--variant=minbase", "--include=rclone,ca-certificates",
-            *[f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES], "--format=tar", DEBIAN_SUITE]
-    key = _hash([RECIPE_VERSION, *args, *DEBIAN_MIRRORS])
-
-    def build(archive: Path) -> None:
-        mm = _need("mmdebstrap", "mmdebstrap")
-        with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
-            rootfs = Path(tmp) / "rootfs.tar"
-            _run([mm, "--quiet", *args, str(rootfs), *DEBIAN_MIRRORS], "mmdebstrap bookworm + rclone",
-                 log=Path(tmp) / "mmdebstrap.log")
-            write_docker_archive(archive, RCLONE_IMAGE, _copy_rootfs(rootfs), {
-                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                        # As Seldon's image: verbose enough to see what was copied, never the secrets.
-                        "RCLONE_VERBOSE=1"],
-                "Entrypoint": ["rclone", "copy"],
-                "User": "8888",
-            })
-
-    return _cached("rclone", RCLONE_IMAGE, key, build)
+    return _debian_image("rclone", RCLONE_IMAGE, "rclone", {
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                # As Seldon's image: verbose enough to see what was copied, never the secrets.
+                "RCLONE_VERBOSE=1"],
+        "Entrypoint": ["rclone", "copy"],
+        "User": "8888",
+    })
 
 
 BUILDERS: dict[str, Callable[[], Image]] = {

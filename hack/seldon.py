@@ -26,11 +26,13 @@ import functools
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import images  # noqa: E402  (hack/images.py: run_with_progress)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SETTING = "MLOPS_SELDON_SRC"
@@ -96,18 +98,10 @@ def _go(args: list[str], cwd: Path, what: str, log: Path, cgo: bool = False) -> 
         raise SeldonBuildError(f"the Seldon {what} needs cgo and there is no gcc (apt-get install gcc)")
     env = {**os.environ, "CGO_ENABLED": "1" if cgo else "0", "GOFLAGS": "-mod=mod"}
     start = time.monotonic()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([go, *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-        next_report = 30.0
-        while proc.poll() is None:
-            time.sleep(0.5)
-            if time.monotonic() - start >= next_report:
-                _say(f"  ... still building the {what} ({time.monotonic() - start:.0f}s)")
-                next_report += 30
-    if proc.returncode != 0:
+    code = images.run_with_progress([go, *args], f"still building the {what}", log=log, say=_say, cwd=cwd, env=env)
+    if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise SeldonBuildError(f"go {' '.join(args)} in {cwd} failed (exit {proc.returncode}):\n{tail}")
+        raise SeldonBuildError(f"go {' '.join(args)} in {cwd} failed (exit {code}):\n{tail}")
     _say(f"  built the {what} in {time.monotonic() - start:.0f}s")
 
 
