@@ -470,8 +470,14 @@ def test_a_person_or_a_direct_rollout_needs_no_metrics(fields):
 def test_which_backends_lack_a_metrics_source():
     from mlops_operator.reconcile.modeldeployment import analysis_unavailable
 
-    message = analysis_unavailable("seldon", None, allow_pause_only=False)
+    message = analysis_unavailable("seldon", False, None, allow_pause_only=False)
     assert message and "MLOPS_PROMETHEUS_URL" in message and "MLOPS_ALLOW_PAUSE_ONLY_ANALYSIS=true" in message
-    assert analysis_unavailable("seldon", "http://prometheus:9090", allow_pause_only=False) is None
-    assert analysis_unavailable("seldon", None, allow_pause_only=True) is None
-    assert analysis_unavailable("local", None, allow_pause_only=False) is None  # the router's statistics
+    assert "on backend seldon" in message
+    assert analysis_unavailable("seldon", False, "http://prometheus:9090", allow_pause_only=False) is None
+    assert analysis_unavailable("seldon", False, None, allow_pause_only=True) is None
+    assert analysis_unavailable("local", True, None, allow_pause_only=False) is None  # the router's statistics
+
+    from mlops_operator.backends.serving_local.backend import LocalServing
+    from mlops_operator.backends.serving_seldon import SeldonServing
+
+    assert LocalServing.own_request_metrics and not SeldonServing.own_request_metrics

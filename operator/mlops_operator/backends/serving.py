@@ -21,6 +21,7 @@ from mlops_operator.backends import kube, prometheus, seldon_logger_sink, teleme
 from mlops_operator.backends.serving_local import LocalServingManager
 from mlops_operator.backends.serving_local.backend import LocalServing
 from mlops_operator.backends.serving_seldon import SeldonServing
+from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.reconcile.modeldeployment import PredictorPlan, RequestStats, prometheus_queries
 from mlops_operator.reconcile.serving import BackendView, ServedDeployment
 from mlops_operator.settings import Settings
@@ -33,6 +34,12 @@ class ServingBackend(Protocol):
 
     name: str
     """The ``spec.backend`` value it serves."""
+    own_request_metrics: bool
+    """Whether it has request statistics of its own (without Prometheus) to judge a candidate by."""
+
+    def spec_problems(self, spec: ModelDeploymentSpec) -> list[str]:
+        """What this backend cannot do for ``spec`` (InvalidSpec messages, before any work starts)."""
+        ...
 
     async def apply(self, target: ServedDeployment, plan: Sequence[PredictorPlan], rollout_in_flight: bool
                     ) -> BackendView:

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from mlops_operator.api.annotations import SPEC_HASH_ANNOTATION
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
+from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.backends import kube
 from mlops_operator.backends import telemetry
 from mlops_operator.reconcile.modeldeployment import PredictorPlan, RequestStats
@@ -33,6 +34,7 @@ from mlops_operator.reconcile.seldondeployment import (
     observe_seldon_deployment,
     pod_failure_reason,
     predictor_replicas,
+    routing_problems,
     routing_service_name,
     seldon_deployment_name,
 )
@@ -211,12 +213,17 @@ class SeldonServing:
     """Backend seldon: a SeldonDeployment the ModelDeployment owns serves the plan's predictors."""
 
     name = "seldon"
+    own_request_metrics = False  # Seldon's executors export to Prometheus only
 
     def __init__(self, logger_urls: LoggerUrls | None = None, routing: Routing = "none", max_replicas: int = 10
                  ) -> None:
         self._logger_urls = logger_urls
         self.routing = routing
         self.max_replicas = max_replicas
+
+    def spec_problems(self, spec: ModelDeploymentSpec) -> list[str]:
+        """What this cluster's routing (MLOPS_SELDON_ROUTING) cannot do for the spec."""
+        return routing_problems(spec, self.routing)
 
     async def apply(self, target: ServedDeployment, plan: Sequence[PredictorPlan], rollout_in_flight: bool
                     ) -> BackendView:

@@ -41,7 +41,7 @@ from mlops_operator.handlers.common import (
     register_kind,
     uri_policy_problems,
 )
-from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rightsizing, rootcause, seldondeployment
+from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rightsizing, rootcause
 from mlops_operator.reconcile.conditions import TRUE, plain
 from mlops_operator.reconcile.cost import default_price_table
 from mlops_operator.reconcile.serving import BackendView, ServedDeployment
@@ -113,7 +113,8 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> ModelDeploymentStatu
     # 1. The spec.
     spec = parse_spec(ModelDeploymentSpec, obj.get("spec") or {})
     problems = deployment_spec_errors(spec, default_price_table().instance_type_names())
-    problems += seldondeployment.routing_problems(spec, get_settings().seldon_routing)
+    backend = serving.serving_backend(spec.backend, get_settings())
+    problems += backend.spec_problems(spec)
     problems += await uri_policy_problems(status, ("spec.model.uri", spec.model.uri))
     regions = {spec.region} if spec.region else set()
     regions |= {r.region for r in spec.placement.regions} if spec.placement else set()
@@ -136,7 +137,6 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> ModelDeploymentStatu
                           if status.stable_version else str(error))
 
     state = modeldeployment.state_from_status(status)
-    backend = serving.serving_backend(spec.backend, get_settings())
     target = ServedDeployment(namespace, name, meta["uid"], model_name, spec)
 
     try:
@@ -169,7 +169,8 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> ModelDeploymentStatu
             rollback_reason=health.rollback_reason,
             verdict=verdict,
             analysis_unavailable=modeldeployment.analysis_unavailable(
-                spec.backend, _prometheus_url(spec), get_settings().allow_pause_only_analysis),
+                backend.name, backend.own_request_metrics, _prometheus_url(spec),
+                get_settings().allow_pause_only_analysis),
         )
         transition = modeldeployment.next_rollout_step(spec.rollout, state, observation)
         if transition.state != state:

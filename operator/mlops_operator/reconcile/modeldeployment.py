@@ -210,13 +210,14 @@ def analyse_candidate(analysis: Analysis, stats: RequestStats | None) -> Verdict
     return Verdict("pass", f"error rate {rate:.1%} over {stats.requests} requests{latency}: within thresholds", stats)
 
 
-def analysis_unavailable(backend: str, prometheus_url: str | None, allow_pause_only: bool) -> str | None:
-    """Why a canary of ``backend`` cannot be analysed (None when it can): backend seldon reads request
-    metrics only from Prometheus (the local backend also from its router), unless the operator allows
-    pause-only analysis."""
-    if backend != "seldon" or prometheus_url or allow_pause_only:
+def analysis_unavailable(backend: str, own_request_metrics: bool, prometheus_url: str | None,
+                         allow_pause_only: bool) -> str | None:
+    """Why a canary of ``backend`` cannot be analysed (None when it can): a backend without request
+    statistics of its own (seldon; the local one has its router's) reads them only from Prometheus,
+    unless the operator allows pause-only analysis."""
+    if own_request_metrics or prometheus_url or allow_pause_only:
         return None
-    return ("no request metrics source for a canary on backend seldon: nothing would judge the candidate, and a "
+    return (f"no request metrics source for a canary on backend {backend}: nothing would judge the candidate, and a "
             "canary is not promoted on its pauses alone. Set spec.rollout.analysis.prometheusUrl or the operator's "
             "MLOPS_PROMETHEUS_URL, or use approval: manual (a person decides), or allow it for this operator with "
             "MLOPS_ALLOW_PAUSE_ONLY_ANALYSIS=true")

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.backends import model_source, telemetry
 from mlops_operator.reconcile.modeldeployment import PredictorPlan, RequestStats
 from mlops_operator.reconcile.serving import (
@@ -39,10 +40,15 @@ class LocalServing:
     """Backend local: model servers and the router of each deployment, run by ``manager``."""
 
     name = "local"
+    own_request_metrics = True  # the router's statistics
 
     def __init__(self, manager: LocalServingManager, model_cache: Path) -> None:
         self.manager = manager
         self.model_cache = model_cache
+
+    def spec_problems(self, spec: ModelDeploymentSpec) -> list[str]:
+        """None: the local backend serves every rollout strategy."""
+        return []
 
     async def apply(self, target: ServedDeployment, plan: Sequence[PredictorPlan], rollout_in_flight: bool
                     ) -> BackendView:
