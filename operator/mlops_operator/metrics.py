@@ -76,6 +76,10 @@ def reconcile_timer(kind: str) -> Iterator[dict[str, str]]:
     """Count and time one reconciliation. The caller may set ``outcome["result"] = "requeue"``;
     an exception counts as an error (and is re-raised), kopf's TemporaryError as a requeue;
     ``outcome["result"] = "invalid"`` counts an invalid spec apart, in ``mlops_invalid_spec_total``."""
+    # The error counters exist at 0 from the first reconciliation of a kind: increase() (the alert
+    # MlopsReconcileErrors) sees only changes of a series, so one born at 1 would hide the first error.
+    RECONCILE_ERRORS.labels(kind)
+    INVALID_SPECS.labels(kind)
     start = time.perf_counter()
     outcome = {"result": "success"}
     try:
