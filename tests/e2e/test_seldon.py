@@ -44,6 +44,7 @@ from integration.deployment_support import deployment_body, publish_model
 from mlops_operator.backends import artifacts
 from mlops_operator.drift import build_profile
 from kube_support import REPO, Objects, OperatorProcess, condition, install_crds, wait_until
+from prometheus_support import KubernetesPrometheus, prometheus_binary
 from s3_support import S3Server, minio_binary
 from seldon_support import SeldonInstall, seldon_build, source_or_skip
 
@@ -108,6 +109,26 @@ def proxied_endpoints(namespace: str, service: str, port: str = "http") -> int:
                            timeout=30).stdout
     marker = f'--comment "{namespace}/{service}:{port} -> '
     return sum(1 for line in rules.splitlines() if line.startswith("-A KUBE-SVC-") and marker in line)
+
+
+def dashboard_and_alert_metric_names() -> set[str]:
+    """The metric names the chart's Grafana dashboard and Prometheus alerts query (tests/unit/test_alerts.py's
+    PromQL extraction)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mlops_test_alerts", REPO / "tests" / "unit" / "test_alerts.py")
+    assert spec and spec.loader
+    alerts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(alerts)
+    exprs = [rule["expr"] for rule in alerts.alert_rules()]
+    exprs += [alerts.grafana_to_promql(expr) for _, expr in alerts.dashboard_queries()]
+    return {name for expr in exprs for name, _ in alerts.selectors(expr)}
+
+
+def not_in_a_seldon_run(names: set[str]) -> set[str]:
+    """Names only the local backend's router (mlops_router_*) or training runs export."""
+    return {n for n in names if n.startswith(("mlops_router_", "mlops_training_", "mlops_model_validated_",
+                                              "mlops_retrain_requests"))}
 
 
 def direct_predictions(s3: S3Server, uri: str) -> list[int]:
@@ -200,15 +221,25 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
     operator = OperatorProcess(kc, ns, tmp_path / "operator", env={
         **s3.env(), "MLOPS_ARTIFACT_ROOT": root,
         # The executors in the Pods post their request logs to the sink on the bridge address.
-        "MLOPS_SELDON_LOGGER_HOST": node_cluster.devnode.NODE_IP, "MLOPS_SELDON_LOGGER_PORT": "0"}).start()
+        "MLOPS_SELDON_LOGGER_HOST": node_cluster.devnode.NODE_IP, "MLOPS_SELDON_LOGGER_PORT": "0"})
+    # A real Prometheus (only Kubernetes SD compiled in) discovers the namespace's Pods through the API
+    # server and scrapes the executors' and MLServer's metrics ports; it also scrapes the operator (a
+    # host process here). The canary is analysed from it.
+    start = time.monotonic()
+    prometheus = KubernetesPrometheus(prometheus_binary(), tmp_path / "prometheus", kc, [ns],
+                                      [(f"127.0.0.1:{operator.metrics_port}", {"job": "mlops-operator"})]).start()
+    operator.extra_env["MLOPS_PROMETHEUS_URL"] = prometheus.url
+    operator.start()
+    _timed(timings, "seldon prometheus and operator up", start)
     objects = Objects(node_api, ns)
     try:
         # 1. Version 1: the real controller creates the Deployments, rclone downloads, MLServer serves.
         start = time.monotonic()
         objects.create(deployment_body(
             "iris", {"uri": v1["uri"], "version": "1", "name": "iris"},
-            # Manual approval: the canary step holds while its split is measured.
-            {"strategy": "canary", "steps": [{"weight": SPLIT_WEIGHT, "pauseSeconds": 1}], "approval": "manual"},
+            # The step is analysed from Prometheus (extended by its pause while the canary has fewer than
+            # minRequests); manual approval then holds it until the test approves.
+            {"strategy": "canary", "steps": [{"weight": SPLIT_WEIGHT, "pauseSeconds": 20}], "approval": "manual"},
             backend="seldon", storageSecretName="s3-models", progressDeadlineSeconds=180,
             resources={"requests": {"cpu": "50m", "memory": "128Mi"}}))
         md = objects.wait(KIND, "iris", lambda o: (condition(o, "Ready") or {}).get("status") == "True",
@@ -264,10 +295,10 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         # The stable predictor still serves version 1 meanwhile.
         assert v2_infer(f"{stable_endpoint}/infer", ROWS)["model_version"] == "1"
 
-        # The step holds (manual approval) with the split the replicas give, reported in status.traffic.
+        # The step runs with the split the replicas give, reported in status.traffic.
         def split_reported(o: dict[str, Any]) -> bool:
             weights = {t["predictor"]: t["weight"] for t in o["status"].get("traffic") or []}
-            return o["status"].get("phase") == "AwaitingApproval" and weights == {"stable": 67, "canary": 33}
+            return weights == {"stable": 67, "canary": 33}
 
         objects.wait(KIND, "iris", split_reported, timeout=POD_READY_TIMEOUT, what="the 2:1 split reported")
         sdep = custom.get_namespaced_custom_object("machinelearning.seldon.io", "v1", ns, "seldondeployments", "iris")
@@ -292,6 +323,17 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         SUMMARY.append(f"seldon split without a mesh (weight {SPLIT_WEIGHT}, 2+1 replicas): canary "
                        f"{canary_share}/{SPLIT_REQUESTS} = {100 * canary_share / SPLIT_REQUESTS:.1f}% "
                        f"(binomial 1-{SPLIT_ALPHA:g} interval {low:.0f}..{high:.0f})")
+
+        # The step was analysed from Prometheus (the canary's executor metrics, scraped through Kubernetes
+        # SD): it passes with the canary's requests counted there, then holds for approval.
+        md = objects.wait(KIND, "iris", lambda o: o["status"].get("phase") == "AwaitingApproval", timeout=180,
+                          what="the canary step analysed from Prometheus")
+        analysis = md["status"]["lastAnalysis"]
+        assert analysis["source"] == "prometheus" and analysis["passed"], analysis
+        assert analysis["requests"] >= 20, analysis  # minRequests (default 20); the split sent ~130
+        scraped = prometheus.query(f'sum by (predictor_name) (seldon_api_executor_server_requests_seconds_count'
+                                   f'{{namespace="{ns}",deployment_name="iris"}})')
+        assert {r["metric"]["predictor_name"] for r in scraped} >= {"stable", "canary"}, scraped
         objects.patch(KIND, "iris", {"metadata": {"annotations": {"mlops.dev/approve": "2"}}})
 
         # 3. Promoted: the stable predictor serves version 2, the canary predictor is gone.
@@ -349,6 +391,20 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         assert monitor["status"]["sampleSize"] >= 20 and monitor["status"]["modelVersion"] == "2", monitor["status"]
         assert monitor["status"]["referenceUri"] == f"{v2['uri']}/profile.json"
         _timed(timings, "seldon traffic seen by a DriftMonitor", start)
+        # The Grafana dashboard's and the alerts' metric names were really scraped by this Prometheus,
+        # except those only a local backend's router or a training run exports (neither runs here); the
+        # DriftMonitor still exists (its gauges go with it).
+        used = dashboard_and_alert_metric_names()
+
+        def not_scraped() -> set[str]:
+            return used - prometheus.metric_names() - not_in_a_seldon_run(used)
+
+        try:
+            wait_until(lambda: not not_scraped(), timeout=30, interval=1, what="the dashboard's and alerts' metrics")
+        except AssertionError:
+            raise AssertionError(f"used by the dashboard or the alerts, never scraped: {sorted(not_scraped())}") from None
+        assert {"seldon_api_executor_server_requests_seconds_count", "mlops_deployment_ready",
+                "mlops_rollouts_total"} <= prometheus.metric_names()
         objects.delete("DriftMonitor", "iris")
 
         # 5. Version 3 cannot load: its canary Pod crash-loops, Seldon reports Failed after the progress
@@ -370,7 +426,19 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         assert degraded.get("status") == "True", md["status"]["conditions"]
         assert "Pod iris-canary-0-iris-" in degraded["message"] and "exit code" in degraded["message"], degraded
         assert md["status"]["stableVersion"] == "2"
-        assert v2_infer(f"{callable_endpoint}/infer", ROWS)["model_version"] == "2"
+        assert v2_infer(f"{stable_endpoint}/infer", ROWS)["model_version"] == "2"
+
+        # Through the routing Service too; the stable predictor is scaled back from 2 replicas to 1 now,
+        # and a connection kube-proxy still sends to the Pod being stopped is refused for a moment (Seldon's
+        # executor stops listening on SIGTERM, before kube-proxy has dropped the endpoint).
+        def routed_answer() -> dict[str, Any] | None:
+            try:
+                return v2_infer(f"{callable_endpoint}/infer", ROWS, timeout=5)
+            except urllib.error.URLError:
+                return None
+
+        assert wait_until(routed_answer, timeout=30, interval=0.5, what="the routing Service answering")[
+            "model_version"] == "2"
         objects.wait(KIND, "iris", lambda o: (condition(o, "Ready") or {}).get("status") == "True"
                      and [p["name"] for p in custom.get_namespaced_custom_object(
                          "machinelearning.seldon.io", "v1", ns, "seldondeployments", "iris")["spec"]["predictors"]]
@@ -391,6 +459,7 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         objects.delete_all()
         wait_until(lambda: not objects.list_all(), timeout=120, what="our objects deleted")
         operator.stop()
+        prometheus.stop()
     _timed(timings, "seldon lifecycle total", t0)
     SUMMARY.append("seldon e2e: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if "seldon" in k))
 
@@ -419,7 +488,8 @@ def test_istio_virtual_service_follows_the_rollout_steps(node_cluster, node_api,
     VirtualService and DestinationRule CRDs from istio.io/api v1.32.0: at each step of a shadow →
     canary 25% → canary 60% → promoted rollout, the VirtualService Seldon writes routes what our step
     says (weights, and the mirror with our mirrorPercent). Istio itself does not run here (no Envoy):
-    the objects are checked, not the traffic; the API server validates them against Istio's schemas."""
+    the objects are checked, not the traffic; the API server validates them against Istio's schemas.
+    Last, an automatic canary without a metrics source is refused before any traffic."""
     from kubernetes import client
 
     from istio_support import ISTIO_API_VERSION, istio_crds
@@ -502,6 +572,19 @@ def test_istio_virtual_service_follows_the_rollout_steps(node_cluster, node_api,
         hosts = {r["metadata"]["name"]: r["spec"]["host"] for r in rules["items"]}
         assert hosts.get("iris-stable") == f"iris-stable.{ns}.svc.cluster.local", hosts
         SUMMARY.append("seldon istio: VirtualService layouts " + " -> ".join(str(x) for x in seen))
+
+        # With automatic promotion and no metrics source (this operator has no Prometheus), a canary would
+        # pass its steps on their pauses alone: it is refused before any traffic, naming what to set.
+        v3 = publish_model(root, c=0.01)
+        objects.patch(KIND, "iris", {"spec": {"model": {"uri": v3["uri"], "version": "3", "name": "iris"},
+                                              "rollout": {"approval": "automatic"}}})
+        md = objects.wait(KIND, "iris", lambda o: "3" in (o["status"].get("rejectedVersions") or []), timeout=60,
+                          what="version 3 refused without a metrics source")
+        degraded = condition(md, "Degraded") or {}
+        assert degraded.get("reason") == "RolloutAborted" and "no request metrics source" in degraded["message"]
+        assert "before any traffic" in degraded["message"] and md["status"]["stableVersion"] == "2"
+        sdep = custom.get_namespaced_custom_object("machinelearning.seldon.io", "v1", ns, "seldondeployments", "iris")
+        assert [p["labels"]["mlops.dev/model-version"] for p in sdep["spec"]["predictors"]] == ["2"]
     except BaseException:
         print("VirtualService layouts seen:", seen)
         print("\n".join(line for line in operator.logs().splitlines()
