@@ -132,6 +132,8 @@ def test_recurring_run_fires_version_and_the_schedule_follows_the_spec(kfp_opera
     wait_until(lambda: not kfp_server.recurring_runs and "recurringRunId" not in status_of(objects),
                what="recurring run deleted")
     assert "nextScheduleTime" not in status_of(objects)
+    # One connection (one kfp.Client, which probes healthz when built) served every reconcile.
+    assert len(kfp_server.requests_to("GET", "/apis/v2beta1/healthz")) == 1
 
 
 def test_deleting_the_modeltraining_terminates_its_runs_and_deletes_its_recurring_run(kfp_operator, objects,

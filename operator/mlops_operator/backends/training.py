@@ -18,6 +18,7 @@ clients run in threads).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -186,8 +187,8 @@ class KfpTraining:
                     raise InvalidSpec("spec.kfp.tokenSecretRef: "
                                       + kube.describe_api_error(error, f"Secret {ref.name}")) from None
             host = (spec.kfp and spec.kfp.host) or self.settings.kfp_host or ""
-            self._connection = training_kfp.KfpConnection(
-                host=host, namespace=(spec.kfp and spec.kfp.namespace) or self.settings.kfp_namespace, token=token)
+            namespace = (spec.kfp and spec.kfp.namespace) or self.settings.kfp_namespace
+            self._connection = _kfp_connection(host, namespace, token)
         return self._connection
 
     async def package(self) -> str:
@@ -295,6 +296,22 @@ class KfpTraining:
             for run in await asyncio.to_thread(training_kfp.recurring_run_runs, conn, job):
                 if not run.is_finished:
                     await asyncio.to_thread(training_kfp.cancel_run, conn, run.run_id)
+
+
+_connections: dict[tuple[str, str | None, str], training_kfp.KfpConnection] = {}
+_MAX_CONNECTIONS = 64
+
+
+def _kfp_connection(host: str, namespace: str | None, token: str | None) -> training_kfp.KfpConnection:
+    """One connection (and so one kfp.Client, probed once) per KFP API, profile and token, reused by
+    every reconcile; keyed by the token's digest, so a rotated token gets a new client."""
+    key = (host, namespace, hashlib.sha256((token or "").encode()).hexdigest())
+    connection = _connections.get(key)
+    if connection is None:
+        if len(_connections) >= _MAX_CONNECTIONS:
+            _connections.pop(next(iter(_connections)))
+        connection = _connections[key] = training_kfp.KfpConnection(host=host, namespace=namespace, token=token)
+    return connection
 
 
 BACKENDS: dict[str, type[LocalTraining] | type[KfpTraining]] = {"local": LocalTraining, "kfp": KfpTraining}
