@@ -10,7 +10,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from mlops_operator import drift
-from mlops_operator.api.driftmonitor import DriftMonitorSpec, Performance, RetrainPolicy, Window
+from mlops_operator.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus, Performance, RetrainPolicy, Window
 from mlops_operator.reconcile import driftmonitor
 from mlops_operator.reconcile.conditions import find_condition, initial_conditions, now_rfc3339, set_condition
 
@@ -48,13 +48,19 @@ def compare(profile, rows, monitor: DriftMonitorSpec) -> drift.DriftReport:
                          correction=driftmonitor.engine_correction(monitor), min_samples=monitor.window.min_samples)
 
 
-def checked_status_for(report, verdict, status=None, problem=None, performance=None, now=NOW):
+def typed(status: dict) -> DriftMonitorStatus:
+    """A status as the operator reads it from the API."""
+    return DriftMonitorStatus.model_validate(status)
+
+
+def checked_status_for(report, verdict, status=None, problem=None, performance=None, now=NOW) -> dict:
+    """The status checked_status builds, as it is written."""
     status = status or {"conditions": initial_conditions(None, driftmonitor.CONDITIONS, generation=1, now=now)}
     return driftmonitor.checked_status(
-        status, verdict, results=driftmonitor.feature_results(report), sample_size=report.sample_size,
+        typed(status), verdict, results=driftmonitor.feature_results(report), sample_size=report.sample_size,
         window=("2026-11-23T03:59:00Z", "2026-11-23T03:59:59Z"), reference_uri="file:///m/iris/1/profile.json",
         reference_description="the training profile of model version 1", reference_size=150, model_version="1",
-        performance=performance, problem=problem, generation=1, now=now)
+        performance=performance, problem=problem, generation=1, now=now).to_status()
 
 
 # ------------------------------------------------------------------ when a check is due
@@ -63,21 +69,21 @@ def checked_status_for(report, verdict, status=None, problem=None, performance=N
 def test_check_is_due_on_first_visit_and_new_generation():
     monitor = spec(interval="5m")
     first = {"conditions": initial_conditions(None, driftmonitor.CONDITIONS, generation=1)}
-    assert driftmonitor.check_due(monitor, first, 1, NOW)
+    assert driftmonitor.check_due(monitor, typed(first), 1, NOW)
     checked = {"lastCheckTime": now_rfc3339(NOW), "phase": "NoDrift",
                "conditions": set_condition(first["conditions"], "Ready", "True", "Checked", generation=1)}
-    assert not driftmonitor.check_due(monitor, checked, 1, NOW + timedelta(seconds=10))
-    assert driftmonitor.check_due(monitor, checked, 2, NOW + timedelta(seconds=10)), "a spec change checks at once"
+    assert not driftmonitor.check_due(monitor, typed(checked), 1, NOW + timedelta(seconds=10))
+    assert driftmonitor.check_due(monitor, typed(checked), 2, NOW + timedelta(seconds=10)), "a spec change checks at once"
 
 
 def test_check_is_due_after_interval_and_sooner_after_a_failure():
     monitor = spec(interval="5m")
     ready = set_condition(None, "Ready", "True", "Checked", generation=1)
     status = {"lastCheckTime": now_rfc3339(NOW), "phase": "NoDrift", "conditions": ready}
-    assert not driftmonitor.check_due(monitor, status, 1, NOW + timedelta(minutes=4, seconds=59))
-    assert driftmonitor.check_due(monitor, status, 1, NOW + timedelta(minutes=5))
-    failed = {**status, "phase": "Error",
-              "conditions": set_condition(None, "Ready", "False", "DeploymentNotFound", generation=1)}
+    assert not driftmonitor.check_due(monitor, typed(status), 1, NOW + timedelta(minutes=4, seconds=59))
+    assert driftmonitor.check_due(monitor, typed(status), 1, NOW + timedelta(minutes=5))
+    failed = typed({**status, "phase": "Error",
+                    "conditions": set_condition(None, "Ready", "False", "DeploymentNotFound", generation=1)})
     assert not driftmonitor.check_due(monitor, failed, 1, NOW + timedelta(seconds=9))
     assert driftmonitor.check_due(monitor, failed, 1, NOW + driftmonitor.RETRY_AFTER_FAILURE)
     fast = spec(interval="2s")
@@ -204,7 +210,7 @@ def test_checked_status_conditions_and_fields(iris, profile):
     detected = find_condition(status["conditions"], "DriftDetected")
     assert (detected["status"], detected["reason"]) == ("True", "DriftDetected")
     assert detected["message"] == verdict.summary
-    assert "performance" not in status
+    assert status["performance"] is None  # none known: cleared
 
     later = NOW + timedelta(minutes=5)
     again = checked_status_for(report, verdict, status=status, now=later)
@@ -220,16 +226,20 @@ def test_optional_fields_are_removed_when_unknown(iris, profile):
     verdict = driftmonitor.verdict_of(report, 0.0, report.sample_size, 100)
     stale = {"modelVersion": "1", "windowStart": "x", "performance": {"metric": "accuracy"},
              "conditions": initial_conditions(None, driftmonitor.CONDITIONS, generation=1)}
-    status = driftmonitor.checked_status(stale, verdict, results=[], sample_size=0, window=(None, None),
+    status = driftmonitor.checked_status(typed(stale), verdict, results=[], sample_size=0, window=(None, None),
                                          reference_uri="u", reference_description="u", reference_size=None,
-                                         model_version=None, performance=None, problem=None, generation=1, now=NOW)
-    assert not {"modelVersion", "windowStart", "windowEnd", "referenceSize", "performance"} & set(status)
+                                         model_version=None, performance=None, problem=None, generation=1,
+                                         now=NOW).to_status()
+    # Written as None: the merge patch removes them from the live status.
+    assert all(status[key] is None for key in ("modelVersion", "windowStart", "windowEnd", "referenceSize",
+                                                 "performance"))
 
 
 def test_failed_status_says_why_and_keeps_the_verdict_unknown():
     status = {"phase": "NoDrift", "sampleSize": 300,
               "conditions": initial_conditions(None, driftmonitor.CONDITIONS, generation=3, now=NOW)}
-    failed = driftmonitor.failed_status(status, "DeploymentNotFound", "ModelDeployment iris not found", 3, NOW)
+    failed = driftmonitor.failed_status(typed(status), "DeploymentNotFound", "ModelDeployment iris not found", 3,
+                                        NOW).to_status()
     assert failed["phase"] == "Error" and failed["sampleSize"] == 300
     ready = find_condition(failed["conditions"], "Ready")
     assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("False", "DeploymentNotFound", 3)
@@ -242,7 +252,7 @@ def test_events_only_when_the_verdict_changes():
     def status(phase, ready=("True", "Checked", ""), detected=("False", "NoDrift", "0/4 features drifted")):
         conditions = set_condition(None, "Ready", *ready)
         conditions = set_condition(conditions, "DriftDetected", *detected)
-        return {"phase": phase, "conditions": conditions}
+        return typed({"phase": phase, "conditions": conditions})
 
     assert driftmonitor.verdict_event("NoDrift", status("NoDrift")) is None
     first = driftmonitor.verdict_event("Pending", status("NoDrift"))
@@ -254,6 +264,10 @@ def test_events_only_when_the_verdict_changes():
     failed = driftmonitor.verdict_event("NoDrift", status("Error", ready=("False", "InferenceLogUnavailable", "no log")))
     assert (failed.reason, failed.message, failed.warning) == ("InferenceLogUnavailable", "no log", True)
     assert driftmonitor.verdict_event("NoDrift", status("InsufficientData")).reason == "InsufficientData"
+    explained = status("Drift", detected=("True", "DriftDetected", "2/4 features")).model_copy(
+        update={"cause": "Likely cause: version 3 changed just before."})
+    assert driftmonitor.verdict_event("NoDrift", explained).message == \
+        "2/4 features Likely cause: version 3 changed just before."
 
 
 # ------------------------------------------------------------------ concept drift
@@ -343,11 +357,11 @@ def policy(cooldown="1h", max_per_day=3) -> RetrainPolicy:
 
 
 def test_first_retrain_is_allowed_and_recorded():
-    decision = driftmonitor.retrain_decision(policy(), {}, NOW)
+    decision = driftmonitor.retrain_decision(policy(), typed({}), NOW)
     assert decision.allowed and decision.recent == []
     value = driftmonitor.retrain_annotation_value(NOW, "3/4 features drifted (psi petal length (cm)=0.61)")
     assert value == "2026-11-23T04:00:00Z drift: 3/4 features drifted (psi petal length (cm)=0.61)"
-    status = driftmonitor.record_retrain({"phase": "Drift"}, decision, value, NOW)
+    status = driftmonitor.record_retrain(typed({"phase": "Drift"}), decision, value, NOW).to_status()
     assert status["lastRetrainRequest"] == "2026-11-23T04:00:00Z"
     assert status["lastRetrainReason"] == value
     assert status["retrainRequests"] == ["2026-11-23T04:00:00Z"]
@@ -356,32 +370,48 @@ def test_first_retrain_is_allowed_and_recorded():
 
 def test_cooldown_blocks_until_it_has_passed():
     status = {"lastRetrainRequest": now_rfc3339(NOW), "retrainRequests": [now_rfc3339(NOW)]}
-    blocked = driftmonitor.retrain_decision(policy("1h"), status, NOW + timedelta(minutes=59))
+    blocked = driftmonitor.retrain_decision(policy("1h"), typed(status), NOW + timedelta(minutes=59))
     assert not blocked.allowed and blocked.reason == "Cooldown"
     assert blocked.next_allowed == NOW + timedelta(hours=1)
     assert "next possible at 2026-11-23T05:00:00Z" in blocked.message
-    assert driftmonitor.retrain_decision(policy("1h"), status, NOW + timedelta(hours=1)).allowed
+    assert driftmonitor.retrain_decision(policy("1h"), typed(status), NOW + timedelta(hours=1)).allowed
+
+
+def test_a_held_back_or_impossible_retrain_says_why_in_the_conditions():
+    drifted = typed({"phase": "Drift", "retrainRequests": [now_rfc3339(NOW)], "lastRetrainRequest": now_rfc3339(NOW),
+                     "conditions": set_condition(set_condition(None, "Ready", "True", "Checked", generation=1),
+                                                 "DriftDetected", "True", "DriftDetected", "2/4 features drifted")})
+    blocked = driftmonitor.retrain_decision(policy("1h"), drifted, NOW + timedelta(minutes=5))
+    held = driftmonitor.retrain_refused(drifted, blocked, 1, NOW + timedelta(minutes=5))
+    detected = held.condition("DriftDetected")
+    assert (detected.status, detected.reason) == ("True", "DriftDetected")
+    assert detected.message.startswith("2/4 features drifted; retrain not requested: cooldown 1h after the request")
+    assert held.retrain_requests == [now_rfc3339(NOW)] and held.condition("Ready").status == "True"
+    allowed = driftmonitor.retrain_decision(policy("1h"), drifted, NOW + timedelta(hours=2))
+    missing = driftmonitor.training_missing(drifted, allowed, "iris", 1, NOW + timedelta(hours=2))
+    ready = missing.condition("Ready")
+    assert (ready.status, ready.reason) == ("False", "TrainingNotFound") and "ModelTraining iris" in ready.message
 
 
 def test_cooldown_counts_from_last_request_even_without_history():
     status = {"lastRetrainRequest": now_rfc3339(NOW)}
-    assert not driftmonitor.retrain_decision(policy("30m"), status, NOW + timedelta(minutes=10)).allowed
+    assert not driftmonitor.retrain_decision(policy("30m"), typed(status), NOW + timedelta(minutes=10)).allowed
 
 
 def test_max_per_day_counts_a_sliding_24_hours():
     times = [NOW - timedelta(hours=h) for h in (30, 20, 10, 2)]
     status = {"retrainRequests": [now_rfc3339(t) for t in times], "lastRetrainRequest": now_rfc3339(times[-1])}
-    blocked = driftmonitor.retrain_decision(policy("1h", max_per_day=3), status, NOW)
+    blocked = driftmonitor.retrain_decision(policy("1h", max_per_day=3), typed(status), NOW)
     assert not blocked.allowed and blocked.reason == "MaxPerDay"
     assert blocked.recent == [now_rfc3339(t) for t in times[1:]], "the request 30h ago no longer counts"
     assert blocked.next_allowed == times[1] + timedelta(hours=24)
-    assert driftmonitor.retrain_decision(policy("1h", max_per_day=3), status, NOW + timedelta(hours=4, seconds=1)).allowed
-    assert driftmonitor.retrain_decision(policy("1h", max_per_day=4), status, NOW).allowed
+    assert driftmonitor.retrain_decision(policy("1h", max_per_day=3), typed(status), NOW + timedelta(hours=4, seconds=1)).allowed
+    assert driftmonitor.retrain_decision(policy("1h", max_per_day=4), typed(status), NOW).allowed
 
 
 def test_unreadable_request_times_are_ignored():
     status = {"retrainRequests": ["yesterday", now_rfc3339(NOW - timedelta(hours=3))]}
-    decision = driftmonitor.retrain_decision(policy("1h", max_per_day=2), status, NOW)
+    decision = driftmonitor.retrain_decision(policy("1h", max_per_day=2), typed(status), NOW)
     assert decision.allowed and decision.recent == [now_rfc3339(NOW - timedelta(hours=3))]
 
 

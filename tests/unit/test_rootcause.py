@@ -69,17 +69,19 @@ def test_a_version_change_long_ago_or_after_the_incident_is_not_blamed():
 def test_a_drift_verdict_cites_a_promotion_just_before_and_its_features_reach_the_deployments_facts():
     from datetime import UTC, datetime, timedelta
 
+    from mlops_operator.api.driftmonitor import DriftMonitorStatus
     from mlops_operator.backends import telemetry
     from mlops_operator.handlers import driftmonitor as handler
 
     now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
     deployment_status = {"stableVersion": "3", "previousStableVersion": "2", "lastRollout": {
         "version": "3", "result": "promoted", "finished": (now - timedelta(minutes=4)).isoformat()}}
-    results = [{"feature": "petal_length", "tests": [
+    results = [{"feature": "petal_length", "kind": "numeric", "verdict": "Drift", "samples": 300, "tests": [
         {"test": "psi", "drifted": True, "score": 0.41, "threshold": 0.2},
         {"test": "ks", "drifted": False, "score": 0.05, "threshold": 0.1}]}]
+    checked = DriftMonitorStatus.model_validate({"results": results})
     try:
-        cause = handler._drift_cause("ns", "iris", deployment_status, {"results": results}, now)
+        cause = handler._drift_cause("ns", "iris", deployment_status, checked, now)
         assert cause.startswith("Likely cause: version 3 changed just before"), cause
         assert "(previously 2)" in cause and "4 min before the drift" in cause
         # The drifted feature is now a fact of the deployment: an anomaly there cites it.
@@ -89,7 +91,7 @@ def test_a_drift_verdict_cites_a_promotion_just_before_and_its_features_reach_th
         hints = root_cause_hints(Incident("anomaly", now.timestamp() + 30, "errorRate", "3"), facts)
         assert hints[0].cause == "the input changed: 1 feature(s) drifted at the same time"
         # Nothing to cite: no sentence at all.
-        assert handler._drift_cause("ns", "other", {}, {"results": results}, now) is None
+        assert handler._drift_cause("ns", "other", {}, checked, now) is None
     finally:
         telemetry.forget("ns", "iris")
         telemetry.forget("ns", "other")

@@ -15,6 +15,7 @@ from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 
 from mlops_operator.api.annotations import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
+from mlops_operator.api.driftmonitor import DriftMonitorStatus
 from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.backends import training_data as td
 from mlops_operator.components.evaluate import run_evaluate_against
@@ -182,7 +183,8 @@ def spec(**overrides) -> ModelTrainingSpec:
 def test_drift_window_travels_with_its_request_only():
     verdict = driftmonitor.Verdict("Drift", True, False, ["petal_length"], 4, "1/4 features drifted")
     status = {"windowStart": "2026-03-01T10:00:00Z", "windowEnd": "2026-03-01T10:05:00Z", "sampleSize": 300}
-    value = driftmonitor.retrain_window_value("iris", status, verdict, "t1 drift: ...")
+    value = driftmonitor.retrain_window_value("iris", DriftMonitorStatus.model_validate(status), verdict,
+                                              "t1 drift: ...")
     annotations = {RETRAIN_ANNOTATION: "t1 drift: ...", RETRAIN_WINDOW_ANNOTATION: value}
     assert modeltraining.parse_retrain_window(annotations) == {
         "monitor": "iris", "start": "2026-03-01T10:00:00Z", "end": "2026-03-01T10:05:00Z", "rows": 300,

@@ -34,7 +34,8 @@ import kopf
 from mlops_operator import drift, metrics
 from mlops_operator.api.annotations import REPORT_ANNOTATION, RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
 from mlops_operator.api.common import GROUP, VERSION
-from mlops_operator.api.driftmonitor import DriftMonitorSpec
+from mlops_operator.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
+from mlops_operator.api.modeldeployment import ModelDeploymentStatus
 from mlops_operator.api.errors import InvalidSpec
 from mlops_operator.backends import drift_data, kube, seldon_logger_sink, telemetry
 from mlops_operator.drift import report as drift_report
@@ -47,7 +48,6 @@ from mlops_operator.handlers.common import (
     register_kind,
 )
 from mlops_operator.reconcile import driftmonitor, rootcause
-from mlops_operator.reconcile.conditions import FALSE, set_condition
 from mlops_operator.reconcile.validation import drift_spec_errors
 
 KIND = "DriftMonitor"
@@ -107,7 +107,7 @@ def _forget_metrics(namespace: str, name: str) -> None:
 # One check
 
 
-async def _reference(spec: DriftMonitorSpec, deployment_status: dict[str, Any]
+async def _reference(spec: DriftMonitorSpec, deployment_status: ModelDeploymentStatus
                      ) -> tuple[dict[str, Any], str, str]:
     """(profile, URI, description) of what the window is compared with."""
     reference = spec.reference
@@ -118,12 +118,12 @@ async def _reference(spec: DriftMonitorSpec, deployment_status: dict[str, Any]
         uri, description = reference.dataset_uri, f"the dataset {reference.dataset_uri}"
         load = lambda: drift_data.dataset_profile(uri, reference.target)  # noqa: E731
     else:
-        stable_uri = deployment_status.get("stableUri")
+        stable_uri = deployment_status.stable_uri
         if not stable_uri:
             raise CheckFailed(driftmonitor.NO_SERVED_MODEL, f"ModelDeployment {spec.deployment_ref.name} serves no model "
                               "version yet (no status.stableUri) and spec.reference names no profile or dataset")
         uri = drift_data.model_version_profile_uri(stable_uri)
-        description = f"the training profile of model version {deployment_status.get('stableVersion') or '?'}"
+        description = f"the training profile of model version {deployment_status.stable_version or '?'}"
         load = lambda: drift_data.model_version_profile(stable_uri)  # noqa: E731
     try:
         profile = await asyncio.to_thread(load)
@@ -133,7 +133,7 @@ async def _reference(spec: DriftMonitorSpec, deployment_status: dict[str, Any]
     return profile, uri, description
 
 
-async def _performance(spec: DriftMonitorSpec, window, deployment_status: dict[str, Any]
+async def _performance(spec: DriftMonitorSpec, window, deployment_status: ModelDeploymentStatus
                        ) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
     """(status.performance, problem) for spec.performance."""
     performance = spec.performance
@@ -145,10 +145,10 @@ async def _performance(spec: DriftMonitorSpec, window, deployment_status: dict[s
         message = f"cannot read labels {performance.labels_uri}: {type(error).__name__}: {error}"[:1024]
         return ({"metric": performance.metric, "samples": 0, "degraded": False, "message": message},
                 (driftmonitor.LABELS_UNAVAILABLE, message))
-    stable_uri = deployment_status.get("stableUri")
+    stable_uri = deployment_status.stable_uri
     training = await asyncio.to_thread(drift_data.read_training_metrics, stable_uri) if stable_uri else None
     try:
-        y_true, y_pred = driftmonitor.join_labels(window, labels, deployment_status.get("stableVersion"))
+        y_true, y_pred = driftmonitor.join_labels(window, labels, deployment_status.stable_version)
     except ValueError as error:
         message = str(error)[:1024]
         return ({"metric": performance.metric, "samples": 0, "degraded": False, "message": message},
@@ -156,8 +156,8 @@ async def _performance(spec: DriftMonitorSpec, window, deployment_status: dict[s
     return driftmonitor.performance_result(performance, y_true, y_pred, training), None
 
 
-async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, Any], now: datetime
-                 ) -> tuple[dict[str, Any], drift.DriftReport, driftmonitor.Verdict]:
+async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: DriftMonitorStatus, now: datetime
+                 ) -> tuple[DriftMonitorStatus, drift.DriftReport, driftmonitor.Verdict]:
     meta = obj["metadata"]
     namespace, generation = meta["namespace"], meta.get("generation") or 0
     deployment_name = spec.deployment_ref.name
@@ -166,7 +166,7 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
     deployment = await kube.get_object(DEPLOYMENTS, namespace, deployment_name)
     if deployment is None:
         raise CheckFailed(driftmonitor.DEPLOYMENT_NOT_FOUND, f"ModelDeployment {deployment_name} not found")
-    deployment_status = deployment.get("status") or {}
+    deployment_status = ModelDeploymentStatus.model_validate(deployment.get("status") or {})
     profile, reference_uri, description = await _reference(spec, deployment_status)
     reference_features = list(profile["features"])
     unknown = driftmonitor.missing_features(spec, reference_features)
@@ -175,7 +175,7 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
                           f"{', '.join(unknown)}")
 
     # The window. A request's 2-D tensor has the served model's input columns in training order.
-    stable_uri = deployment_status.get("stableUri")
+    stable_uri = deployment_status.stable_uri
     trained_on = await asyncio.to_thread(drift_data.model_input_features, stable_uri) if stable_uri else None
     tensor_columns = list(trained_on) if trained_on and set(trained_on) == set(reference_features) \
         else reference_features
@@ -213,21 +213,21 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, 
     status = driftmonitor.checked_status(
         status, verdict, results=driftmonitor.feature_results(report), sample_size=len(window),
         window=driftmonitor.window_bounds(window), reference_uri=reference_uri, reference_description=description,
-        reference_size=profile.get("rows"), model_version=deployment_status.get("stableVersion"),
+        reference_size=profile.get("rows"), model_version=deployment_status.stable_version,
         performance=performance, problem=problem, generation=generation, now=now, alpha=spec.alpha)
-    status["cause"] = _drift_cause(namespace, deployment_name, deployment_status, status, now) \
+    cause = _drift_cause(namespace, deployment_name, deployment_status.to_status(), status, now) \
         if verdict.phase == driftmonitor.DRIFT else None
-    return status, report, verdict
+    return status.model_copy(update={"cause": cause}), report, verdict
 
 
-def _drift_cause(namespace: str, deployment: str, deployment_status: Mapping[str, Any], status: Mapping[str, Any],
+def _drift_cause(namespace: str, deployment: str, deployment_status: Mapping[str, Any], status: DriftMonitorStatus,
                  now: datetime) -> str | None:
     """Root-cause hints for a Drift verdict; the drifted features also become facts for the deployment's
     own incidents (an anomaly at the same time then cites them)."""
     at = now.timestamp()
-    drifted = [rootcause.FeatureDrift(at, result["feature"], test["test"], test["score"], test["threshold"])
-               for result in status.get("results") or [] for test in result.get("tests") or []
-               if test.get("drifted") and test.get("score") is not None and test.get("threshold") is not None]
+    drifted = [rootcause.FeatureDrift(at, result.feature, test.test, test.score, test.threshold)
+               for result in status.results for test in result.tests
+               if test.drifted and test.score is not None and test.threshold is not None]
     telemetry.note_drift(namespace, deployment, drifted)
     facts = telemetry.facts(deployment_status, telemetry.peek(namespace, deployment))
     hints = rootcause.root_cause_hints(rootcause.Incident("drift", at), facts)
@@ -235,55 +235,46 @@ def _drift_cause(namespace: str, deployment: str, deployment_status: Mapping[str
     return rootcause.summarise(hints)[:1024] if hints else None
 
 
-async def _write_report(obj: dict[str, Any], status: dict[str, Any], report: drift.DriftReport,
-                        verdict: driftmonitor.Verdict, request: str | None) -> dict[str, Any]:
+async def _write_report(obj: dict[str, Any], before: DriftMonitorStatus, status: DriftMonitorStatus,
+                        report: drift.DriftReport, verdict: driftmonitor.Verdict, request: str | None
+                        ) -> DriftMonitorStatus:
     """Record the check in the monitor's history and, when due, write its HTML report; a storage
     failure is logged and leaves the status without a new report (the check itself stands)."""
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     root = get_settings().artifact_root_uri
-    previous_phase = obj["status"].get("phase")
     try:
         history = await asyncio.to_thread(drift_data.record_check, root, namespace, name,
                                           driftmonitor.history_entry(status, verdict))
-        if not driftmonitor.report_due(previous_phase, verdict, obj["status"], request):
+        if not driftmonitor.report_due(before.phase, verdict, before, request):
             return status
         page = drift_report.render_report(report, driftmonitor.report_context(status, verdict, name, namespace, history))
         uri, latest = await asyncio.to_thread(drift_data.write_report, root, namespace, name, page,
-                                              status["lastCheckTime"])
+                                              status.last_check_time)
     except OSError as error:
         log.error("DriftMonitor %s/%s: cannot write its drift report under %s: %s", namespace, name, root, error)
         return status
     # Store the request this report answers, or keep the one answered before (so an old annotation
     # does not ask again).
-    previous = (obj["status"].get("report") or {}).get("request")
-    answered = request if driftmonitor.report_pending(obj["status"], request) else previous
+    previous = before.report.request if before.report else None
+    answered = request if driftmonitor.report_pending(before, request) else previous
     return driftmonitor.with_report(status, uri, latest, verdict, answered)
 
 
-async def _request_retrain(obj: dict[str, Any], spec: DriftMonitorSpec, status: dict[str, Any],
-                           verdict: driftmonitor.Verdict, now: datetime) -> dict[str, Any]:
+async def _request_retrain(obj: dict[str, Any], spec: DriftMonitorSpec, status: DriftMonitorStatus,
+                           verdict: driftmonitor.Verdict, now: datetime) -> DriftMonitorStatus:
     """Ask the ModelTraining for a run when the policy allows it; the status records the outcome."""
     policy = spec.on_drift.retrain
     assert policy is not None
     meta = obj["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation") or 0
     decision = driftmonitor.retrain_decision(policy, status, now)
-    status = {**status, "retrainRequests": decision.recent}
-    drift_condition = next(c for c in status["conditions"] if c["type"] == driftmonitor.DRIFT_DETECTED)
     if not decision.allowed:
-        status["conditions"] = set_condition(
-            status["conditions"], driftmonitor.DRIFT_DETECTED, drift_condition["status"], drift_condition["reason"],
-            f"{drift_condition['message']}; retrain not requested: {decision.message}", generation=generation,
-            now=now)
-        return status
+        return driftmonitor.retrain_refused(status, decision, generation, now)
     training_name = policy.training_ref.name
     training = await kube.get_object(TRAININGS, namespace, training_name)
     if training is None:
-        message = f"ModelTraining {training_name} (spec.onDrift.retrain.trainingRef) not found; no retrain requested"
-        status["conditions"] = set_condition(status["conditions"], driftmonitor.READY, FALSE, driftmonitor.TRAINING_NOT_FOUND,
-                                             message, generation=generation, now=now)
-        return status
+        return driftmonitor.training_missing(status, decision, training_name, generation, now)
     value = driftmonitor.retrain_annotation_value(now, verdict.summary)
     # One patch: the ModelTraining sees the request and the window it belongs to together.
     await kube.patch_annotations(TRAININGS, namespace, training_name, {
@@ -295,27 +286,27 @@ async def _request_retrain(obj: dict[str, Any], spec: DriftMonitorSpec, status: 
     return driftmonitor.record_retrain(status, decision, value, now)
 
 
-def _announce(obj: dict[str, Any], previous_phase: str | None, status: dict[str, Any]) -> None:
+def _announce(obj: dict[str, Any], previous_phase: str | None, status: DriftMonitorStatus) -> None:
     event = driftmonitor.verdict_event(previous_phase, status)
     if event is not None:
-        cause = status.get("cause") if status.get("phase") == driftmonitor.DRIFT else None
-        post_event(obj, event.reason, f"{event.message} {cause}" if cause else event.message, warning=event.warning)
+        post_event(obj, event.reason, event.message, warning=event.warning)
 
 
-async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
+async def reconcile_driftmonitor(obj: dict[str, Any]) -> DriftMonitorStatus:
     """One reconciliation; returns the desired status."""
     meta = obj["metadata"]
     generation = meta.get("generation") or 0
-    previous_phase = obj["status"].get("phase")
-    status = dict(obj["status"])
+    before = DriftMonitorStatus.model_validate(obj["status"])
+    previous_phase = before.phase
+    status = before
     spec = parse_spec(DriftMonitorSpec, obj.get("spec") or {})
     problems = drift_spec_errors(spec, meta.get("namespace"))
     problems += await uri_policy_problems(status, ("spec.reference.datasetUri", spec.reference.dataset_uri),
                                           ("spec.reference.profileUri", spec.reference.profile_uri))
     if problems:
         raise InvalidSpec("; ".join(problems))
-    if status.get("phase") in (None, "Invalid"):
-        status["phase"] = driftmonitor.PENDING
+    if status.phase in (None, "Invalid"):
+        status = status.model_copy(update={"phase": driftmonitor.PENDING})
     now = _now()
     report_request = (meta.get("annotations") or {}).get(REPORT_ANNOTATION)
     if not driftmonitor.check_due(spec, status, generation, now, report_request):
@@ -329,7 +320,7 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> dict[str, Any]:
         raise Retry(f"{failure.reason}: {failure.message}", status,
                     delay=driftmonitor.RETRY_AFTER_FAILURE.total_seconds()) from None
     _export_metrics(meta["namespace"], meta["name"], report, verdict)
-    status = await _write_report(obj, status, report, verdict, report_request)
+    status = await _write_report(obj, before, status, report, verdict, report_request)
     if verdict.phase == driftmonitor.DRIFT and spec.on_drift.retrain:
         status = await _request_retrain(obj, spec, status, verdict, now)
     _announce(obj, previous_phase, status)

@@ -24,17 +24,27 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mlops_operator import drift
-from mlops_operator.api.driftmonitor import DriftMonitorSpec, Performance, RetrainPolicy, Window
+from mlops_operator.api.driftmonitor import (
+    DriftMonitorSpec,
+    DriftMonitorStatus,
+    FeatureResult,
+    Performance,
+    PerformanceResult,
+    ReportStatus,
+    RetrainPolicy,
+    Window,
+)
 from mlops_operator.drift import report as drift_report
 from mlops_operator.reconcile.conditions import (
     FALSE,
     RECONCILING,
     TRUE,
     UNKNOWN,
-    find_condition,
     now_rfc3339,
     parse_rfc3339,
+    plain,
     set_condition,
+    typed,
 )
 from mlops_operator.reconcile.durations import parse_duration
 from mlops_operator.reconcile.events import Event
@@ -82,7 +92,7 @@ MAX_RESULTS = 512
 # When and what
 
 
-def check_due(spec: DriftMonitorSpec, status: Mapping[str, Any], generation: int, now: datetime,
+def check_due(spec: DriftMonitorSpec, status: DriftMonitorStatus, generation: int, now: datetime,
               report_request: str | None = None) -> bool:
     """Whether a check should run now.
 
@@ -92,59 +102,56 @@ def check_due(spec: DriftMonitorSpec, status: Mapping[str, Any], generation: int
     """
     if report_pending(status, report_request):
         return True
-    ready = find_condition(status.get("conditions"), READY)
-    if ready is None or ready.get("reason") == RECONCILING or ready.get("observedGeneration") != generation:
+    ready = status.condition(READY)
+    if ready is None or ready.reason == RECONCILING or ready.observed_generation != generation:
         return True
-    last = status.get("lastCheckTime")
+    last = status.last_check_time
     if not last:
         return True
     interval = parse_duration(spec.interval)
-    if status.get("phase") == ERROR:
+    if status.phase == ERROR:
         interval = min(interval, RETRY_AFTER_FAILURE)
     return now - parse_rfc3339(last) >= interval
 
 
-def report_pending(status: Mapping[str, Any], report_request: str | None) -> bool:
+def report_pending(status: DriftMonitorStatus, report_request: str | None) -> bool:
     """Whether the annotation asks for a report that status.report has not answered yet."""
-    return bool(report_request) and report_request != (status.get("report") or {}).get("request")
+    return bool(report_request) and report_request != (status.report.request if status.report else None)
 
 
-def report_due(previous_phase: str | None, verdict: Verdict, status: Mapping[str, Any],
+def report_due(previous_phase: str | None, verdict: Verdict, status: DriftMonitorStatus,
                report_request: str | None) -> bool:
     """A check writes a report when its verdict differs from the last one, on request, and on the
     first check (there is no report to link yet)."""
-    return verdict.phase != previous_phase or report_pending(status, report_request) or not status.get("report")
+    return verdict.phase != previous_phase or report_pending(status, report_request) or not status.report
 
 
-def report_context(status: Mapping[str, Any], verdict: Verdict, monitor: str, namespace: str,
+def report_context(status: DriftMonitorStatus, verdict: Verdict, monitor: str, namespace: str,
                    history: Sequence[Mapping[str, Any]] = ()) -> drift_report.ReportContext:
     """What the report's header says, from the status the check just wrote."""
-    performance = status.get("performance")
     points = [(str(item.get("time")), float(item["live"])) for item in history if item.get("live") is not None]
     return drift_report.ReportContext(
-        title=f"DriftMonitor {namespace}/{monitor}", generated=str(status.get("lastCheckTime")), verdict=verdict.phase,
-        summary=verdict.summary, model_version=status.get("modelVersion"), reference_uri=status.get("referenceUri"),
-        reference_rows=status.get("referenceSize"), window_start=status.get("windowStart"),
-        window_end=status.get("windowEnd"), window_rows=status.get("sampleSize"), alpha=status.get("alpha"),
-        performance=performance, performance_history=points)
+        title=f"DriftMonitor {namespace}/{monitor}", generated=str(status.last_check_time), verdict=verdict.phase,
+        summary=verdict.summary, model_version=status.model_version, reference_uri=status.reference_uri,
+        reference_rows=status.reference_size, window_start=status.window_start, window_end=status.window_end,
+        window_rows=status.sample_size, alpha=status.alpha,
+        performance=status.performance.to_api() if status.performance else None, performance_history=points)
 
 
-def history_entry(status: Mapping[str, Any], verdict: Verdict) -> dict[str, Any]:
+def history_entry(status: DriftMonitorStatus, verdict: Verdict) -> dict[str, Any]:
     """One line of the monitor's check history (history.jsonl beside its reports)."""
-    performance = status.get("performance") or {}
-    return {"time": status.get("lastCheckTime"), "verdict": verdict.phase, "drifted": len(verdict.drifted),
-            "evaluated": verdict.evaluated, "live": performance.get("live"), "metric": performance.get("metric")}
+    performance = status.performance
+    return {"time": status.last_check_time, "verdict": verdict.phase, "drifted": len(verdict.drifted),
+            "evaluated": verdict.evaluated, "live": performance.live if performance else None,
+            "metric": performance.metric if performance else None}
 
 
-def with_report(status: Mapping[str, Any], uri: str, latest_uri: str, verdict: Verdict,
-                report_request: str | None) -> dict[str, Any]:
+def with_report(status: DriftMonitorStatus, uri: str, latest_uri: str, verdict: Verdict,
+                report_request: str | None) -> DriftMonitorStatus:
     """status.report after a report was written."""
-    result = dict(status)
-    result["report"] = {"uri": uri, "latestUri": latest_uri, "time": status.get("lastCheckTime"),
-                        "verdict": verdict.phase}
-    if report_request:
-        result["report"]["request"] = report_request[:1024]
-    return result
+    report = ReportStatus(uri=uri, latest_uri=latest_uri, time=status.last_check_time, verdict=verdict.phase,
+                          request=report_request[:1024] if report_request else None)
+    return status.model_copy(update={"report": report})
 
 
 def window_since(window: Window, now: datetime) -> datetime | None:
@@ -403,7 +410,7 @@ def performance_result(
 
 
 def checked_status(
-    status: Mapping[str, Any],
+    status: DriftMonitorStatus,
     verdict: Verdict,
     *,
     results: list[dict[str, Any]],
@@ -418,29 +425,12 @@ def checked_status(
     generation: int,
     now: datetime,
     alpha: float | None = None,
-) -> dict[str, Any]:
+) -> DriftMonitorStatus:
     """Status after a check that ran. ``reference_description`` says what was compared with (for
     the Ready message). ``problem`` (reason, message) keeps Ready False although the check ran
-    (labels unreadable, retrain target missing)."""
-    result = dict(status)
-    result.update({
-        "phase": verdict.phase,
-        "lastCheckTime": now_rfc3339(now),
-        "sampleSize": int(sample_size),
-        "referenceUri": reference_uri,
-        "evaluatedFeatures": verdict.evaluated,
-        "alpha": alpha,
-        "driftedFeatures": len(verdict.drifted),
-        "results": results,
-    })
-    optional = {"windowStart": window[0], "windowEnd": window[1], "referenceSize": reference_size,
-                "modelVersion": model_version, "performance": dict(performance) if performance else None}
-    for key, value in optional.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = value
-    conditions = status.get("conditions")
+    (labels unreadable, retrain target missing). What this check did not know (window bounds, the
+    reference's size, the model version, performance) is cleared, not left from an older check."""
+    conditions = plain(status.conditions)
     if problem:
         conditions = set_condition(conditions, READY, FALSE, problem[0], problem[1], generation=generation, now=now)
     else:
@@ -455,42 +445,80 @@ def checked_status(
         reason = INSUFFICIENT_DATA if verdict.phase == INSUFFICIENT_DATA else NO_DRIFT
         conditions = set_condition(conditions, DRIFT_DETECTED, FALSE, reason, verdict.summary,
                                    generation=generation, now=now)
-    result["conditions"] = conditions
-    return result
+    return status.model_copy(update={
+        "phase": verdict.phase,
+        "last_check_time": now_rfc3339(now),
+        "sample_size": int(sample_size),
+        "reference_uri": reference_uri,
+        "evaluated_features": verdict.evaluated,
+        "alpha": alpha,
+        "drifted_features": len(verdict.drifted),
+        "results": [FeatureResult.model_validate(r) for r in results],
+        "window_start": window[0],
+        "window_end": window[1],
+        "reference_size": reference_size,
+        "model_version": model_version,
+        "performance": PerformanceResult.model_validate(performance) if performance else None,
+        "conditions": typed(conditions),
+    })
 
 
-def failed_status(status: Mapping[str, Any], reason: str, message: str, generation: int, now: datetime
-                  ) -> dict[str, Any]:
+def failed_status(status: DriftMonitorStatus, reason: str, message: str, generation: int, now: datetime
+                  ) -> DriftMonitorStatus:
     """Status after a check that could not run: Ready False with the reason, DriftDetected Unknown.
     The results of the last check that ran stay (lastCheckTime and phase Error say they are old)."""
-    result = dict(status)
-    # Nothing to check yet (no model served, no request served) is not an error: it resolves by itself.
-    result["phase"] = PENDING if reason in (NO_SERVED_MODEL, NO_REQUESTS_YET) else ERROR
-    result["lastCheckTime"] = now_rfc3339(now)
-    conditions = set_condition(status.get("conditions"), READY, FALSE, reason, message, generation=generation,
+    conditions = set_condition(plain(status.conditions), READY, FALSE, reason, message, generation=generation,
                                now=now)
-    result["conditions"] = set_condition(conditions, DRIFT_DETECTED, UNKNOWN, CHECK_FAILED,
-                                         f"No verdict: {message}", generation=generation, now=now)
-    return result
+    conditions = set_condition(conditions, DRIFT_DETECTED, UNKNOWN, CHECK_FAILED, f"No verdict: {message}",
+                               generation=generation, now=now)
+    return status.model_copy(update={
+        # Nothing to check yet (no model served, no request served) is not an error: it resolves by itself.
+        "phase": PENDING if reason in (NO_SERVED_MODEL, NO_REQUESTS_YET) else ERROR,
+        "last_check_time": now_rfc3339(now),
+        "conditions": typed(conditions),
+    })
 
 
-def verdict_event(previous_phase: str | None, status: Mapping[str, Any]) -> Event | None:
-    """The event announcing a changed verdict (None when the phase did not change)."""
-    phase = status.get("phase")
+def verdict_event(previous_phase: str | None, status: DriftMonitorStatus) -> Event | None:
+    """The event announcing a changed verdict (None when the phase did not change); a Drift event
+    ends with status.cause when there is one."""
+    phase = status.phase
     if phase == previous_phase:
         return None
-    drift_condition = find_condition(status.get("conditions"), DRIFT_DETECTED) or {}
-    ready = find_condition(status.get("conditions"), READY) or {}
+    drift_condition = status.condition(DRIFT_DETECTED)
+    drift_message = drift_condition.message if drift_condition else ""
+    ready = status.condition(READY)
     if phase == DRIFT:
-        return Event(drift_condition.get("reason", DRIFT_DETECTED), drift_condition.get("message", ""), warning=True)
+        message = f"{drift_message} {status.cause}" if status.cause else drift_message
+        return Event(drift_condition.reason if drift_condition else DRIFT_DETECTED, message, warning=True)
     if phase == NO_DRIFT:
         reason = "DriftResolved" if previous_phase == DRIFT else NO_DRIFT
-        return Event(reason, drift_condition.get("message", ""))
+        return Event(reason, drift_message)
     if phase == INSUFFICIENT_DATA:
-        return Event(INSUFFICIENT_DATA, drift_condition.get("message", ""))
+        return Event(INSUFFICIENT_DATA, drift_message)
     if phase == ERROR:
-        return Event(ready.get("reason", CHECK_FAILED), ready.get("message", ""), warning=True)
+        return Event(ready.reason if ready else CHECK_FAILED, ready.message if ready else "", warning=True)
     return None
+
+
+def retrain_refused(status: DriftMonitorStatus, decision: RetrainDecision, generation: int, now: datetime
+                    ) -> DriftMonitorStatus:
+    """Status when the retrain policy holds a request back: DriftDetected says why."""
+    drift_condition = status.condition(DRIFT_DETECTED)
+    assert drift_condition is not None
+    conditions = set_condition(plain(status.conditions), DRIFT_DETECTED, drift_condition.status, drift_condition.reason,
+                               f"{drift_condition.message}; retrain not requested: {decision.message}",
+                               generation=generation, now=now)
+    return status.model_copy(update={"retrain_requests": decision.recent, "conditions": typed(conditions)})
+
+
+def training_missing(status: DriftMonitorStatus, decision: RetrainDecision, training: str, generation: int,
+                     now: datetime) -> DriftMonitorStatus:
+    """Status when the ModelTraining to retrain does not exist: Ready False."""
+    message = f"ModelTraining {training} (spec.onDrift.retrain.trainingRef) not found; no retrain requested"
+    conditions = set_condition(plain(status.conditions), READY, FALSE, TRAINING_NOT_FOUND, message,
+                               generation=generation, now=now)
+    return status.model_copy(update={"retrain_requests": decision.recent, "conditions": typed(conditions)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,12 +548,12 @@ def _times(values: Sequence[str] | None) -> list[datetime]:
     return sorted(parsed)
 
 
-def retrain_decision(policy: RetrainPolicy, status: Mapping[str, Any], now: datetime) -> RetrainDecision:
+def retrain_decision(policy: RetrainPolicy, status: DriftMonitorStatus, now: datetime) -> RetrainDecision:
     """Apply the cooldown and maxPerDay to the requests recorded in status."""
-    times = _times(status.get("retrainRequests"))
+    times = _times(status.retrain_requests)
     recent = [t for t in times if now - t < RETRAIN_WINDOW]
     recent_text = [now_rfc3339(t) for t in recent]
-    last_candidates = times + _times([status["lastRetrainRequest"]] if status.get("lastRetrainRequest") else [])
+    last_candidates = times + _times([status.last_retrain_request] if status.last_retrain_request else [])
     last = max(last_candidates) if last_candidates else None
     cooldown = parse_duration(policy.cooldown)
     if last is not None and now - last < cooldown:
@@ -544,24 +572,22 @@ def retrain_annotation_value(now: datetime, summary: str) -> str:
     return f"{now_rfc3339(now)} drift: {summary}"[:MAX_ANNOTATION_LENGTH]
 
 
-def record_retrain(status: Mapping[str, Any], decision: RetrainDecision, value: str, now: datetime) -> dict[str, Any]:
+def record_retrain(status: DriftMonitorStatus, decision: RetrainDecision, value: str, now: datetime
+                   ) -> DriftMonitorStatus:
     """Status after a retrain request was made."""
-    result = dict(status)
-    result["lastRetrainRequest"] = now_rfc3339(now)
-    result["lastRetrainReason"] = value
-    result["retrainRequests"] = decision.recent + [now_rfc3339(now)]
-    return result
+    return status.model_copy(update={"last_retrain_request": now_rfc3339(now), "last_retrain_reason": value,
+                                     "retrain_requests": decision.recent + [now_rfc3339(now)]})
 
 
-def retrain_window_value(monitor: str, status: Mapping[str, Any], verdict: Verdict, request: str) -> str:
+def retrain_window_value(monitor: str, status: DriftMonitorStatus, verdict: Verdict, request: str) -> str:
     """The value of mlops.dev/retrain-window: the window the check saw, as JSON (the ModelTraining
     reads its production data from the window's start on and records it in the run's lineage).
     ``request`` is the retrain request it belongs to, so a later request without a window (kubectl
     mlops retrain) does not reuse it."""
     import json
 
-    window = {"request": request, "monitor": monitor, "start": status.get("windowStart"), "end": status.get("windowEnd"),
-              "rows": status.get("sampleSize"), "driftedFeatures": list(verdict.drifted)}
+    window = {"request": request, "monitor": monitor, "start": status.window_start, "end": status.window_end,
+              "rows": status.sample_size, "driftedFeatures": list(verdict.drifted)}
     text = json.dumps({k: v for k, v in window.items() if v is not None}, separators=(",", ":"))
     while len(text) > 8192 and window["driftedFeatures"]:  # annotations stay small; the start matters most
         window["driftedFeatures"] = window["driftedFeatures"][: len(window["driftedFeatures"]) // 2]
