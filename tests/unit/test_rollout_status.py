@@ -117,12 +117,17 @@ def test_awaiting_approval():
     assert status.phase == "AwaitingApproval"
 
 
-def test_an_aborted_rollout_stays_degraded_while_the_source_names_the_rejected_version():
+def aborted_canary() -> tuple[DeploymentState, Transition]:
+    """A canary of version 2 whose analysis failed, and the step that aborts it."""
     previous = DeploymentState(stable=V1, candidate=V2, rollout=RolloutProgress(CANARY_PHASE, T0, 0, T0))
     verdict = Verdict("fail", "error rate 50.0% (10 of 20 requests) exceeds maxErrorRate 5.0%",
                       RequestStats(20, 10, 0.5, 12.5, "router"))
-    transition = next_rollout_step(SPEC, previous, Observation(now=T0 + timedelta(seconds=30), desired=V2,
-                                                               candidate_ready=True, verdict=verdict))
+    return previous, next_rollout_step(SPEC, previous, Observation(now=T0 + timedelta(seconds=30), desired=V2,
+                                                                   candidate_ready=True, verdict=verdict))
+
+
+def test_an_aborted_rollout_stays_degraded_while_the_source_names_the_rejected_version():
+    previous, transition = aborted_canary()
     first = status_of(transition.state, previous=previous, transition=transition, desired=V2)
     assert conditions(first)["Degraded"] == ("True", "RolloutAborted")
     assert first.last_analysis.passed is False and first.last_analysis.error_rate == 0.5
@@ -230,11 +235,7 @@ def test_an_unreachable_backend_degrades_and_unreadies_only_what_did_not_serve()
 
 
 def test_rollout_events_add_the_cause_and_announce_new_trouble_once():
-    previous = DeploymentState(stable=V1, candidate=V2, rollout=RolloutProgress(CANARY_PHASE, T0, 0, T0))
-    verdict = Verdict("fail", "error rate 50.0% (10 of 20 requests) exceeds maxErrorRate 5.0%",
-                      RequestStats(20, 10, 0.5, 12.5, "router"))
-    transition = next_rollout_step(SPEC, previous, Observation(now=T0 + timedelta(seconds=30), desired=V2,
-                                                               candidate_ready=True, verdict=verdict))
+    previous, transition = aborted_canary()
     before = status_of(previous, desired=V2)
     after = status_of(transition.state, previous=previous, transition=transition, desired=V2)
     (event,) = rollout_events(before, after, transition, "Likely cause: x.")
