@@ -317,9 +317,10 @@ def comparison_text(run: dict[str, Any]) -> str:
     return text
 
 
-def run_loop(cluster: Cluster, timeout: float = 600, labels_dir: Path | None = None) -> dict[str, Any]:
+def run_loop(cluster: Cluster, timeout: float = 600, labels_dir: Path | None = None,
+             analysis: dict[str, Any] | None = None) -> dict[str, Any]:
     """Apply the examples and drive the loop to a promoted retrained model that has solved the
-    drift. Returns a summary."""
+    drift. Returns a summary. ``analysis`` replaces fields of the deployment's rollout analysis."""
     started = time.monotonic()
     labels_dir = Path(labels_dir or demo_dir() / "labels")
     if labels_dir.exists():
@@ -335,7 +336,9 @@ def run_loop(cluster: Cluster, timeout: float = 600, labels_dir: Path | None = N
     say(f"   version 1 validated: {', '.join(f'{k}={v:.3f}' for k, v in metrics.items())}")
 
     say("step 2/7  serving: kubectl apply -f examples/deployment.yaml")
-    cluster.apply(example("deployment.yaml"))
+    deployment = example("deployment.yaml")
+    deployment["spec"]["rollout"]["analysis"].update(analysis or {})
+    cluster.apply(deployment)
     md = watch_phase(cluster, "ModelDeployment", "iris",
                      lambda o: o.get("status", {}).get("phase") == "Ready" and o["status"].get("endpoint"),
                      timeout, "deployment Ready", describe_deployment)

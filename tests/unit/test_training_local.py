@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import fcntl
 import json
 import os
 import subprocess
@@ -137,6 +138,37 @@ def test_run_dir_without_runner_is_lost_after_the_grace_period(tmp_path: Path) -
     old = time.time() - tl.START_GRACE_SECONDS - 5
     os.utime(directory, (old, old))
     assert tl.status("orphan-1", tmp_path).reason == "RunnerLost"
+
+
+def test_a_run_whose_submitter_died_before_starting_it_is_started_by_the_next_submit(
+        tmp_path: Path, popen_calls: list) -> None:
+    """An operator killed between creating the run dir and starting the runner: its restart submits
+    the same run name again, and that starts the run (found by the kill test across the loop)."""
+    directory = tl.run_dir(tmp_path, "killed-1", "ml")
+    directory.mkdir(parents=True)
+    (directory / tl.STATE_FILE).write_text(json.dumps({"state": tl.PENDING}))
+    old = time.time() - tl.START_GRACE_SECONDS - 5
+    os.utime(directory, (old, old))
+    status = tl.submit("killed-1", {**IRIS, "namespace": "ml"}, tmp_path)
+    assert len(popen_calls) == 1 and status.pid and status.state != tl.FAILED
+    assert tl.submit("killed-1", {**IRIS, "namespace": "ml"}, tmp_path).pid == status.pid  # started once
+    assert len(popen_calls) == 1
+    tl.cancel("killed-1", tmp_path, "ml", grace_seconds=5)
+
+
+def test_a_run_being_submitted_by_a_live_process_is_neither_started_again_nor_lost(
+        tmp_path: Path, popen_calls: list) -> None:
+    directory = tl.run_dir(tmp_path, "busy-1", "ml")
+    directory.mkdir(parents=True)
+    old = time.time() - tl.START_GRACE_SECONDS - 5
+    os.utime(directory, (old, old))
+    with open(directory / tl.SUBMIT_LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another submitter, alive, is setting the run up
+        status = tl.submit("busy-1", {**IRIS, "namespace": "ml"}, tmp_path)
+        assert popen_calls == [] and status.state == tl.PENDING
+        os.utime(directory, (old, old))  # (creating the lock file touched the directory)
+        assert tl.status("busy-1", tmp_path, "ml").state == tl.PENDING  # not RunnerLost while it works
+    assert tl.status("busy-1", tmp_path, "ml").reason == "RunnerLost"  # it died without starting it
 
 
 def test_status_of_unknown_run(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ All functions are synchronous and quick (no waiting on the run); call them from 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -33,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -63,6 +65,7 @@ REASON_CANCELED = "Canceled"
 
 REQUEST_FILE = "request.json"
 PID_FILE = "pid"
+SUBMIT_LOCK_FILE = "submit.lock"
 STATE_FILE = "state.json"
 LOG_FILE = "runner.log"
 STEP_ERROR_FILE = "step-error.json"
@@ -146,7 +149,49 @@ def submit(run_name: str, request: dict[str, Any], data_dir: str | Path, namespa
     try:
         directory.mkdir()
     except FileExistsError:
-        return status(run_name, data_dir, namespace)
+        if not _never_started(directory):
+            return status(run_name, data_dir, namespace)
+    # Held while the run is set up and its runner started; the kernel releases it if this process dies,
+    # so a run whose submitter was killed before its runner started is started by the next submit (an
+    # operator restart re-submits the same run name), never marked lost, never started twice.
+    with _submit_lock(directory) as held:
+        if not held or not _never_started(directory):
+            return status(run_name, data_dir, namespace)
+        return _start(directory, run_name, request, data_dir, namespace, env)
+
+
+def _never_started(directory: Path) -> bool:
+    """A run directory whose runner was never started: no pid, no state beyond the submitter's PENDING."""
+    state = (_read_json(directory / STATE_FILE) or {}).get("state")
+    return _read_pid(directory) is None and state in (None, PENDING)
+
+
+@contextlib.contextmanager
+def _submit_lock(directory: Path) -> Iterator[bool]:
+    """An exclusive, non-blocking lock on the run's submission; yields whether it was acquired."""
+    with open(directory / SUBMIT_LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _submitting(directory: Path) -> bool:
+    """Whether a live process holds the run's submission lock now."""
+    try:
+        with _submit_lock(directory) as held:
+            return not held
+    except FileNotFoundError:
+        return False
+
+
+def _start(directory: Path, run_name: str, request: dict[str, Any], data_dir: str | Path, namespace: str,
+           env: dict[str, str] | None) -> RunStatus:
     now = _now()
     try:
         package = Path(request["pipeline_package"]) if request.get("pipeline_package") else default_pipeline_package()
@@ -196,7 +241,7 @@ def status(run_name: str, data_dir: str | Path, namespace: str = "default") -> R
     if state.get("state") not in FINAL_STATES:
         if pid is None:
             age = time.time() - directory.stat().st_mtime
-            if age > START_GRACE_SECONDS:
+            if age > START_GRACE_SECONDS and not _submitting(directory):
                 state = _mark_lost(directory, "the runner was never started (the operator stopped while submitting)")
         elif not _runner_alive(pid, directory):
             # Re-read: the runner may have written its final state just before exiting.

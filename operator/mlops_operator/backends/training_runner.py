@@ -35,6 +35,10 @@ def run(directory: Path) -> int:
         # Canceled between submit's mkdir and this process starting: nothing to run.
         return 0
     started = tl._now()
+    # The runner names itself too: if the submitter died between starting it and writing the pid, the
+    # run is still known to be running (and adopted), not taken for one that never started.
+    if tl._read_pid(directory) is None:
+        tl._write_text(directory / tl.PID_FILE, str(os.getpid()))
     tl._write_state(directory, tl.RUNNING, started=started)
     error_file = directory / tl.STEP_ERROR_FILE
     os.environ[tl.STEP_ERROR_FILE_ENV] = str(error_file)

@@ -99,8 +99,20 @@ def with_conditions(status: Mapping[str, Any], types: tuple[str, ...], generatio
 
 
 def changed_fields(current: Mapping[str, Any], desired: Mapping[str, Any]) -> Status:
-    """The status fields whose desired value differs from the live one."""
-    return {key: value for key, value in desired.items() if current.get(key) != value}
+    """A JSON merge patch (RFC 7386) from the live status to the desired one, for the fields the desired
+    status names: unchanged fields are left out, and inside a changed object every key the desired value
+    no longer has is set to None. A merge patch would otherwise keep it: a new ``latestRun`` would carry
+    the previous run's metrics and model, a new analysis the previous one's message."""
+    return {key: _merge_patch(current.get(key), value) for key, value in desired.items() if current.get(key) != value}
+
+
+def _merge_patch(current: Any, desired: Any) -> Any:
+    if not isinstance(current, Mapping) or not isinstance(desired, Mapping):
+        return desired  # a scalar or a list is replaced whole
+    patch: dict[str, Any] = {key: None for key in current if key not in desired}
+    patch.update({key: _merge_patch(current.get(key), value) for key, value in desired.items()
+                  if current.get(key) != value})
+    return patch
 
 
 def post_event(obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False,
