@@ -174,9 +174,14 @@ def test_the_loop_converges_through_sigkills_at_every_step(operator, objects, ku
     assert runs == sorted(r["name"] for r in history)
     assert sorted(p.name for p in killer.models.iterdir()) == ["1", "2"]
     events = objects.events("iris")
-    assert sum(e.count or 1 for e in events if e.reason == "RunStarted") == 2
+    # Never a second RunStarted for a run (an event queued when the operator was killed may be lost:
+    # Kubernetes events are best effort, the run record in status is what counts).
+    started = [e for e in events if e.reason == "RunStarted"]
+    for run in history:
+        assert sum(e.count or 1 for e in started if run["name"] in e.message) <= 1, run["name"]
     retrains = [e for e in events if e.reason == "RetrainRequested" and e.involved_object.kind == "DriftMonitor"]
-    assert sum(e.count or 1 for e in retrains) == 1, [(e.reason, e.message) for e in retrains]
+    assert sum(e.count or 1 for e in retrains) <= 1, [(e.reason, e.message) for e in retrains]
+    assert len([r for r in history if r["trigger"].startswith("retrain requested")]) == 1
     assert mt["metadata"]["generation"] == 1 and objects.get("ModelDeployment", "iris")["metadata"]["generation"] == 1
 
     # No model server that nothing serves: the router and version 2's server only (v1's is stopped),
