@@ -149,3 +149,28 @@ def test_health_into_status_and_its_events():
     assert aiops.health_events(after, after, aiops.ServingHealth(enabled=True)) == []
     off = aiops.with_health(after, after, aiops.ServingHealth(), generation=2, now=NOW)
     assert off.anomalies == [] and off.condition("Anomalous").reason == "DetectionDisabled"
+
+
+def test_judging_the_telemetry_names_open_and_learning_metrics_and_asks_the_guard():
+    from mlops_operator.api.modeldeployment import PostPromotion
+    from mlops_operator.reconcile.anomaly import Detector, DetectorSettings, Point
+
+    detector = Detector(DetectorSettings(warmup=20, min_duration=60, close_after=60))
+    start = NOW.timestamp() - 40 * 30
+    for i in range(40):  # version 2's error rate learned at 0.1%
+        detector.observe(Point(start + i * 30, "2", {"errorRate": 0.001}, samples=500))
+    opened = []
+    for i in range(4):  # then 40% for two minutes, since 90 s ago
+        for update in detector.observe(Point(NOW.timestamp() - 90 + 30 * i, "2", {"errorRate": 0.4}, samples=500)):
+            opened += [update.opened] if update.opened else []
+    assert [a.metric for a in opened] == ["errorRate"]
+    health = aiops.judge_health(promoted(), detector, opened, [], {("2", "errorRate"): "Likely cause: x."},
+                                requests_per_second=3.0, usage=[], post_promotion=PostPromotion(), approval="automatic",
+                                now=NOW)
+    assert health.enabled and health.open_metrics == {"errorRate"} and health.opened[0]["cause"] == "Likely cause: x."
+    assert "errorRate" not in health.learning and {"latencyP99Ms", "requestRate"} <= health.learning
+    assert (health.rollback, health.awaiting_rollback) == ("2", None)
+    assert health.rollback_reason.startswith("Rolling back from version 2 to version 1 automatically")
+    manual = aiops.judge_health(promoted(), detector, [], [], {}, requests_per_second=None, usage=[],
+                                post_promotion=PostPromotion(), approval="manual", now=NOW)
+    assert manual.rollback is None and "kubectl mlops rollback" in manual.awaiting_rollback

@@ -216,32 +216,15 @@ async def _serving_health(spec: ModelDeploymentSpec, backend: serving.ServingBac
     observed = await backend.observe_telemetry(target, watch, interval=detection.interval_seconds,
                                                traffic=plain(status.traffic),
                                                prometheus_url=_prometheus_url(spec), now=now)
-    health = aiops.ServingHealth(enabled=True, requests_per_second=watch.requests_per_second,
-                                 usage=list(watch.usage.get(status.stable_version or "", ())))
     causes = {}
     for opened in observed.opened:
         incident = rootcause.Incident("anomaly", opened.since, opened.metric, opened.version)
         causes[(opened.version, opened.metric)] = rootcause.summarise(rootcause.root_cause_hints(
             incident, telemetry.facts(status.to_status(), watch, telemetry.recent_drift(namespace, name))))
-    open_anomalies = watch.detector.open_anomalies()
-    health.open = [aiops.anomaly_record(a, causes.get((a.version, a.metric))) for a in open_anomalies]
-    health.open_metrics = {a.metric for a in open_anomalies}
-    for metric in anomaly.METRICS:
-        series = watch.detector.series.get((None if metric == "requestRate" else status.stable_version, metric))
-        if series is None or series.state == "learning":
-            health.learning.add(metric)
-    health.opened = [aiops.anomaly_record(a, causes.get((a.version, a.metric))) for a in observed.opened]
-    health.closed = [aiops.anomaly_record(a) for a in observed.closed]
-    guard = spec.rollout.post_promotion
-    cause = next((r.get("cause") for r in aiops.anomalies_status(plain(status.anomalies), health.open, [])
-                  if r.get("cause")), None)
-    verdict = aiops.guard(status, open_anomalies, bake_seconds=guard.bake_seconds, guarded=guard.metrics,
-                          approval=spec.rollout.approval, now=now, cause=cause)
-    if verdict and verdict.action == "rollback":
-        health.rollback, health.rollback_reason = verdict.stable, verdict.message
-    elif verdict:
-        health.awaiting_rollback = verdict.message
-    return health
+    return aiops.judge_health(status, watch.detector, observed.opened, observed.closed, causes,
+                              requests_per_second=watch.requests_per_second,
+                              usage=list(watch.usage.get(status.stable_version or "", ())),
+                              post_promotion=spec.rollout.post_promotion, approval=spec.rollout.approval, now=now)
 
 
 def _record_anomalies(namespace: str, name: str, health: aiops.ServingHealth) -> None:

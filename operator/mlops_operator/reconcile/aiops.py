@@ -26,7 +26,7 @@ from mlops_operator.api.modeldeployment import (
     RightSizing,
     ServingCost,
 )
-from mlops_operator.reconcile.anomaly import Anomaly, DetectorSettings
+from mlops_operator.reconcile.anomaly import METRICS, Anomaly, Detector, DetectorSettings
 from mlops_operator.reconcile.conditions import FALSE, TRUE, now_rfc3339, parse_rfc3339, plain, set_condition, typed
 from mlops_operator.reconcile.cost import PriceTable, cost_per_thousand_predictions, estimate_monthly_cost
 from mlops_operator.reconcile.events import Event
@@ -232,6 +232,34 @@ class ServingHealth:
     """The guard's message when the rollback waits for approval."""
     usage: list[UsageSample] = field(default_factory=list)
     """CPU and memory samples of the stable version's model servers."""
+
+
+def judge_health(status: ModelDeploymentStatus, detector: Detector, opened: Sequence[Anomaly],
+                 closed: Sequence[Anomaly], causes: Mapping[tuple[str | None, str], str], *,
+                 requests_per_second: float | None, usage: list[UsageSample], post_promotion: Any, approval: str,
+                 now: datetime) -> ServingHealth:
+    """What the telemetry says after the detector saw this reconciliation's point: the open anomalies
+    (with the ``causes`` found for those that just opened, by (version, metric)), the metrics still
+    learning their baseline, and the post-promotion guard's decision."""
+    open_anomalies = detector.open_anomalies()
+    health = ServingHealth(enabled=True, requests_per_second=requests_per_second, usage=usage)
+    health.open = [anomaly_record(a, causes.get((a.version, a.metric))) for a in open_anomalies]
+    health.open_metrics = {a.metric for a in open_anomalies}
+    for metric in METRICS:
+        series = detector.series.get((None if metric == "requestRate" else status.stable_version, metric))
+        if series is None or series.state == "learning":
+            health.learning.add(metric)
+    health.opened = [anomaly_record(a, causes.get((a.version, a.metric))) for a in opened]
+    health.closed = [anomaly_record(a) for a in closed]
+    cause = next((r.get("cause") for r in anomalies_status(plain(status.anomalies), health.open, [])
+                  if r.get("cause")), None)
+    verdict = guard(status, open_anomalies, bake_seconds=post_promotion.bake_seconds, guarded=post_promotion.metrics,
+                    approval=approval, now=now, cause=cause)
+    if verdict and verdict.action == "rollback":
+        health.rollback, health.rollback_reason = verdict.stable, verdict.message
+    elif verdict:
+        health.awaiting_rollback = verdict.message
+    return health
 
 
 def with_health(status: ModelDeploymentStatus, previous: ModelDeploymentStatus, health: ServingHealth, *,
