@@ -415,7 +415,7 @@ _running_lock = asyncio.Lock()
 async def ensure_running(artifact_root: str, settings: SinkSettings | None = None) -> SeldonLoggerSink:
     """The operator's sink, started on first use with ``settings`` (default: from the environment).
 
-    The ModelDeployment handler calls this for a seldon-backend deployment and puts
+    The seldon serving backend calls this (through :func:`predictor_logger_urls`) and puts
     ``sink.logger_url(namespace, name, predictor, version, shadow)`` into each predictor's
     ``graph.logger.url`` (``mode: all``). Raises OSError when the port cannot be bound.
     """
