@@ -238,12 +238,20 @@ class Router:
 
     # ------------------------------------------------------------ data plane
 
-    async def infer(self, request: web.Request) -> web.StreamResponse:
+    def _routing_for(self, request: web.Request) -> _Routing | web.Response:
+        """The routing of the request's model, or the answer when there is none (503: no config yet,
+        404: another model)."""
         routing = self.routing
         if routing is None:
             return _error(503, "router has no config yet")
         if request.match_info["model"] != routing.config.model:
             return _error(404, f"Model {request.match_info['model']} not found")
+        return routing
+
+    async def infer(self, request: web.Request) -> web.StreamResponse:
+        routing = self._routing_for(request)
+        if isinstance(routing, web.Response):
+            return routing
         pinned = request.match_info.get("version")
         if pinned is not None:
             routes = [p for p in routing.config.predictors if not p.shadow and p.version == pinned]
@@ -335,11 +343,9 @@ class Router:
     async def model_metadata(self, request: web.Request) -> web.StreamResponse:
         """``GET /v2/models/<model>[/versions/<version>][/ready]``: answered by the primary predictor,
         or by the predictor serving that version."""
-        routing = self.routing
-        if routing is None:
-            return _error(503, "router has no config yet")
-        if request.match_info["model"] != routing.config.model:
-            return _error(404, f"Model {request.match_info['model']} not found")
+        routing = self._routing_for(request)
+        if isinstance(routing, web.Response):
+            return routing
         pinned = request.match_info.get("version")
         if pinned is None:
             route = routing.config.primary
