@@ -139,6 +139,8 @@ TRAINING: list[tuple[dict[str, Any], Where]] = [
     ({"training.parameters": {"note": BIG}}, "invalid"),
     ({"training.parameters": {"n_estimators": 5, "blob": "y" * 20_000}}, "invalid"),
     ({"pipeline.parameters": {"blob": BIG}}, "invalid"),
+    ({"pipeline.parameters": {"artifact_root": "file:///tmp/elsewhere"}}, "invalid"),  # moves the registry
+    ({"pipeline.parameters": {"dataset_uri": "file:///etc/passwd"}}, "invalid"),  # around the URI policy
     ({"training.estimator": "RandomForestRegressor", "training.task": "classification"}, "invalid"),
     ({"training.estimator": "LogisticRegression", "training.task": "regression"}, "invalid"),
     ({"training.estimator": "LogisticRegression", "training.parameters": {},

@@ -159,3 +159,27 @@ def test_digest_diff_base_is_small_and_tells_changes():
     changed = kopf.Body({**body, "metadata": {**body["metadata"], "annotations": annotations}, "spec": {"blob": "y"}})
     assert storage.fetch(body=changed) != storage.build(body=changed)  # a change
     assert storage.fetch(body=kopf.Body({**body, "metadata": {"name": "a"}})) is None  # never handled
+
+
+def test_pipeline_parameters_cannot_override_what_the_operator_sets():
+    """A tenant's spec.pipeline.parameters moved the model registry (artifact_root) and could name a dataset
+    the URI policy never saw (dataset_uri): both are refused before any run, naming where they come from."""
+    spec = training(pipeline={"parameters": {"artifact_root": "file:///elsewhere", "dataset_uri": "file:///etc/passwd",
+                                             "my_flag": True}})
+    assert training_spec_errors(spec) == [
+        "spec.pipeline.parameters: artifact_root is set by the operator (from the operator's artifact root: the model "
+        "registry); dataset_uri is set by the operator (from spec.dataset.uri, checked by the URI policy): it cannot "
+        "be overridden here"]
+    assert training_spec_errors(training(pipeline={"parameters": {"my_flag": True}})) == []
+
+
+def test_every_parameter_the_operator_sets_is_protected():
+    """Whatever pipeline_parameters() fills in (every optional input given) is in the protected list."""
+    from mlops_operator.reconcile.modeltraining import pipeline_parameters
+    from mlops_operator.reconcile.validation import OPERATOR_PIPELINE_PARAMETERS
+
+    spec = training(productionData={"deploymentRef": {"name": "iris"}, "labelsUri": "file:///tmp/labels/",
+                                    "mix": {"minRows": 10}})
+    params = pipeline_parameters(spec, "file:///tmp/artifacts", {"accuracy": 0.9}, champion_uri="file:///tmp/m/1",
+                                 production={"rows": 1}, retrain_window={"monitor": "iris"})
+    assert set(params) | {"run_name", "pipeline_digest"} <= set(OPERATOR_PIPELINE_PARAMETERS)

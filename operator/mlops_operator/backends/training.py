@@ -188,7 +188,10 @@ class KfpTraining:
                                       + kube.describe_api_error(error, f"Secret {ref.name}")) from None
             host = (spec.kfp and spec.kfp.host) or self.settings.kfp_host or ""
             namespace = (spec.kfp and spec.kfp.namespace) or self.settings.kfp_namespace
-            self._connection = _kfp_connection(host, namespace, token)
+            try:
+                self._connection = _kfp_connection(host, namespace, token)
+            except ValueError as error:  # no host, not http(s), not a URL: the spec's to fix
+                raise InvalidSpec(f"spec.kfp.host: {error}") from None
         return self._connection
 
     async def package(self) -> str:

@@ -248,6 +248,9 @@ async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: M
         # undeletable); what may be left in the backend is named in the log.
         log.warning("ModelTraining %s/%s deleted without cleaning up its %s runs and schedule: %s", namespace, name,
                     parsed.backend, error.message)
+    except Exception:  # a fault of the operator: logged with its traceback, and still never undeletable
+        log.exception("ModelTraining %s/%s deleted without cleaning up its %s runs and schedule", namespace, name,
+                      parsed.backend)
 
 
 register_kind(KIND, PLURAL, reconcile_training, conditions=CONDITIONS, summary_condition="Succeeded", cleanup=_cleanup)

@@ -60,6 +60,33 @@ def schedule_problem(schedule: str, now: datetime | None = None) -> str | None:
     return None
 
 
+# The pipeline parameters the operator sets itself, and from what: a user's spec.pipeline.parameters may not
+# name them (they would move the model registry, bypass the URI policy on the dataset, or forge the gate).
+OPERATOR_PIPELINE_PARAMETERS: dict[str, str] = {
+    "dataset_uri": "from spec.dataset.uri, checked by the URI policy",
+    "dataset_format": "from spec.dataset.format",
+    "target": "from spec.dataset.target",
+    "features": "from spec.dataset.features",
+    "model_name": "from spec.model",
+    "artifact_root": "from the operator's artifact root: the model registry",
+    "task": "from spec.training.task",
+    "estimator": "from spec.training.estimator",
+    "estimator_params": "from spec.training.parameters",
+    "test_size": "from spec.training.testSize",
+    "seed": "from spec.training.seed",
+    "validation": "from spec.dataValidation",
+    "gate": "from spec.validation.thresholds",
+    "baseline_metrics": "from the current validated version",
+    "max_regression": "from spec.validation.maxRegression",
+    "production_data": "from spec.productionData",
+    "mix": "from spec.productionData.mix",
+    "champion_model_uri": "the current validated version",
+    "retrain_window": "from the DriftMonitor's retrain request",
+    "run_name": "the run's own name",
+    "pipeline_digest": "the digest of the compiled pipeline",
+}
+
+
 def parameters_problem(field: str, parameters: dict) -> str | None:
     """Why a free-form parameter map is unusable (too large, not JSON), or None."""
     try:
@@ -97,6 +124,11 @@ def training_spec_errors(spec: ModelTrainingSpec, default_kfp_host: str | None =
         problem = parameters_problem(field, parameters)
         if problem:
             problems.append(problem)
+    protected = sorted(set(spec.pipeline.parameters) & set(OPERATOR_PIPELINE_PARAMETERS))
+    if protected:
+        problems.append("spec.pipeline.parameters: " + "; ".join(
+            f"{name} is set by the operator ({OPERATOR_PIPELINE_PARAMETERS[name]})" for name in protected)
+            + ": it cannot be overridden here")
     task = spec.training.task
     if task == "auto" and estimator_task is not None:
         task = estimator_task(spec.training.estimator) or "auto"
