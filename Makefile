@@ -86,6 +86,10 @@ test: venv browser ## Run every test (starts the local control plane unless KUBE
 	python3 hack/seldon.py build --optional >/dev/null
 	$(VENV)/bin/pytest
 
+.PHONY: kfp-server
+kfp-server: ## Build KFP 2.17.0's API server, ScheduledWorkflow controller and persistence agent for the real-server tests (MLOPS_KFP_SRC; cached)
+	bash hack/build-kfp.sh
+
 .PHONY: images
 images: venv ## Build the node's images (pause, base, the Dockerfile's operator image, Seldon's; cached by input hash)
 	$(PY) hack/images.py build pause base uv operator
