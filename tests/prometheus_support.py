@@ -21,6 +21,20 @@ def prometheus_binary() -> Path:
     return built_binary("prometheus")
 
 
+def start_prometheus(server: LoopbackServer, config: dict, timeout: float) -> None:
+    """Write ``config``, start ``server``'s Prometheus on a free loopback port and wait until it is ready
+    (stopped again when it is not)."""
+    (server.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    (server.port,) = free_ports(1)
+    server.spawn([str(server.binary), f"--config.file={server.workdir / 'prometheus.yml'}",
+                  f"--storage.tsdb.path={server.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{server.port}"])
+    try:
+        server.wait_ok(f"http://127.0.0.1:{server.port}/-/ready", timeout)
+    except BaseException:
+        server.stop()
+        raise
+
+
 class PrometheusServer(LoopbackServer):
     """One Prometheus on 127.0.0.1 scraping ``targets``: ``[(host:port, {label: value})]``."""
 
@@ -41,15 +55,7 @@ class PrometheusServer(LoopbackServer):
             "scrape_configs": [{"job_name": "router", "scrape_interval": "1s", "static_configs": [
                 {"targets": [target], "labels": labels} for target, labels in self.targets]}],
         }
-        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        (self.port,) = free_ports(1)
-        self.spawn([str(self.binary), f"--config.file={self.workdir / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"])
-        try:
-            self.wait_ok(f"{self.url}/-/ready", timeout)
-        except BaseException:
-            self.stop()
-            raise
+        start_prometheus(self, config, timeout)
 
 
 class KubernetesPrometheus(LoopbackServer):
@@ -100,15 +106,7 @@ class KubernetesPrometheus(LoopbackServer):
 
     def start(self, timeout: float = 60.0) -> "KubernetesPrometheus":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(self.config()))
-        (self.port,) = free_ports(1)
-        self.spawn([str(self.binary), f"--config.file={self.workdir / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"])
-        try:
-            self.wait_ok(f"{self.url}/-/ready", timeout)
-        except BaseException:
-            self.stop()
-            raise
+        start_prometheus(self, self.config(), timeout)
         return self
 
     def query(self, promql: str) -> list[dict]:

@@ -541,16 +541,7 @@ def with_component_image(pipeline_package_path: str, image: str, directory: str 
     for container in containers:
         container["image"] = image
     text = yaml.safe_dump_all(documents, sort_keys=False)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    stem = os.path.splitext(os.path.basename(pipeline_package_path))[0]
-    target = os.path.join(directory, f"{stem}-{digest}.yaml")
-    if not os.path.exists(target):
-        os.makedirs(directory, exist_ok=True)
-        partial = f"{target}.{os.getpid()}.tmp"
-        with open(partial, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(partial, target)  # readers never see half a file
-    return target
+    return _write_package(text, pipeline_package_path, directory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -643,16 +634,7 @@ def with_run_settings(pipeline_package_path: str, settings: RunSettings, directo
     text = yaml.safe_dump_all(documents, sort_keys=False)
     if text == original:
         return pipeline_package_path
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    stem = os.path.splitext(os.path.basename(pipeline_package_path))[0]
-    target = os.path.join(directory, f"{stem}-{digest}.yaml")
-    if not os.path.exists(target):
-        os.makedirs(directory, exist_ok=True)
-        partial = f"{target}.{os.getpid()}.tmp"
-        with open(partial, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(partial, target)  # readers never see half a file
-    return target
+    return _write_package(text, pipeline_package_path, directory)
 
 
 class _PlatformConfigHolder:
@@ -848,3 +830,17 @@ def _display_host(host: str) -> str:
             netloc += f":{parts.port}"
         parts = parts._replace(netloc=netloc)
     return urllib.parse.urlunsplit(parts)
+
+
+def _write_package(text: str, pipeline_package_path: str, directory: str | os.PathLike[str]) -> str:
+    """``text`` as ``<directory>/<stem>-<digest>.yaml`` (content-addressed: written once, atomically)."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(pipeline_package_path))[0]
+    target = os.path.join(directory, f"{stem}-{digest}.yaml")
+    if not os.path.exists(target):
+        os.makedirs(directory, exist_ok=True)
+        partial = f"{target}.{os.getpid()}.tmp"
+        with open(partial, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(partial, target)  # readers never see half a file
+    return target
