@@ -166,10 +166,14 @@ class OperatorProcess:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the operator and wait for it to exit."""
+        """Signal the operator and wait for it to exit (SIGKILL after 30 s: it never outlives the test)."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(sig)
-            self.process.wait(timeout=30)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)

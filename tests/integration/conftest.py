@@ -32,12 +32,14 @@ def operator(kubeconfig, namespace, crds, objects, tmp_path: Path) -> Iterator[O
     are released (and local runs and model servers stopped) before the operator stops.
     """
     process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator").start()
-    yield process
-    if process.process is not None and process.process.poll() is None:
-        remaining = objects.delete_all()
-        try:
-            # Generous: stopping model servers (SIGTERM, grace, SIGKILL) is slow on a loaded CI box.
-            wait_until(lambda: not objects.list_all(), timeout=180, what=f"deletion of {remaining}")
-        except AssertionError as error:
-            raise AssertionError(f"{error}\noperator log tail:\n{process.logs()[-3000:]}") from None
-    process.stop()
+    try:
+        yield process
+        if process.process is not None and process.process.poll() is None:
+            remaining = objects.delete_all()
+            try:
+                # Generous: stopping model servers (SIGTERM, grace, SIGKILL) is slow on a loaded CI box.
+                wait_until(lambda: not objects.list_all(), timeout=180, what=f"deletion of {remaining}")
+            except AssertionError as error:
+                raise AssertionError(f"{error}\noperator log tail:\n{process.logs()[-3000:]}") from None
+    finally:
+        process.stop()  # also when the deletion failed: a fixture never leaks an operator process

@@ -42,13 +42,15 @@ def replicas(kubeconfig, namespace, crds, objects, tmp_path):
         return process
 
     replica.lease = lease  # type: ignore[attr-defined]
-    yield replica
-    leaders = [p for p in started if p.process is not None and p.process.poll() is None and p.healthy()]
-    if leaders:  # delete the test's objects while a leader still releases their finalizers
-        remaining = objects.delete_all()
-        wait_until(lambda: not objects.list_all(), timeout=180, what=f"deletion of {remaining}")
-    for process in started:
-        process.stop()
+    try:
+        yield replica
+        leaders = [p for p in started if p.process is not None and p.process.poll() is None and p.healthy()]
+        if leaders:  # delete the test's objects while a leader still releases their finalizers
+            remaining = objects.delete_all()
+            wait_until(lambda: not objects.list_all(), timeout=180, what=f"deletion of {remaining}")
+    finally:
+        for process in started:
+            process.stop()
 
 
 def holder(kube_api, namespace: str, lease: str) -> str | None:
