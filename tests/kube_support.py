@@ -109,8 +109,8 @@ class OperatorProcess:
         }
 
     def start(self, timeout: float = 180, standby: bool = False) -> "OperatorProcess":
-        """Start and wait until it is healthy (ready), or with ``standby`` only alive (a replica on standby
-        answers its liveness probe but not its readiness probe)."""
+        """Start and wait until it is healthy: leading (kopf's /healthz answers), or with ``standby`` on
+        standby (its own /healthz answers)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
@@ -118,7 +118,7 @@ class OperatorProcess:
             cwd=REPO, start_new_session=True,
         )
         try:
-            wait_until(self.alive if standby else self.healthy, timeout=timeout, what="operator health endpoint")
+            wait_until(self.alive if standby else self.leading, timeout=timeout, what="operator health endpoint")
         except BaseException:
             # No fixture will stop a process that never got healthy (it runs in its own session).
             if self.process.poll() is None:
@@ -128,7 +128,7 @@ class OperatorProcess:
         return self
 
     def healthy(self, query: str = "") -> bool:
-        """The readiness answer: 200 from /healthz (kopf's, once it runs); a standby answers 503."""
+        """200 from /healthz: kopf's once it runs (a standby's own endpoint answers it too)."""
         if self.process is None or self.process.poll() is not None:
             raise AssertionError(f"operator exited early:\n{self.logs()[-4000:]}")
         try:
@@ -138,9 +138,15 @@ class OperatorProcess:
         except OSError:
             return False
 
+    def leading(self) -> bool:
+        """Healthy, and with leader election the holder of the Lease (its mlops_leader gauge is 1)."""
+        if not self.healthy():
+            return False
+        return self.env.get("MLOPS_LEADER_ELECTION") != "true" or self.metric("mlops_leader") == 1
+
     def alive(self) -> bool:
-        """The liveness answer (the chart's liveness probe): a leader and a standby both answer it."""
-        return self.healthy("?probe=liveness")
+        """Whether its health endpoint answers (a leader's and a standby's alike)."""
+        return self.healthy()
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:

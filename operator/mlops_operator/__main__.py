@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _run_kopf(settings: Any) -> None:
-    """kopf, standalone: with leader election only the Lease holder gets here, so no peering is needed."""
+async def _run_kopf(settings: Any, ready: asyncio.Event | None = None) -> None:
+    """kopf, standalone: with leader election only the Lease holder gets here, so no peering is needed.
+    ``ready`` is set once its start-up activities (the Seldon logger sink among them) have run."""
     import kopf
 
     liveness = f"http://{settings.metrics_host}:{settings.health_port}/healthz" if settings.health_port else None
@@ -80,6 +81,7 @@ async def _run_kopf(settings: Any) -> None:
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=liveness,
+        ready_flag=ready,
     )
 
 
@@ -92,14 +94,13 @@ def _own_namespace() -> str:
 
 
 async def _standby_health(settings: Any) -> Any:
-    """A standby's health endpoint: alive (``/healthz?probe=liveness``) but not ready (``/healthz``), so
-    the Services in front of the operator (the Seldon logger sink) send nothing to it."""
+    """A standby's health endpoint: alive and ready (a rolling update waits for the new pod to be ready
+    before it stops the old one, which then hands the Lease over). Traffic meant for the leader (the
+    Seldon request-logger sink) reaches it through the leader label, not through readiness."""
     from aiohttp import web
 
     async def health(request: web.Request) -> web.Response:
-        if request.query.get("probe") == "liveness":
-            return web.Response(text="standby")
-        return web.Response(status=503, text="standby: another replica leads")
+        return web.Response(text="standby: another replica leads")
 
     app = web.Application()
     app.add_routes([web.get("/healthz", health)])
@@ -132,6 +133,8 @@ async def _run_elected(settings: Any) -> int:
     assert acquiring is not None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, acquiring.cancel)
+    pod = leader.OwnPod.from_environment(namespace)
+    await pod.mark_leader(False)  # a restarted leader's pod keeps its labels: it is a standby now
     standby = await _standby_health(settings) if settings.health_port else None
     try:
         await elector.acquire()
@@ -144,8 +147,15 @@ async def _run_elected(settings: Any) -> int:
         if standby is not None:
             await standby.cleanup()
     metrics.LEADER.set(1)
-    operator = asyncio.create_task(_run_kopf(settings), name="kopf")
+    started = asyncio.Event()
+    operator = asyncio.create_task(_run_kopf(settings, started), name="kopf")
     keeper = asyncio.create_task(elector.keep(), name="lease keeper")
+    ready = asyncio.create_task(started.wait(), name="kopf ready")
+    await asyncio.wait({operator, keeper, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done():
+        await pod.mark_leader(True)  # only now does the leader's traffic (the Seldon logger sink) come here
+    else:
+        ready.cancel()
     await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
     if keeper.done():
         error = keeper.exception()
@@ -153,6 +163,7 @@ async def _run_elected(settings: Any) -> int:
         logging.shutdown()
         os._exit(1)
     keeper.cancel()
+    await pod.mark_leader(False)
     await elector.release()
     metrics.LEADER.set(0)
     operator.result()

@@ -28,11 +28,13 @@ def _get(url: str, timeout: float = 5) -> tuple[int, str]:
 
 
 def operator_pod(kubeconfig: str, ns: str) -> dict[str, Any]:
+    """The leader's Pod (labelled mlops.dev/leader=true by the leader itself); never two of them."""
     pods = json.loads(kubectl("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=operator",
                               "-o", "json", kubeconfig=kubeconfig).stdout)["items"]
-    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    assert len(live) <= 1, [p["metadata"]["name"] for p in live]
-    return live[0] if live else {}
+    leaders = [p for p in pods if (p["metadata"].get("labels") or {}).get("mlops.dev/leader") == "true"
+               and not p["metadata"].get("deletionTimestamp")]
+    assert len(leaders) <= 1, [p["metadata"]["name"] for p in leaders]
+    return leaders[0] if leaders else {}
 
 
 def ready_pod(kubeconfig: str, ns: str, other_than: str = "") -> dict[str, Any]:
@@ -43,7 +45,7 @@ def ready_pod(kubeconfig: str, ns: str, other_than: str = "") -> dict[str, Any]:
         conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
         return pod if conds.get("Ready") == "True" else None
 
-    return wait_until(probe, timeout=240, interval=1, what="operator Pod Ready")
+    return wait_until(probe, timeout=240, interval=1, what="operator Pod Ready and leading")
 
 
 def exec_in(kubeconfig: str, ns: str, pod: str, *cmd: str, check: bool = True) -> Any:
@@ -121,7 +123,8 @@ def test_operator_pod_installed_by_the_chart(node_cluster, node_kubeconfig, node
         assert mt["status"]["latestRun"]["state"] == "Failed" and mt["status"]["latestRun"]["reason"] == "RunnerLost"
         assert mt["status"]["latestValidatedModel"]["version"] == 1
 
-        # An upgrade with a changed value rolls the Pod (Recreate: never two operators).
+        # An upgrade with a changed value rolls the Pod: the new one waits on standby until the old one
+        # hands the Lease over at its clean stop (never two leaders: operator_pod checks it).
         old_uid = pod["metadata"]["uid"]
         helm("upgrade", release, str(CHART), "-n", ns, *values, "--set", "operator.logLevel=DEBUG",
              "--wait", "--timeout", "5m", kubeconfig=kc)

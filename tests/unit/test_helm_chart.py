@@ -115,10 +115,9 @@ def test_one_restricted_operator_pod() -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["readOnlyRootFilesystem"] is True
     assert security["capabilities"] == {"drop": ["ALL"]}
-    # A standby is alive (it answers ?probe=liveness) but not ready, so no Service sends it traffic.
-    for probe in ("startupProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz?probe=liveness", "port": "health"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # A standby answers them too (alive and ready: a rolling update proceeds); the leader labels its Pod.
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081, "seldon-logger": 9180}
     env = {item["name"]: item.get("value") for item in container["env"]}
@@ -298,9 +297,20 @@ def test_the_lease_is_the_only_thing_the_replicas_may_write_in_the_release_names
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["mlops-operator"],
-         "verbs": ["get", "update"]}]
+         "verbs": ["get", "update"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]  # the leader label on its own Pod
     (deployment,) = of_kind(docs, "Deployment")
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    pod_name = next(e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+                    if e["name"] == "MLOPS_POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # The Seldon logger sink runs in the leader only: its Service selects the leader's label.
+    sink = next(s for s in of_kind(docs, "Service") if s["metadata"]["labels"]["app.kubernetes.io/component"]
+                == "seldon-logger")
+    assert sink["spec"]["selector"]["mlops.dev/leader"] == "true"
+    metrics = next(s for s in of_kind(docs, "Service") if s["metadata"]["labels"]["app.kubernetes.io/component"]
+                   == "metrics")
+    assert "mlops.dev/leader" not in metrics["spec"]["selector"]  # every replica's metrics (mlops_leader 0 or 1)
     assert env["MLOPS_LEADER_ELECTION"] == "true"
     assert env["MLOPS_LEADER_ELECTION_NAMESPACE"] == "mlops-system"
     assert env["MLOPS_LEADER_ELECTION_LEASE_NAME"] == "mlops-operator"

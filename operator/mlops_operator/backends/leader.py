@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -184,3 +185,34 @@ class LeaseElector:
         except (ApiException, OSError) as error:
             log.warning("cannot release lease %s/%s (it expires by itself): %s", self.namespace, self.name,
                         getattr(error, "reason", None) or error)
+
+
+LEADER_LABEL = "mlops.dev/leader"
+"""On the leader's own Pod ("true"): the Services for the leader's traffic (the Seldon request-logger
+sink) select it, so a standby, ready as it is, gets none of that traffic."""
+
+POD_NAME_ENV = "MLOPS_POD_NAME"
+
+
+@dataclass(frozen=True)
+class OwnPod:
+    """The Pod this replica runs in (from the downward API), or none outside a cluster."""
+
+    namespace: str
+    name: str | None
+
+    @classmethod
+    def from_environment(cls, namespace: str) -> "OwnPod":
+        return cls(namespace, os.environ.get(POD_NAME_ENV) or None)
+
+    async def mark_leader(self, leading: bool) -> None:
+        """Set or remove the leader label on this Pod; a failure is logged (the sink then waits for it)."""
+        if not self.name:
+            return
+        body = {"metadata": {"labels": {LEADER_LABEL: "true" if leading else None}}}
+        try:
+            await asyncio.to_thread(client.CoreV1Api(kube.api_client()).patch_namespaced_pod, self.name,
+                                    self.namespace, body)
+        except (ApiException, OSError) as error:
+            log.warning("cannot %s the label %s on pod %s/%s: %s", "set" if leading else "remove", LEADER_LABEL,
+                        self.namespace, self.name, getattr(error, "reason", None) or error)
