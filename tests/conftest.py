@@ -133,3 +133,23 @@ def s3_env(s3_server, monkeypatch: pytest.MonkeyPatch) -> "S3Server":  # noqa: F
     S3FileSystem.clear_instance_cache()
     yield s3_server
     S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def kfp_backend(kubeconfig: str, kube_api, s3_server, tmp_path_factory: pytest.TempPathFactory):
+    """The real KFP API server, ScheduledWorkflow controller and persistence agent (KFP 2.17.0, built
+    from source by hack/build-kfp.sh, cached) with MariaDB and the session's S3 server, against the
+    session's cluster (tests/kfp_server_support.py). Skips with the reason when it cannot run here
+    (no KFP source, not root), fails instead under CI=true. Everything is stopped at session end."""
+    from contextlib import ExitStack
+
+    from kfp_server_support import KfpUnavailable, in_ci, start_kfp
+
+    with ExitStack() as stack:
+        try:
+            backend = start_kfp(kubeconfig, kube_api, s3_server, tmp_path_factory.mktemp("kfp"), stack)
+        except KfpUnavailable as reason:
+            if in_ci():
+                pytest.fail(f"{reason} (CI=true: the real KFP server tests must run in CI)", pytrace=False)
+            pytest.skip(str(reason))
+        yield backend

@@ -1,0 +1,246 @@
+"""The KFP training backend against the real Kubeflow Pipelines API server (KFP 2.17.0's API server,
+ScheduledWorkflow controller and persistence agent, with MariaDB and MinIO, on the local control
+plane: the ``kfp_backend`` fixture, tests/kfp_server_support.py).
+
+What KFP writes is checked where it writes it: each run is an Argo ``Workflow`` and each recurring run
+a ``ScheduledWorkflow`` in the fixture's namespace. Argo's workflow controller does not run here (no
+Pod of a pipeline runs: KFP's driver needs ML Metadata, whose server cannot be built here), so run
+states are driven by patching a Workflow's ``status.phase`` as Argo would; the persistence agent
+reports it to the API server. What the pipeline's export step writes is written by the test through
+the same registry calls (as in test_modeltraining_kfp.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from kube_support import wait_until
+from mlops_operator.api.modeltraining import ModelTrainingSpec
+from mlops_operator.backends import artifacts, pipeline_package, training_kfp
+from mlops_operator.backends.training import KfpTraining, ScheduleRequest
+from mlops_operator.backends.training_kfp import KfpConnection, RequestRejected
+from mlops_operator.reconcile import modeltraining
+from mlops_operator.settings import Settings
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline v2:FutureWarning")]
+
+MODEL = "churn"
+UID = "3f2a9c1d-0000-4000-8000-000000000000"
+PARAMETERS = {"dataset_uri": "s3://data/churn.csv", "target": "churned"}
+
+
+def run_async(coroutine):
+    return asyncio.run(coroutine)
+
+
+@pytest.fixture
+def backend(kfp_backend, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[KfpTraining]:
+    """KfpTraining for one ModelTraining (a name per test) on the real KFP API server."""
+    name = request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:40].rstrip("-")
+    spec = ModelTrainingSpec.model_validate({"model": MODEL, "backend": "kfp",
+                                             "dataset": {"uri": "s3://data/churn.csv", "target": "churned"}})
+    settings = Settings(kfp_host=kfp_backend.url, data_dir=tmp_path / "data",
+                        artifact_root=(tmp_path / "artifacts").as_uri())
+    training = KfpTraining(spec, "team-a", name, settings)
+    yield training
+    # A test that failed half-way leaves no recurring run firing into the next tests.
+    training_kfp.delete_recurring_run(connection(kfp_backend), training.recurring_run_name)
+
+
+def connection(kfp_backend) -> KfpConnection:
+    return KfpConnection(kfp_backend.url, namespace=None, token=None)
+
+
+def parameters(backend: KfpTraining) -> dict:
+    return modeltraining.pipeline_parameters(backend.spec, backend.settings.artifact_root_uri, None)
+
+
+def wait_for_state(backend: KfpTraining, record: dict, state: str) -> dict:
+    """Observe the run until the persistence agent has reported ``state`` to the API server."""
+    return wait_until(lambda: (r := run_async(backend.observe(record)).record)["state"] == state and r,
+                      timeout=60, what=f"run {record['name']} {state}")
+
+
+def export(root: str, run_name: str, accuracy: float, tmp_path: Path) -> int:
+    """What the pipeline's export step does for ``run_name``: claim a version keyed by it and publish it."""
+    version = artifacts.allocate_version(root, MODEL, run_name=run_name)
+    model_file = tmp_path / f"model-{version}.joblib"
+    model_file.write_bytes(b"not a real model")
+    artifacts.publish_model_version(root, MODEL, version, model_file=model_file, metrics={"accuracy": accuracy},
+                                    validated=True, reasons=[], profile={}, lineage={"run": {"name": run_name}})
+    return version
+
+
+# ---- runs -----------------------------------------------------------------------------------
+
+
+def test_a_run_of_the_builtin_pipeline_is_a_workflow_and_resubmitting_finds_it(backend, kfp_backend):
+    run_name = f"{backend.name}-3f2a9c1d-g1"
+    record = run_async(backend.submit(run_name, "spec change", parameters(backend)))
+    assert (record["name"], record["state"]) == (run_name, "Pending")
+    run_id = record["backendRunId"]
+
+    workflow = wait_until(lambda: kfp_backend.workflow_of_run(run_id), what="the run's Workflow")
+    assert workflow["metadata"]["name"].startswith("tabular-training-")
+    assert workflow["spec"]["serviceAccountName"] == "pipeline-runner"
+    assert workflow["metadata"]["labels"]["pipeline/runid"] == run_id
+
+    # As after an operator restart between submit and status write: the same name finds the same run.
+    again = run_async(backend.submit(run_name, "spec change", parameters(backend)))
+    assert again["backendRunId"] == run_id
+    conn = connection(kfp_backend)
+    found = training_kfp.find_run(conn, run_name, backend.experiment)
+    assert found is not None and found.run_id == run_id
+    stored = training_kfp.get_run(conn, run_id)
+    assert (stored.name, stored.parameters["run_name"]) == (run_name, run_name)  # what the steps get
+    assert len(kfp_backend.workflows(f"pipeline/runid={run_id}")) == 1
+    assert training_kfp.find_run(conn, run_name + "x", backend.experiment) is None
+
+
+def test_parameters_the_pipeline_does_not_take_are_rejected(backend, kfp_backend, tmp_path):
+    # Checked by the backend before sending: a Failed record with InvalidSpec, nothing created.
+    record = run_async(backend.submit(f"{backend.name}-g1", "spec change", {**parameters(backend), "bogus": 1}))
+    assert (record["state"], record["reason"], record.get("backendRunId")) == ("Failed", "InvalidSpec", None)
+    assert "bogus" in record["message"]
+
+    # The real server rejects them too (400 → RequestRejected), when sent past the backend's own check.
+    conn = connection(kfp_backend)
+    package = str(pipeline_package.default_pipeline_package())
+    arguments = pipeline_package.pipeline_arguments({"parameters": parameters(backend)}, "x", tmp_path, package)
+    experiment_id = training_kfp._experiment_id(conn, backend.experiment)
+    for bad in ({**arguments, "bogus": 1}, {k: v for k, v in arguments.items() if k != "dataset_uri"},
+                {**arguments, "dataset_uri": 3}):
+        with pytest.raises(RequestRejected) as rejected:
+            conn._call("create run", lambda bad=bad: conn.client().create_run_from_pipeline_package(
+                package, arguments=bad, run_name=f"{backend.name}-bad", experiment_id=experiment_id))
+        assert rejected.value.status == 400, rejected.value
+    with pytest.raises(RequestRejected) as unknown:
+        training_kfp.get_run(conn, "00000000-0000-0000-0000-000000000000")
+    assert unknown.value.status == 404
+    assert training_kfp.find_run(conn, f"{backend.name}-bad", backend.experiment) is None
+    assert training_kfp.find_run(conn, f"{backend.name}-g1", backend.experiment) is None
+
+
+def test_run_states_follow_the_workflow_and_cancel_terminates_it(backend, kfp_backend, tmp_path):
+    root = backend.settings.artifact_root_uri
+    succeeded = run_async(backend.submit(f"{backend.name}-g1", "spec change", parameters(backend)))
+    failed = run_async(backend.submit(f"{backend.name}-g2", "spec change", parameters(backend)))
+    canceled = run_async(backend.submit(f"{backend.name}-g3", "spec change", parameters(backend)))
+    workflows = {r["name"]: wait_until(lambda r=r: kfp_backend.workflow_of_run(r["backendRunId"]),
+                                       what="Workflow")["metadata"]["name"]
+                 for r in (succeeded, failed, canceled)}
+
+    kfp_backend.set_workflow_phase(workflows[succeeded["name"]], "Running")
+    running = wait_for_state(backend, succeeded, "Running")
+    assert running["started"]
+    version = export(root, succeeded["name"], 0.9, tmp_path)
+    kfp_backend.set_workflow_phase(workflows[succeeded["name"]], "Succeeded")
+    done = wait_for_state(backend, succeeded, "Succeeded")
+    assert done["modelVersion"] == version and done["finished"]
+
+    kfp_backend.set_workflow_phase(workflows[failed["name"]], "Failed", "step train failed")
+    assert wait_for_state(backend, failed, "Failed")["reason"]
+
+    kfp_backend.set_workflow_phase(workflows[canceled["name"]], "Running")
+    wait_for_state(backend, canceled, "Running")
+    run_async(backend.cancel(canceled))
+    workflow = kfp_backend.workflow_of_run(canceled["backendRunId"])
+    assert workflow["spec"]["activeDeadlineSeconds"] == 0  # KFP's terminate: Argo stops the Pods
+    assert training_kfp.get_run(connection(kfp_backend), canceled["backendRunId"]).kfp_state == "CANCELING"
+    run_async(backend.cancel(canceled))  # asked once only: CANCELING is left alone
+    # Finished runs are left alone.
+    run_async(backend.cancel(done))
+    assert "activeDeadlineSeconds" not in kfp_backend.workflow_of_run(succeeded["backendRunId"])["spec"]
+
+
+# ---- recurring runs -------------------------------------------------------------------------
+
+
+def schedule(backend: KfpTraining, cron: str | None, enabled: bool = True, since=None):
+    request = ScheduleRequest(cron, enabled, modeltraining.scheduled_run_prefix(backend.name, UID),
+                              parameters(backend), since)
+    return run_async(backend.sync_schedule(request))
+
+
+def swfs_of(kfp_backend, backend: KfpTraining) -> list[dict]:
+    """The ScheduledWorkflows of this backend's recurring run: KFP generates their names from the display
+    name, lower-cased, without what a name cannot hold, cut at 25 characters (template.go)."""
+    prefix = re.sub(r"[^a-z0-9-]+", "", backend.recurring_run_name.lower())[:25]
+    return [s for s in kfp_backend.scheduled_workflows() if s["metadata"]["name"].startswith(prefix)]
+
+
+def test_the_recurring_run_is_a_scheduled_workflow_kept_replaced_and_deleted(backend, kfp_backend):
+    created = schedule(backend, "0 3 * * *")
+    assert created.backend_id and created.runs == []
+    (swf,) = wait_until(lambda: swfs_of(kfp_backend, backend), what="ScheduledWorkflow")
+    assert swf["spec"]["trigger"]["cronSchedule"]["cron"] == "0 0 3 * * *"
+    assert swf["spec"]["enabled"] is True and swf["spec"]["maxConcurrency"] == 1 and swf["spec"]["noCatchup"] is True
+    fire_parameters = {p["name"]: p["value"] for p in swf["spec"]["workflow"]["parameters"]}
+    assert modeltraining.scheduled_run_prefix(backend.name, UID) + "[[ScheduledTime]]" in json.dumps(fire_parameters)
+
+    # The same spec keeps it; suspend disables it; resume enables it again.
+    assert schedule(backend, "0 3 * * *").backend_id == created.backend_id
+    assert [s["metadata"]["uid"] for s in swfs_of(kfp_backend, backend)] == [swf["metadata"]["uid"]]
+    schedule(backend, "0 3 * * *", enabled=False)
+    wait_until(lambda: [s["spec"]["enabled"] for s in swfs_of(kfp_backend, backend)] == [False], what="disabled")
+    schedule(backend, "0 3 * * *")
+    wait_until(lambda: [s["spec"]["enabled"] for s in swfs_of(kfp_backend, backend)] == [True], what="enabled")
+
+    # A changed cron replaces it (KFP has no update).
+    replaced = schedule(backend, "30 4 * * 1")
+    assert replaced.backend_id != created.backend_id
+    wait_until(lambda: [s["spec"]["trigger"]["cronSchedule"]["cron"] for s in swfs_of(kfp_backend, backend)]
+               == ["0 30 4 * * 1"], what="the ScheduledWorkflow with the new cron")
+    # A removed schedule deletes it.
+    assert schedule(backend, None).backend_id is None
+    wait_until(lambda: not swfs_of(kfp_backend, backend), what="ScheduledWorkflow deleted")
+    assert training_kfp.find_recurring_runs(connection(kfp_backend), backend.recurring_run_name) == []
+
+
+def test_fires_of_the_recurring_run_are_runs_with_their_own_versions(backend, kfp_backend, tmp_path):
+    """Every minute: the ScheduledWorkflow controller fires it, the persistence agent reports the fire
+    as a run with the recurring run's id, and the backend reads each fire as its own named run."""
+    root = backend.settings.artifact_root_uri
+    prefix = modeltraining.scheduled_run_prefix(backend.name, UID)
+    recurring_run_id = schedule(backend, "* * * * *").backend_id
+    conn = connection(kfp_backend)
+    (job,) = training_kfp.find_recurring_runs(conn, backend.recurring_run_name)
+
+    versions = {}
+    seen: set[str] = set()
+    for accuracy in (0.8, 0.85):
+        def new_fire():
+            runs = [r for r in training_kfp.recurring_run_runs(conn, job) if r.run_id not in seen]
+            return runs[0] if runs else None
+
+        fire = wait_until(new_fire, timeout=150, interval=2, what="a fire reported as a run")
+        seen.add(fire.run_id)
+        assert fire.scheduled is not None
+        (workflow,) = kfp_backend.workflows(f"pipeline/runid={fire.run_id}")
+        assert workflow["metadata"]["ownerReferences"][0]["kind"] == "ScheduledWorkflow"
+        run_name = prefix + fire.scheduled.astimezone(UTC).strftime(training_kfp.SCHEDULED_TIME_FORMAT)
+        # The API reports the recurring run's parameters for a fire, macro unreplaced (the Workflow
+        # carries no runtime parameters; what the steps get is the driver's, which cannot run here):
+        # the backend names the fire from its scheduled_at, as the macro would.
+        assert fire.parameters["run_name"] == prefix + training_kfp.SCHEDULED_TIME_MACRO
+
+        versions[run_name] = export(root, run_name, accuracy, tmp_path)
+        kfp_backend.set_workflow_phase(workflow["metadata"]["name"], "Succeeded")
+        wait_until(lambda fire=fire: training_kfp.get_run(conn, fire.run_id).kfp_state == "SUCCEEDED",
+                   what="fire reported succeeded")
+
+    found = schedule(backend, "* * * * *", since=datetime(2000, 1, 1, tzinfo=UTC))
+    assert found.backend_id == recurring_run_id
+    recorded = {r.record["name"]: r.record for r in found.runs if r.record["name"] in versions}
+    assert {name: record.get("modelVersion") for name, record in recorded.items()} == versions
+    assert sorted(versions.values()) == [1, 2]
+    assert all(r["state"] == "Succeeded" and r["trigger"].startswith("schedule * * * * * at ")
+               for r in recorded.values())
