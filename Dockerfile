@@ -27,8 +27,10 @@ FROM deps AS build
 COPY README.md ./
 COPY operator/ operator/
 COPY pipelines/tabular.yaml pipelines/tabular.yaml
+# --reinstall-package: uv's cache keys a local project's built wheel on pyproject.toml, not on its
+# sources, so without it a code change would install the wheel cached from an earlier build.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-default-groups --no-editable \
+    uv sync --frozen --no-default-groups --no-editable --reinstall-package mlops-operator \
  && mkdir /project && cd /opt/mlops-operator \
  && cp -a --parents lib/python3*/site-packages/mlops_operator lib/python3*/site-packages/mlops_operator-*.dist-info \
       bin/mlops-operator bin/kubectl-mlops /project/

@@ -5,13 +5,16 @@ Service, liveness on /healthz, an upgrade that rolls the Pod, a Pod deleted mid-
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
 from typing import Any
 
 import pytest
 
 from chart_support import CHART, helm, kubectl
-from kube_support import Objects, condition, load_example, wait_until
+from kube_support import REPO, Objects, condition, load_example, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 RUN_TIMEOUT = 420  # one training run on 2 shared cores, in a Pod
@@ -67,6 +70,13 @@ def test_operator_pod_installed_by_the_chart(node_cluster, node_kubeconfig, node
         name, pod_ip = pod["metadata"]["name"], pod["status"]["podIP"]
         assert pod["spec"]["nodeName"] == node_cluster.devnode.NODE_NAME
         assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+        # The image runs this checkout's code (a stale build cache once installed an older wheel).
+        source = "import hashlib,pathlib,mlops_operator as m;r=pathlib.Path(m.__file__).parent;print(" \
+                 "hashlib.sha256(b''.join(p.relative_to(r).as_posix().encode()+p.read_bytes() " \
+                 "for p in sorted(r.rglob('*.py')))).hexdigest())"
+        here = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, check=True,
+                              cwd="/", env={**os.environ, "PYTHONPATH": str(REPO / "operator")}).stdout
+        assert exec_in(kc, ns, name, "python3", "-c", source).stdout == here
         # The image's user and the chart's read-only root filesystem hold inside the container.
         assert exec_in(kc, ns, name, "id", "-u").stdout.strip() == "65532"
         denied = exec_in(kc, ns, name, "touch", "/opt/x", check=False)
