@@ -293,12 +293,15 @@ class KfpTraining:
             await self.cancel(latest)
         conn = await self.connection()
         jobs = await asyncio.to_thread(training_kfp.find_recurring_runs, conn, self.recurring_run_name)
-        # Deleted first, so it fires no more while its runs are being stopped (its runs keep its id).
-        await asyncio.to_thread(training_kfp.delete_recurring_run, conn, self.recurring_run_name)
+        # Disabled first, so it fires no more while its runs are being stopped; deleted last: deleting
+        # it first lets the cluster's garbage collector remove its runs' Workflows, and KFP then fails
+        # to terminate those runs (500 "patching error", seen on the real KFP 2.17 server).
         for job in jobs:
+            await asyncio.to_thread(training_kfp.disable_recurring_run, conn, job)
             for run in await asyncio.to_thread(training_kfp.recurring_run_runs, conn, job):
                 if not run.is_finished:
                     await asyncio.to_thread(training_kfp.cancel_run, conn, run.run_id)
+        await asyncio.to_thread(training_kfp.delete_recurring_run, conn, self.recurring_run_name)
 
 
 _connections: dict[tuple[str, str | None, str], training_kfp.KfpConnection] = {}

@@ -460,6 +460,13 @@ def find_recurring_runs(conn: KfpConnection, name: str) -> list[KfpRecurringRun]
             for job in _list_recurring_runs(conn, name, experiment_id=None)]
 
 
+def disable_recurring_run(conn: KfpConnection, recurring_run: KfpRecurringRun) -> None:
+    """Stop a recurring run from firing (its runs stay, and can still be cancelled)."""
+    if recurring_run.enabled:
+        conn._call("disable recurring run",
+                   lambda: conn.client().disable_recurring_run(recurring_run.recurring_run_id))
+
+
 def recurring_run_runs(conn: KfpConnection, recurring_run: KfpRecurringRun, limit: int = 20) -> list[KfpRun]:
     """The newest ``limit`` runs a recurring run has started, newest first (ListRuns filtered on
     ``recurring_run_id``, the v2beta1 field the API server maps to the run's job UUID)."""
