@@ -30,7 +30,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import joblib
 import numpy as np
@@ -426,19 +426,23 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         assert degraded.get("status") == "True", md["status"]["conditions"]
         assert "Pod iris-canary-0-iris-" in degraded["message"] and "exit code" in degraded["message"], degraded
         assert md["status"]["stableVersion"] == "2"
-        assert v2_infer(f"{stable_endpoint}/infer", ROWS)["model_version"] == "2"
 
-        # Through the routing Service too; the stable predictor is scaled back from 2 replicas to 1 now,
-        # and a connection kube-proxy still sends to the Pod being stopped is refused for a moment (Seldon's
-        # executor stops listening on SIGTERM, before kube-proxy has dropped the endpoint).
-        def routed_answer() -> dict[str, Any] | None:
-            try:
-                return v2_infer(f"{callable_endpoint}/infer", ROWS, timeout=5)
-            except urllib.error.URLError:
-                return None
+        # Through the stable predictor's Service and the routing Service. The stable predictor is scaled
+        # back from 2 replicas to 1 now, and a connection kube-proxy still sends to the Pod being stopped
+        # is refused for a moment (Seldon's executor stops listening on SIGTERM, before kube-proxy has
+        # dropped the endpoint; seen in CI on the stable Service too).
+        def answer_of(endpoint: str) -> Callable[[], dict[str, Any] | None]:
+            def answer() -> dict[str, Any] | None:
+                try:
+                    return v2_infer(f"{endpoint}/infer", ROWS, timeout=5)
+                except urllib.error.URLError:
+                    return None
+            return answer
 
-        assert wait_until(routed_answer, timeout=30, interval=0.5, what="the routing Service answering")[
-            "model_version"] == "2"
+        assert wait_until(answer_of(stable_endpoint), timeout=30, interval=0.5,
+                          what="the stable Service answering")["model_version"] == "2"
+        assert wait_until(answer_of(callable_endpoint), timeout=30, interval=0.5,
+                          what="the routing Service answering")["model_version"] == "2"
         objects.wait(KIND, "iris", lambda o: (condition(o, "Ready") or {}).get("status") == "True"
                      and [p["name"] for p in custom.get_namespaced_custom_object(
                          "machinelearning.seldon.io", "v1", ns, "seldondeployments", "iris")["spec"]["predictors"]]
