@@ -84,7 +84,10 @@ test: venv browser ## Run every test (starts the local control plane unless KUBE
 	@if [ -z "$${KUBECONFIG:-}" ]; then $(PY) hack/devcluster.py up; fi
 	$(MAKE) --no-print-directory lint
 	python3 hack/seldon.py build --optional >/dev/null
-	$(VENV)/bin/pytest
+	@# CI (MLOPS_DEV_TEARDOWN=1) stops the control plane this target started, whatever pytest's result.
+	@status=0; $(VENV)/bin/pytest || status=$$?; \
+	if [ "$${MLOPS_DEV_TEARDOWN:-}" = 1 ] && [ -z "$${KUBECONFIG:-}" ]; then $(PY) hack/devcluster.py down; fi; \
+	exit $$status
 
 .PHONY: kfp-server
 kfp-server: ## Build KFP 2.17.0's API server, ScheduledWorkflow controller and persistence agent for the real-server tests (MLOPS_KFP_SRC; cached)
