@@ -50,22 +50,7 @@ fi
 ready && { echo "$dir"; exit 0; }
 
 # Keep the progress line alive during long, silent Go builds.
-with_ticker() {
-  local what=$1; shift
-  local start=$SECONDS
-  "$@" &
-  local pid=$!
-  local next=30
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 1
-    if [ $((SECONDS - start)) -ge $next ] && kill -0 "$pid" 2>/dev/null; then
-      log "  ... still building $what ($((SECONDS - start))s)"
-      next=$((next + 30))
-    fi
-  done
-  wait "$pid"
-  log "  built $what in $((SECONDS - start))s"
-}
+. "$(dirname "${BASH_SOURCE[0]}")/ticker.sh"
 
 mkdir -p "$dir/crds"
 # The tree may live on a read-only mount; go build writes nothing into it with -mod=mod, but the
