@@ -133,7 +133,7 @@ async def _run_elected(settings: Any) -> int:
     assert acquiring is not None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, acquiring.cancel)
-    pod = leader.OwnPod.from_environment(namespace)
+    pod = leader.OwnPod(namespace, settings.pod_name)
     await pod.mark_leader(False)  # a restarted leader's pod keeps its labels: it is a standby now
     standby = await _standby_health(settings) if settings.health_port else None
     try:

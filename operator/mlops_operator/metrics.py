@@ -29,6 +29,8 @@ RECONCILE_TIME = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
+LEADER = Gauge("mlops_leader", "1 on the operator replica that leads (holds the Lease, or runs alone), 0 on a standby.")
+
 TRAINING_RUNS = Counter("mlops_training_runs_total", "Finished training runs by result.", ["result"])
 TRAINING_DURATION = Histogram(
     "mlops_training_duration_seconds",
@@ -99,14 +101,13 @@ def reconcile_timer(kind: str) -> Iterator[dict[str, str]]:
     finally:
         RECONCILE_TIME.labels(kind).observe(time.perf_counter() - start)
 
-LEADER = Gauge("mlops_leader", "1 on the operator replica that leads (holds the Lease, or runs alone), 0 on a standby.")
 
-_serving: tuple[str, int] | None = None
+_serving = False
 
 
 def serve(host: str, port: int) -> None:
     """Start the /metrics endpoint once per process (a standby starts it before it leads); 0 disables it."""
     global _serving
-    if port and _serving is None:
+    if port and not _serving:
         start_http_server(port, addr=host)
-        _serving = (host, port)
+        _serving = True

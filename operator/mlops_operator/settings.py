@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     and take over when it stops (at once after a clean stop, after the lease duration after a crash)."""
     leader_election_namespace: str | None = None
     """Namespace of the Lease; default the pod's own namespace (from its service account), else `default`."""
+    pod_name: str | None = None
+    """Name of the operator's own Pod (the chart sets it from the downward API); the leader labels it
+    mlops.dev/leader=true, which the Seldon logger sink's Service selects."""
     leader_election_lease_name: str = Field("mlops-operator", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
     """Name of the Lease the replicas share."""
     leader_election_lease_seconds: float = Field(15.0, gt=0, le=600)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +25,11 @@ from mlops_operator.backends import kube
 from mlops_operator.reconcile.leadership import Action, LeaseRecord, Observation, decide, observe
 
 log = logging.getLogger("mlops_operator.leader")
+
+
+def _why(error: BaseException) -> Any:
+    """An API error's reason (never its response body and headers), else the error itself."""
+    return getattr(error, "reason", None) or error
 
 
 class LeadershipLost(Exception):
@@ -79,6 +83,13 @@ class LeaseElector:
                 return None
             raise
 
+    def _body(self, spec: dict[str, Any], resource_version: str | None = None) -> dict[str, Any]:
+        """The Lease object; with ``resource_version`` a write that fails (409) if anyone wrote since that read."""
+        metadata = {"name": self.name, "namespace": self.namespace}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
+
     def _spec(self, acquire_time: str, transitions: int) -> dict[str, Any]:
         return {
             "holderIdentity": self.identity,
@@ -101,10 +112,7 @@ class LeaseElector:
         stamp = _micro_time(datetime.now(UTC))
         try:
             if action is Action.CREATE:
-                body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                        "metadata": {"name": self.name, "namespace": self.namespace},
-                        "spec": self._spec(stamp, 0)}
-                self._api().create_namespaced_lease(self.namespace, body)
+                self._api().create_namespaced_lease(self.namespace, self._body(self._spec(stamp, 0)))
             else:
                 assert record is not None and lease is not None
                 if action is Action.RENEW:
@@ -112,10 +120,7 @@ class LeaseElector:
                     transitions = record.transitions
                 else:
                     acquire, transitions = stamp, record.transitions + 1
-                body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                        "metadata": {"name": self.name, "namespace": self.namespace,
-                                     "resourceVersion": lease.metadata.resource_version},
-                        "spec": self._spec(acquire, transitions)}
+                body = self._body(self._spec(acquire, transitions), lease.metadata.resource_version)
                 self._api().replace_namespaced_lease(self.name, self.namespace, body)
                 if action is Action.TAKE:
                     log.info("lease %s/%s taken over from %s (transition %d)", self.namespace, self.name,
@@ -143,7 +148,7 @@ class LeaseElector:
                     log.info("standby: lease %s/%s held by %s", self.namespace, self.name, holder)
             except (ApiException, OSError) as error:  # the API server is down: keep trying, quietly
                 log.warning("standby: cannot read lease %s/%s: %s", self.namespace, self.name,
-                            getattr(error, "reason", None) or error)
+                            _why(error))
             await asyncio.sleep(self.timing.retry_period)
 
     async def keep(self) -> None:
@@ -154,7 +159,7 @@ class LeaseElector:
                 renewed = await asyncio.to_thread(self._try_once)
             except (ApiException, OSError) as error:
                 log.warning("cannot renew lease %s/%s: %s", self.namespace, self.name,
-                            getattr(error, "reason", None) or error)
+                            _why(error))
                 renewed = False
             if renewed:
                 continue
@@ -171,39 +176,29 @@ class LeaseElector:
             lease = self._read()
             if lease is None or lease.spec.holder_identity != self.identity:
                 return
-            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": self.name, "namespace": self.namespace,
-                                 "resourceVersion": lease.metadata.resource_version},
-                    "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
-                             "acquireTime": None, "renewTime": _micro_time(datetime.now(UTC)),
-                             "leaseTransitions": lease.spec.lease_transitions or 0}}
-            self._api().replace_namespaced_lease(self.name, self.namespace, body)
+            spec = {"holderIdentity": None, "leaseDurationSeconds": 1, "acquireTime": None,
+                    "renewTime": _micro_time(datetime.now(UTC)), "leaseTransitions": lease.spec.lease_transitions or 0}
+            self._api().replace_namespaced_lease(self.name, self.namespace,
+                                                 self._body(spec, lease.metadata.resource_version))
 
         try:
             await asyncio.to_thread(call)
             log.info("lease %s/%s released", self.namespace, self.name)
         except (ApiException, OSError) as error:
             log.warning("cannot release lease %s/%s (it expires by itself): %s", self.namespace, self.name,
-                        getattr(error, "reason", None) or error)
+                        _why(error))
 
 
 LEADER_LABEL = "mlops.dev/leader"
 """On the leader's own Pod ("true"): the Services for the leader's traffic (the Seldon request-logger
 sink) select it, so a standby, ready as it is, gets none of that traffic."""
 
-POD_NAME_ENV = "MLOPS_POD_NAME"
-
-
 @dataclass(frozen=True)
 class OwnPod:
-    """The Pod this replica runs in (from the downward API), or none outside a cluster."""
+    """The Pod this replica runs in (the setting ``pod_name``, from the downward API), or none outside a cluster."""
 
     namespace: str
     name: str | None
-
-    @classmethod
-    def from_environment(cls, namespace: str) -> "OwnPod":
-        return cls(namespace, os.environ.get(POD_NAME_ENV) or None)
 
     async def mark_leader(self, leading: bool) -> None:
         """Set or remove the leader label on this Pod; a failure is logged (the sink then waits for it)."""
@@ -215,4 +210,4 @@ class OwnPod:
                                     self.namespace, body)
         except (ApiException, OSError) as error:
             log.warning("cannot %s the label %s on pod %s/%s: %s", "set" if leading else "remove", LEADER_LABEL,
-                        self.namespace, self.name, getattr(error, "reason", None) or error)
+                        self.namespace, self.name, _why(error))

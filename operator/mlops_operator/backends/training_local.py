@@ -138,22 +138,17 @@ def submit(run_name: str, request: dict[str, Any], data_dir: str | Path, namespa
     ``env`` is added to the runner's environment (and so its steps'); unlike the request it is
     written nowhere: the way to hand a run credentials.
 
-    Idempotent: the run directory is created exclusively, so a second submit of the same run name
-    (even from another process) starts nothing and returns the existing run's status. A request
-    that does not fit the pipeline gives a FAILED/InvalidSpec run without starting a process.
-    ``namespace`` defaults to ``request["namespace"]``, then ``default``.
+    Idempotent: the run is set up and its runner started under an exclusive lock on the run
+    directory, and only while it has never been started, so a second submit of the same run name
+    (even from another process) starts nothing and returns the existing run's status. The kernel
+    releases the lock if its holder dies: a run whose submitter was killed before its runner started
+    is started by the next submit (an operator restart re-submits the same run name), never marked
+    lost. A request that does not fit the pipeline gives a FAILED/InvalidSpec run without starting a
+    process. ``namespace`` defaults to ``request["namespace"]``, then ``default``.
     """
     namespace = namespace or request.get("namespace") or "default"
     directory = run_dir(data_dir, run_name, namespace)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        directory.mkdir()
-    except FileExistsError:
-        if not _never_started(directory):
-            return status(run_name, data_dir, namespace)
-    # Held while the run is set up and its runner started; the kernel releases it if this process dies,
-    # so a run whose submitter was killed before its runner started is started by the next submit (an
-    # operator restart re-submits the same run name), never marked lost, never started twice.
+    directory.mkdir(parents=True, exist_ok=True)
     with _submit_lock(directory) as held:
         if not held or not _never_started(directory):
             return status(run_name, data_dir, namespace)
