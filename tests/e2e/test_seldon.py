@@ -131,6 +131,16 @@ def not_in_a_seldon_run(names: set[str]) -> set[str]:
                                               "mlops_retrain_requests"))}
 
 
+def create_models_secret(node_api: Any, ns: str, s3: S3Server) -> None:
+    """The Secret ``s3-models`` the storage initializer reads (rclone's env config; Seldon's envSecretRefName)."""
+    from kubernetes import client
+
+    client.CoreV1Api(node_api).create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="s3-models"), string_data={
+        "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "Minio", "RCLONE_CONFIG_S3_ENV_AUTH": "false",
+        "RCLONE_CONFIG_S3_ACCESS_KEY_ID": s3.access_key, "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": s3.secret_key,
+        "RCLONE_CONFIG_S3_ENDPOINT": s3.endpoint_url, "RCLONE_CONFIG_S3_REGION": "us-east-1"}))
+
+
 def direct_predictions(s3: S3Server, uri: str) -> list[int]:
     """What the model file at ``uri`` predicts for ROWS, loaded here with joblib (no server)."""
     import boto3
@@ -211,11 +221,7 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
     expected = {"1": direct_predictions(s3, v1["uri"]), "2": direct_predictions(s3, v2["uri"])}
     assert expected["1"] != expected["2"], "the two versions must disagree somewhere for the rollout to show"
 
-    # What the storage initializer reads (rclone's env config; Seldon's envSecretRefName).
-    core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="s3-models"), string_data={
-        "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "Minio", "RCLONE_CONFIG_S3_ENV_AUTH": "false",
-        "RCLONE_CONFIG_S3_ACCESS_KEY_ID": s3.access_key, "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": s3.secret_key,
-        "RCLONE_CONFIG_S3_ENDPOINT": s3.endpoint_url, "RCLONE_CONFIG_S3_REGION": "us-east-1"}))
+    create_models_secret(node_api, ns, s3)
 
     install_crds(node_api, [__import__("yaml").safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))])
     operator = OperatorProcess(kc, ns, tmp_path / "operator", env={
@@ -514,11 +520,7 @@ def test_istio_virtual_service_follows_the_rollout_steps(node_cluster, node_api,
         monkeypatch.setenv(key, value)
     root = f"s3://{s3.bucket}/{ns}"
     v1, v2 = publish_model(root), publish_model(root, c=0.001)
-    core = client.CoreV1Api(node_api)
-    core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="s3-models"), string_data={
-        "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "Minio", "RCLONE_CONFIG_S3_ENV_AUTH": "false",
-        "RCLONE_CONFIG_S3_ACCESS_KEY_ID": s3.access_key, "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": s3.secret_key,
-        "RCLONE_CONFIG_S3_ENDPOINT": s3.endpoint_url, "RCLONE_CONFIG_S3_REGION": "us-east-1"}))
+    create_models_secret(node_api, ns, s3)
     install_crds(node_api, [__import__("yaml").safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))])
     operator = OperatorProcess(kc, ns, tmp_path / "operator", env={
         **s3.env(), "MLOPS_ARTIFACT_ROOT": root, "MLOPS_SELDON_ROUTING": "istio", "MLOPS_SELDON_LOGGER_MODE": "never"}

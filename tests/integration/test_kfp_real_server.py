@@ -21,9 +21,10 @@ from typing import Iterator
 
 import pytest
 
+import pipeline_support
 from kube_support import wait_until
 from mlops_operator.api.modeltraining import ModelTrainingSpec
-from mlops_operator.backends import artifacts, pipeline_package, training_kfp
+from mlops_operator.backends import pipeline_package, training_kfp
 from mlops_operator.backends.training import KfpTraining, ScheduleRequest
 from mlops_operator.backends.training_kfp import KfpConnection, RequestRejected
 from mlops_operator.reconcile import modeltraining
@@ -70,13 +71,8 @@ def wait_for_state(backend: KfpTraining, record: dict, state: str) -> dict:
 
 
 def export(root: str, run_name: str, accuracy: float, tmp_path: Path) -> int:
-    """What the pipeline's export step does for ``run_name``: claim a version keyed by it and publish it."""
-    version = artifacts.allocate_version(root, MODEL, run_name=run_name)
-    model_file = tmp_path / f"model-{version}.joblib"
-    model_file.write_bytes(b"not a real model")
-    artifacts.publish_model_version(root, MODEL, version, model_file=model_file, metrics={"accuracy": accuracy},
-                                    validated=True, reasons=[], profile={}, lineage={"run": {"name": run_name}})
-    return version
+    """What the pipeline's export step does for ``run_name`` (the pipeline's pods do not run here)."""
+    return pipeline_support.export(root, MODEL, run_name, accuracy, tmp_path)
 
 
 # ---- runs -----------------------------------------------------------------------------------
