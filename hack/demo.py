@@ -10,7 +10,7 @@ the operator in the background, applies examples/, sends real V2 inference reque
 scikit-learn's bundled iris data, and prints progress as it goes. The operator and the model
 servers keep running afterwards so you can look around; `hack/demo.py down` stops them.
 
-The loop itself is ``run_loop()``; tests/integration/test_demo_loop.py runs the same function.
+The loop itself is ``run_loop()``; tests/integration/test_kill_loop.py runs the same function (with the operator killed all along it).
 """
 
 from __future__ import annotations
