@@ -7,7 +7,8 @@ a ``ScheduledWorkflow`` in the fixture's namespace. Argo's workflow controller d
 Pod of a pipeline runs: KFP's driver needs ML Metadata, whose server cannot be built here), so run
 states are driven by patching a Workflow's ``status.phase`` as Argo would; the persistence agent
 reports it to the API server. What the pipeline's export step writes is written by the test through
-the same registry calls (as in test_modeltraining_kfp.py).
+the same registry calls (as in test_modeltraining_kfp.py). The last test runs the operator itself as a
+process against the server, SIGKILLed once between its run submit and the run's end.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Iterator
 import pytest
 
 import pipeline_support
-from kube_support import wait_until
+from kube_support import OperatorProcess, wait_until
 from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.backends import pipeline_package, training_kfp
 from mlops_operator.backends.training import KfpTraining, ScheduleRequest
@@ -240,3 +241,80 @@ def test_fires_of_the_recurring_run_are_runs_with_their_own_versions(backend, kf
     assert sorted(versions.values()) == [1, 2]
     assert all(r["state"] == "Succeeded" and r["trigger"].startswith("schedule * * * * * at ")
                for r in recorded.values())
+
+
+# ---- the operator process -------------------------------------------------------------------
+
+
+def test_the_operator_runs_versions_and_cleans_up_through_the_real_server(kubeconfig, namespace, crds, objects,
+                                                                           kfp_backend, tmp_path):
+    """The operator as a process (MLOPS_KFP_HOST on the real server) for one ModelTraining with a schedule:
+    its on-demand run is a Workflow and its schedule a ScheduledWorkflow; SIGKILLed and restarted, it
+    submits nothing twice; the run's success reaches status as version 1; deleting the ModelTraining while
+    a second run is active terminates that run and deletes the recurring run."""
+    root = (tmp_path / "artifacts").as_uri()
+    env = {"MLOPS_KFP_HOST": kfp_backend.url, "MLOPS_URI_ALLOWED_NETWORKS": "127.0.0.0/8", "MLOPS_ARTIFACT_ROOT": root}
+    operator = OperatorProcess(kubeconfig, namespace, tmp_path / "operator", env=env).start()
+    try:
+        name = "churn-op"
+        body = {"apiVersion": "mlops.dev/v1alpha1", "kind": "ModelTraining", "metadata": {"name": name},
+                "spec": {"model": name, "backend": "kfp", "schedule": "@daily",
+                         "dataset": {"uri": "s3://data/churn.csv", "target": "churned"},
+                         "validation": {"thresholds": [{"metric": "accuracy", "min": 0.5}]}}}
+        objects.create(body)
+        mt = objects.wait("ModelTraining", name, lambda o: (o.get("status") or {}).get("recurringRunId")
+                          and (o["status"].get("latestRun") or {}).get("backendRunId"), what="run and recurring run")
+        first = mt["status"]["latestRun"]
+        run_id, recurring_run_id = first["backendRunId"], mt["status"]["recurringRunId"]
+        display = f"{namespace}.{name}"
+        workflow = wait_until(lambda: kfp_backend.workflow_of_run(run_id), what="the run's Workflow")
+        wait_until(lambda: len(_scheduled_workflows_named(kfp_backend, display)) == 1, what="the ScheduledWorkflow")
+
+        # A restart finds the run and the recurring run it made: nothing is submitted twice.
+        operator.kill()
+        operator = OperatorProcess(kubeconfig, namespace, operator.data_dir, env=env).start()
+        kfp_backend.set_workflow_phase(workflow["metadata"]["name"], "Running")
+        objects.wait("ModelTraining", name, lambda o: o["status"]["latestRun"].get("state") == "Running",
+                     what="the run observed Running after the restart")
+        conn = connection(kfp_backend)
+        experiment_id = training_kfp._experiment_id(conn, "mlops-operator")
+        runs = conn.client().list_runs(experiment_id=experiment_id, page_size=10,
+                                       filter=training_kfp.display_name_filter(first["name"])).runs
+        assert [r.run_id for r in runs or []] == [run_id]
+        assert [j.recurring_run_id for j in training_kfp.find_recurring_runs(conn, display)] == [recurring_run_id]
+        assert len(_scheduled_workflows_named(kfp_backend, display)) == 1
+
+        # What the pipeline's export step writes (its Pods do not run here), then Argo's Succeeded.
+        assert pipeline_support.export(root, name, first["name"], 0.9, tmp_path) == 1
+        kfp_backend.set_workflow_phase(workflow["metadata"]["name"], "Succeeded")
+        mt = objects.wait("ModelTraining", name,
+                          lambda o: (o["status"].get("latestValidatedModel") or {}).get("version") == 1,
+                          what="version 1 in status")
+        assert mt["status"]["latestValidatedModel"]["run"] == first["name"]
+
+        # A second run (a spec change), active when the ModelTraining is deleted: KFP terminates it,
+        # the recurring run is gone, the finalizer is released.
+        objects.patch("ModelTraining", name, {"spec": {"dataset": {"uri": "s3://data/churn-2.csv"}}})
+        mt = objects.wait("ModelTraining", name, lambda o: o["status"]["latestRun"]["name"] != first["name"]
+                          and o["status"]["latestRun"].get("backendRunId"), what="the second run")
+        second = mt["status"]["latestRun"]["backendRunId"]
+        second_workflow = wait_until(lambda: kfp_backend.workflow_of_run(second), what="the second Workflow")
+        kfp_backend.set_workflow_phase(second_workflow["metadata"]["name"], "Running")
+        objects.wait("ModelTraining", name, lambda o: o["status"]["latestRun"].get("state") == "Running",
+                     what="the second run observed Running")
+        objects.delete("ModelTraining", name)
+        wait_until(lambda: not objects.list_all(), timeout=90, what="ModelTraining deleted")
+        assert training_kfp.get_run(conn, second).kfp_state == "CANCELING"
+        assert kfp_backend.workflow_of_run(second)["spec"]["activeDeadlineSeconds"] == 0
+        assert training_kfp.find_recurring_runs(conn, display) == []
+        wait_until(lambda: not _scheduled_workflows_named(kfp_backend, display), what="ScheduledWorkflow deleted")
+    finally:
+        if operator.process is not None and operator.process.poll() is None and objects.list_all():
+            objects.delete_all()
+            wait_until(lambda: not objects.list_all(), timeout=120, what="deletion")
+        operator.stop()
+
+
+def _scheduled_workflows_named(kfp_backend, display_name: str) -> list[dict]:
+    prefix = re.sub(r"[^a-z0-9-]+", "", display_name.lower())[:25]
+    return [s for s in kfp_backend.scheduled_workflows() if s["metadata"]["name"].startswith(prefix)]
