@@ -24,7 +24,7 @@ import pytest
 
 import pipeline_support
 from kube_support import OperatorProcess, wait_until
-from mlops_operator.api.modeltraining import ModelTrainingSpec
+from mlops_operator.api.modeltraining import ModelTrainingSpec, RunRecord
 from mlops_operator.backends import pipeline_package, training_kfp
 from mlops_operator.backends.training import KfpTraining, ScheduleRequest
 from mlops_operator.backends.training_kfp import KfpConnection, RequestRejected
@@ -65,10 +65,10 @@ def parameters(backend: KfpTraining) -> dict:
     return modeltraining.pipeline_parameters(backend.spec, backend.settings.artifact_root_uri, None)
 
 
-def wait_for_state(backend: KfpTraining, record: dict, state: str) -> dict:
+def wait_for_state(backend: KfpTraining, record: RunRecord, state: str) -> RunRecord:
     """Observe the run until the persistence agent has reported ``state`` to the API server."""
-    return wait_until(lambda: (r := run_async(backend.observe(record)).record)["state"] == state and r,
-                      timeout=60, what=f"run {record['name']} {state}")
+    return wait_until(lambda: (r := run_async(backend.observe(record)).record).state == state and r,
+                      timeout=60, what=f"run {record.name} {state}")
 
 
 def export(root: str, run_name: str, accuracy: float, tmp_path: Path) -> int:
@@ -82,8 +82,8 @@ def export(root: str, run_name: str, accuracy: float, tmp_path: Path) -> int:
 def test_a_run_of_the_builtin_pipeline_is_a_workflow_and_resubmitting_finds_it(backend, kfp_backend):
     run_name = f"{backend.name}-3f2a9c1d-g1"
     record = run_async(backend.submit(run_name, "spec change", parameters(backend)))
-    assert (record["name"], record["state"]) == (run_name, "Pending")
-    run_id = record["backendRunId"]
+    assert (record.name, record.state) == (run_name, "Pending")
+    run_id = record.backend_run_id
 
     workflow = wait_until(lambda: kfp_backend.workflow_of_run(run_id), what="the run's Workflow")
     assert workflow["metadata"]["name"].startswith("tabular-training-")
@@ -92,7 +92,7 @@ def test_a_run_of_the_builtin_pipeline_is_a_workflow_and_resubmitting_finds_it(b
 
     # As after an operator restart between submit and status write: the same name finds the same run.
     again = run_async(backend.submit(run_name, "spec change", parameters(backend)))
-    assert again["backendRunId"] == run_id
+    assert again.backend_run_id == run_id
     conn = connection(kfp_backend)
     found = training_kfp.find_run(conn, run_name, backend.experiment)
     assert found is not None and found.run_id == run_id
@@ -105,8 +105,8 @@ def test_a_run_of_the_builtin_pipeline_is_a_workflow_and_resubmitting_finds_it(b
 def test_parameters_the_pipeline_does_not_take_are_rejected(backend, kfp_backend, tmp_path):
     # Checked by the backend before sending: a Failed record with InvalidSpec, nothing created.
     record = run_async(backend.submit(f"{backend.name}-g1", "spec change", {**parameters(backend), "bogus": 1}))
-    assert (record["state"], record["reason"], record.get("backendRunId")) == ("Failed", "InvalidSpec", None)
-    assert "bogus" in record["message"]
+    assert (record.state, record.reason, record.backend_run_id) == ("Failed", "InvalidSpec", None)
+    assert "bogus" in record.message
 
     # The real server rejects them too (400 → RequestRejected), when sent past the backend's own check.
     conn = connection(kfp_backend)
@@ -131,31 +131,31 @@ def test_run_states_follow_the_workflow_and_cancel_terminates_it(backend, kfp_ba
     succeeded = run_async(backend.submit(f"{backend.name}-g1", "spec change", parameters(backend)))
     failed = run_async(backend.submit(f"{backend.name}-g2", "spec change", parameters(backend)))
     canceled = run_async(backend.submit(f"{backend.name}-g3", "spec change", parameters(backend)))
-    workflows = {r["name"]: wait_until(lambda r=r: kfp_backend.workflow_of_run(r["backendRunId"]),
-                                       what="Workflow")["metadata"]["name"]
+    workflows = {r.name: wait_until(lambda r=r: kfp_backend.workflow_of_run(r.backend_run_id),
+                                    what="Workflow")["metadata"]["name"]
                  for r in (succeeded, failed, canceled)}
 
-    kfp_backend.set_workflow_phase(workflows[succeeded["name"]], "Running")
+    kfp_backend.set_workflow_phase(workflows[succeeded.name], "Running")
     running = wait_for_state(backend, succeeded, "Running")
-    assert running["started"]
-    version = export(root, succeeded["name"], 0.9, tmp_path)
-    kfp_backend.set_workflow_phase(workflows[succeeded["name"]], "Succeeded")
+    assert running.started
+    version = export(root, succeeded.name, 0.9, tmp_path)
+    kfp_backend.set_workflow_phase(workflows[succeeded.name], "Succeeded")
     done = wait_for_state(backend, succeeded, "Succeeded")
-    assert done["modelVersion"] == version and done["finished"]
+    assert done.model_version == version and done.finished
 
-    kfp_backend.set_workflow_phase(workflows[failed["name"]], "Failed", "step train failed")
-    assert wait_for_state(backend, failed, "Failed")["reason"]
+    kfp_backend.set_workflow_phase(workflows[failed.name], "Failed", "step train failed")
+    assert wait_for_state(backend, failed, "Failed").reason
 
-    kfp_backend.set_workflow_phase(workflows[canceled["name"]], "Running")
+    kfp_backend.set_workflow_phase(workflows[canceled.name], "Running")
     wait_for_state(backend, canceled, "Running")
     run_async(backend.cancel(canceled))
-    workflow = kfp_backend.workflow_of_run(canceled["backendRunId"])
+    workflow = kfp_backend.workflow_of_run(canceled.backend_run_id)
     assert workflow["spec"]["activeDeadlineSeconds"] == 0  # KFP's terminate: Argo stops the Pods
-    assert training_kfp.get_run(connection(kfp_backend), canceled["backendRunId"]).kfp_state == "CANCELING"
+    assert training_kfp.get_run(connection(kfp_backend), canceled.backend_run_id).kfp_state == "CANCELING"
     run_async(backend.cancel(canceled))  # asked once only: CANCELING is left alone
     # Finished runs are left alone.
     run_async(backend.cancel(done))
-    assert "activeDeadlineSeconds" not in kfp_backend.workflow_of_run(succeeded["backendRunId"])["spec"]
+    assert "activeDeadlineSeconds" not in kfp_backend.workflow_of_run(succeeded.backend_run_id)["spec"]
 
 
 # ---- recurring runs -------------------------------------------------------------------------
@@ -236,10 +236,10 @@ def test_fires_of_the_recurring_run_are_runs_with_their_own_versions(backend, kf
 
     found = schedule(backend, "* * * * *", since=datetime(2000, 1, 1, tzinfo=UTC))
     assert found.backend_id == recurring_run_id
-    recorded = {r.record["name"]: r.record for r in found.runs if r.record["name"] in versions}
-    assert {name: record.get("modelVersion") for name, record in recorded.items()} == versions
+    recorded = {r.record.name: r.record for r in found.runs if r.record.name in versions}
+    assert {name: record.model_version for name, record in recorded.items()} == versions
     assert sorted(versions.values()) == [1, 2]
-    assert all(r["state"] == "Succeeded" and r["trigger"].startswith("schedule * * * * * at ")
+    assert all(r.state == "Succeeded" and r.trigger.startswith("schedule * * * * * at ")
                for r in recorded.values())
 
 

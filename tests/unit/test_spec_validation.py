@@ -175,11 +175,13 @@ def test_pipeline_parameters_cannot_override_what_the_operator_sets():
 
 def test_every_parameter_the_operator_sets_is_protected():
     """Whatever pipeline_parameters() fills in (every optional input given) is in the protected list."""
+    from mlops_operator.api.modeltraining import RetrainWindow
     from mlops_operator.reconcile.modeltraining import pipeline_parameters
     from mlops_operator.reconcile.validation import OPERATOR_PIPELINE_PARAMETERS
 
     spec = training(productionData={"deploymentRef": {"name": "iris"}, "labelsUri": "file:///tmp/labels/",
                                     "mix": {"minRows": 10}})
     params = pipeline_parameters(spec, "file:///tmp/artifacts", {"accuracy": 0.9}, champion_uri="file:///tmp/m/1",
-                                 production={"rows": 1}, retrain_window={"monitor": "iris"})
+                                 production={"rows": 1}, retrain_window=RetrainWindow(monitor="iris"))
+    assert params["retrain_window"] == {"monitor": "iris"}
     assert set(params) | {"run_name", "pipeline_digest"} <= set(OPERATOR_PIPELINE_PARAMETERS)

@@ -16,7 +16,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from mlops_operator.api.annotations import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
 from mlops_operator.api.driftmonitor import DriftMonitorStatus
-from mlops_operator.api.modeltraining import ModelTrainingSpec
+from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RetrainWindow
 from mlops_operator.backends import training_data as td
 from mlops_operator.components.evaluate import run_evaluate_against
 from mlops_operator.components.split import split_sources
@@ -186,7 +186,7 @@ def test_drift_window_travels_with_its_request_only():
     value = driftmonitor.retrain_window_value("iris", DriftMonitorStatus.model_validate(status), verdict,
                                               "t1 drift: ...")
     annotations = {RETRAIN_ANNOTATION: "t1 drift: ...", RETRAIN_WINDOW_ANNOTATION: value}
-    assert modeltraining.parse_retrain_window(annotations) == {
+    assert modeltraining.parse_retrain_window(annotations).to_api() == {
         "monitor": "iris", "start": "2026-03-01T10:00:00Z", "end": "2026-03-01T10:05:00Z", "rows": 300,
         "driftedFeatures": ["petal_length"]}
     manual = {**annotations, RETRAIN_ANNOTATION: "t2 new labels"}  # kubectl mlops retrain
@@ -199,7 +199,8 @@ def test_production_range_starts_at_the_drift_window_else_the_spec_duration():
     params = modeltraining.production_parameters(spec(), "ns", "s3://root", now, None)
     assert params == {"root": "s3://root", "namespace": "ns", "deployment": "iris", "labelsUri": "s3://b/labels/",
                       "since": "2026-03-01T12:00:00.000000Z", "maxRows": 500}
-    params = modeltraining.production_parameters(spec(), "ns", "s3://root", now, {"start": "2026-03-02T11:00:00Z"})
+    params = modeltraining.production_parameters(spec(), "ns", "s3://root", now,
+                                                 RetrainWindow(start="2026-03-02T11:00:00Z"))
     assert params["since"] == "2026-03-02T11:00:00Z"
     assert modeltraining.production_parameters(spec(productionData=None), "ns", "s3://root", now, None) == {}
 
@@ -207,7 +208,7 @@ def test_production_range_starts_at_the_drift_window_else_the_spec_duration():
 def test_new_parameters_go_to_the_builtin_template_only():
     production = {"deployment": "iris"}
     builtin = modeltraining.pipeline_parameters(spec(), "s3://root", {"accuracy": 0.9}, champion_uri="s3://root/models/iris/1",
-                                                production=production, retrain_window={"start": "x"})
+                                                production=production, retrain_window=RetrainWindow(start="x"))
     assert builtin["champion_model_uri"] == "s3://root/models/iris/1"
     assert builtin["production_data"] == production
     assert builtin["mix"] == {"minRows": 30, "productionWeight": 1.0, "maxBaseRows": 0}
@@ -227,17 +228,15 @@ def test_run_record_and_condition_carry_sources_and_the_comparison():
                               "challenger": {"accuracy": 0.95},
                               "champion": {"version": 1.0, "uri": "u1", "metrics": {"accuracy": 0.33}}}}
     record = modeltraining.run_record("run", "retrain", "run", "Succeeded", "t0", "t1", outputs=outputs)
-    assert record["sources"][1] == {"name": "production", "uri": "log + labels", "rows": 396, "digest": "d2",
-                                    "rejectedRows": 4, "rejections": {"sepal width (cm) below min 0": 4}}
-    assert record["comparison"] == {"holdout": "production", "holdoutRows": 99,
-                                    "challenger": {"metrics": {"accuracy": 0.95}},
-                                    "champion": {"version": 1, "metrics": {"accuracy": 0.33}}}
-    status = modeltraining.finished_status({}, {**record, "modelVersion": 2, "modelUri": "u"}, 10, 1)
-    validated = next(c for c in status["conditions"] if c["type"] == "Validated")
-    assert "accuracy 0.95 on the production holdout (99 rows) vs 0.33 for version 1" in validated["message"]
-    from mlops_operator.api.modeltraining import ModelTrainingStatus
-
-    ModelTrainingStatus.model_validate(status)  # the status fits the API
+    assert record.sources[1].to_api() == {"name": "production", "uri": "log + labels", "rows": 396, "digest": "d2",
+                                          "rejectedRows": 4, "rejections": {"sepal width (cm) below min 0": 4}}
+    assert record.comparison.to_api() == {"holdout": "production", "holdoutRows": 99,
+                                          "challenger": {"metrics": {"accuracy": 0.95}},
+                                          "champion": {"version": 1, "metrics": {"accuracy": 0.33}}}
+    status = modeltraining.finished_status(ModelTrainingStatus(), record, 10, 1)
+    validated = status.condition("Validated")
+    assert "accuracy 0.95 on the production holdout (99 rows) vs 0.33 for version 1" in validated.message
+    assert ModelTrainingStatus.model_validate(status.to_status()) == status  # the status fits the API
 
 
 def test_iris_labels_of_the_demo_shift_are_learnable():

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mlops_operator.api.annotations import RETRAIN_ANNOTATION
-from mlops_operator.api.modeltraining import ModelTrainingSpec
+from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RunRecord
 from mlops_operator.reconcile import modeltraining
-from mlops_operator.reconcile.conditions import find_condition
+from mlops_operator.reconcile.conditions import find_condition, plain
 
 CREATED = datetime(2026, 11, 23, 10, 0, 30, tzinfo=UTC)
 UID = "9e4533d8-238f-4063-99ef-f509a9f40396"
@@ -21,21 +21,34 @@ def spec(**overrides) -> ModelTrainingSpec:
     )
 
 
+def status_of(**fields) -> ModelTrainingStatus:
+    """A status as the API holds it (camelCase keys)."""
+    return ModelTrainingStatus.model_validate(fields)
+
+
+def condition(status: ModelTrainingStatus, type_: str) -> dict | None:
+    return find_condition(plain(status.conditions), type_)
+
+
+EMPTY = ModelTrainingStatus()
+
+
 def test_new_generation_is_a_trigger_once():
-    triggers = modeltraining.pending_triggers(spec(), 1, {}, {}, CREATED, CREATED)
+    triggers = modeltraining.pending_triggers(spec(), 1, EMPTY, {}, CREATED, CREATED)
     assert [(t.kind, t.key) for t in triggers] == [("spec", "g1")]
-    handled = modeltraining.mark_handled(triggers, 1, {}, CREATED)
+    handled = modeltraining.mark_handled(EMPTY, triggers, 1, {})
     assert modeltraining.pending_triggers(spec(), 1, handled, {}, CREATED, CREATED) == []
     assert [t.key for t in modeltraining.pending_triggers(spec(), 2, handled, {}, CREATED, CREATED)] == ["g2"]
 
 
 def test_retrain_annotation_triggers_on_every_new_value():
-    status = {"triggeredGeneration": 1}
+    status = status_of(triggeredGeneration=1)
     ann = {RETRAIN_ANNOTATION: "t1 drift in petal_length"}
     triggers = modeltraining.pending_triggers(spec(), 1, status, ann, CREATED, CREATED)
     assert [t.kind for t in triggers] == ["retrain"]
     assert triggers[0].description == "retrain requested: t1 drift in petal_length"
-    status.update(modeltraining.mark_handled(triggers, 1, ann, CREATED))
+    status = modeltraining.mark_handled(status, triggers, 1, ann)
+    assert status.observed_retrain_request == "t1 drift in petal_length"
     assert modeltraining.pending_triggers(spec(), 1, status, ann, CREATED, CREATED) == []
     again = {RETRAIN_ANNOTATION: "t2 drift again"}
     assert [t.kind for t in modeltraining.pending_triggers(spec(), 1, status, again, CREATED, CREATED)] == ["retrain"]
@@ -43,13 +56,13 @@ def test_retrain_annotation_triggers_on_every_new_value():
 
 def test_schedule_fires_once_per_due_time_and_collapses_missed_ones():
     s = spec(schedule="*/5 * * * *")
-    status = {"triggeredGeneration": 1}
+    status = status_of(triggeredGeneration=1)
     assert modeltraining.pending_triggers(s, 1, status, {}, CREATED, CREATED + timedelta(minutes=2)) == []
     now = CREATED + timedelta(minutes=17)  # 10:05, 10:10 and 10:15 are due: one run, for 10:15
     triggers = modeltraining.pending_triggers(s, 1, status, {}, CREATED, now)
     assert [(t.kind, t.key) for t in triggers] == [("schedule", "s202611231015")]
-    status.update(modeltraining.mark_handled(triggers, 1, {}, now))
-    assert status["lastScheduleTime"] == "2026-11-23T10:15:00Z"
+    status = modeltraining.mark_handled(status, triggers, 1, {})
+    assert status.last_schedule_time == "2026-11-23T10:15:00Z"
     assert modeltraining.pending_triggers(s, 1, status, {}, CREATED, now) == []
     assert modeltraining.next_schedule_time(s, now) == datetime(2026, 11, 23, 10, 20, tzinfo=UTC)
 
@@ -59,7 +72,7 @@ def test_schedule_fires_once_per_due_time_and_collapses_missed_ones():
 def test_schedule_not_fired_by_the_operator_when_suspended_or_the_backend_schedules(overrides, backend_schedules):
     s = spec(schedule="*/5 * * * *", **overrides)
     later = CREATED + timedelta(hours=1)
-    assert modeltraining.pending_triggers(s, 1, {"triggeredGeneration": 1}, {}, CREATED, later,
+    assert modeltraining.pending_triggers(s, 1, status_of(triggeredGeneration=1), {}, CREATED, later,
                                           backend_schedules=backend_schedules) == []
 
 
@@ -88,44 +101,50 @@ def record(state="Succeeded", validated=True, version=1, name="r1"):
 
 
 def test_validated_run_updates_latest_validated_model():
-    status = modeltraining.finished_status({}, record(), 10, 1)
-    assert status["phase"] == "Succeeded"
-    assert status["latestValidatedModel"] == {"version": 1, "uri": "file:///m/1", "metrics": {"accuracy": 0.9},
-                                              "profileUri": "file:///m/1/profile.json", "run": "r1"}
-    assert find_condition(status["conditions"], "Validated")["status"] == "True"
+    status = modeltraining.finished_status(EMPTY, record(), 10, 1)
+    assert status.phase == "Succeeded"
+    assert status.latest_validated_model.to_api() == {"version": 1, "uri": "file:///m/1", "metrics": {"accuracy": 0.9},
+                                                      "profileUri": "file:///m/1/profile.json", "run": "r1"}
+    assert condition(status, "Validated")["status"] == "True"
 
 
 def test_rejected_run_keeps_the_previous_validated_model():
-    before = modeltraining.finished_status({}, record(), 10, 1)
+    before = modeltraining.finished_status(EMPTY, record(), 10, 1)
     after = modeltraining.finished_status(before, record(validated=False, version=2, name="r2"), 10, 1,
                                           ["accuracy 0.9 < min 0.99"])
-    assert after["latestValidatedModel"]["version"] == 1
-    validated = find_condition(after["conditions"], "Validated")
+    assert after.latest_validated_model.version == 1
+    validated = condition(after, "Validated")
     assert (validated["status"], validated["reason"]) == ("False", "ValidationFailed")
     assert "accuracy 0.9 < min 0.99" in validated["message"]
 
 
 def test_failed_run_names_its_reason_and_history_is_bounded():
-    status: dict = {}
+    status = EMPTY
     for i in range(12):
         status = modeltraining.finished_status(status, record(name=f"r{i}", version=i + 1), 10, 1)
     status = modeltraining.finished_status(status, record(state="Failed", name="bad"), 10, 1)
-    assert len(status["history"]) == 10 and status["history"][0]["name"] == "bad"
-    succeeded = find_condition(status["conditions"], "Succeeded")
+    assert len(status.history) == 10 and status.history[0].name == "bad"
+    succeeded = condition(status, "Succeeded")
     assert (succeeded["status"], succeeded["reason"], succeeded["message"]) == ("False", "DatasetUnavailable", "gone")
-    assert status["latestValidatedModel"]["version"] == 12
-    assert status["phase"] == "Failed"
+    assert status.latest_validated_model.version == 12
+    assert status.phase == "Failed"
 
 
 def test_running_status():
-    status = modeltraining.running_status({}, {"name": "r", "trigger": "spec generation 1", "state": "Running"}, 1)
-    assert status["phase"] == "Running"
-    assert find_condition(status["conditions"], "Succeeded")["reason"] == "Running"
+    status = modeltraining.running_status(EMPTY, RunRecord(name="r", trigger="spec generation 1", state="Running"), 1)
+    assert status.phase == "Running"
+    assert condition(status, "Succeeded")["reason"] == "Running"
 
 
 # --- concurrencyPolicy ----------------------------------------------------------------------
 
-RUNNING = {"name": "iris-g1-abc", "state": "Running", "trigger": "spec generation 1", "started": "2026-11-23T10:00:31Z"}
+RUNNING_API = {"name": "iris-g1-abc", "state": "Running", "trigger": "spec generation 1",
+               "started": "2026-11-23T10:00:31Z"}
+RUNNING = RunRecord.model_validate(RUNNING_API)
+
+
+def run_as(**update) -> RunRecord:
+    return RUNNING.model_copy(update=update)
 
 
 def test_concurrency_policy_values_are_the_apis():
@@ -136,8 +155,8 @@ def test_concurrency_policy_values_are_the_apis():
 
 @pytest.mark.parametrize("policy", ["Forbid", "Replace"])
 def test_without_an_active_run_both_policies_start_the_triggers(policy):
-    triggers = modeltraining.pending_triggers(spec(), 2, {}, {}, CREATED, CREATED)
-    for latest in (None, {**RUNNING, "state": "Succeeded"}, {**RUNNING, "state": "Failed"}):
+    triggers = modeltraining.pending_triggers(spec(), 2, EMPTY, {}, CREATED, CREATED)
+    for latest in (None, run_as(state="Succeeded"), run_as(state="Failed")):
         decision = modeltraining.concurrency_step(policy, triggers, latest, CREATED)
         assert decision.start == triggers and decision.replaced is None
 
@@ -150,24 +169,24 @@ def test_no_trigger_never_touches_the_active_run(policy):
 
 @pytest.mark.parametrize("state", ["Pending", "Running"])
 def test_forbid_keeps_triggers_pending_while_a_run_is_active(state):
-    triggers = modeltraining.pending_triggers(spec(), 2, {}, {}, CREATED, CREATED)
-    decision = modeltraining.concurrency_step(modeltraining.ConcurrencyPolicy.FORBID, triggers, {**RUNNING, "state": state},
+    triggers = modeltraining.pending_triggers(spec(), 2, EMPTY, {}, CREATED, CREATED)
+    decision = modeltraining.concurrency_step(modeltraining.ConcurrencyPolicy.FORBID, triggers, run_as(state=state),
                                               CREATED)
     assert decision.start == [] and decision.replaced is None
     # Nothing was marked handled, so the same trigger is still pending on the next pass.
-    assert modeltraining.pending_triggers(spec(), 2, {}, {}, CREATED, CREATED) == triggers
+    assert modeltraining.pending_triggers(spec(), 2, EMPTY, {}, CREATED, CREATED) == triggers
 
 
 def test_replace_cancels_the_active_run_and_starts_the_triggers():
-    triggers = modeltraining.pending_triggers(spec(), 2, {}, {}, CREATED, CREATED)
+    triggers = modeltraining.pending_triggers(spec(), 2, EMPTY, {}, CREATED, CREATED)
     now = CREATED + timedelta(minutes=3)
     decision = modeltraining.concurrency_step("Replace", triggers, RUNNING, now)
     assert decision.start == triggers
-    assert decision.replaced == {**RUNNING, "state": "Canceled", "reason": "Replaced",
-                                 "message": f"replaced by a new run ({triggers[0].description})",
-                                 "finished": "2026-11-23T10:03:30Z"}
-    status = modeltraining.finished_status({"latestRun": RUNNING}, decision.replaced, 10, 2)
-    assert status["latestRun"]["state"] == "Canceled" and status["latestRun"]["reason"] == "Replaced"
+    assert decision.replaced.to_api() == {**RUNNING_API, "state": "Canceled", "reason": "Replaced",
+                                          "message": f"replaced by a new run ({triggers[0].description})",
+                                          "finished": "2026-11-23T10:03:30Z", "metrics": {}, "sources": []}
+    status = modeltraining.finished_status(status_of(latestRun=RUNNING_API), decision.replaced, 10, 2)
+    assert status.latest_run.state == "Canceled" and status.latest_run.reason == "Replaced"
 
 
 def test_an_unknown_policy_is_refused():
@@ -181,8 +200,8 @@ def test_an_unknown_policy_is_refused():
 def fire(hour: int, state: str = "Succeeded", version: int | None = None) -> modeltraining.ScheduledRun:
     scheduled = datetime(2026, 11, 24, hour, tzinfo=UTC)
     name = f"iris-9e4533d8-s{scheduled:%Y%m%d%H%M%S}"
-    rec = record(state=state, version=version or hour, name=name) if state in ("Succeeded", "Failed") else {
-        "name": name, "trigger": "schedule", "state": state}
+    rec = record(state=state, version=version or hour, name=name) if state in ("Succeeded", "Failed") else \
+        RunRecord(name=name, trigger="schedule", state=state)
     return modeltraining.ScheduledRun(scheduled, rec, [])
 
 
@@ -191,65 +210,64 @@ def test_scheduled_run_prefix_names_fires_like_the_operators_runs():
 
 
 def test_each_finished_fire_is_recorded_once_with_its_own_version():
-    status, finished = modeltraining.record_scheduled_runs({}, [fire(10), fire(9)], 10, 1)
-    assert [r.record["name"] for r in finished] == ["iris-9e4533d8-s20261124090000", "iris-9e4533d8-s20261124100000"]
-    assert [r["modelVersion"] for r in status["history"]] == [10, 9]
-    assert status["latestValidatedModel"]["version"] == 10
-    assert status["lastScheduleTime"] == "2026-11-24T10:00:00Z"
+    status, finished = modeltraining.record_scheduled_runs(EMPTY, [fire(10), fire(9)], 10, 1)
+    assert [r.record.name for r in finished] == ["iris-9e4533d8-s20261124090000", "iris-9e4533d8-s20261124100000"]
+    assert [r.model_version for r in status.history] == [10, 9]
+    assert status.latest_validated_model.version == 10
+    assert status.last_schedule_time == "2026-11-24T10:00:00Z"
     again, finished = modeltraining.record_scheduled_runs(status, [fire(10), fire(9)], 10, 1)
     assert (again, finished) == (status, [])
     later, finished = modeltraining.record_scheduled_runs(status, [fire(11), fire(10), fire(9)], 10, 1)
-    assert [r.record["modelVersion"] for r in finished] == [11]
-    assert [r["modelVersion"] for r in later["history"]] == [11, 10, 9]
+    assert [r.record.model_version for r in finished] == [11]
+    assert [r.model_version for r in later.history] == [11, 10, 9]
 
 
 def test_an_active_fire_becomes_the_latest_run_unless_another_run_is_active():
-    status, finished = modeltraining.record_scheduled_runs({}, [fire(9, "Running")], 10, 1)
-    assert finished == [] and status["latestRun"]["name"].endswith("s20261124090000")
-    assert status["phase"] == "Running" and status["lastScheduleTime"] == "2026-11-24T09:00:00Z"
+    status, finished = modeltraining.record_scheduled_runs(EMPTY, [fire(9, "Running")], 10, 1)
+    assert finished == [] and status.latest_run.name.endswith("s20261124090000")
+    assert status.phase == "Running" and status.last_schedule_time == "2026-11-24T09:00:00Z"
     # Another run is active: the active fire and every later one wait (none is skipped).
-    busy = {"latestRun": RUNNING, "phase": "Running"}
+    busy = status_of(latestRun=RUNNING_API, phase="Running")
     waiting, finished = modeltraining.record_scheduled_runs(busy, [fire(9, "Running"), fire(10)], 10, 1)
     assert finished == [] and waiting == busy
     # A fire that finished before it is recorded next to the active run; the active run stays latest.
     status, finished = modeltraining.record_scheduled_runs(busy, [fire(9), fire(10, "Running")], 10, 1)
-    assert [r.record["name"] for r in finished] == ["iris-9e4533d8-s20261124090000"]
-    assert status["latestRun"] == RUNNING and status["phase"] == "Running"
-    assert status["latestValidatedModel"]["version"] == 9 and status["lastScheduleTime"] == "2026-11-24T09:00:00Z"
+    assert [r.record.name for r in finished] == ["iris-9e4533d8-s20261124090000"]
+    assert status.latest_run == RUNNING and status.phase == "Running"
+    assert status.latest_validated_model.version == 9 and status.last_schedule_time == "2026-11-24T09:00:00Z"
 
 
 def test_a_run_finishing_beside_an_active_one_keeps_that_ones_condition():
-    running = modeltraining.running_status({}, RUNNING, 1)
+    running = modeltraining.running_status(EMPTY, RUNNING, 1)
     status = modeltraining.finished_status(running, record(name="fire", version=4), 10, 1)
-    assert status["latestRun"] == RUNNING and status["phase"] == "Running"
-    assert find_condition(status["conditions"], "Succeeded") == find_condition(running["conditions"], "Succeeded")
-    assert find_condition(status["conditions"], "Validated")["status"] == "True"
-    assert [r["name"] for r in status["history"]] == ["fire"]
+    assert status.latest_run == RUNNING and status.phase == "Running"
+    assert condition(status, "Succeeded") == condition(running, "Succeeded")
+    assert condition(status, "Validated")["status"] == "True"
+    assert [r.name for r in status.history] == ["fire"]
 
 
 def test_latest_validated_model_only_moves_to_a_newer_version():
-    status = modeltraining.finished_status({}, record(name="late", version=5), 10, 1)
+    status = modeltraining.finished_status(EMPTY, record(name="late", version=5), 10, 1)
     older = modeltraining.finished_status(status, record(name="early", version=4), 10, 1)
-    assert older["latestValidatedModel"]["version"] == 5
-    assert [r["name"] for r in older["history"]] == ["early", "late"]
+    assert older.latest_validated_model.version == 5
+    assert [r.name for r in older.history] == ["early", "late"]
 
 
 # --- spec.timeout ------------------------------------------------------------------------------
 
 def test_a_run_past_its_timeout_is_stopped_with_a_named_reason():
-    started = {**RUNNING, "started": "2026-11-23T10:00:00Z"}
+    started = run_as(started="2026-11-23T10:00:00Z")
     at = datetime(2026, 11, 23, 10, 30, tzinfo=UTC)
     assert modeltraining.deadline_step(started, None, at) is None
     assert modeltraining.deadline_step(started, "30m", at) is None  # exactly at the limit: still allowed
     expired = modeltraining.deadline_step(started, "30m", at + timedelta(seconds=1))
-    assert (expired["state"], expired["reason"], expired["finished"]) == ("Failed", "DeadlineExceeded",
-                                                                          "2026-11-23T10:30:01Z")
-    assert "spec.timeout 30m" in expired["message"] and expired["name"] == RUNNING["name"]
-    assert modeltraining.deadline_step({**started, "state": "Succeeded"}, "1s", at) is None
-    assert modeltraining.deadline_step({**RUNNING, "state": "Pending", "started": None}, "1s", at) is None
-    status = modeltraining.finished_status(modeltraining.running_status({}, started, 1), expired, 10, 1)
-    succeeded = find_condition(status["conditions"], "Succeeded")
-    assert (status["phase"], succeeded["reason"]) == ("Failed", "DeadlineExceeded")
+    assert (expired.state, expired.reason, expired.finished) == ("Failed", "DeadlineExceeded", "2026-11-23T10:30:01Z")
+    assert "spec.timeout 30m" in expired.message and expired.name == RUNNING.name
+    assert modeltraining.deadline_step(started.model_copy(update={"state": "Succeeded"}), "1s", at) is None
+    assert modeltraining.deadline_step(run_as(state="Pending", started=None), "1s", at) is None
+    status = modeltraining.finished_status(modeltraining.running_status(EMPTY, started, 1), expired, 10, 1)
+    succeeded = condition(status, "Succeeded")
+    assert (status.phase, succeeded["reason"]) == ("Failed", "DeadlineExceeded")
 
 
 @pytest.mark.parametrize(("overrides", "problem"), [

@@ -2,7 +2,7 @@
 
 The ModelTraining handler knows only this protocol: it asks a backend to submit a run, observe it,
 cancel it, keep its schedule in step with the spec and clean up when the object goes. Each backend
-turns its own run states into the API's run records (``reconcile.modeltraining.run_record``).
+turns its own run states into the API's ``RunRecord`` (``reconcile.modeltraining.run_record``).
 
 - ``local`` (:class:`LocalTraining`): the compiled pipeline through kfp.local in a detached process
   (``training_local``); the operator fires ``spec.schedule`` itself, as a trigger.
@@ -19,27 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from mlops_operator.api.errors import STEP_REASONS, Failure, InvalidSpec
-from mlops_operator.api.modeltraining import ModelTrainingSpec
+from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RunRecord
 from mlops_operator.backends import artifacts, kube, pipeline_package, storage_credentials, training_kfp, training_local
 from mlops_operator.reconcile import modeltraining
 from mlops_operator.settings import Settings
-
-Record = dict[str, Any]
-"""A run record in API form (status.latestRun / status.history entry)."""
-
 
 @dataclass(frozen=True)
 class Observed:
     """A run as the backend sees it now."""
 
-    record: Record
+    record: RunRecord
     """The run record (state, times, outputs when it succeeded)."""
     reasons: list[str]
     """The validation gate's reasons when the run produced a model that failed it."""
@@ -78,17 +73,17 @@ class TrainingBackend(Protocol):
     """True: the backend fires spec.schedule itself and :meth:`sync_schedule` returns the runs it
     started; False: the operator fires the schedule as a trigger and calls :meth:`submit`."""
 
-    async def submit(self, run_name: str, trigger: str, parameters: dict[str, Any]) -> Record:
+    async def submit(self, run_name: str, trigger: str, parameters: dict[str, Any]) -> RunRecord:
         """Start the run ``run_name`` (or find the one with that name) with the pipeline parameters
         of ``reconcile.modeltraining.pipeline_parameters``; a request the pipeline can never take
         gives a Failed/InvalidSpec record, not an exception."""
         ...
 
-    async def observe(self, record: Record) -> Observed:
+    async def observe(self, record: RunRecord) -> Observed:
         """The active run's current state."""
         ...
 
-    async def cancel(self, record: Record) -> None:
+    async def cancel(self, record: RunRecord) -> None:
         """Stop an active run (a finished or unknown run is left alone)."""
         ...
 
@@ -98,7 +93,7 @@ class TrainingBackend(Protocol):
         schedule is replaced, so no fire of a replaced schedule goes unrecorded."""
         ...
 
-    async def cleanup(self, status: Mapping[str, Any]) -> None:
+    async def cleanup(self, status: ModelTrainingStatus) -> None:
         """The ModelTraining is being deleted: stop its active runs, remove its schedule."""
         ...
 
@@ -122,11 +117,11 @@ class LocalTraining:
     def __init__(self, spec: ModelTrainingSpec, namespace: str, name: str, settings: Settings) -> None:
         self.spec, self.namespace, self.name, self.settings = spec, namespace, name, settings
 
-    def _record(self, run: training_local.RunStatus, trigger: str) -> Record:
+    def _record(self, run: training_local.RunStatus, trigger: str) -> RunRecord:
         return modeltraining.run_record(run.run_name, trigger, run.run_name, self.STATES[run.state], run.started,
                                         run.finished, run.reason, run.message, run.outputs)
 
-    async def submit(self, run_name: str, trigger: str, parameters: dict[str, Any]) -> Record:
+    async def submit(self, run_name: str, trigger: str, parameters: dict[str, Any]) -> RunRecord:
         package = await pipeline_source(self.spec, self.namespace, self.settings)
         request = {"namespace": self.namespace, "parameters": parameters,
                    **({"pipeline_package": package} if package else {}),
@@ -136,24 +131,23 @@ class LocalTraining:
                                       self.namespace, env)
         return self._record(run, trigger)
 
-    async def observe(self, record: Record) -> Observed:
+    async def observe(self, record: RunRecord) -> Observed:
         try:
-            run = await asyncio.to_thread(training_local.status, record["name"], self.settings.data_dir, self.namespace)
+            run = await asyncio.to_thread(training_local.status, record.name, self.settings.data_dir, self.namespace)
         except FileNotFoundError:
-            return Observed({**record, "state": "Failed", "reason": training_local.REASON_RUNNER_LOST,
-                             "message": "the run directory is gone"}, [])
-        return Observed(self._record(run, record["trigger"]), list(run.outputs.get("validation_reasons") or []))
+            return Observed(record.model_copy(update={"state": "Failed", "reason": training_local.REASON_RUNNER_LOST,
+                                                      "message": "the run directory is gone"}), [])
+        return Observed(self._record(run, record.trigger), list(run.outputs.get("validation_reasons") or []))
 
-    async def cancel(self, record: Record) -> None:
-        await asyncio.to_thread(training_local.cancel, record["name"], self.settings.data_dir, self.namespace)
+    async def cancel(self, record: RunRecord) -> None:
+        await asyncio.to_thread(training_local.cancel, record.name, self.settings.data_dir, self.namespace)
 
     async def sync_schedule(self, request: ScheduleRequest) -> Schedule:
         return Schedule()  # the operator fires the schedule itself
 
-    async def cleanup(self, status: Mapping[str, Any]) -> None:
-        latest = status.get("latestRun") or {}
-        if latest.get("state") in modeltraining.ACTIVE_STATES:
-            await self.cancel(latest)
+    async def cleanup(self, status: ModelTrainingStatus) -> None:
+        if status.latest_run is not None and status.latest_run.state in modeltraining.ACTIVE_STATES:
+            await self.cancel(status.latest_run)
 
 
 class KfpTraining:
@@ -218,7 +212,7 @@ class KfpTraining:
                 "sources": info["lineage"].get("sources"), "comparison": info["lineage"].get("comparison")}
 
     @staticmethod
-    def _record(run: training_kfp.KfpRun, name: str, trigger: str, outputs: dict[str, Any]) -> Record:
+    def _record(run: training_kfp.KfpRun, name: str, trigger: str, outputs: dict[str, Any]) -> RunRecord:
         reason = None
         if run.state == "Failed":
             message = run.message or ""
@@ -230,7 +224,7 @@ class KfpTraining:
         outputs = await asyncio.to_thread(self._outputs, name) if run.state == "Succeeded" else {}
         return Observed(self._record(run, name, trigger, outputs), list(outputs.get("validation_reasons") or []))
 
-    async def submit(self, run_name: str, trigger: str, parameters: dict[str, Any]) -> Record:
+    async def submit(self, run_name: str, trigger: str, parameters: dict[str, Any]) -> RunRecord:
         conn = await self.connection()
         package = await self.package()
         try:
@@ -248,15 +242,15 @@ class KfpTraining:
                                             str(error))
         return self._record(run, run_name, trigger, {})
 
-    async def observe(self, record: Record) -> Observed:
+    async def observe(self, record: RunRecord) -> Observed:
         conn = await self.connection()
-        run = await asyncio.to_thread(training_kfp.get_run, conn, record["backendRunId"])
-        return await self._observed(run, record["name"], record["trigger"])
+        run = await asyncio.to_thread(training_kfp.get_run, conn, record.backend_run_id)
+        return await self._observed(run, record.name, record.trigger)
 
-    async def cancel(self, record: Record) -> None:
-        if record.get("backendRunId"):
+    async def cancel(self, record: RunRecord) -> None:
+        if record.backend_run_id:
             conn = await self.connection()
-            await asyncio.to_thread(training_kfp.cancel_run, conn, record["backendRunId"])
+            await asyncio.to_thread(training_kfp.cancel_run, conn, record.backend_run_id)
 
     async def sync_schedule(self, request: ScheduleRequest) -> Schedule:
         conn = await self.connection()
@@ -285,12 +279,11 @@ class KfpTraining:
             service_account=self.settings.kfp_service_account, enable_caching=self.spec.caching)
         return Schedule(recurring_run_id, runs)
 
-    async def cleanup(self, status: Mapping[str, Any]) -> None:
+    async def cleanup(self, status: ModelTrainingStatus) -> None:
         """Terminate the active runs (the latest one and any fire of the recurring run), then delete
         the recurring run."""
-        latest = status.get("latestRun") or {}
-        if latest.get("state") in modeltraining.ACTIVE_STATES:
-            await self.cancel(latest)
+        if status.latest_run is not None and status.latest_run.state in modeltraining.ACTIVE_STATES:
+            await self.cancel(status.latest_run)
         conn = await self.connection()
         jobs = await asyncio.to_thread(training_kfp.find_recurring_runs, conn, self.recurring_run_name)
         # Disabled first, so it fires no more while its runs are being stopped; deleted last: deleting

@@ -21,7 +21,7 @@ from typing import Any
 
 from mlops_operator import metrics
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
-from mlops_operator.api.modeltraining import ModelTrainingSpec
+from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RunRecord
 from mlops_operator.backends.training import ScheduleRequest, TrainingBackend, training_backend
 from mlops_operator.handlers.common import (
     Retry,
@@ -32,7 +32,7 @@ from mlops_operator.handlers.common import (
     register_kind,
 )
 from mlops_operator.reconcile import modeltraining
-from mlops_operator.reconcile.conditions import FALSE, parse_rfc3339, set_condition
+from mlops_operator.reconcile.conditions import FALSE, now_rfc3339, parse_rfc3339, plain, set_condition, typed
 from mlops_operator.reconcile.validation import local_training_problem, training_spec_errors
 
 KIND = "ModelTraining"
@@ -77,25 +77,25 @@ def _estimator_problems(spec: ModelTrainingSpec) -> list[str]:
     return []
 
 
-def _record_metrics(namespace: str, spec: ModelTrainingSpec, record: dict[str, Any]) -> None:
-    result = "succeeded" if record["state"] == "Succeeded" else record["state"].lower()
-    if record["state"] == "Succeeded" and not record.get("validated"):
+def _record_metrics(namespace: str, spec: ModelTrainingSpec, record: RunRecord) -> None:
+    result = "succeeded" if record.state == "Succeeded" else record.state.lower()
+    if record.state == "Succeeded" and not record.validated:
         result = "rejected"
     metrics.TRAINING_RUNS.labels(result).inc()
-    if record.get("started") and record.get("finished"):
-        seconds = (parse_rfc3339(record["finished"]) - parse_rfc3339(record["started"])).total_seconds()
+    if record.started and record.finished:
+        seconds = (parse_rfc3339(record.finished) - parse_rfc3339(record.started)).total_seconds()
         metrics.TRAINING_DURATION.observe(max(seconds, 0.0))
-    if record.get("validated"):
-        metrics.MODEL_VERSION.labels(namespace, spec.model).set(record.get("modelVersion") or 0)
-        for metric, value in (record.get("metrics") or {}).items():
+    if record.validated:
+        metrics.MODEL_VERSION.labels(namespace, spec.model).set(record.model_version or 0)
+        for metric, value in record.metrics.items():
             metrics.VALIDATED_METRIC.labels(namespace, spec.model, metric).set(value)
 
 
-async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
+async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
     """One reconciliation of a ModelTraining; returns the desired status."""
     meta = obj["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation") or 0
-    status = dict(obj["status"])
+    status = ModelTrainingStatus.model_validate(obj["status"])
     settings = get_settings()
     now = _now()
 
@@ -109,14 +109,14 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
                                           ("spec.pipeline.uri", spec.pipeline.uri))
     if problems:
         raise InvalidSpec("; ".join(problems))
-    if status.get("phase") in (None, "Invalid"):
-        status["phase"] = "Pending"
+    if status.phase in (None, "Invalid"):
+        status = status.model_copy(update={"phase": "Pending"})
     backend = training_backend(spec, namespace, name, settings)
 
     try:
         # 2. The active run.
-        latest = status.get("latestRun")
-        if latest and latest["state"] in modeltraining.ACTIVE_STATES:
+        latest = status.latest_run
+        if latest is not None and latest.state in modeltraining.ACTIVE_STATES:
             observed = await backend.observe(latest)
             expired = modeltraining.deadline_step(observed.record, spec.timeout, now)
             if expired is not None:  # spec.timeout: stopped, and failed with reason DeadlineExceeded
@@ -129,10 +129,10 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
         created = parse_rfc3339(meta["creationTimestamp"])
         triggers = modeltraining.pending_triggers(spec, generation, status, meta.get("annotations") or {}, created,
                                                   now, backend_schedules=backend.schedules_runs)
-        decision = modeltraining.concurrency_step(spec.concurrency_policy, triggers, status.get("latestRun"), now)
+        decision = modeltraining.concurrency_step(spec.concurrency_policy, triggers, status.latest_run, now)
         triggers = decision.start
         if decision.replaced is not None:
-            await backend.cancel(status["latestRun"])
+            await backend.cancel(status.latest_run)
             status = modeltraining.finished_status(status, decision.replaced, spec.history_limit, generation)
 
         # 4. Start one run for the pending triggers.
@@ -140,44 +140,49 @@ async def reconcile_training(obj: dict[str, Any]) -> dict[str, Any]:
             status = await _start_run(obj, spec, backend, status, triggers, now)
 
         # 5. The schedule: kept by the backend (a KFP recurring run) or fired by step 3.
-        if backend.schedules_runs and (spec.schedule or status.get("recurringRunId")):
+        if backend.schedules_runs and (spec.schedule or status.recurring_run_id):
             status = await _sync_schedule(obj, spec, backend, status)
         upcoming = modeltraining.next_schedule_time(spec, now)
         # None removes the field (a merge patch of null).
-        status["nextScheduleTime"] = upcoming.strftime("%Y-%m-%dT%H:%M:%SZ") if upcoming else None
+        status = status.model_copy(update={"next_schedule_time": now_rfc3339(upcoming) if upcoming else None})
     except BackendUnavailable as error:
-        status["conditions"] = set_condition(status.get("conditions"), "Succeeded", FALSE, BackendUnavailable.reason,
-                                             error.message, generation=generation)
-        raise Retry(error.message, status, delay=30) from None
+        conditions = set_condition(plain(status.conditions), "Succeeded", FALSE, BackendUnavailable.reason,
+                                   error.message, generation=generation)
+        raise Retry(error.message, status.model_copy(update={"conditions": typed(conditions)}), delay=30) from None
     return status
 
 
+def _champion(status: ModelTrainingStatus) -> tuple[dict[str, float] | None, str | None]:
+    """(metrics, URI) of the current validated model: the gate's baseline and the model scored beside the new one."""
+    validated = status.latest_validated_model
+    return (dict(validated.metrics), validated.uri) if validated else (None, None)
+
+
 async def _sync_schedule(obj: dict[str, Any], spec: ModelTrainingSpec, backend: TrainingBackend,
-                         status: dict[str, Any]) -> dict[str, Any]:
+                         status: ModelTrainingStatus) -> ModelTrainingStatus:
     """Keep the backend's schedule in step with spec.schedule and record the runs it started."""
     meta = obj["metadata"]
     generation = meta.get("generation") or 0
-    validated = status.get("latestValidatedModel") or {}
-    settings = get_settings()
-    params = modeltraining.pipeline_parameters(spec, settings.artifact_root_uri, validated.get("metrics"),
-                                               champion_uri=validated.get("uri"))
-    since = parse_rfc3339(status["lastScheduleTime"]) if status.get("lastScheduleTime") else None
+    baseline, champion_uri = _champion(status)
+    params = modeltraining.pipeline_parameters(spec, get_settings().artifact_root_uri, baseline,
+                                               champion_uri=champion_uri)
+    since = parse_rfc3339(status.last_schedule_time) if status.last_schedule_time else None
     schedule = await backend.sync_schedule(ScheduleRequest(
         spec.schedule, not spec.suspend, modeltraining.scheduled_run_prefix(meta["name"], meta["uid"]), params, since))
     status, finished = modeltraining.record_scheduled_runs(status, schedule.runs, spec.history_limit, generation)
     for run in finished:
         _record_metrics(meta["namespace"], spec, run.record)
         _announce(obj, run.record, run.reasons)
-    status["recurringRunId"] = schedule.backend_id  # None removes the field (a merge patch of null)
-    return status
+    # None removes the field (a merge patch of null).
+    return status.model_copy(update={"recurring_run_id": schedule.backend_id})
 
 
-def _record_observed(obj: dict[str, Any], spec: ModelTrainingSpec, status: dict[str, Any], previous: dict[str, Any],
-                     record: dict[str, Any], reasons: list[str], generation: int) -> dict[str, Any]:
+def _record_observed(obj: dict[str, Any], spec: ModelTrainingSpec, status: ModelTrainingStatus, previous: RunRecord,
+                     record: RunRecord, reasons: list[str], generation: int) -> ModelTrainingStatus:
     """Status after observing an active run: still running, or finished (recorded and announced once)."""
-    if previous.get("retrainWindow"):  # known at submission, not returned by the backends
-        record["retrainWindow"] = previous["retrainWindow"]
-    if record["state"] in modeltraining.ACTIVE_STATES:
+    if previous.retrain_window is not None:  # known at submission, not returned by the backends
+        record = record.model_copy(update={"retrain_window": previous.retrain_window})
+    if record.state in modeltraining.ACTIVE_STATES:
         return modeltraining.running_status(status, record, generation)
     status = modeltraining.finished_status(status, record, spec.history_limit, generation, reasons)
     _record_metrics(obj["metadata"]["namespace"], spec, record)
@@ -185,33 +190,34 @@ def _record_observed(obj: dict[str, Any], spec: ModelTrainingSpec, status: dict[
     return status
 
 
-async def _start_run(obj: dict[str, Any], spec: ModelTrainingSpec, backend: TrainingBackend, status: dict[str, Any],
-                     triggers: list[modeltraining.Trigger], now: datetime) -> dict[str, Any]:
+async def _start_run(obj: dict[str, Any], spec: ModelTrainingSpec, backend: TrainingBackend,
+                     status: ModelTrainingStatus, triggers: list[modeltraining.Trigger], now: datetime
+                     ) -> ModelTrainingStatus:
     """Submit one run for the pending triggers under a deterministic name and record the triggers as served."""
     meta = obj["metadata"]
     generation = meta.get("generation") or 0
     annotations = meta.get("annotations") or {}
     run_name = modeltraining.run_name(meta["name"], meta["uid"], triggers)
     description = "; ".join(t.description for t in triggers)
-    validated = status.get("latestValidatedModel") or {}
+    baseline, champion_uri = _champion(status)
     retrain_window = (modeltraining.parse_retrain_window(annotations)
                       if any(t.kind == "retrain" for t in triggers) else None)
     settings = get_settings()
     # The inference log lives under the artifact root (the same place the router and the DriftMonitor use).
     production = modeltraining.production_parameters(spec, meta["namespace"], settings.artifact_root_uri, now,
                                                       retrain_window)
-    params = modeltraining.pipeline_parameters(spec, settings.artifact_root_uri, validated.get("metrics"),
-                                               champion_uri=validated.get("uri"), production=production,
+    params = modeltraining.pipeline_parameters(spec, settings.artifact_root_uri, baseline,
+                                               champion_uri=champion_uri, production=production,
                                                retrain_window=retrain_window)
     record = await backend.submit(run_name, description, params)
-    if retrain_window:
-        record["retrainWindow"] = retrain_window
-    status = {**status, **modeltraining.mark_handled(triggers, generation, annotations, now)}
-    if record["state"] in modeltraining.ACTIVE_STATES:
+    if retrain_window is not None:
+        record = record.model_copy(update={"retrain_window": retrain_window})
+    status = modeltraining.mark_handled(status, triggers, generation, annotations)
+    if record.state in modeltraining.ACTIVE_STATES:
         post_event(obj, "RunStarted", f"Started run {run_name} ({description}).")
         return modeltraining.running_status(status, record, generation)
     # Refused at once (InvalidSpec), or it finished while nobody recorded it.
-    known = any(r.get("name") == record["name"] for r in status.get("history", []))
+    known = any(r.name == record.name for r in status.history)
     status = modeltraining.finished_status(status, record, spec.history_limit, generation, [])
     if not known:  # count and announce a run once, however often it is looked up
         _record_metrics(meta["namespace"], spec, record)
@@ -219,19 +225,19 @@ async def _start_run(obj: dict[str, Any], spec: ModelTrainingSpec, backend: Trai
     return status
 
 
-def _announce(obj: dict[str, Any], record: dict[str, Any], reasons: list[str]) -> None:
-    if record["state"] == "Succeeded" and record.get("validated"):
+def _announce(obj: dict[str, Any], record: RunRecord, reasons: list[str]) -> None:
+    if record.state == "Succeeded" and record.validated:
         compared = modeltraining.comparison_summary(record)
         post_event(obj, "ModelValidated",
-                   f"Run {record['name']} validated model version {record.get('modelVersion')} "
-                   f"({', '.join(f'{k}={v:.4g}' for k, v in (record.get('metrics') or {}).items())})"
+                   f"Run {record.name} validated model version {record.model_version} "
+                   f"({', '.join(f'{k}={v:.4g}' for k, v in record.metrics.items())})"
                    + (f"; {compared}." if compared else "."))
-    elif record["state"] == "Succeeded":
+    elif record.state == "Succeeded":
         post_event(obj, "ValidationFailed",
-                   f"Model version {record.get('modelVersion')} failed the gate: {'; '.join(reasons)}", warning=True)
+                   f"Model version {record.model_version} failed the gate: {'; '.join(reasons)}", warning=True)
     else:
-        post_event(obj, record.get("reason") or "RunFailed",
-                   f"Run {record['name']} {record['state'].lower()}: {record.get('message') or ''}", warning=True)
+        post_event(obj, record.reason or "RunFailed",
+                   f"Run {record.name} {record.state.lower()}: {record.message or ''}", warning=True)
 
 
 async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
@@ -242,7 +248,11 @@ async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: M
     except ValueError:
         return
     try:
-        await training_backend(parsed, namespace, name, get_settings()).cleanup(status)
+        observed = ModelTrainingStatus.model_validate(dict(status))
+    except ValueError:  # not what the operator wrote: its schedule is still removed
+        observed = ModelTrainingStatus()
+    try:
+        await training_backend(parsed, namespace, name, get_settings()).cleanup(observed)
     except (InvalidSpec, BackendUnavailable) as error:
         # The token Secret is gone, or KFP is down: the object is deleted all the same (never
         # undeletable); what may be left in the backend is named in the log.

@@ -18,12 +18,23 @@ from typing import Any
 from croniter import croniter
 
 from mlops_operator.api.annotations import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
-from mlops_operator.api.modeltraining import ModelTrainingSpec
-from mlops_operator.reconcile.conditions import FALSE, TRUE, UNKNOWN, parse_rfc3339, set_condition
+from mlops_operator.api.modeltraining import (
+    DataSource,
+    ModelComparison,
+    ModelTrainingSpec,
+    ModelTrainingStatus,
+    RetrainWindow,
+    RunRecord,
+    ValidatedModel,
+)
+from mlops_operator.reconcile.conditions import FALSE, TRUE, UNKNOWN, parse_rfc3339, plain, set_condition, typed
 
-"""JSON beside a DriftMonitor's retrain request: the window it saw (monitor, start, end, rows,
-driftedFeatures). Set in the same patch as the request."""
 ACTIVE_STATES = ("Pending", "Running")
+"""The states of a run that has not finished."""
+
+
+def _stamp(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,7 @@ class Trigger:
 def pending_triggers(
     spec: ModelTrainingSpec,
     generation: int,
-    status: dict[str, Any],
+    status: ModelTrainingStatus,
     annotations: dict[str, str],
     created: datetime,
     now: datetime,
@@ -51,10 +62,10 @@ def pending_triggers(
     """The triggers that have not started a run yet, most important first. With
     ``backend_schedules`` the backend fires spec.schedule itself (a KFP recurring run): no schedule trigger."""
     triggers = []
-    if status.get("triggeredGeneration") != generation:
+    if status.triggered_generation != generation:
         triggers.append(Trigger("spec", f"g{generation}", f"spec generation {generation}"))
     request = annotations.get(RETRAIN_ANNOTATION)
-    if request and request != status.get("observedRetrainRequest"):
+    if request and request != status.observed_retrain_request:
         digest = hashlib.sha256(request.encode()).hexdigest()[:8]
         triggers.append(Trigger("retrain", f"r{digest}", f"retrain requested: {request}"[:1024]))
     due = None if backend_schedules else due_schedule_time(spec, status, created, now)
@@ -78,21 +89,21 @@ class ConcurrencyDecision:
 
     start: list[Trigger]
     """The triggers to start one run for now (empty: start nothing now)."""
-    replaced: dict[str, Any] | None = None
+    replaced: RunRecord | None = None
     """Replace: the active run's record as canceled; the caller cancels the run and records this."""
 
 
-def concurrency_step(policy: ConcurrencyPolicy | str, triggers: list[Trigger], latest_run: dict[str, Any] | None,
+def concurrency_step(policy: ConcurrencyPolicy | str, triggers: list[Trigger], latest_run: RunRecord | None,
                      now: datetime) -> ConcurrencyDecision:
     """Apply the concurrency policy to the pending triggers, given the latest run's record."""
-    active = bool(latest_run) and latest_run.get("state") in ACTIVE_STATES
+    active = latest_run is not None and latest_run.state in ACTIVE_STATES
     if not triggers or not active:
         return ConcurrencyDecision(list(triggers))
     if ConcurrencyPolicy(policy) is ConcurrencyPolicy.FORBID:
         return ConcurrencyDecision([])
-    replaced = {**latest_run, "state": "Canceled", "reason": "Replaced",
-                "message": f"replaced by a new run ({triggers[0].description})",
-                "finished": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    replaced = latest_run.model_copy(update={
+        "state": "Canceled", "reason": "Replaced", "message": f"replaced by a new run ({triggers[0].description})",
+        "finished": _stamp(now)})
     return ConcurrencyDecision(list(triggers), replaced)
 
 
@@ -100,28 +111,28 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"
 """The reason of a run stopped because it ran longer than spec.timeout."""
 
 
-def deadline_step(record: dict[str, Any], timeout: str | None, now: datetime) -> dict[str, Any] | None:
+def deadline_step(record: RunRecord, timeout: str | None, now: datetime) -> RunRecord | None:
     """The active run's record as stopped (Failed/DeadlineExceeded) when it has run longer than
     ``timeout`` (spec.timeout) since it started; None while it may go on. The caller cancels the run."""
-    if not timeout or record.get("state") not in ACTIVE_STATES or not record.get("started"):
+    if not timeout or record.state not in ACTIVE_STATES or not record.started:
         return None
     from mlops_operator.reconcile.durations import parse_duration
 
-    started = parse_rfc3339(record["started"])
-    if now - started <= parse_duration(timeout):
+    if now - parse_rfc3339(record.started) <= parse_duration(timeout):
         return None
-    return {**record, "state": "Failed", "reason": DEADLINE_EXCEEDED,
-            "message": f"the run was still {record['state'].lower()} after spec.timeout {timeout} "
-                       f"(started {record['started']}); it was stopped",
-            "finished": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return record.model_copy(update={
+        "state": "Failed", "reason": DEADLINE_EXCEEDED,
+        "message": f"the run was still {record.state.lower()} after spec.timeout {timeout} "
+                   f"(started {record.started}); it was stopped",
+        "finished": _stamp(now)})
 
 
-def due_schedule_time(spec: ModelTrainingSpec, status: dict[str, Any], created: datetime, now: datetime
+def due_schedule_time(spec: ModelTrainingSpec, status: ModelTrainingStatus, created: datetime, now: datetime
                       ) -> datetime | None:
     """The latest cron time in (last fired, now], or None. Missed times collapse into one run."""
     if not spec.schedule or spec.suspend:
         return None
-    last = parse_rfc3339(status["lastScheduleTime"]) if status.get("lastScheduleTime") else created
+    last = parse_rfc3339(status.last_schedule_time) if status.last_schedule_time else created
     latest = croniter(spec.schedule, now).get_prev(datetime)
     return latest if latest > last else None
 
@@ -150,14 +161,14 @@ class ScheduledRun:
 
     scheduled: datetime
     """The schedule time it fired for."""
-    record: dict[str, Any]
+    record: RunRecord
     """Its run record."""
     reasons: list[str]
     """The gate's reasons when its model failed the gate."""
 
 
-def record_scheduled_runs(status: dict[str, Any], runs: list[ScheduledRun], history_limit: int, generation: int,
-                          now: datetime | None = None) -> tuple[dict[str, Any], list[ScheduledRun]]:
+def record_scheduled_runs(status: ModelTrainingStatus, runs: list[ScheduledRun], history_limit: int, generation: int,
+                          now: datetime | None = None) -> tuple[ModelTrainingStatus, list[ScheduledRun]]:
     """Status with the fires the operator has not recorded yet, and those of them that finished
     (to count and announce once).
 
@@ -166,40 +177,41 @@ def record_scheduled_runs(status: dict[str, Any], runs: list[ScheduledRun], hist
     latestRun, observed from then on like any run, unless another run is active: then it and every
     later fire wait for the next reconcile, so none is skipped.
     """
-    last = parse_rfc3339(status["lastScheduleTime"]) if status.get("lastScheduleTime") else None
-    result, finished = dict(status), []
+    last = parse_rfc3339(status.last_schedule_time) if status.last_schedule_time else None
+    result, finished = status, []
     for run in sorted(runs, key=lambda r: r.scheduled):
         if last is not None and run.scheduled <= last:
             continue
-        latest = result.get("latestRun") or {}
-        if run.record["state"] in ACTIVE_STATES:
-            if latest.get("state") in ACTIVE_STATES and latest.get("name") != run.record["name"]:
+        latest = result.latest_run
+        if run.record.state in ACTIVE_STATES:
+            if latest is not None and latest.state in ACTIVE_STATES and latest.name != run.record.name:
                 break
             result = running_status(result, run.record, generation, now)
         else:
             result = finished_status(result, run.record, history_limit, generation, run.reasons, now)
             finished.append(run)
         last = run.scheduled
-        result["lastScheduleTime"] = last.strftime("%Y-%m-%dT%H:%M:%SZ")
+        result = result.model_copy(update={"last_schedule_time": _stamp(last)})
     return result, finished
 
 
-def mark_handled(triggers: list[Trigger], generation: int, annotations: dict[str, str], now: datetime
-                 ) -> dict[str, Any]:
-    """Status fields that record the triggers as served."""
+def mark_handled(status: ModelTrainingStatus, triggers: list[Trigger], generation: int, annotations: dict[str, str]
+                 ) -> ModelTrainingStatus:
+    """Status with the triggers recorded as served."""
     fields: dict[str, Any] = {}
     for trigger in triggers:
         if trigger.kind == "spec":
-            fields["triggeredGeneration"] = generation
+            fields["triggered_generation"] = generation
         elif trigger.kind == "retrain":
-            fields["observedRetrainRequest"] = annotations[RETRAIN_ANNOTATION]
+            fields["observed_retrain_request"] = annotations[RETRAIN_ANNOTATION]
         elif trigger.kind == "schedule":
-            fields["lastScheduleTime"] = trigger.description.rsplit(" at ", 1)[1]
-    return fields
+            fields["last_schedule_time"] = trigger.description.rsplit(" at ", 1)[1]
+    return status.model_copy(update=fields)
 
 
-def parse_retrain_window(annotations: dict[str, str]) -> dict[str, Any] | None:
-    """The retrain-window annotation as a status.latestRun.retrainWindow dict; None when absent,
+def parse_retrain_window(annotations: dict[str, str]) -> RetrainWindow | None:
+    """The retrain-window annotation (JSON beside a DriftMonitor's retrain request, set in the same
+    patch: the window it saw) as status.latestRun.retrainWindow; None when absent,
     unreadable, or written for another retrain request than the current one (the run then uses
     spec.productionData.window)."""
     value = annotations.get(RETRAIN_WINDOW_ANNOTATION)
@@ -225,11 +237,11 @@ def parse_retrain_window(annotations: dict[str, str]) -> dict[str, Any] | None:
             parse_rfc3339(window["start"])
         except (TypeError, ValueError):
             del window["start"]
-    return window or None
+    return RetrainWindow.model_validate(window) if window else None
 
 
 def production_parameters(spec: ModelTrainingSpec, namespace: str, log_root: str, now: datetime,
-                          retrain_window: dict[str, Any] | None) -> dict[str, Any]:
+                          retrain_window: RetrainWindow | None) -> dict[str, Any]:
     """The pipeline's ``production_data`` for spec.productionData: where the inference log and the
     labels are and which time range counts (from the retrain window's start when a DriftMonitor
     asked, else spec.productionData.window.duration before now)."""
@@ -240,8 +252,8 @@ def production_parameters(spec: ModelTrainingSpec, namespace: str, log_root: str
     # (the lineage records the range and digest of what it read).
     params: dict[str, Any] = {"root": log_root, "namespace": namespace,
                               "deployment": production.deployment_ref.name, "labelsUri": production.labels_uri}
-    if retrain_window and retrain_window.get("start"):
-        params["since"] = retrain_window["start"]
+    if retrain_window and retrain_window.start:
+        params["since"] = retrain_window.start
     elif production.window.duration:
         from mlops_operator.reconcile.durations import parse_duration
 
@@ -253,7 +265,7 @@ def production_parameters(spec: ModelTrainingSpec, namespace: str, log_root: str
 
 def pipeline_parameters(spec: ModelTrainingSpec, artifact_root: str, baseline: dict[str, float] | None,
                         *, champion_uri: str | None = None, production: dict[str, Any] | None = None,
-                        retrain_window: dict[str, Any] | None = None) -> dict[str, Any]:
+                        retrain_window: RetrainWindow | None = None) -> dict[str, Any]:
     """Arguments of the built-in tabular pipeline for this spec.
 
     ``champion_uri`` (the current validated version) is scored on the new model's holdout;
@@ -287,7 +299,8 @@ def pipeline_parameters(spec: ModelTrainingSpec, artifact_root: str, baseline: d
     if builtin and champion_uri:
         params["champion_model_uri"] = champion_uri
     if builtin and retrain_window:
-        params["retrain_window"] = retrain_window
+        params["retrain_window"] = retrain_window.model_dump(by_alias=True, mode="json", exclude_none=True,
+                                                             exclude_unset=True)
     params.update(spec.pipeline.parameters)
     return params
 
@@ -296,8 +309,8 @@ _SOURCE_KEYS = {"name": str, "uri": str, "resolvedUri": str, "rows": int, "diges
                 "unlabelledRows": int, "rejectedRows": int, "from": str, "to": str, "message": str}
 
 
-def _sources(raw: Any) -> list[dict[str, Any]] | None:
-    """Pipeline ``sources`` output in API form (KFP turns integers into floats)."""
+def _sources(raw: Any) -> list[DataSource] | None:
+    """Pipeline ``sources`` output as status entries (KFP turns integers into floats)."""
     if not isinstance(raw, list):
         return None
     sources = []
@@ -310,12 +323,12 @@ def _sources(raw: Any) -> list[dict[str, Any]] | None:
             source["message"] = source["message"][:1024]
         if isinstance(item.get("rejections"), dict) and item["rejections"]:
             source["rejections"] = {str(k)[:253]: int(v) for k, v in list(item["rejections"].items())[:64]}
-        sources.append(source)
+        sources.append(DataSource.model_validate(source))
     return sources or None
 
 
-def _comparison(raw: Any) -> dict[str, Any] | None:
-    """Pipeline ``comparison`` output in API form."""
+def _comparison(raw: Any) -> ModelComparison | None:
+    """Pipeline ``comparison`` output as a status entry."""
     if not isinstance(raw, dict) or not isinstance(raw.get("challenger"), dict):
         return None
     holdout = raw.get("holdout") or {}
@@ -330,13 +343,14 @@ def _comparison(raw: Any) -> dict[str, Any] | None:
         if champion.get("message"):
             entry["message"] = str(champion["message"])[:1024]
         result["champion"] = entry
-    return result
+    return ModelComparison.model_validate(result)
 
 
 def run_record(name: str, trigger: str, backend_run_id: str | None, state: str, started: str | None,
                finished: str | None = None, reason: str | None = None, message: str | None = None,
-               outputs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """status.latestRun / history entry, in API form."""
+               outputs: dict[str, Any] | None = None) -> RunRecord:
+    """status.latestRun / history entry from what a backend knows of a run (``outputs``: the
+    pipeline's output parameters when it succeeded)."""
     outputs = outputs or {}
     record: dict[str, Any] = {"name": name, "trigger": trigger, "state": state}
     optional = {
@@ -355,94 +369,86 @@ def run_record(name: str, trigger: str, backend_run_id: str | None, state: str, 
         "comparison": _comparison(outputs.get("comparison")),
     }
     record.update({k: v for k, v in optional.items() if v is not None})
-    return record
+    return RunRecord.model_validate(record)
 
 
-def comparison_summary(record: dict[str, Any]) -> str:
+def comparison_summary(record: RunRecord) -> str:
     """One line on the new versus the validated model on the same holdout ("" without a comparison)."""
-    comparison = record.get("comparison")
-    if not comparison:
+    comparison = record.comparison
+    if comparison is None:
         return ""
-    new = comparison["challenger"]["metrics"]
-    champion = comparison.get("champion") or {}
+    new = comparison.challenger.metrics
+    champion = comparison.champion
     name = next((m for m in ("accuracy", "rmse", "f1", "r2", "mae", "rocAuc") if m in new), None)
     if name is None:
         return ""
-    where = f"on the {comparison['holdout']} holdout ({comparison['holdoutRows']} rows)"
-    text = f"{name} {new[name]:.4g} {where}"
-    old = (champion.get("metrics") or {}).get(name)
+    text = f"{name} {new[name]:.4g} on the {comparison.holdout} holdout ({comparison.holdout_rows} rows)"
+    old = champion.metrics.get(name) if champion else None
     if old is not None:
-        text += f" vs {old:.4g} for version {champion.get('version', '?')}"
-    elif champion.get("message"):
-        text += f"; validated model not scored: {champion['message']}"
+        text += f" vs {old:.4g} for version {champion.version if champion.version is not None else '?'}"
+    elif champion is not None and champion.message:
+        text += f"; validated model not scored: {champion.message}"
     return text
 
 
-def finished_status(status: dict[str, Any], record: dict[str, Any], history_limit: int, generation: int,
-                    validation_reasons: list[str] | None = None, now: datetime | None = None) -> dict[str, Any]:
+def finished_status(status: ModelTrainingStatus, record: RunRecord, history_limit: int, generation: int,
+                    validation_reasons: list[str] | None = None, now: datetime | None = None) -> ModelTrainingStatus:
     """Status after a run reached a final state: conditions, phase, history, latestValidatedModel.
 
     A run that finished while another one is active (a KFP recurring run's fire beside an
     on-demand run) goes to history and may become latestValidatedModel; the active run stays
     latestRun with its Succeeded condition and phase. latestValidatedModel only moves to a newer
     version."""
-    latest = status.get("latestRun") or {}
-    if latest.get("state") in ACTIVE_STATES and latest.get("name") != record["name"]:
-        result = finished_status({**status, "latestRun": None}, record, history_limit, generation,
+    latest = status.latest_run
+    if latest is not None and latest.state in ACTIVE_STATES and latest.name != record.name:
+        result = finished_status(status.model_copy(update={"latest_run": None}), record, history_limit, generation,
                                  validation_reasons, now)
-        succeeded = [c for c in status.get("conditions") or [] if c["type"] == "Succeeded"]
-        others = [c for c in result["conditions"] if c["type"] != "Succeeded"]
-        return {**result, "latestRun": latest, "phase": status.get("phase", "Running"),
-                "conditions": succeeded + others}
-    result = dict(status)
-    result["latestRun"] = record
-    history = [record] + [r for r in status.get("history", []) if r.get("name") != record["name"]]
-    result["history"] = history[:history_limit]
-    conditions = status.get("conditions")
-    if record["state"] == "Succeeded":
+        succeeded = [c for c in status.conditions if c.type == "Succeeded"]
+        others = [c for c in result.conditions if c.type != "Succeeded"]
+        return result.model_copy(update={"latest_run": latest, "phase": status.phase or "Running",
+                                         "conditions": succeeded + others})
+    history = [record] + [r for r in status.history if r.name != record.name]
+    update: dict[str, Any] = {"latest_run": record, "history": history[:history_limit]}
+    conditions = plain(status.conditions)
+    version = record.model_version
+    if record.state == "Succeeded":
         conditions = set_condition(conditions, "Succeeded", TRUE, "RunSucceeded",
-                                   f"Run {record['name']} produced model version {record.get('modelVersion')}.",
+                                   f"Run {record.name} produced model version {version}.",
                                    generation=generation, now=now)
-        if record.get("validated"):
+        if record.validated:
+            compared = comparison_summary(record)
             conditions = set_condition(conditions, "Validated", TRUE, "ModelValidated",
-                                       f"Model version {record.get('modelVersion')} passed the validation gate"
-                                       + (f": {comparison_summary(record)}." if comparison_summary(record) else "."),
+                                       f"Model version {version} passed the validation gate"
+                                       + (f": {compared}." if compared else "."),
                                        generation=generation, now=now)
-            current = (status.get("latestValidatedModel") or {}).get("version") or 0
-            if (record.get("modelVersion") or 0) >= current:
-                result["latestValidatedModel"] = {
-                    "version": record["modelVersion"],
-                    "uri": record["modelUri"],
-                    "metrics": record.get("metrics", {}),
-                    **({"profileUri": record["profileUri"]} if record.get("profileUri") else {}),
-                    "run": record["name"],
-                }
+            current = status.latest_validated_model.version if status.latest_validated_model else 0
+            if (version or 0) >= current:
+                update["latest_validated_model"] = ValidatedModel(
+                    version=version, uri=record.model_uri, metrics=dict(record.metrics),
+                    profile_uri=record.profile_uri or None, run=record.name)
         else:
             reasons = "; ".join(validation_reasons or []) or "the gate rejected the model"
             conditions = set_condition(conditions, "Validated", FALSE, "ValidationFailed",
-                                       f"Model version {record.get('modelVersion')} was not validated: {reasons}",
+                                       f"Model version {version} was not validated: {reasons}",
                                        generation=generation, now=now)
-        result["phase"] = "Succeeded"
+        update["phase"] = "Succeeded"
     else:
-        reason = record.get("reason") or ("Canceled" if record["state"] == "Canceled" else "PipelineFailed")
+        reason = record.reason or ("Canceled" if record.state == "Canceled" else "PipelineFailed")
         conditions = set_condition(conditions, "Succeeded", FALSE, reason,
-                                   record.get("message") or f"Run {record['name']} {record['state'].lower()}.",
+                                   record.message or f"Run {record.name} {record.state.lower()}.",
                                    generation=generation, now=now)
         if not any(c["type"] == "Validated" and c["status"] != UNKNOWN for c in conditions):
             conditions = set_condition(conditions, "Validated", UNKNOWN, "NoModel",
                                        "No run has produced a model yet.", generation=generation, now=now)
-        result["phase"] = "Failed"
-    result["conditions"] = conditions
-    return result
+        update["phase"] = "Failed"
+    update["conditions"] = typed(conditions)
+    return status.model_copy(update=update)
 
 
-def running_status(status: dict[str, Any], record: dict[str, Any], generation: int,
-                   now: datetime | None = None) -> dict[str, Any]:
+def running_status(status: ModelTrainingStatus, record: RunRecord, generation: int,
+                   now: datetime | None = None) -> ModelTrainingStatus:
     """Status while a run is active."""
-    result = dict(status)
-    result["latestRun"] = record
-    result["phase"] = "Running"
-    result["conditions"] = set_condition(status.get("conditions"), "Succeeded", UNKNOWN, "Running",
-                                         f"Run {record['name']} is {record['state'].lower()} ({record['trigger']}).",
-                                         generation=generation, now=now)
-    return result
+    conditions = set_condition(plain(status.conditions), "Succeeded", UNKNOWN, "Running",
+                               f"Run {record.name} is {record.state.lower()} ({record.trigger}).",
+                               generation=generation, now=now)
+    return status.model_copy(update={"latest_run": record, "phase": "Running", "conditions": typed(conditions)})
