@@ -484,6 +484,9 @@ def start_node(
     launch("containerd", Path("/usr/bin/containerd"), [f"--config={cfg}", "--log-level=warn"])
     sock = containerd_socket(d)
     wait_for("containerd", lambda: (_sh(_ctr(d, "version"), check=False).returncode == 0, ""))
+    # containerd answers `ctr version` before its CRI plugin has loaded its state (longer with many
+    # cached images); a kubelet started then exits with "server is not initialized yet".
+    wait_for("containerd's CRI", lambda: _cri_ready(sock))
     import_images(d, [pause])
 
     ports = dict(zip(("scheduler", "proxy_healthz", "proxy_metrics", "coredns_health"), free_ports(4)))
@@ -537,6 +540,20 @@ def start_node(
 
     wait_for("Service kubernetes has endpoints", kubernetes_endpoints)
     _say(f"node {NODE_NAME} ready in {time.monotonic() - t0:.1f}s (pods {POD_CIDR} on bridge {BRIDGE})")
+
+
+def _cri_ready(sock: Path) -> tuple[bool, str]:
+    """Whether containerd's CRI answers RuntimeService.Status (what kubelet validates at start), and why not."""
+    import grpc  # a dependency of the project's venv (through kfp)
+
+    try:
+        with grpc.insecure_channel(f"unix://{sock}") as channel:
+            status = channel.unary_unary("/runtime.v1.RuntimeService/Status",
+                                         request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            status(b"", timeout=5)
+        return True, ""
+    except grpc.RpcError as error:
+        return False, f"CRI: {error.details() if hasattr(error, 'details') else error}"
 
 
 def _ctr(d: Path, *args: str) -> list[str]:
