@@ -105,6 +105,21 @@ async def test_request_and_response_pair_into_one_record(sink, http, tmp_path):
 
 
 @pytest.mark.asyncio
+async def test_the_record_keeps_the_callers_request_id(sink, http, tmp_path):
+    """The executor's Ce-Requestid is its Seldon-Puid (generated when the caller sent none): the pair is
+    matched by it, the record keeps the V2 body's id, the one ground-truth labels are keyed on."""
+    url = sink.logger_url("ml", "iris", "stable", model_version="1")
+    puid = "5f2b9c0e-7a43-4d0b-9f55-3c1d2e8a6b10"
+    await post(http, url, v2_request([[5.1, 3.5, 1.4, 0.2]], request_id="client-7"), headers(REQUEST_TYPE, puid))
+    await post(http, url, v2_response([0], request_id="client-7"), headers(RESPONSE_TYPE, puid))
+    await post(http, url, v2_request([[5.1, 3.5, 1.4, 0.2]]), headers(REQUEST_TYPE, "no-body-id"))
+    await post(http, url, v2_response([0]), headers(RESPONSE_TYPE, "no-body-id"))
+    await sink.flush()
+    assert sorted(read(tmp_path)["request_id"]) == ["client-7", "no-body-id"]
+    assert sink.written == 2 and sink.orphaned == 0
+
+
+@pytest.mark.asyncio
 async def test_response_before_request_and_multi_row_requests(sink, http, tmp_path):
     url = sink.logger_url("ml", "iris", "canary", model_version="4")
     rows = [[5.0, 3.0, 1.0, 0.1], [6.0, 3.0, 4.5, 1.5], [7.0, 3.0, 6.0, 2.0]]

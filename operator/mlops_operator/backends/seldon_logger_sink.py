@@ -5,7 +5,10 @@ and every response to a URL as CloudEvents (binary mode: the payload is the body
 are ``Ce-*`` headers; structured mode, ``application/cloudevents+json``, is accepted too):
 
 - ``Ce-Type``: ``io.seldon.serving.inference.request`` or ``io.seldon.serving.inference.response``
-- ``Ce-Requestid`` (else the V2 body's ``id``, else ``Ce-Id``): pairs a request with its response
+- ``Ce-Requestid`` (else the V2 body's ``id``, else ``Ce-Id``): pairs a request with its response. The
+  executor sets it to the request's ``Seldon-Puid`` (one it generates when the caller sent none), so
+  the record's ``request_id`` is the V2 request body's ``id`` when the caller gave one, as the local
+  router records it: ground-truth labels are joined on the caller's id, which the puid is not
 - ``Ce-Modelid``: the graph node (model) name; ``Ce-Time``: when the executor saw the message
 - ``Ce-Namespace``, ``Ce-Inferenceservicename`` (the SeldonDeployment), ``Ce-Endpoint`` (predictor)
 
@@ -231,8 +234,11 @@ def log_entry(request: LoggedMessage, response: LoggedMessage | None, pair_timeo
         payload = json.loads(request.body)
     except ValueError:
         payload = None
+    # The caller's id (the V2 body's), which labels are keyed on; else the id the pair was matched by.
+    body_id = payload.get("id") if isinstance(payload, dict) else None
+    request_id = body_id[:256] if isinstance(body_id, str) and body_id else request.request_id
     if response is None:
-        return LogEntry(request_id=request.request_id, ts=request.time, model=request.model,
+        return LogEntry(request_id=request_id, ts=request.time, model=request.model,
                         predictor=request.predictor, model_version=request.model_version, shadow=request.shadow,
                         status=EXPIRED_STATUS, latency_ms=pair_timeout * 1000.0,
                         request=payload if isinstance(payload, dict) else None,
@@ -245,7 +251,7 @@ def log_entry(request: LoggedMessage, response: LoggedMessage | None, pair_timeo
     if isinstance(answer, dict) and answer.get("error") and not answer.get("outputs"):
         status = 500
     latency = max((response.time - request.time).total_seconds(), 0.0) * 1000.0
-    return LogEntry(request_id=request.request_id, ts=request.time, model=request.model or response.model,
+    return LogEntry(request_id=request_id, ts=request.time, model=request.model or response.model,
                     predictor=request.predictor or response.predictor,
                     model_version=request.model_version or response.model_version,
                     shadow=request.shadow or response.shadow, status=status, latency_ms=latency,
