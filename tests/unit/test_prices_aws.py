@@ -156,3 +156,63 @@ def test_without_credentials_the_shipped_table_is_used(monkeypatch, tmp_path):
     assert not prices_aws.has_credentials()
     table = prices_aws.price_table(tmp_path, ["us-east-1"])
     assert "karpenter-prices" in table.sources and not (tmp_path / "cache").exists()
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Credentials in the environment, the module's caches reset."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr(prices_aws, "_credentials", None)
+    monkeypatch.setattr(prices_aws, "_unavailable", None)
+    return monkeypatch
+
+
+def test_the_global_endpoint_of_an_s3_server_is_not_asked_for_prices(price_list_api, aws_env, tmp_path):
+    """AWS_ENDPOINT_URL points at the artifact root's S3-compatible server on a cluster (MinIO): the
+    Price List API is asked at AWS_ENDPOINT_URL_PRICING, or AWS's own endpoint, never there."""
+    s3_requests = []
+
+    class S3Server(BaseHTTPRequestHandler):
+        def log_message(self, *_args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            s3_requests.append(self.path)
+            self.send_response(400)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    s3 = ThreadingHTTPServer(("127.0.0.1", 0), S3Server)
+    threading.Thread(target=s3.serve_forever, daemon=True).start()
+    try:
+        aws_env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{s3.server_port}")
+        aws_env.delenv("AWS_ENDPOINT_URL_PRICING", raising=False)
+        # The local Price List server stands in for AWS's endpoint (none is reachable here).
+        aws_env.setattr(prices_aws, "DEFAULT_ENDPOINT", price_list_api.meta.endpoint_url)
+        table = prices_aws.price_table(tmp_path / "aws", ["us-east-1"])
+        assert any(key.startswith("price-list-us-east-1") for key in table.sources), table.sources
+        assert not s3_requests and PriceListHandler.requests
+        # AWS_ENDPOINT_URL_PRICING, when set, is where prices are asked.
+        aws_env.setenv("AWS_ENDPOINT_URL_PRICING", f"http://127.0.0.1:{s3.server_port}")
+        aws_env.setattr(prices_aws, "_unavailable", None)
+        assert "karpenter-prices" in prices_aws.price_table(tmp_path / "other", ["us-east-1"]).sources
+        assert s3_requests
+    finally:
+        s3.shutdown()
+        s3.server_close()
+
+
+def test_an_unavailable_price_list_is_asked_again_only_after_a_while(price_list_api, aws_env, tmp_path, caplog):
+    """A Price List API that prices nothing: the shipped table, and no new question (nor warning) at every
+    observation until UNAVAILABLE_RETRY_SECONDS have passed."""
+    aws_env.setenv("AWS_ENDPOINT_URL_PRICING", price_list_api.meta.endpoint_url)
+    for _ in range(3):
+        table = prices_aws.price_table(tmp_path, ["ap-south-1"])  # not in the catalogue
+        assert "karpenter-prices" in table.sources
+    asked = len(PriceListHandler.requests)
+    assert asked > 0 and len([r for r in caplog.records if "shipped price table" in r.getMessage()]) == 1
+    aws_env.setattr(prices_aws, "_unavailable", prices_aws._unavailable - prices_aws.UNAVAILABLE_RETRY_SECONDS)
+    prices_aws.price_table(tmp_path, ["ap-south-1"])
+    assert len(PriceListHandler.requests) > asked

@@ -25,6 +25,8 @@ log = logging.getLogger("mlops_operator.prices")
 # The Price List query API answers in these regions only; us-east-1 serves every region's prices.
 PRICING_REGION = "us-east-1"
 PRICING_ENDPOINT = "https://api.pricing.us-east-1.amazonaws.com"
+# Where the client asks without AWS_ENDPOINT_URL_PRICING (the figures' cited source stays PRICING_ENDPOINT).
+DEFAULT_ENDPOINT = PRICING_ENDPOINT
 CACHE_TTL_SECONDS = 24 * 3600
 _MEMORY = re.compile(r"^([0-9.,]+)\s*GiB$")
 
@@ -35,6 +37,9 @@ class PriceListUnavailable(Exception):
 
 _credentials: tuple[float, bool] | None = None
 CREDENTIALS_RECHECK_SECONDS = 600.0
+# When the Price List API last failed (monotonic), and how long the shipped table is used before it is asked again.
+_unavailable: float | None = None
+UNAVAILABLE_RETRY_SECONDS = 600.0
 
 
 def has_credentials() -> bool:
@@ -55,6 +60,16 @@ def _has_credentials_cached() -> bool:
     if _credentials is None or now - _credentials[0] > CREDENTIALS_RECHECK_SECONDS:
         _credentials = (now, has_credentials())
     return _credentials[1]
+
+
+def pricing_endpoint() -> str:
+    """The Price List API's endpoint: ``AWS_ENDPOINT_URL_PRICING`` if set, else AWS's.
+
+    Never the global ``AWS_ENDPOINT_URL``, which botocore would otherwise apply to every service: on a
+    cluster it points at the S3-compatible server of the artifact root (MinIO), which has no Price List
+    API (the operator asked MinIO for prices at every observation).
+    """
+    return os.environ.get("AWS_ENDPOINT_URL_PRICING") or DEFAULT_ENDPOINT
 
 
 def _filters(region: str, instance_type: str) -> list[dict[str, str]]:
@@ -82,7 +97,7 @@ def fetch_price_document(regions: Iterable[str], instance_types: Iterable[str], 
     import boto3
     import botocore.exceptions
 
-    client = client or boto3.client("pricing", region_name=PRICING_REGION)
+    client = client or boto3.client("pricing", region_name=PRICING_REGION, endpoint_url=pricing_endpoint())
     fetched = time.strftime("%Y-%m-%d", time.gmtime(now if now is not None else time.time()))
     document: dict[str, Any] = {"currency": "USD", "hoursPerMonth": 730, "sources": {}, "instanceTypes": {},
                                 "regions": {}}
@@ -148,9 +163,17 @@ def price_table(data_dir: Path, regions: Iterable[str], extra_instance_types: It
     regions = set(regions)
     if not regions or not _has_credentials_cached():
         return shipped
-    try:
-        return cached_price_table(data_dir / "cache" / "aws-prices.json", regions,
-                                  set(shipped.instance_type_names()) | set(extra_instance_types))
-    except PriceListUnavailable as error:
-        log.warning("using the shipped price table: %s", error)
+    global _unavailable
+    now = time.monotonic()
+    if _unavailable is not None and now - _unavailable < UNAVAILABLE_RETRY_SECONDS:
         return shipped
+    try:
+        table = cached_price_table(data_dir / "cache" / "aws-prices.json", regions,
+                                   set(shipped.instance_type_names()) | set(extra_instance_types))
+    except PriceListUnavailable as error:
+        # Asked again after a while, not at every observation of every deployment (one warning each time).
+        _unavailable = now
+        log.warning("using the shipped price table for %.0f minutes: %s", UNAVAILABLE_RETRY_SECONDS / 60, error)
+        return shipped
+    _unavailable = None
+    return table
