@@ -150,13 +150,18 @@ def wait(probe: Callable[[], Any], timeout: float, what: str, interval: float = 
 class Traffic:
     """Real V2 inference requests from iris rows, optionally shifted, on loopback, with ground truth.
 
-    Every request carries an id; its true species goes to the label feed (``labels_dir``, one CSV
-    file per burst with columns id,label, written atomically before the burst is sent), as a
+    Every request carries an id; its true species goes to the label feed (``labels``: a directory,
+    or a URI such as ``s3://bucket/labels/`` that fsspec writes with the environment's credentials;
+    one CSV file per burst with columns id,label, written atomically before the burst is sent), as a
     labelling team would deliver it. The shift is a new measuring device that reports petals 2 cm longer: the flowers, and so
     their species, are the same, so a model trained before the shift is wrong about most of them.
+
+    ``endpoint`` is any URL of the model (``status.endpoint``, or that URL with its host replaced by
+    an address this machine reaches, e.g. a cluster Service's IP). ``versions`` counts the answers
+    per ``model_version``, ``errors`` the failures per cause.
     """
 
-    def __init__(self, endpoint: str, model: str, labels_dir: Path, seed: int = 7):
+    def __init__(self, endpoint: str, model: str, labels: Path | str, seed: int = 7):
         from sklearn.datasets import load_iris
 
         # status.endpoint is the model's V2 URL (…/v2/models/<name>); older forms give the server's root.
@@ -164,10 +169,16 @@ class Traffic:
         self.url = f"{base}/infer" if "/v2/models/" in base else f"{base}/v2/models/{model}/infer"
         iris = load_iris()
         self.rows, self.species = iris.data, iris.target
-        self.labels_dir = labels_dir
-        labels_dir.mkdir(parents=True, exist_ok=True)
+        self.labels = str(labels)
+        if "://" not in self.labels or self.labels.startswith("file://"):
+            self.labels_dir: Path | None = Path(self.labels.removeprefix("file://"))
+            self.labels_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.labels_dir = None
         self.rng = np.random.default_rng(seed)
         self.sent = self.failed = 0
+        self.versions: dict[str, int] = {}
+        self.errors: dict[str, int] = {}  # failed requests by cause: "HTTP 503", "ConnectionRefusedError", …
         self._count = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -186,12 +197,20 @@ class Traffic:
         request = urllib.request.Request(self.url, body.encode(), {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
-                response.read()
+                answer = json.loads(response.read())
             with self._lock:
                 self.sent += 1
-        except (urllib.error.URLError, OSError):
+                version = str(answer.get("model_version", ""))
+                self.versions[version] = self.versions.get(version, 0) + 1
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            if isinstance(error, urllib.error.HTTPError):
+                reason = f"HTTP {error.code}"
+            else:
+                cause = getattr(error, "reason", error)
+                reason = type(cause).__name__ if isinstance(cause, BaseException) else str(cause)
             with self._lock:
                 self.failed += 1
+                self.errors[reason] = self.errors.get(reason, 0) + 1
 
     def burst(self, count: int, shift: float = 0.0, glitches: int = 0) -> None:
         """``count`` requests, then their labels; the last ``glitches`` have a negative sepal width
@@ -209,11 +228,21 @@ class Traffic:
         # The ground truth is known before the requests go out; writing it first means every served
         # request has its label by the time anything (a retrain, a concept-drift check) joins them.
         name = rows[0][0] if rows else "empty"
-        tmp = self.labels_dir / f".{name}.tmp"
-        tmp.write_text("id,label\n" + "\n".join(labels) + "\n")
-        tmp.replace(self.labels_dir / f"{name}.csv")
+        self._write_labels(f"{name}.csv", "id,label\n" + "\n".join(labels) + "\n")
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(self._send, rows))
+
+    def _write_labels(self, name: str, text: str) -> None:
+        """One file of the label feed, whole or not at all (a rename locally; an object store's put is atomic)."""
+        if self.labels_dir is not None:
+            tmp = self.labels_dir / f".{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(self.labels_dir / name)
+            return
+        import fsspec
+
+        with fsspec.open(f"{self.labels.rstrip('/')}/{name}", "w") as handle:
+            handle.write(text)
 
     def start_background(self, per_second: float = 15.0, shift: float = 0.0) -> None:
         """Steady traffic (what keeps a canary's analysis fed) until stop()."""

@@ -7,16 +7,24 @@ versions live in a real S3 server (MinIO) bound on the node's bridge address, so
 initializer in each Pod downloads them with the credentials of a Secret named by
 ``spec.storageSecretName`` (Seldon's envSecretRefName). The operator runs as a host process.
 
-One SeldonDeployment lifecycle: version 1 → Seldon's Deployments, init container download, MLServer
-serving through the predictor Service with the predictions of the model loaded directly, the
-endpoint in status callable as it is (resolved by the node's CoreDNS) → version 2 as a canary at 33%
-without a mesh (MLOPS_SELDON_ROUTING=none: the step's weight becomes 2 stable and 1 canary replicas,
-and the operator's routing Service over every predictor's Pods lets the node's real kube-proxy split
-requests by ready replicas; the split over 400 requests is checked against a binomial bound) →
-approved → promoted → served by the stable predictor → version 3, which cannot load,
-fails after its progress deadline with the failing container named and is rejected; meanwhile the executors' request
-logger posts every request to the operator's sink on the bridge address, which writes the inference
-log on S3, and a DriftMonitor checks those rows against the served version's training profile. Nothing here writes a SeldonDeployment status: the controller does.
+The loop of `make demo` on Seldon, driven by the operator alone (hack/demo.py's examples, its
+``Traffic`` of labelled iris requests, its label feed here on S3): a ModelTraining (local backend
+beside the operator, artifact root on S3) writes version 1 → the ModelDeployment follows it
+(``fromTraining``, backend seldon): Seldon's Deployments, init container download, MLServer serving
+through the predictor Service with the predictions of the model loaded directly, the endpoint in
+status callable as it is (resolved by the node's CoreDNS) → labelled traffic through that endpoint;
+the executors' request logger posts every request to the operator's sink on the bridge address,
+which writes the inference log on S3 → the DriftMonitor sees no drift → shifted traffic is
+DriftDetected and a retrain is requested with the drift window → the ModelTraining retrains on the
+production rows Seldon served, joined with their labels, and version 2 beats version 1 there →
+version 2 rolls out by itself as a canary at 33% without a mesh (MLOPS_SELDON_ROUTING=none: the step's
+weight becomes 2 stable and 1 canary replicas, and the operator's routing Service over every
+predictor's Pods lets the node's real kube-proxy split requests by ready replicas; the split over 400
+requests is checked against a binomial bound) → the step is analysed from the real Prometheus and
+version 2 promoted automatically → the still shifted traffic is no drift against version 2. Last,
+version 3 (pinned by hand: a training never publishes a model that cannot load) fails after its
+progress deadline with the failing container named and is rejected; version 2 keeps serving.
+Nothing here writes a SeldonDeployment status (the controller does) nor any status or metric.
 """
 
 from __future__ import annotations
@@ -42,8 +50,7 @@ from chart_support import bin_dir
 from e2e.conftest import SUMMARY
 from integration.deployment_support import deployment_body, publish_model
 from mlops_operator.backends import artifacts
-from mlops_operator.drift import build_profile
-from kube_support import REPO, Objects, OperatorProcess, condition, install_crds, wait_until
+from kube_support import REPO, Objects, OperatorProcess, condition, install_crds, load_demo, wait_until
 from prometheus_support import KubernetesPrometheus, prometheus_binary
 from s3_support import S3Server, minio_binary
 from seldon_support import SeldonInstall, seldon_build, source_or_skip
@@ -59,6 +66,10 @@ POD_READY_TIMEOUT = 300  # image import is done before; an MLServer Pod is Ready
 # (a correct split fails this 1 time in 10,000; a 50/50 split, what equal replica counts would give,
 # passes it 2 times in 1,000): for n = 400, 98..171 canary answers (24.5%..42.75%).
 SPLIT_WEIGHT, SPLIT_REQUESTS, SPLIT_ALPHA = 33, 400, 1e-4
+# The canary step's pause, from the canary predictor's readiness: the stable predictor's second replica
+# (about 30 s) and the split's 400 requests (about 10 s) fit in it; then the step is analysed and
+# version 2 promoted automatically.
+SPLIT_PAUSE = 60
 
 
 def _timed(timings: dict[str, float], what: str, start: float) -> None:
@@ -126,9 +137,8 @@ def dashboard_and_alert_metric_names() -> set[str]:
 
 
 def not_in_a_seldon_run(names: set[str]) -> set[str]:
-    """Names only the local backend's router (mlops_router_*) or training runs export."""
-    return {n for n in names if n.startswith(("mlops_router_", "mlops_training_", "mlops_model_validated_",
-                                              "mlops_retrain_requests"))}
+    """Names only the local backend's router exports (mlops_router_*)."""
+    return {n for n in names if n.startswith("mlops_router_")}
 
 
 def create_models_secret(node_api: Any, ns: str, s3: S3Server) -> None:
@@ -200,27 +210,29 @@ def seldon_namespace(node_api, request):
     core.delete_namespace(name)
 
 
-def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_namespace,
-                                                  tmp_path, monkeypatch):
+def seldon_deployment(spec: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """``spec`` with backend seldon, the models Secret, a progress deadline and small requests."""
+    return {**spec, "backend": "seldon", "storageSecretName": "s3-models", "progressDeadlineSeconds": 180,
+            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}}, **fields}
+
+
+def test_the_loop_on_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_namespace, tmp_path, monkeypatch):
+    """The loop of `make demo` (hack/demo.py's examples, traffic and label feed) on Seldon, driven by the
+    operator alone: no model version is published by hand, no spec is edited between v1 and v2."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     ns, timings, kc = seldon_namespace, node_cluster.timings, node_cluster.kubeconfig
     core = client.CoreV1Api(node_api)
     custom = client.CustomObjectsApi(node_api)
+    demo = load_demo()
     t0 = time.monotonic()
 
-    # Model versions in S3, published the way a training run does.
     for key, value in s3.env().items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, value)  # this process reads the versions and writes the label feed on S3
     root = f"s3://{s3.bucket}/{ns}"
-    # With the training profile of iris, which a DriftMonitor compares the served traffic with.
-    profile = build_profile(load_iris(as_frame=True).frame, exclude=("target",))
-    v1 = publish_model(root, profile=profile)
-    v2 = publish_model(root, c=0.001, profile=profile)  # heavily regularised: disagrees with v1 on some rows
-    expected = {"1": direct_predictions(s3, v1["uri"]), "2": direct_predictions(s3, v2["uri"])}
-    assert expected["1"] != expected["2"], "the two versions must disagree somewhere for the rollout to show"
-
+    # The label feed (ground truth by request id) on S3 too, where the DriftMonitor and the retrain read it.
+    labels_uri = f"s3://{s3.bucket}/{ns}/labels/"
     create_models_secret(node_api, ns, s3)
 
     install_crds(node_api, [__import__("yaml").safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))])
@@ -238,25 +250,41 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
     operator.start()
     _timed(timings, "seldon prometheus and operator up", start)
     objects = Objects(node_api, ns)
+    cluster = demo.Cluster(kc, ns)
+    traffic = None
     try:
-        # 1. Version 1: the real controller creates the Deployments, rclone downloads, MLServer serves.
+        # 1. The ModelTraining (local backend: a run of the built-in pipeline beside the operator) writes
+        # version 1 to S3.
         start = time.monotonic()
-        objects.create(deployment_body(
-            "iris", {"uri": v1["uri"], "version": "1", "name": "iris"},
-            # The step is analysed from Prometheus (extended by its pause while the canary has fewer than
-            # minRequests); manual approval then holds it until the test approves.
-            {"strategy": "canary", "steps": [{"weight": SPLIT_WEIGHT, "pauseSeconds": 20}], "approval": "manual"},
-            backend="seldon", storageSecretName="s3-models", progressDeadlineSeconds=180,
-            resources={"requests": {"cpu": "50m", "memory": "128Mi"}}))
+        cluster.apply(demo.with_labels(demo.example("training.yaml"), labels_uri))
+        mt = objects.wait("ModelTraining", "iris",
+                          lambda o: (o.get("status", {}).get("latestValidatedModel") or {}).get("version") == 1,
+                          timeout=600, what="model version 1 trained")
+        _timed(timings, "seldon loop: v1 trained", start)
+        v1_uri = mt["status"]["latestValidatedModel"]["uri"]
+        assert v1_uri == f"{root}/models/iris/1", v1_uri
+        expected = {"1": direct_predictions(s3, v1_uri)}
+
+        # 2. The ModelDeployment follows the training (spec.model.fromTraining) on backend seldon: the real
+        # controller creates the Deployments, rclone downloads version 1 from S3, MLServer serves it. Each
+        # new version rolls out as a canary at 33% without a mesh (MLOPS_SELDON_ROUTING=none) and is
+        # promoted automatically once its step has been analysed from Prometheus.
+        start = time.monotonic()
+        deployment = demo.example("deployment.yaml")
+        deployment["spec"] = seldon_deployment(deployment["spec"])
+        deployment["spec"]["rollout"]["steps"] = [{"weight": SPLIT_WEIGHT, "pauseSeconds": SPLIT_PAUSE}]
+        assert deployment["spec"]["model"] == {"fromTraining": "iris"}
+        cluster.apply(deployment)
         md = objects.wait(KIND, "iris", lambda o: (condition(o, "Ready") or {}).get("status") == "True",
                           timeout=POD_READY_TIMEOUT, what="ModelDeployment Ready on Seldon")
         _timed(timings, "seldon v1 Ready (Pods up)", start)
+        assert md["status"]["stableVersion"] == "1"
         sdep = custom.get_namespaced_custom_object("machinelearning.seldon.io", "v1", ns, "seldondeployments", "iris")
         assert sdep["status"]["state"] == "Available"
         pods = core.list_namespaced_pod(ns, label_selector="seldon-deployment-id=iris").items
         assert pods and all(p.spec.node_name == node_cluster.devnode.NODE_NAME for p in pods)
         (pod,) = [p for p in pods if p.metadata.deletion_timestamp is None]
-        init = [c for c in pod.spec.init_containers if c.args and c.args[0] == v1["uri"]]
+        init = [c for c in pod.spec.init_containers if c.args and c.args[0] == v1_uri]
         assert init and init[0].image == seldon.images["rclone"], [c.image for c in pod.spec.init_containers]
         assert {c.image for c in pod.spec.containers} == {seldon.images["mlserver"], seldon.images["executor"]}
 
@@ -270,22 +298,72 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         callable_endpoint = endpoint.replace(url.hostname, service_ip, 1)  # the host has no cluster DNS
         # The stable predictor's own Service (Seldon's), for what only the stable predictor must answer.
         stable_endpoint = f"http://{core.read_namespaced_service('iris-stable', ns).spec.cluster_ip}:8000/v2/models/iris"
+
         # Seldon says Available once the Pods are; kube-proxy programs the Service's rules on its own
         # clock (about a second later), so the first call may be refused: it answers within seconds.
-        def first_answer() -> dict[str, Any] | None:
-            try:
-                return v2_infer(f"{callable_endpoint}/infer", ROWS)
-            except urllib.error.URLError:
-                return None
+        def answer_of(endpoint: str, rows: list[list[float]] = ROWS) -> Callable[[], dict[str, Any] | None]:
+            def answer() -> dict[str, Any] | None:
+                try:
+                    return v2_infer(f"{endpoint}/infer", rows, timeout=5)
+                except urllib.error.URLError:
+                    return None
+            return answer
 
-        answer = wait_until(first_answer, timeout=30, interval=1, what="the endpoint answering after Ready")
+        answer = wait_until(answer_of(callable_endpoint), timeout=30, interval=1, what="the endpoint answering after Ready")
         assert answer["model_name"] == "iris" and answer["model_version"] == "1"
         assert [int(x) for x in answer["outputs"][0]["data"]] == expected["1"]
 
-        # 2. Version 2 rolls out as a canary: its own predictor, Deployment and Service; at 33% without a
-        # mesh, 2 stable replicas and 1 canary replica.
+        # 3. Normal, labelled traffic through the endpoint (hack/demo.py's Traffic, its labels on S3): the
+        # executors' request logger posts each request to the operator's sink, which writes the inference
+        # log on S3, and the DriftMonitor sees no drift against version 1's training profile.
         start = time.monotonic()
-        objects.patch(KIND, "iris", {"spec": {"model": {"uri": v2["uri"], "version": "2", "name": "iris"}}})
+        traffic = demo.Traffic(callable_endpoint, "iris", labels_uri)
+        traffic.burst(300)
+        assert traffic.failed == 0 and traffic.versions == {"1": 300}, (traffic.failed, traffic.versions)
+        monitor = demo.with_labels(demo.example("driftmonitor.yaml"), labels_uri)
+        monitor["spec"]["interval"] = "5s"
+        cluster.apply(monitor)
+        dm = objects.wait("DriftMonitor", "iris", lambda o: o.get("status", {}).get("phase") == "NoDrift",
+                          timeout=180, what="a check of the Seldon-served traffic without drift")
+        assert dm["status"]["sampleSize"] >= 100 and dm["status"]["modelVersion"] == "1", dm["status"]
+        assert dm["status"]["referenceUri"] == f"{v1_uri}/profile.json"
+        _timed(timings, "seldon loop: NoDrift against v1", start)
+
+        # 4. Shifted, labelled traffic (petals read 2 cm longer; the last 4 rows from a broken sensor):
+        # DriftDetected, and the DriftMonitor asks the ModelTraining for a retrain with its window.
+        start = time.monotonic()
+        traffic.burst(400, shift=2.0, glitches=4)
+        assert traffic.failed == 0, traffic.failed
+        dm = objects.wait("DriftMonitor", "iris", lambda o: condition(o, "DriftDetected").get("status") == "True",
+                          timeout=180, what="DriftDetected on the shifted traffic")
+        assert dm["status"]["modelVersion"] == "1"
+        drifted = {r["feature"] for r in dm["status"].get("results", []) if any(t.get("drifted") for t in r.get("tests", []))}
+        assert drifted and all(f.startswith("petal") for f in drifted), dm["status"]
+        _timed(timings, "seldon loop: DriftDetected", start)
+
+        # 5. The retrain learns from the production rows Seldon served, joined with their labels by the
+        # callers' request ids, and publishes version 2, which beats version 1 on them.
+        start = time.monotonic()
+        mt = objects.wait("ModelTraining", "iris",
+                          lambda o: (o.get("status", {}).get("latestValidatedModel") or {}).get("version") == 2,
+                          timeout=600, what="model version 2 retrained")
+        _timed(timings, "seldon loop: v2 retrained", start)
+        run = mt["status"]["latestRun"]
+        assert run["trigger"].startswith("retrain requested:"), run["trigger"]
+        assert run["retrainWindow"]["monitor"] == "iris"
+        sources = {source["name"]: source for source in run["sources"]}
+        assert sources["production"]["rows"] >= 300 and sources["production"]["rejectedRows"] == 4, sources
+        comparison = run["comparison"]
+        assert comparison["holdout"] == "production" and comparison["champion"]["version"] == 1
+        assert comparison["challenger"]["metrics"]["accuracy"] - comparison["champion"]["metrics"]["accuracy"] >= 0.3
+        v2_uri = mt["status"]["latestValidatedModel"]["uri"]
+        expected["2"] = direct_predictions(s3, v2_uri)
+
+        # 6. Version 2 rolls out as a canary by itself: its own predictor, Deployment and Service; at 33%
+        # without a mesh, 2 stable replicas and 1 canary replica. Shifted, labelled traffic keeps flowing
+        # (what the analysis counts).
+        start = time.monotonic()
+        traffic.start_background(per_second=10, shift=2.0)
 
         def canary_serves() -> dict[str, Any] | None:
             try:
@@ -313,49 +391,44 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
                    what="kube-proxy routing iris over the 3 ready Pods")
         _timed(timings, "seldon split ready (2 stable + 1 canary)", start)
 
-        # The split through the routing Service, on the node's real kube-proxy: one new connection per request.
+        # The split through the routing Service, on the node's real kube-proxy: one new connection per
+        # request, within the step's pause (the background traffic goes on beside it).
         start = time.monotonic()
         answers: dict[str, int] = {}
-        deadline = time.monotonic() + 180
         for i in range(SPLIT_REQUESTS):
-            assert time.monotonic() < deadline, f"{i} requests in 180 s: {answers}"
+            assert time.monotonic() - start < SPLIT_PAUSE, f"{i} requests in {SPLIT_PAUSE} s: {answers}"
             version = v2_infer(f"{callable_endpoint}/infer", ROWS[:1], timeout=10)["model_version"]
             answers[version] = answers.get(version, 0) + 1
         low, high = binom.interval(1 - SPLIT_ALPHA, SPLIT_REQUESTS, 1 / 3)
         canary_share = answers.get("2", 0)
         assert set(answers) == {"1", "2"} and low <= canary_share <= high, (
             f"canary answered {canary_share} of {SPLIT_REQUESTS} (expected {low:.0f}..{high:.0f}): {answers}")
+        # Measured within the step: version 2 was not promoted (and the canary not scaled away) meanwhile.
+        assert objects.get(KIND, "iris")["status"]["stableVersion"] == "1", "promoted during the measurement"
         _timed(timings, "seldon split measured", start)
         SUMMARY.append(f"seldon split without a mesh (weight {SPLIT_WEIGHT}, 2+1 replicas): canary "
                        f"{canary_share}/{SPLIT_REQUESTS} = {100 * canary_share / SPLIT_REQUESTS:.1f}% "
                        f"(binomial 1-{SPLIT_ALPHA:g} interval {low:.0f}..{high:.0f})")
 
-        # The step was analysed from Prometheus (the canary's executor metrics, scraped through Kubernetes
-        # SD): it passes with the canary's requests counted there, then holds for approval.
-        md = objects.wait(KIND, "iris", lambda o: o["status"].get("phase") == "AwaitingApproval", timeout=180,
-                          what="the canary step analysed from Prometheus")
-        analysis = md["status"]["lastAnalysis"]
-        assert analysis["source"] == "prometheus" and analysis["passed"], analysis
-        assert analysis["requests"] >= 20, analysis  # minRequests (default 20); the split sent ~130
-        scraped = prometheus.query(f'sum by (predictor_name) (seldon_api_executor_server_requests_seconds_count'
-                                   f'{{namespace="{ns}",deployment_name="iris"}})')
-        assert {r["metric"]["predictor_name"] for r in scraped} >= {"stable", "canary"}, scraped
-        objects.patch(KIND, "iris", {"metadata": {"annotations": {"mlops.dev/approve": "2"}}})
-
-        # 3. Promoted: the stable predictor serves version 2, the canary predictor is gone.
+        # 7. The step is analysed from Prometheus (the canary's executor metrics, scraped through
+        # Kubernetes SD) and version 2 is promoted automatically: the stable predictor serves it, the
+        # canary predictor is gone.
         start = time.monotonic()
         md = objects.wait(KIND, "iris", lambda o: o["status"].get("stableVersion") == "2"
                           and (condition(o, "Ready") or {}).get("status") == "True",
-                          timeout=POD_READY_TIMEOUT, what="version 2 promoted")
+                          timeout=POD_READY_TIMEOUT, what="version 2 promoted automatically")
         _timed(timings, "seldon v2 promoted", start)
         assert md["status"]["lastRollout"]["result"] == "promoted"
+        analysis = md["status"]["lastAnalysis"]
+        assert analysis["source"] == "prometheus" and analysis["passed"], analysis
+        assert analysis["requests"] >= 20, analysis  # minRequests
+        scraped = prometheus.query(f'sum by (predictor_name) (seldon_api_executor_server_requests_seconds_count'
+                                   f'{{namespace="{ns}",deployment_name="iris"}})')
+        assert {r["metric"]["predictor_name"] for r in scraped} >= {"stable", "canary"}, scraped
 
         def stable_serves_v2() -> dict[str, Any] | None:
-            try:
-                out = v2_infer(f"{stable_endpoint}/infer", ROWS, timeout=5)
-            except (AssertionError, OSError):
-                return None
-            return out if out["model_version"] == "2" else None
+            out = answer_of(stable_endpoint)()
+            return out if out and out["model_version"] == "2" else None
 
         answer = wait_until(stable_serves_v2, timeout=POD_READY_TIMEOUT, interval=1, what="stable serves version 2")
         _timed(timings, "seldon v2 served by stable", start)
@@ -365,10 +438,26 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         wait_until(lambda: not [d for d in client.AppsV1Api(node_api).list_namespaced_deployment(ns).items
                                 if "-canary-" in d.metadata.name], timeout=120, what="canary Deployment removed")
 
-        # 4. The executors' request logger posted every request and response to the operator's sink (on
-        # the bridge address), which wrote the inference log the DriftMonitor reads, on S3.
+        # 8. The still shifted traffic is no drift against version 2 (what it was trained on).
         start = time.monotonic()
+        dm = objects.wait("DriftMonitor", "iris", lambda o: o.get("status", {}).get("phase") == "NoDrift"
+                          and o["status"].get("modelVersion") == "2", timeout=240, what="NoDrift against version 2")
+        assert dm["status"]["referenceUri"] == f"{v2_uri}/profile.json"
+        _timed(timings, "seldon loop: NoDrift against v2", start)
+        traffic.stop()
+        # Every request was answered, but for a few refused connections while a predictor's Pods were
+        # replaced (promotion; the stable predictor back to 1 replica): Seldon 1.17.1's executor stops
+        # listening on SIGTERM and has no preStop delay, so kube-proxy may still pick a Pod being stopped
+        # for about a second (README, "Canary and shadow on Seldon"). Never an HTTP error.
+        total = traffic.sent + traffic.failed
+        assert set(traffic.errors) <= {"ConnectionRefusedError", "ConnectionResetError", "RemoteDisconnected"} \
+            and traffic.failed <= total // 100, f"{traffic.failed} of {total} requests failed: {traffic.errors}"
+        SUMMARY.append(f"seldon loop: {total} labelled requests, answers per version {traffic.versions}, "
+                       f"failed {traffic.errors or 0}")
+        mt = objects.get("ModelTraining", "iris")
+        assert mt["metadata"]["generation"] == 1 and objects.get(KIND, "iris")["metadata"]["generation"] == 1
 
+        # The inference log the sink wrote on S3 has each predictor's and version's answers to ROWS.
         def logged() -> dict[tuple[str, str], list[int]] | None:
             fs, base = artifacts.open_fs(f"{root}/inference/{ns}/iris")
             seen: dict[tuple[str, str], list[int]] = {}
@@ -376,30 +465,17 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
                 if path.endswith(".jsonl"):
                     for line in fs.cat_file(path).decode().splitlines():
                         record = json.loads(line)
-                        # The answers to ROWS (the split's one-row requests are logged too).
                         if record.get("status") == 200 and record.get("outputs") and \
                                 len(record["outputs"][0]["data"]) == len(ROWS):
                             seen[(record["predictor"], record["modelVersion"])] = record["outputs"][0]["data"]
             return seen if {("stable", "1"), ("canary", "2"), ("stable", "2")} <= set(seen) else None
 
         records = wait_until(logged, timeout=60, interval=1, what="the inference log of every predictor and version")
-        _timed(timings, "seldon inference log complete", start)
         assert records[("stable", "1")] == expected["1"] and records[("canary", "2")] == expected["2"]
         assert records[("stable", "2")] == expected["2"]
 
-        # The DriftMonitor reads that log: the rows Seldon served, against the served version's profile.
-        start = time.monotonic()
-        objects.create({"apiVersion": "mlops.dev/v1alpha1", "kind": "DriftMonitor", "metadata": {"name": "iris"},
-                        "spec": {"deploymentRef": {"name": "iris"}, "interval": "2s",
-                                 "window": {"rows": 200, "minSamples": 20}, "tests": [{"name": "ks", "threshold": 0.5}]}})
-        monitor = objects.wait("DriftMonitor", "iris", lambda o: (o.get("status") or {}).get("sampleSize"),
-                               timeout=60, what="a drift check over the Seldon-served traffic")
-        assert monitor["status"]["sampleSize"] >= 20 and monitor["status"]["modelVersion"] == "2", monitor["status"]
-        assert monitor["status"]["referenceUri"] == f"{v2['uri']}/profile.json"
-        _timed(timings, "seldon traffic seen by a DriftMonitor", start)
         # The Grafana dashboard's and the alerts' metric names were really scraped by this Prometheus,
-        # except those only a local backend's router or a training run exports (neither runs here); the
-        # DriftMonitor still exists (its gauges go with it).
+        # except those only a local backend's router exports (none runs here).
         used = dashboard_and_alert_metric_names()
 
         def not_scraped() -> set[str]:
@@ -410,10 +486,11 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         except AssertionError:
             raise AssertionError(f"used by the dashboard or the alerts, never scraped: {sorted(not_scraped())}") from None
         assert {"seldon_api_executor_server_requests_seconds_count", "mlops_deployment_ready",
-                "mlops_rollouts_total"} <= prometheus.metric_names()
+                "mlops_rollouts_total", "mlops_retrain_requests_total"} <= prometheus.metric_names()
         objects.delete("DriftMonitor", "iris")
+        _timed(timings, "seldon loop: operator-driven v1 -> v2", t0)
 
-        # 5. Version 3 cannot load: its canary Pod crash-loops, Seldon reports Failed after the progress
+        # 9. Version 3 cannot load: its canary Pod crash-loops, Seldon reports Failed after the progress
         # deadline (30 s here), the condition names the failing container, version 3 is rejected and
         # the stable predictor keeps serving version 2 throughout.
         start = time.monotonic()
@@ -423,8 +500,9 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
             v3 = artifacts.publish_model_version(root, "iris", artifacts.allocate_version(root, "iris"),
                                                  model_file=broken, metrics={"accuracy": 0.95}, validated=True,
                                                  reasons=[], profile={}, lineage={"test": "broken"})
-        objects.patch(KIND, "iris", {"spec": {"model": {"uri": v3["uri"], "version": "3", "name": "iris"},
-                                              "progressDeadlineSeconds": 30}})
+        # Pinned by hand (a training never publishes a model that cannot load): the spec leaves fromTraining.
+        objects.patch(KIND, "iris", {"spec": {"model": {"fromTraining": None, "uri": v3["uri"], "version": "3",
+                                                        "name": "iris"}, "progressDeadlineSeconds": 30}})
         md = objects.wait(KIND, "iris", lambda o: "3" in (o["status"].get("rejectedVersions") or []),
                           timeout=240, what="version 3 rejected")
         _timed(timings, "seldon v3 failed and rejected", start)
@@ -437,14 +515,6 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
         # back from 2 replicas to 1 now, and a connection kube-proxy still sends to the Pod being stopped
         # is refused for a moment (Seldon's executor stops listening on SIGTERM, before kube-proxy has
         # dropped the endpoint; seen in CI on the stable Service too).
-        def answer_of(endpoint: str) -> Callable[[], dict[str, Any] | None]:
-            def answer() -> dict[str, Any] | None:
-                try:
-                    return v2_infer(f"{endpoint}/infer", ROWS, timeout=5)
-                except urllib.error.URLError:
-                    return None
-            return answer
-
         assert wait_until(answer_of(stable_endpoint), timeout=30, interval=0.5,
                           what="the stable Service answering")["model_version"] == "2"
         assert wait_until(answer_of(callable_endpoint), timeout=30, interval=0.5,
@@ -466,6 +536,8 @@ def test_model_versions_served_by_the_real_seldon(node_cluster, node_api, seldon
                   (e.message or "")[:200])
         raise
     finally:
+        if traffic is not None:
+            traffic.stop()
         objects.delete_all()
         wait_until(lambda: not objects.list_all(), timeout=120, what="our objects deleted")
         operator.stop()
