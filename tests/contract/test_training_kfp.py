@@ -578,7 +578,7 @@ def test_the_parameters_the_operator_builds_fit_the_tabular_pipeline(kfp_api: Kf
     )
     from mlops_operator.backends.training_local import pipeline_arguments
 
-    params = modeltraining.pipeline_parameters(spec, "file:///var/lib/mlops/artifacts", {"accuracy": 0.9})
+    params = modeltraining.pipeline_parameters(spec, "ml", "file:///var/lib/mlops/artifacts", {"accuracy": 0.9})
     # As the ModelTraining handler does for backend kfp: coerce to the compiled pipeline's inputs.
     params = pipeline_arguments({"parameters": params}, "iris-0a1b2c3d-g1", "/var/lib/mlops", TABULAR)
     assert params["run_name"] == "iris-0a1b2c3d-g1" and params["pipeline_digest"]
@@ -600,7 +600,7 @@ def test_the_tabular_pipeline_runs_in_the_configured_image_root_and_service_acco
     package = training_kfp.with_component_image(str(TABULAR), image, tmp_path)
     assert package != str(TABULAR) and training_kfp.with_component_image(str(TABULAR), image, tmp_path) == package
     params = pipeline_arguments({"parameters": {"dataset_uri": "s3://data/iris.csv", "target": "species",
-                                                "model_name": "iris"}}, "iris-0a1b2c3d-g1", tmp_path, package)
+                                                "model_name": "iris", "model_namespace": "ml"}}, "iris-0a1b2c3d-g1", tmp_path, package)
     assert params["pipeline_digest"] == pipeline_digest(package)  # lineage names what ran
     run = submit_run(connect(kfp_api), "iris-0a1b2c3d-g1", package, params, experiment="mlops",
                      pipeline_root="s3://mlops-pipelines/runs", service_account="training-runner")
@@ -659,7 +659,7 @@ def test_resources_placement_retries_and_caching_reach_the_submitted_spec(
     package = training_kfp.with_run_settings(str(TABULAR), kfp_run_settings(spec, image), tmp_path)
     assert training_kfp.with_run_settings(str(TABULAR), kfp_run_settings(spec, image), tmp_path) == package
     params = pipeline_arguments({"parameters": {"dataset_uri": "s3://data/iris.csv", "target": "species",
-                                                "model_name": "iris"}}, "iris-0a1b2c3d-g1", tmp_path, package)
+                                                "model_name": "iris", "model_namespace": "ml"}}, "iris-0a1b2c3d-g1", tmp_path, package)
     run = submit_run(connect(kfp_api), "iris-0a1b2c3d-g1", package, params, experiment="mlops",
                      enable_caching=spec.caching)
 

@@ -262,7 +262,7 @@ def test_the_loop_on_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_
                           timeout=600, what="model version 1 trained")
         _timed(timings, "seldon loop: v1 trained", start)
         v1_uri = mt["status"]["latestValidatedModel"]["uri"]
-        assert v1_uri == f"{root}/models/iris/1", v1_uri
+        assert v1_uri == f"{root}/models/{ns}/iris/1", v1_uri
         expected = {"1": direct_predictions(s3, v1_uri)}
 
         # 2. The ModelDeployment follows the training (spec.model.fromTraining) on backend seldon: the real
@@ -497,7 +497,7 @@ def test_the_loop_on_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_
         with tempfile.TemporaryDirectory() as scratch:
             broken = Path(scratch) / "model.joblib"
             broken.write_bytes(b"not a model")
-            v3 = artifacts.publish_model_version(root, "iris", artifacts.allocate_version(root, "iris"),
+            v3 = artifacts.publish_model_version(root, ns, "iris", artifacts.allocate_version(root, ns, "iris"),
                                                  model_file=broken, metrics={"accuracy": 0.95}, validated=True,
                                                  reasons=[], profile={}, lineage={"test": "broken"})
         # Pinned by hand (a training never publishes a model that cannot load): the spec leaves fromTraining.
@@ -591,7 +591,7 @@ def test_istio_virtual_service_follows_the_rollout_steps(node_cluster, node_api,
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
     root = f"s3://{s3.bucket}/{ns}"
-    v1, v2 = publish_model(root), publish_model(root, c=0.001)
+    v1, v2 = publish_model(root, ns), publish_model(root, ns, c=0.001)
     create_models_secret(node_api, ns, s3)
     install_crds(node_api, [__import__("yaml").safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))])
     operator = OperatorProcess(kc, ns, tmp_path / "operator", env={
@@ -653,7 +653,7 @@ def test_istio_virtual_service_follows_the_rollout_steps(node_cluster, node_api,
 
         # With automatic promotion and no metrics source (this operator has no Prometheus), a canary would
         # pass its steps on their pauses alone: it is refused before any traffic, naming what to set.
-        v3 = publish_model(root, c=0.01)
+        v3 = publish_model(root, ns, c=0.01)
         objects.patch(KIND, "iris", {"spec": {"model": {"uri": v3["uri"], "version": "3", "name": "iris"},
                                               "rollout": {"approval": "automatic"}}})
         md = objects.wait(KIND, "iris", lambda o: "3" in (o["status"].get("rejectedVersions") or []), timeout=60,

@@ -20,18 +20,18 @@ MODEL = "iris"
 ROWS = load_iris().data[:8].tolist()
 
 
-def publish_model(artifact_root: str, n_features: int = 4, c: float = 1.0, accuracy: float = 0.95,
+def publish_model(artifact_root: str, namespace: str, n_features: int = 4, c: float = 1.0, accuracy: float = 0.95,
                   profile: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a tiny iris classifier on the first ``n_features`` columns and publish it as the next
-    version of ``iris`` under ``artifact_root`` (what a ModelTraining run would do, in 0.1 s)."""
+    version of ``iris`` of ``namespace`` under ``artifact_root`` (what a ModelTraining run would do, in 0.1 s)."""
     data = load_iris()
     model = LogisticRegression(C=c, max_iter=500).fit(data.data[:, :n_features], data.target)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "model.joblib"
         joblib.dump(model, path)
-        version = artifacts.allocate_version(artifact_root, MODEL)
+        version = artifacts.allocate_version(artifact_root, namespace, MODEL)
         return artifacts.publish_model_version(
-            artifact_root, MODEL, version, model_file=path, metrics={"accuracy": accuracy}, validated=True,
+            artifact_root, namespace, MODEL, version, model_file=path, metrics={"accuracy": accuracy}, validated=True,
             reasons=[], profile=profile or {}, lineage={"test": True, "features": n_features})
 
 

@@ -77,7 +77,7 @@ def test_a_promoted_version_that_starts_failing_is_rolled_back(objects, operator
               "format": base64.b64encode(b"alertmanager").decode()}))
 
     root = (operator.data_dir / "artifacts").resolve().as_uri()
-    v1, v2 = publish_model(root), publish_model(root, c=0.1)
+    v1, v2 = publish_model(root, namespace), publish_model(root, namespace, c=0.1)
     source = lambda info: {"uri": info["uri"], "version": str(info["version"]), "name": "iris"}  # noqa: E731
     objects.create(deployment_body(
         "iris", source(v1), {"strategy": "direct", "postPromotion": {"bakeSeconds": 600}},

@@ -48,7 +48,7 @@ class Serving:
         self.clock = datetime.now(UTC)
 
     def publish_version(self, version: str = "1", metrics: dict[str, float] | None = None) -> str:
-        directory = self.root / "models" / self.name / version
+        directory = self.root / "models" / self.objects.namespace / self.name / version
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "profile.json").write_text(json.dumps(build_profile(IRIS, exclude=("target",))))
         (directory / "metrics.json").write_text(json.dumps(metrics or {"accuracy": 0.96, "f1": 0.96}))
@@ -158,7 +158,7 @@ def test_no_drift_then_drift_requests_a_retrain_once_within_the_cooldown(objects
     obj = objects.wait("DriftMonitor", "iris", phase_is("NoDrift"), timeout=60, what="NoDrift on normal traffic")
     status = obj["status"]
     assert status["sampleSize"] == 200 and status["modelVersion"] == "1" and status["referenceSize"] == 150
-    assert status["referenceUri"].endswith("/models/iris/1/profile.json")
+    assert status["referenceUri"].endswith(f"/models/{ns}/iris/1/profile.json")
     assert [r["feature"] for r in status["results"]] == FEATURES
     assert all(r["verdict"] == "NoDrift" for r in status["results"])
     assert (condition(obj, "Ready")["status"], condition(obj, "DriftDetected")["reason"]) == ("True", "NoDrift")
@@ -287,7 +287,7 @@ def test_missing_deployment_model_reference_and_log_are_reported_then_recovered(
     obj = objects.wait("DriftMonitor", "iris", ready_reason("NoServedModel"), timeout=backoff, what="NoServedModel")
     assert obj["status"]["phase"] == "Pending"  # waiting, not failing: it resolves by itself
 
-    uri = (serving.root / "models" / "iris" / "1").resolve().as_uri()
+    uri = (serving.root / "models" / objects.namespace / "iris" / "1").resolve().as_uri()
     serving.serve("1", uri)
     obj = objects.wait("DriftMonitor", "iris", ready_reason("ReferenceUnavailable"), timeout=backoff,
                        what="ReferenceUnavailable")

@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:This client only works with Kubeflow Pipeline v2:FutureWarning")]
 
 MODEL = "churn"
+NAMESPACE = "team-a"
 UID = "3f2a9c1d-0000-4000-8000-000000000000"
 PARAMETERS = {"dataset_uri": "s3://data/churn.csv", "target": "churned"}
 
@@ -51,7 +52,7 @@ def backend(kfp_backend, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
                                              "dataset": {"uri": "s3://data/churn.csv", "target": "churned"}})
     settings = Settings(kfp_host=kfp_backend.url, data_dir=tmp_path / "data",
                         artifact_root=(tmp_path / "artifacts").as_uri())
-    training = KfpTraining(spec, "team-a", name, settings)
+    training = KfpTraining(spec, NAMESPACE, name, settings)
     yield training
     # A test that failed half-way leaves no recurring run firing into the next tests.
     training_kfp.delete_recurring_run(connection(kfp_backend), training.recurring_run_name)
@@ -62,7 +63,7 @@ def connection(kfp_backend) -> KfpConnection:
 
 
 def parameters(backend: KfpTraining) -> dict:
-    return modeltraining.pipeline_parameters(backend.spec, backend.settings.artifact_root_uri, None)
+    return modeltraining.pipeline_parameters(backend.spec, backend.namespace, backend.settings.artifact_root_uri, None)
 
 
 def wait_for_state(backend: KfpTraining, record: RunRecord, state: str) -> RunRecord:
@@ -73,7 +74,7 @@ def wait_for_state(backend: KfpTraining, record: RunRecord, state: str) -> RunRe
 
 def export(root: str, run_name: str, accuracy: float, tmp_path: Path) -> int:
     """What the pipeline's export step does for ``run_name`` (the pipeline's pods do not run here)."""
-    return pipeline_support.export(root, MODEL, run_name, accuracy, tmp_path)
+    return pipeline_support.export(root, NAMESPACE, MODEL, run_name, accuracy, tmp_path)
 
 
 # ---- runs -----------------------------------------------------------------------------------
@@ -285,7 +286,7 @@ def test_the_operator_runs_versions_and_cleans_up_through_the_real_server(kubeco
         assert len(_scheduled_workflows_named(kfp_backend, display)) == 1
 
         # What the pipeline's export step writes (its Pods do not run here), then Argo's Succeeded.
-        assert pipeline_support.export(root, name, first["name"], 0.9, tmp_path) == 1
+        assert pipeline_support.export(root, namespace, name, first["name"], 0.9, tmp_path) == 1
         kfp_backend.set_workflow_phase(workflow["metadata"]["name"], "Succeeded")
         mt = objects.wait("ModelTraining", name,
                           lambda o: (o["status"].get("latestValidatedModel") or {}).get("version") == 1,

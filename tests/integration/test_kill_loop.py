@@ -173,7 +173,7 @@ class Killer:
 def test_the_loop_converges_through_sigkills_at_every_step(operator, objects, kubeconfig, namespace, tmp_path):
     demo = load_demo()
     data_dir = operator.data_dir
-    killer = Killer(operator, objects, kubeconfig, namespace, data_dir / "artifacts" / "models" / "iris")
+    killer = Killer(operator, objects, kubeconfig, namespace, data_dir / "artifacts" / "models" / namespace / "iris")
     thread = threading.Thread(target=killer.run, name="killer", daemon=True)
     thread.start()
     try:

@@ -51,7 +51,7 @@ def ready_with(version: str):
 def test_serve_canary_split_and_promotion(objects, operator, namespace):
     """Serve version 1, canary version 2 at 30 %, measure the split, promote, then delete."""
     root = artifact_root(operator)
-    v1, v2 = publish_model(root), publish_model(root, c=0.1)
+    v1, v2 = publish_model(root, namespace), publish_model(root, namespace, c=0.1)
     objects.create(deployment_body("iris", model_source(v1), {
         "strategy": "canary", "steps": [{"weight": 30, "pauseSeconds": 600}],
         "analysis": {"minRequests": 20, "maxErrorRate": 0.05}}, region="us-east-1"))
@@ -126,7 +126,7 @@ def test_serve_canary_split_and_promotion(objects, operator, namespace):
 def test_an_erroring_candidate_is_rolled_back(objects, operator, namespace):
     """Version 2 was trained on 3 features: every request it gets fails, the analysis aborts."""
     root = artifact_root(operator)
-    v1, v2 = publish_model(root), publish_model(root, n_features=3)
+    v1, v2 = publish_model(root, namespace), publish_model(root, namespace, n_features=3)
     objects.create(deployment_body("iris", model_source(v1), {
         "strategy": "canary", "steps": [{"weight": 50, "pauseSeconds": 3}, {"weight": 100, "pauseSeconds": 3}],
         "analysis": {"minRequests": 10, "maxErrorRate": 0.05}}))
@@ -165,7 +165,7 @@ def test_an_erroring_candidate_is_rolled_back(objects, operator, namespace):
     assert not objects.get(KIND, "iris")["status"].get("candidateVersion")
 
     # A model URI that does not exist: ModelUnavailable, and version 1 keeps serving.
-    objects.patch(KIND, "iris", {"spec": {"model": {"uri": root + "/models/iris/99", "version": "99"}}})
+    objects.patch(KIND, "iris", {"spec": {"model": {"uri": f"{root}/models/{namespace}/iris/99", "version": "99"}}})
     obj = objects.wait(KIND, "iris", lambda o: condition(o, "Degraded").get("reason") == "ModelUnavailable",
                        timeout=30, what="ModelUnavailable")
     assert "does not exist" in condition(obj, "Degraded")["message"]
@@ -177,7 +177,7 @@ def test_manual_approval_gate(objects, operator, namespace, kubeconfig):
     from mlops_operator import cli
 
     root = artifact_root(operator)
-    v1, v2 = publish_model(root), publish_model(root, c=0.1)
+    v1, v2 = publish_model(root, namespace), publish_model(root, namespace, c=0.1)
     objects.create(deployment_body("gated", model_source(v1), {"strategy": "direct", "approval": "manual"}))
     obj = objects.wait(KIND, "gated", ready_with("1"), timeout=SERVE_TIMEOUT, what="version 1 serving")
     endpoint = obj["status"]["endpoint"]
@@ -209,7 +209,7 @@ def test_follows_training_and_survives_operator_restarts(objects, operator, name
     """fromTraining follows status.latestValidatedModel; a restarted operator adopts the servers,
     and one that finds a deployment gone stops its servers."""
     root = artifact_root(operator)
-    v1, v2 = publish_model(root), publish_model(root, c=0.1)
+    v1, v2 = publish_model(root, namespace), publish_model(root, namespace, c=0.1)
     # A ModelTraining that never runs (backend kfp without a host is refused): the test plays its status.
     objects.create({"apiVersion": "mlops.dev/v1alpha1", "kind": "ModelTraining", "metadata": {"name": "iris"},
                     "spec": {"model": "iris", "dataset": {"uri": "sklearn://iris", "target": "target"},

@@ -90,7 +90,7 @@ def test_backend_unavailable_until_seldon_is_installed(objects, operator, kube_a
     """Without Seldon's CRD the deployment says BackendUnavailable and retries; once installed it proceeds."""
     uninstall_seldon_crd(kube_api)
     try:
-        v1 = publish_model((operator.data_dir / "artifacts").resolve().as_uri())
+        v1 = publish_model((operator.data_dir / "artifacts").resolve().as_uri(), objects.namespace)
         objects.create(deployment_body("iris", model_source(v1), {"strategy": "direct"}, backend="seldon"))
         obj = objects.wait(KIND, "iris", lambda o: condition(o, "Degraded").get("reason") == "BackendUnavailable",
                            timeout=30, what="BackendUnavailable")
@@ -110,7 +110,7 @@ def test_backend_unavailable_until_seldon_is_installed(objects, operator, kube_a
 def test_the_first_version_is_written_as_seldon_expects(objects, operator, seldon_crd, seldon, namespace):
     """One stable predictor owned by the ModelDeployment, accepted by Seldon's schema as we wrote it."""
     root = (operator.data_dir / "artifacts").resolve().as_uri()
-    v1 = publish_model(root)
+    v1 = publish_model(root, objects.namespace)
     objects.create(deployment_body(
         "iris", model_source(v1), {"strategy": "canary", "steps": [{"weight": 20, "pauseSeconds": 1}]},
         backend="seldon", autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetCpuUtilizationPercentage": 75},
@@ -182,7 +182,7 @@ def test_every_rollout_layout_is_admitted_by_seldons_schema(seldon_crd, kube_api
 def test_shadow_without_a_mesh_is_refused_before_any_work(objects, operator, seldon_crd, seldon):
     """MLOPS_SELDON_ROUTING=none (the default): Seldon would ignore the shadow, so it is refused with
     a condition and an event naming the setting, and no SeldonDeployment is written."""
-    v1 = publish_model((operator.data_dir / "artifacts").resolve().as_uri())
+    v1 = publish_model((operator.data_dir / "artifacts").resolve().as_uri(), objects.namespace)
     objects.create(deployment_body("iris", model_source(v1), {"strategy": "shadow"}, backend="seldon"))
     obj = objects.wait(KIND, "iris", lambda o: condition(o, "Ready").get("reason") == "InvalidSpec", timeout=30,
                        what="shadow refused")
@@ -199,7 +199,7 @@ def test_shadow_with_istio_routing_is_written(objects, kubeconfig, namespace, cr
     process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator",
                               env={"MLOPS_SELDON_LOGGER_PORT": "0", "MLOPS_SELDON_ROUTING": "istio"}).start()
     try:
-        v1 = publish_model((process.data_dir / "artifacts").resolve().as_uri())
+        v1 = publish_model((process.data_dir / "artifacts").resolve().as_uri(), namespace)
         objects.create(deployment_body("iris", model_source(v1), {"strategy": "shadow"}, backend="seldon"))
         seldon.wait_predictors("iris", [("stable", 100, None, "1")], timeout=60)
         assert condition(objects.get(KIND, "iris"), "Ready").get("reason") != "InvalidSpec"

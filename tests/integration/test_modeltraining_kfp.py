@@ -57,9 +57,9 @@ def body(schedule: str | None = "*/5 * * * *") -> dict:
     return {"apiVersion": "mlops.dev/v1alpha1", "kind": "ModelTraining", "metadata": {"name": NAME}, "spec": spec}
 
 
-def export(root: str, run_name: str, accuracy: float, tmp_path: Path) -> int:
+def export(root: str, namespace: str, run_name: str, accuracy: float, tmp_path: Path) -> int:
     """What the pipeline's export step does for ``run_name`` (the pipeline's pods do not run here)."""
-    return pipeline_support.export(root, NAME, run_name, accuracy, tmp_path)
+    return pipeline_support.export(root, namespace, NAME, run_name, accuracy, tmp_path)
 
 
 def finish(server: KfpApiServer, run_id: str) -> None:
@@ -87,7 +87,7 @@ def test_recurring_run_fires_version_and_the_schedule_follows_the_spec(kfp_opera
     assert job.runtime_config.parameters["run_name"] == f"{NAME}-{uid8}-s[[ScheduledTime]]"
 
     # The on-demand run succeeds: version 1.
-    assert export(artifact_root, first["name"], 0.81, tmp_path) == 1
+    assert export(artifact_root, objects.namespace, first["name"], 0.81, tmp_path) == 1
     finish(kfp_server, first["backendRunId"])
     objects.wait("ModelTraining", NAME, lambda o: (o["status"].get("latestValidatedModel") or {}).get("version") == 1,
                  what="version 1")
@@ -105,7 +105,7 @@ def test_recurring_run_fires_version_and_the_schedule_follows_the_spec(kfp_opera
                           what=f"fire at {scheduled} recorded")
         assert mt["status"]["latestRun"]["backendRunId"] == run_id
         assert mt["status"]["latestRun"]["trigger"] == f"schedule */5 * * * * at {scheduled:%Y-%m-%dT%H:%M:%SZ}"
-        versions[run_name] = export(artifact_root, run_name, accuracy, tmp_path)
+        versions[run_name] = export(artifact_root, objects.namespace, run_name, accuracy, tmp_path)
         finish(kfp_server, run_id)
         mt = objects.wait("ModelTraining", NAME, lambda o: (o["status"].get("latestValidatedModel") or {}).get("run")
                           == run_name, what=f"version of {run_name}")

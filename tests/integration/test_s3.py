@@ -23,7 +23,7 @@ from mlops_operator.backends.serving_local.inference_log import InferenceLogWrit
 pytestmark = pytest.mark.slow
 
 ALLOCATE = ("import sys; from mlops_operator.backends import artifacts; "
-            "print(' '.join(str(artifacts.allocate_version(sys.argv[1], 'iris', f'{sys.argv[2]}-{i}')) "
+            "print(' '.join(str(artifacts.allocate_version(sys.argv[1], 'ml', 'iris', f'{sys.argv[2]}-{i}')) "
             "for i in range(int(sys.argv[3]))))")
 
 
@@ -57,25 +57,25 @@ def test_concurrent_allocations_from_several_processes_never_share_a_version(roo
         versions += [int(v) for v in out.split()]
     assert sorted(versions) == list(range(1, processes * per_process + 1))
     # A run that already claimed a version gets the same one back.
-    assert artifacts.allocate_version(root, "iris", "p2-3") in versions
-    assert artifacts.list_versions(root, "iris", include_incomplete=True) == sorted(versions)
+    assert artifacts.allocate_version(root, "ml", "iris", "p2-3") in versions
+    assert artifacts.list_versions(root, "ml", "iris", include_incomplete=True) == sorted(versions)
 
 
 def test_published_versions_are_readable_and_immutable(root, tmp_path):
     model_file = tmp_path / "model.joblib"
     model_file.write_bytes(b"not really a model")
-    version = artifacts.allocate_version(root, "iris", "run-a")
+    version = artifacts.allocate_version(root, "ml", "iris", "run-a")
     info = artifacts.publish_model_version(
-        root, "iris", version, model_file=model_file, metrics={"accuracy": 0.9}, validated=True, reasons=[],
+        root, "ml", "iris", version, model_file=model_file, metrics={"accuracy": 0.9}, validated=True, reasons=[],
         profile={"features": {}}, lineage={"run": {"name": "run-a"}})
-    assert info["uri"] == f"{root}/models/iris/{version}" and info["validated"]
-    assert artifacts.latest_version(root, "iris")["metrics"] == {"accuracy": 0.9}
+    assert info["uri"] == f"{root}/models/ml/iris/{version}" and info["validated"]
+    assert artifacts.latest_version(root, "ml", "iris")["metrics"] == {"accuracy": 0.9}
     assert artifacts.read_json_uri(info["profileUri"]) == {"features": {}}
     with pytest.raises(artifacts.VersionImmutable):
         artifacts.publish_model_version(
-            root, "iris", version, model_file=model_file, metrics={"accuracy": 0.1}, validated=True, reasons=[],
+            root, "ml", "iris", version, model_file=model_file, metrics={"accuracy": 0.1}, validated=True, reasons=[],
             profile={}, lineage={})
-    assert artifacts.read_model_version(root, "iris", version)["metrics"] == {"accuracy": 0.9}
+    assert artifacts.read_model_version(root, "ml", "iris", version)["metrics"] == {"accuracy": 0.9}
 
 
 @pytest.mark.asyncio
@@ -147,8 +147,8 @@ def test_the_loop_with_an_s3_artifact_root(s3_operator, objects, kubeconfig, nam
     mt = objects.wait("ModelTraining", "iris",
                       lambda o: (o.get("status", {}).get("latestValidatedModel") or {}).get("version") == 1,
                       timeout=480)
-    assert mt["status"]["latestValidatedModel"]["uri"] == f"{root}/models/iris/1"
-    assert artifacts.read_model_version(root, "iris", 1)["validated"]
+    assert mt["status"]["latestValidatedModel"]["uri"] == f"{root}/models/{namespace}/iris/1"
+    assert artifacts.read_model_version(root, namespace, "iris", 1)["validated"]
 
     deployment = demo.example("deployment.yaml")
     deployment["spec"]["rollout"] = {"strategy": "direct"}

@@ -15,7 +15,7 @@ COMPILED = REPO_ROOT / "pipelines" / "tabular.yaml"
 
 PARAMETERS = {
     "dataset_uri", "dataset_format", "target", "features", "task", "estimator", "estimator_params", "test_size",
-    "seed", "validation", "gate", "baseline_metrics", "max_regression", "artifact_root", "model_name", "run_name",
+    "seed", "validation", "gate", "baseline_metrics", "max_regression", "artifact_root", "model_name", "model_namespace", "run_name",
     "pipeline_digest", "production_data", "mix", "champion_model_uri", "retrain_window",
 }
 OUTPUTS = {"model_version", "model_uri", "metrics", "validated", "validation_reasons", "profile_uri", "dataset_digest",
@@ -52,7 +52,7 @@ def test_parameters_and_outputs(committed: dict) -> None:
     inputs = committed["root"]["inputDefinitions"]["parameters"]
     assert set(inputs) == PARAMETERS
     required = {name for name, spec in inputs.items() if not spec.get("isOptional")}
-    assert required == {"dataset_uri", "target", "model_name", "artifact_root"}
+    assert required == {"dataset_uri", "target", "model_name", "model_namespace", "artifact_root"}
     assert inputs["estimator_params"]["parameterType"] == "STRING"  # JSON text: keeps int vs float
     assert set(committed["root"]["outputDefinitions"]["parameters"]) == OUTPUTS
 

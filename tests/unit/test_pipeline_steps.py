@@ -335,7 +335,7 @@ def run_export(tmp_path: Path, root: str, run_name: str, validated: bool = True)
     return export.run_export(
         model_path=str(model_path), train_path=str(tmp_path / "train.parquet"), schema=schema,
         metrics=scores, validated=validated, reasons=[] if validated else ["accuracy too low"],
-        artifact_root=root, model_name="iris", run_name=run_name, run_id="job-1",
+        artifact_root=root, model_namespace="ml", model_name="iris", run_name=run_name, run_id="job-1",
         dataset={"uri": "sklearn://iris", "format": "auto", "digest": "abc", "rows": 150},
         estimator={"name": "RandomForestClassifier", "params": {"random_state": 42}},
         split={"testSize": 0.25, "seed": 42}, pipeline_digest="d1g", started_at="2026-01-01T00:00:00Z",
@@ -347,9 +347,9 @@ def test_export_publishes_a_complete_version(tmp_path: Path) -> None:
 
     root = (tmp_path / "artifacts").as_uri()
     result = run_export(tmp_path, root, "run-a")
-    assert result == {"model_version": 1, "model_uri": f"{root}/models/iris/1",
-                      "profile_uri": f"{root}/models/iris/1/profile.json", "validated": True, "reused": False}
-    version_dir = tmp_path / "artifacts" / "models" / "iris" / "1"
+    assert result == {"model_version": 1, "model_uri": f"{root}/models/ml/iris/1",
+                      "profile_uri": f"{root}/models/ml/iris/1/profile.json", "validated": True, "reused": False}
+    version_dir = tmp_path / "artifacts" / "models" / "ml" / "iris" / "1"
     assert {p.name for p in version_dir.iterdir()} >= {
         "model.joblib", "model-settings.json", "metrics.json", "validation.json", "profile.json", "lineage.json", "_COMPLETE"}
     settings = json.loads((version_dir / "model-settings.json").read_text())
@@ -372,7 +372,7 @@ def test_export_reuses_the_version_of_the_same_run(tmp_path: Path) -> None:
     assert first["model_version"] == again["model_version"] == 1 and again["reused"]
     assert again["validated"] is False  # the complete version is not rewritten
     assert other["model_version"] == 2
-    info = artifacts.read_model_version(root, "iris", 1)
+    info = artifacts.read_model_version(root, "ml", "iris", 1)
     assert info["validated"] is False and info["validationReasons"] == ["accuracy too low"]
 
 
@@ -405,15 +405,15 @@ def test_stages_run_the_seven_steps_with_their_files_and_lineage(tmp_path: Path)
         train_path=str(tmp_path / "train"), test_path=str(tmp_path / "test"), schema=prepared["schema"],
         estimator="RandomForestClassifier", estimator_params='{"n_estimators": 20}', seed=42, champion_model_uri="",
         baseline_metrics={}, gate={"accuracy": {"min": 0.99}}, max_regression={}, model_path=str(tmp_path / "model"),
-        artifact_root=root, model_name="iris", run_name="run-a", run_id="job-1",
+        artifact_root=root, model_namespace="ml", model_name="iris", run_name="run-a", run_id="job-1",
         dataset={"uri": "sklearn://iris", "format": "auto", "digest": prepared["digest"], "rows": prepared["rows"]},
         test_size=0.25, pipeline_digest="d1g", started_at=prepared["started_at"], sources=prepared["sources"],
         retrain_window={})
-    assert trained["model_version"] == 1 and trained["model_uri"] == f"{root}/models/iris/1"
+    assert trained["model_version"] == 1 and trained["model_uri"] == f"{root}/models/ml/iris/1"
     assert trained["validated"] is False and trained["reasons"] and "accuracy" in trained["reasons"][0]
     assert trained["comparison"]["challenger"] == trained["metrics"]
     assert joblib.load(tmp_path / "model").named_steps["estimator"].n_estimators == 20
-    info = artifacts.read_model_version(root, "iris", 1)
+    info = artifacts.read_model_version(root, "ml", "iris", 1)
     assert info["metrics"] == trained["metrics"] and info["validationReasons"] == trained["reasons"]
     lineage = info["lineage"]
     assert lineage["estimator"]["params"] == {"n_estimators": 20, "random_state": 42}

@@ -181,7 +181,7 @@ def test_every_parameter_the_operator_sets_is_protected():
 
     spec = training(productionData={"deploymentRef": {"name": "iris"}, "labelsUri": "file:///tmp/labels/",
                                     "mix": {"minRows": 10}})
-    params = pipeline_parameters(spec, "file:///tmp/artifacts", {"accuracy": 0.9}, champion_uri="file:///tmp/m/1",
+    params = pipeline_parameters(spec, "ml", "file:///tmp/artifacts", {"accuracy": 0.9}, champion_uri="file:///tmp/m/1",
                                  production={"rows": 1}, retrain_window=RetrainWindow(monitor="iris"))
     assert params["retrain_window"] == {"monitor": "iris"}
     assert set(params) | {"run_name", "pipeline_digest"} <= set(OPERATOR_PIPELINE_PARAMETERS)

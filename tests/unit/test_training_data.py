@@ -207,14 +207,14 @@ def test_production_range_starts_at_the_drift_window_else_the_spec_duration():
 
 def test_new_parameters_go_to_the_builtin_template_only():
     production = {"deployment": "iris"}
-    builtin = modeltraining.pipeline_parameters(spec(), "s3://root", {"accuracy": 0.9}, champion_uri="s3://root/models/iris/1",
+    builtin = modeltraining.pipeline_parameters(spec(), "ml", "s3://root", {"accuracy": 0.9}, champion_uri="s3://root/models/ml/iris/1",
                                                 production=production, retrain_window=RetrainWindow(start="x"))
-    assert builtin["champion_model_uri"] == "s3://root/models/iris/1"
+    assert builtin["champion_model_uri"] == "s3://root/models/ml/iris/1"
     assert builtin["production_data"] == production
     assert builtin["mix"] == {"minRows": 30, "productionWeight": 1.0, "maxBaseRows": 0}
     assert builtin["retrain_window"] == {"start": "x"}
-    custom = modeltraining.pipeline_parameters(spec(pipeline={"uri": "s3://p.yaml"}), "s3://root", None,
-                                               champion_uri="s3://root/models/iris/1", production=production)
+    custom = modeltraining.pipeline_parameters(spec(pipeline={"uri": "s3://p.yaml"}), "ml", "s3://root", None,
+                                               champion_uri="s3://root/models/ml/iris/1", production=production)
     assert not {"champion_model_uri", "production_data", "mix", "retrain_window"} & set(custom)
 
 

@@ -21,7 +21,7 @@ from mlops_operator.backends import training_local as tl
 from mlops_operator.components import errors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-IRIS = {"dataset_uri": "sklearn://iris", "target": "target", "model_name": "iris"}
+IRIS = {"dataset_uri": "sklearn://iris", "target": "target", "model_name": "iris", "model_namespace": "ml"}
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.25):
@@ -77,7 +77,8 @@ def test_pipeline_arguments_normalise_the_request(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("request_, match", [
-    ({"dataset_uri": "sklearn://iris", "target": "target"}, r"missing pipeline parameters \['model_name'\]"),
+    ({"dataset_uri": "sklearn://iris", "target": "target", "model_namespace": "ml"},
+     r"missing pipeline parameters \['model_name'\]"),
     ({**IRIS, "learning_rate": 0.1}, r"unknown pipeline parameters \['learning_rate'\]"),
     ({**IRIS, "seed": 1.5}, "not a valid NUMBER_INTEGER"),
     ({**IRIS, "validation": "strict"}, "not a valid STRUCT"),
@@ -221,18 +222,18 @@ def test_local_run_of_iris_end_to_end(tmp_path: Path) -> None:
     assert outputs["comparison"]["holdout"] == {"source": "dataset", "rows": 38}
     assert outputs["comparison"]["challenger"] == outputs["metrics"] and "champion" not in outputs["comparison"]
     root = artifacts.default_artifact_root(tmp_path)
-    assert outputs["model_version"] == 1 and outputs["model_uri"] == f"{root}/models/iris/1"
+    assert outputs["model_version"] == 1 and outputs["model_uri"] == f"{root}/models/ml/iris/1"
     assert outputs["validated"] is True and outputs["validation_reasons"] == []
     assert outputs["metrics"]["accuracy"] > 0.8 and len(outputs["dataset_digest"]) == 64
     assert status.started and status.finished
 
-    version_dir = tmp_path / "artifacts" / "models" / "iris" / "1"
+    version_dir = tmp_path / "artifacts" / "models" / "ml" / "iris" / "1"
     model = joblib.load(version_dir / "model.joblib")
     prediction = model.predict(np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]))
     assert prediction.tolist() == [0, 2]
     assert model.named_steps["estimator"].n_estimators == 50  # an int survived the trip through KFP
 
-    info = artifacts.read_model_version(root, "iris", 1)
+    info = artifacts.read_model_version(root, "ml", "iris", 1)
     assert info["validated"] and info["metrics"] == outputs["metrics"] and info["run"] == "iris-e2e"
     lineage = info["lineage"]
     assert lineage["pipeline"]["digest"] == hashlib.sha256(tl.default_pipeline_package().read_bytes()).hexdigest()
@@ -285,7 +286,7 @@ def test_run_survives_the_death_of_the_process_that_submitted_it(tmp_path: Path)
     # fresh process (this one) follows it to the end from the run dir alone.
     script = (
         "import sys, time; from pathlib import Path; from mlops_operator.backends import training_local as tl; "
-        f"tl.submit('orphan-run', {{'dataset_uri': 'sklearn://iris', 'target': 'target', 'model_name': 'iris'}}, "
+        f"tl.submit('orphan-run', {{'dataset_uri': 'sklearn://iris', 'target': 'target', 'model_name': 'iris', 'model_namespace': 'ml'}}, "
         f"Path({str(tmp_path)!r})); print('submitted', flush=True); time.sleep(600)"
     )
     operator = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

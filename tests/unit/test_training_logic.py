@@ -85,7 +85,8 @@ def test_run_names_are_deterministic_and_distinct_per_trigger():
 def test_pipeline_parameters_map_the_spec():
     s = spec(validation={"thresholds": [{"metric": "accuracy", "min": 0.9}], "maxRegression": 0.02},
              training={"estimator": "LogisticRegression", "parameters": {"C": 2.0}})
-    params = modeltraining.pipeline_parameters(s, "file:///a", {"accuracy": 0.95})
+    params = modeltraining.pipeline_parameters(s, "ml", "file:///a", {"accuracy": 0.95})
+    assert (params["model_name"], params["model_namespace"], params["artifact_root"]) == ("iris", "ml", "file:///a")
     assert params["gate"] == {"accuracy": {"min": 0.9}}
     assert params["max_regression"] == {"*": 0.02}
     assert params["baseline_metrics"] == {"accuracy": 0.95}

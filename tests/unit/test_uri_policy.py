@@ -31,7 +31,8 @@ def policy(tmp_path: Path, **overrides) -> UriPolicy:
 def test_defaults_allow_the_data_dir_artifact_root_and_builtins(tmp_path):
     p = policy(tmp_path)
     assert uri_problem("sklearn://iris", p, resolve) is None
-    assert uri_problem((tmp_path / "data" / "artifacts" / "models" / "iris" / "1").as_uri(), p, resolve) is None
+    own = (tmp_path / "data" / "artifacts" / "models" / "ml" / "iris" / "1").as_uri()
+    assert uri_problem(own, p, resolve, namespace="ml") is None
     assert uri_problem(str(tmp_path / "data" / "x.csv"), p, resolve) is None
     assert uri_problem("s3://bucket/data.csv", p, resolve) is None
     assert uri_problem("https://data.example.com/iris.csv", p, resolve) is None
@@ -49,6 +50,29 @@ def test_a_symlink_out_of_a_root_is_refused(tmp_path):
     assert "outside" in uri_problem(str(tmp_path / "data" / "escape.csv"), policy(tmp_path), resolve)
     # a sibling directory whose name only starts like the root is not under it
     assert "outside" in uri_problem(str(tmp_path / "data-other" / "x.csv"), policy(tmp_path), resolve)
+
+
+@pytest.mark.parametrize("artifact_root", [None, "s3://shared/mlops"])
+def test_other_namespaces_parts_of_the_artifact_root_are_refused(tmp_path, artifact_root):
+    """Whatever the roots and prefixes allow, a URI into the artifact root must be in the object's own
+    namespace's models/ or inference/ (spelt any way: .., //, a trailing slash)."""
+    p = policy(tmp_path, artifact_root=artifact_root, uri_file_roots=[str(tmp_path)])
+    root = artifact_root or (tmp_path / "data" / "artifacts").as_uri()
+    for own in ("models/ml/iris/1", "models/ml/iris/1/profile.json", "inference/ml/iris/", "labels/iris/"):
+        assert uri_problem(f"{root}/{own}", p, resolve, namespace="ml") is None, own
+    for other in ("models/team-b/iris/1", "inference/team-b/iris/", "models/ml/../team-b/iris/1",
+                  "models//team-b/iris/1", "models", "", "drift-reports/team-b/iris/latest.html",
+                  "labels/../models/team-b/iris/1", "models/ml-x/iris/1"):
+        problem = uri_problem(f"{root}/{other}", p, resolve, namespace="ml")
+        assert problem and "outside this namespace's part of it" in problem, other
+        assert "/models/ml/, " in problem and problem.endswith("cannot be read"), problem
+    # With no namespace nothing in the artifact root is anyone's.
+    assert "outside this namespace's part" in uri_problem(f"{root}/models/ml/iris/1", p, resolve)
+    if artifact_root is None:  # a symbolic link into another namespace's models is resolved first
+        (tmp_path / "data" / "artifacts" / "models" / "team-b" / "iris" / "1").mkdir(parents=True)
+        (tmp_path / "link").symlink_to(tmp_path / "data" / "artifacts" / "models" / "team-b")
+        assert "outside this namespace's part" in uri_problem(str(tmp_path / "link" / "iris" / "1"), p, resolve,
+                                                              namespace="ml")
 
 
 def test_configured_roots_replace_the_defaults(tmp_path):

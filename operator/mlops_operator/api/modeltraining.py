@@ -308,7 +308,7 @@ class ModelTrainingSpec(Model):
     """Desired state of a ModelTraining."""
 
     model: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
-    """Registry name of the model; versions are stored under <artifactRoot>/models/<model>/<version>/."""
+    """Registry name of the model; versions are stored under <artifactRoot>/models/<namespace>/<model>/<version>/, so each namespace has its own models."""
     dataset: Dataset
     """The training data."""
     training: Training = Field(default_factory=Training, json_schema_extra={"default": {}})

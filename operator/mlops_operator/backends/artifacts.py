@@ -2,7 +2,7 @@
 
 Layout (any fsspec URI: ``file://``, ``s3://``, ``memory://``, or a plain path)::
 
-    <root>/models/<model>/<version>/
+    <root>/models/<namespace>/<model>/<version>/
         _CLAIM               who allocated the version (run name), written exclusively
         model.joblib         the fitted scikit-learn pipeline
         model-settings.json  MLServer model settings (uri ./model.joblib)
@@ -11,6 +11,11 @@ Layout (any fsspec URI: ``file://``, ``s3://``, ``memory://``, or a plain path):
         profile.json         reference data profile for drift monitoring
         lineage.json         dataset, estimator, pipeline, operator version, run, times
         _COMPLETE            written last; from then on the version is immutable
+
+The registry is per namespace: a model name means the model of that name in the namespace of the
+ModelTraining that trains it, so two namespaces may use the same name and get separate version
+sequences (``<root>/inference/<namespace>/`` is the namespace's inference logs, see
+:mod:`mlops_operator.backends.serving_local.inference_log`).
 
 Versions are positive integers, allocated by creating ``<version>/_CLAIM`` in exclusive mode
 (``xb``), so two concurrent allocations never get the same number. An allocation keyed by a run
@@ -39,6 +44,8 @@ COMPLETE_FILE = "_COMPLETE"
 
 # Model names become path segments; keep them to DNS-label-like names (as the CRD does).
 _MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$")
+# Namespaces are DNS labels (RFC 1123), as Kubernetes has them.
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Enough for any realistic burst of concurrent allocations; a bound so a broken store cannot spin.
 _MAX_CLAIM_ATTEMPTS = 1000
 
@@ -64,18 +71,31 @@ def default_artifact_root(data_dir: str | Path) -> str:
     return Path(data_dir).resolve().joinpath("artifacts").as_uri()
 
 
-def model_uri(root: str, model: str, version: int) -> str:
+def namespace_models_uri(root: str, namespace: str) -> str:
+    """URI of one namespace's part of the registry: ``<root>/models/<namespace>``."""
+    _check_namespace(namespace)
+    return f"{root.rstrip('/')}/models/{namespace}"
+
+
+def model_uri(root: str, namespace: str, model: str, version: int) -> str:
     """URI of a model version's directory (what MLServer/Seldon load: it holds model-settings.json)."""
     _check_model_name(model)
-    return f"{root.rstrip('/')}/models/{model}/{int(version)}"
+    return f"{namespace_models_uri(root, namespace)}/{model}/{int(version)}"
 
 
-def file_uri(root: str, model: str, version: int, name: str) -> str:
-    """URI of one file of a model version, e.g. ``file_uri(root, "iris", 3, PROFILE_FILE)``."""
-    return f"{model_uri(root, model, version)}/{name}"
+def file_uri(root: str, namespace: str, model: str, version: int, name: str) -> str:
+    """URI of one file of a model version, e.g. ``file_uri(root, "ml", "iris", 3, PROFILE_FILE)``."""
+    return f"{model_uri(root, namespace, model, version)}/{name}"
 
 
-def allocate_version(root: str, model: str, run_name: str | None = None) -> int:
+def _model_dir(root: str, namespace: str, model: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of a model's directory (its versions are below it)."""
+    _check_model_name(model)
+    fs, base = open_fs(namespace_models_uri(root, namespace))
+    return fs, f"{base.rstrip('/')}/{model}"
+
+
+def allocate_version(root: str, namespace: str, model: str, run_name: str | None = None) -> int:
     """Claim the next version number of ``model`` and return it.
 
     Monotonic: the new number is above every version claimed so far. Safe against concurrent
@@ -83,13 +103,11 @@ def allocate_version(root: str, model: str, run_name: str | None = None) -> int:
     the next number. With ``run_name``, a version already claimed by that run is returned instead
     of a new one (idempotent re-execution of an export step).
     """
-    _check_model_name(model)
     if run_name:
-        existing = version_for_run(root, model, run_name)
+        existing = version_for_run(root, namespace, model, run_name)
         if existing is not None:
             return existing
-    fs, base = open_fs(root)
-    model_dir = f"{base.rstrip('/')}/models/{model}"
+    fs, model_dir = _model_dir(root, namespace, model)
     candidate = max(_claimed_versions(fs, model_dir), default=0) + 1
     claim = json.dumps({"run": run_name, "claimedAt": _now()}).encode()
     for _ in range(_MAX_CLAIM_ATTEMPTS):
@@ -103,14 +121,12 @@ def allocate_version(root: str, model: str, run_name: str | None = None) -> int:
             if not _already_exists(error):
                 raise
             candidate += 1
-    raise RuntimeError(f"could not claim a version of model {model!r} under {root}")
+    raise RuntimeError(f"could not claim a version of model {namespace}/{model} under {root}")
 
 
-def version_for_run(root: str, model: str, run_name: str) -> int | None:
+def version_for_run(root: str, namespace: str, model: str, run_name: str) -> int | None:
     """The version claimed by ``run_name``, or None. The lowest wins if there are several."""
-    _check_model_name(model)
-    fs, base = open_fs(root)
-    model_dir = f"{base.rstrip('/')}/models/{model}"
+    fs, model_dir = _model_dir(root, namespace, model)
     for version in _claimed_versions(fs, model_dir):
         claim = _read_json(fs, f"{model_dir}/{version}/{CLAIM_FILE}")
         if claim and claim.get("run") == run_name:
@@ -118,34 +134,32 @@ def version_for_run(root: str, model: str, run_name: str) -> int | None:
     return None
 
 
-def list_versions(root: str, model: str, include_incomplete: bool = False) -> list[int]:
+def list_versions(root: str, namespace: str, model: str, include_incomplete: bool = False) -> list[int]:
     """Version numbers of ``model``, ascending. Only complete versions unless ``include_incomplete``."""
-    _check_model_name(model)
-    fs, base = open_fs(root)
-    model_dir = f"{base.rstrip('/')}/models/{model}"
+    fs, model_dir = _model_dir(root, namespace, model)
     versions = _claimed_versions(fs, model_dir)
     if include_incomplete:
         return versions
     return [v for v in versions if fs.exists(f"{model_dir}/{v}/{COMPLETE_FILE}")]
 
 
-def is_complete(root: str, model: str, version: int) -> bool:
+def is_complete(root: str, namespace: str, model: str, version: int) -> bool:
     """Whether the version has been fully written (and so is immutable)."""
-    fs, path = open_fs(file_uri(root, model, version, COMPLETE_FILE))
+    fs, path = open_fs(file_uri(root, namespace, model, version, COMPLETE_FILE))
     return fs.exists(path)
 
 
-def read_model_version(root: str, model: str, version: int) -> dict[str, Any]:
+def read_model_version(root: str, namespace: str, model: str, version: int) -> dict[str, Any]:
     """Everything the operator needs about a complete model version.
 
     Returns ``{"model", "version", "uri", "modelFileUri", "settingsUri", "profileUri",
     "metrics", "validated", "validationReasons", "lineage", "run"}``.
     Raises FileNotFoundError if the version does not exist or is not complete.
     """
-    uri = model_uri(root, model, version)
+    uri = model_uri(root, namespace, model, version)
     fs, path = open_fs(uri)
     if not fs.exists(f"{path}/{COMPLETE_FILE}"):
-        raise FileNotFoundError(f"model {model!r} has no complete version {version} under {root}")
+        raise FileNotFoundError(f"model {namespace}/{model} has no complete version {version} under {root}")
     metrics = _read_json(fs, f"{path}/{METRICS_FILE}") or {}
     validation = _read_json(fs, f"{path}/{VALIDATION_FILE}") or {}
     lineage = _read_json(fs, f"{path}/{LINEAGE_FILE}") or {}
@@ -164,10 +178,10 @@ def read_model_version(root: str, model: str, version: int) -> dict[str, Any]:
     }
 
 
-def latest_version(root: str, model: str, validated_only: bool = True) -> dict[str, Any] | None:
+def latest_version(root: str, namespace: str, model: str, validated_only: bool = True) -> dict[str, Any] | None:
     """The newest complete (and, by default, validated) version as ``read_model_version`` gives it."""
-    for version in reversed(list_versions(root, model)):
-        info = read_model_version(root, model, version)
+    for version in reversed(list_versions(root, namespace, model)):
+        info = read_model_version(root, namespace, model, version)
         if info["validated"] or not validated_only:
             return info
     return None
@@ -175,6 +189,7 @@ def latest_version(root: str, model: str, validated_only: bool = True) -> dict[s
 
 def publish_model_version(
     root: str,
+    namespace: str,
     model: str,
     version: int,
     *,
@@ -192,10 +207,10 @@ def publish_model_version(
     V2 ``inputs``/``outputs`` (and ``parameters``) for ``model-settings.json``. Raises
     VersionImmutable if the version is already complete.
     """
-    uri = model_uri(root, model, version)
+    uri = model_uri(root, namespace, model, version)
     fs, path = open_fs(uri)
     if fs.exists(f"{path}/{COMPLETE_FILE}"):
-        raise VersionImmutable(f"model {model!r} version {version} is complete and cannot change")
+        raise VersionImmutable(f"model {namespace}/{model} version {version} is complete and cannot change")
     fs.makedirs(path, exist_ok=True)
     with open(model_file, "rb") as src, fs.open(f"{path}/{MODEL_FILE}", "wb") as dst:
         dst.write(src.read())
@@ -205,7 +220,7 @@ def publish_model_version(
     _write_json(fs, f"{path}/{PROFILE_FILE}", profile)
     _write_json(fs, f"{path}/{LINEAGE_FILE}", lineage)
     _write_json(fs, f"{path}/{COMPLETE_FILE}", {"completedAt": _now()})
-    return read_model_version(root, model, version)
+    return read_model_version(root, namespace, model, version)
 
 
 def mlserver_model_settings(model: str, version: int, signature: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -280,6 +295,11 @@ def _write_json(fs: fsspec.AbstractFileSystem, path: str, value: Any) -> None:
 def _check_model_name(model: str) -> None:
     if not _MODEL_NAME.match(model or ""):
         raise ValueError(f"invalid model name {model!r}: use lowercase letters, digits, '-', '.', '_'")
+
+
+def _check_namespace(namespace: str) -> None:
+    if not _NAMESPACE.match(namespace or ""):
+        raise ValueError(f"invalid namespace {namespace!r}: a namespace is a DNS label (lowercase letters, digits, '-')")
 
 
 def _now() -> str:

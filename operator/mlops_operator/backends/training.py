@@ -201,10 +201,10 @@ class KfpTraining:
         """KFP does not return a run's output parameters through its run API; the export step wrote
         the version to the shared artifact store under a claim keyed by the run name."""
         root = self.settings.artifact_root_uri
-        version = artifacts.version_for_run(root, self.spec.model, run_name)
-        if version is None or not artifacts.is_complete(root, self.spec.model, version):
+        version = artifacts.version_for_run(root, self.namespace, self.spec.model, run_name)
+        if version is None or not artifacts.is_complete(root, self.namespace, self.spec.model, version):
             return {}
-        info = artifacts.read_model_version(root, self.spec.model, version)
+        info = artifacts.read_model_version(root, self.namespace, self.spec.model, version)
         return {"model_version": version, "model_uri": info["uri"], "metrics": info["metrics"],
                 "validated": info["validated"], "validation_reasons": info["validationReasons"],
                 "profile_uri": info["profileUri"],

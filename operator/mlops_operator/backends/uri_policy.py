@@ -4,7 +4,11 @@ The operator reads these URIs with its own privileges (its files, its network po
 is checked before any work starts: its scheme must be allowed, it must start with an allowed prefix
 (when prefixes are configured), a ``file://`` URI or plain path must lie under an allowed root
 (symbolic links resolved), and an ``http(s)://`` host must not resolve to a loopback, link-local
-(cloud metadata), private or otherwise internal address unless that network is allowed. Redirects
+(cloud metadata), private or otherwise internal address unless that network is allowed. The
+operator's artifact root is shared by all namespaces: a URI into its per-namespace areas
+(``<root>/models/``, ``<root>/inference/``, ``<root>/drift-reports/``) must stay in the namespace's own
+part of them, whatever the other rules allow, so one namespace cannot read another's model versions,
+profiles, inference logs or drift reports (nor list the root). Redirects
 are not followed when a dataset is fetched over HTTP (:mod:`mlops_operator.backends.datasets`), so
 the checked host is the one read. ``sklearn://`` built-ins are always allowed.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import posixpath
 import socket
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -36,6 +41,8 @@ class UriPolicy:
     prefixes: tuple[str, ...] = ()
     file_roots: tuple[str, ...] = ()
     allowed_networks: tuple[Network, ...] = ()
+    artifact_root: str = ""
+    """The operator's artifact root (a URI; a local path for file://): its namespaces' parts are kept apart."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UriPolicy:
@@ -45,10 +52,14 @@ class UriPolicy:
             artifact = urlsplit(settings.artifact_root_uri)
             if artifact.scheme in ("", "file"):
                 roots.append(unquote(artifact.path) if artifact.scheme else settings.artifact_root_uri)
+        artifact = urlsplit(settings.artifact_root_uri)
+        artifact_root = (os.path.realpath(unquote(artifact.path)) if artifact.scheme in ("", "file")
+                         else settings.artifact_root_uri.rstrip("/"))
         return cls(schemes=tuple(s.strip().lower() for s in settings.uri_schemes),
                    prefixes=tuple(settings.uri_prefixes),
                    file_roots=tuple(os.path.realpath(os.path.expanduser(r)) for r in roots),
-                   allowed_networks=tuple(ipaddress.ip_network(n, strict=False) for n in settings.uri_allowed_networks))
+                   allowed_networks=tuple(ipaddress.ip_network(n, strict=False) for n in settings.uri_allowed_networks),
+                   artifact_root=artifact_root)
 
 
 def _resolve(host: str) -> list[str]:
@@ -67,8 +78,29 @@ def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | N
     return None
 
 
-def uri_problem(uri: str, policy: UriPolicy, resolve: Resolver = _resolve) -> str | None:
-    """Why the policy refuses ``uri`` (naming the rule), or None. ``resolve`` maps a host to its addresses."""
+NAMESPACED_AREAS = ("models", "inference", "drift-reports")
+"""The artifact root's parts that are kept per namespace: the model registry, the inference logs, the drift reports."""
+
+
+def _other_namespace_problem(root: str, path: str, namespace: str | None, display: str) -> str | None:
+    """Why ``path`` (normalised, in the artifact root's own terms) is not in ``namespace``'s part of the
+    artifact root ``root``, or None (also when it is not in the artifact root at all)."""
+    if not root or not (path == root or path.startswith(root.rstrip("/") + "/")):
+        return None
+    parts = [part for part in path[len(root.rstrip("/")):].split("/") if part]
+    if parts and parts[0] not in NAMESPACED_AREAS:
+        return None  # not the operator's per-namespace data (e.g. a label feed a tenant keeps there)
+    if namespace and len(parts) >= 2 and parts[1] == namespace:
+        return None
+    own = (", ".join(f"{display}/{area}/{namespace}/" for area in NAMESPACED_AREAS) if namespace
+           else "none")
+    return (f"it is in the operator's artifact root outside this namespace's part of it ({own}): "
+            f"another namespace's models, inference logs and drift reports cannot be read")
+
+
+def uri_problem(uri: str, policy: UriPolicy, resolve: Resolver = _resolve, namespace: str | None = None) -> str | None:
+    """Why the policy refuses ``uri`` (naming the rule), or None. ``resolve`` maps a host to its addresses;
+    ``namespace`` is the object's (None: no part of the artifact root is its own)."""
     if uri.startswith("sklearn://"):
         return None if "sklearn" in policy.schemes else "scheme 'sklearn' is not allowed (MLOPS_URI_SCHEMES)"
     parts = urlsplit(uri)
@@ -82,10 +114,20 @@ def uri_problem(uri: str, policy: UriPolicy, resolve: Resolver = _resolve) -> st
         if parts.netloc not in ("", "localhost") and "://" in uri:
             return f"file:// URIs name a local path, not host {parts.netloc!r}"
         real = os.path.realpath(path)
+        problem = _other_namespace_problem(policy.artifact_root, real, namespace, policy.artifact_root)
+        if problem:
+            return problem
         if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in policy.file_roots):
             return (f"path {real} is outside the directories the operator may read "
                     f"(MLOPS_URI_FILE_ROOTS: {', '.join(policy.file_roots) or 'none'})")
         return None
+    if "://" in policy.artifact_root:
+        # The same object under another spelling (a/../b, a//b) is the same key to the store's client.
+        normal = f"{scheme}://{parts.netloc}{posixpath.normpath('/' + parts.path.lstrip('/'))}"
+        for candidate in (uri.rstrip("/"), normal.rstrip("/")):
+            problem = _other_namespace_problem(policy.artifact_root, candidate, namespace, policy.artifact_root)
+            if problem:
+                return problem
     if scheme in ("http", "https"):
         return _host_problem(parts.hostname or "", policy, resolve)
     return None
@@ -118,12 +160,13 @@ def _host_problem(host: str, policy: UriPolicy, resolve: Resolver) -> str | None
 
 
 def uri_problems(fields: Iterable[tuple[str, str | None]], policy: UriPolicy,
-                 resolve: Resolver = _resolve) -> list[str]:
-    """``"<field>: <uri> refused by the URI policy: <rule>"`` for each refused (field, uri); unset URIs are skipped."""
+                 resolve: Resolver = _resolve, namespace: str | None = None) -> list[str]:
+    """``"<field>: <uri> refused by the URI policy: <rule>"`` for each refused (field, uri) of an object in
+    ``namespace``; unset URIs are skipped."""
     problems = []
     for field, uri in fields:
         if uri:
-            problem = uri_problem(uri, policy, resolve)
+            problem = uri_problem(uri, policy, resolve, namespace)
             if problem:
                 problems.append(f"{field}: {uri} refused by the URI policy: {problem}")
     return problems

@@ -113,6 +113,7 @@ def run_export(
     validated: bool,
     reasons: list[str],
     artifact_root: str,
+    model_namespace: str,
     model_name: str,
     run_name: str,
     run_id: str,
@@ -134,11 +135,11 @@ def run_export(
     if not artifact_root:
         raise InvalidSpec("artifact_root is empty")
     try:
-        version = artifacts.allocate_version(artifact_root, model_name, run_name or None)
+        version = artifacts.allocate_version(artifact_root, model_namespace, model_name, run_name or None)
     except ValueError as err:
         raise InvalidSpec(str(err)) from err
-    if artifacts.is_complete(artifact_root, model_name, version):
-        info = artifacts.read_model_version(artifact_root, model_name, version)
+    if artifacts.is_complete(artifact_root, model_namespace, model_name, version):
+        info = artifacts.read_model_version(artifact_root, model_namespace, model_name, version)
         return {
             "model_version": version,
             "model_uri": info["uri"],
@@ -160,7 +161,7 @@ def run_export(
         sources=sources, comparison=comparison, retrain_window=retrain_window,
     )
     info = artifacts.publish_model_version(
-        artifact_root, model_name, version, model_file=model_path, metrics=metrics,
+        artifact_root, model_namespace, model_name, version, model_file=model_path, metrics=metrics,
         validated=validated, reasons=reasons, profile=profile, lineage=lineage,
         signature=model_signature(schema, train[schema["target"]]),
     )

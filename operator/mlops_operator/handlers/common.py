@@ -47,14 +47,15 @@ def get_settings() -> Settings:
     return Settings()
 
 
-async def uri_policy_problems(status: Status | StatusBase, *fields: tuple[str, str | None]) -> list[str]:
-    """The URI policy's refusals of the spec's (field, URI) pairs (the host lookups run in a thread).
-    DNS failing for now is no refusal: Retry, keeping ``status``."""
+async def uri_policy_problems(status: Status | StatusBase, namespace: str,
+                              *fields: tuple[str, str | None]) -> list[str]:
+    """The URI policy's refusals of the (field, URI) pairs of a spec in ``namespace`` (the host lookups run
+    in a thread). DNS failing for now is no refusal: Retry, keeping ``status``."""
     if not any(uri for _, uri in fields):
         return []
     policy = uri_policy.UriPolicy.from_settings(get_settings())
     try:
-        return await asyncio.to_thread(uri_policy.uri_problems, fields, policy)
+        return await asyncio.to_thread(uri_policy.uri_problems, fields, policy, namespace=namespace)
     except uri_policy.HostLookupFailed as error:
         raise Retry(str(error), status) from None
 

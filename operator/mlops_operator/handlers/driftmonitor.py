@@ -301,7 +301,8 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> DriftMonitorStatus:
     status = before
     spec = parse_spec(DriftMonitorSpec, obj.get("spec") or {})
     problems = drift_spec_errors(spec, meta.get("namespace"))
-    problems += await uri_policy_problems(status, ("spec.reference.datasetUri", spec.reference.dataset_uri),
+    problems += await uri_policy_problems(status, meta["namespace"],
+                                          ("spec.reference.datasetUri", spec.reference.dataset_uri),
                                           ("spec.reference.profileUri", spec.reference.profile_uri))
     if problems:
         raise InvalidSpec("; ".join(problems))

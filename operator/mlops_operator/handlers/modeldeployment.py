@@ -115,7 +115,7 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> ModelDeploymentStatu
     problems = deployment_spec_errors(spec, default_price_table().instance_type_names())
     backend = serving.serving_backend(spec.backend, get_settings())
     problems += backend.spec_problems(spec)
-    problems += await uri_policy_problems(status, ("spec.model.uri", spec.model.uri))
+    problems += await uri_policy_problems(status, namespace, ("spec.model.uri", spec.model.uri))
     regions = {spec.region} if spec.region else set()
     regions |= {r.region for r in spec.placement.regions} if spec.placement else set()
     # The Price List API's prices (cached) with AWS credentials, else the shipped table.

@@ -105,7 +105,7 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
     if refused:
         raise InvalidSpec(refused)
     problems = training_spec_errors(spec, settings.kfp_host, _estimator_task) or _estimator_problems(spec)
-    problems += await uri_policy_problems(status, ("spec.dataset.uri", spec.dataset.uri),
+    problems += await uri_policy_problems(status, namespace, ("spec.dataset.uri", spec.dataset.uri),
                                           ("spec.pipeline.uri", spec.pipeline.uri))
     if problems:
         raise InvalidSpec("; ".join(problems))
@@ -164,7 +164,7 @@ async def _sync_schedule(obj: dict[str, Any], spec: ModelTrainingSpec, backend: 
     meta = obj["metadata"]
     generation = meta.get("generation") or 0
     baseline, champion_uri = _champion(status)
-    params = modeltraining.pipeline_parameters(spec, get_settings().artifact_root_uri, baseline,
+    params = modeltraining.pipeline_parameters(spec, meta["namespace"], get_settings().artifact_root_uri, baseline,
                                                champion_uri=champion_uri)
     since = parse_rfc3339(status.last_schedule_time) if status.last_schedule_time else None
     schedule = await backend.sync_schedule(ScheduleRequest(
@@ -206,7 +206,7 @@ async def _start_run(obj: dict[str, Any], spec: ModelTrainingSpec, backend: Trai
     # The inference log lives under the artifact root (the same place the router and the DriftMonitor use).
     production = modeltraining.production_parameters(spec, meta["namespace"], settings.artifact_root_uri, now,
                                                       retrain_window)
-    params = modeltraining.pipeline_parameters(spec, settings.artifact_root_uri, baseline,
+    params = modeltraining.pipeline_parameters(spec, meta["namespace"], settings.artifact_root_uri, baseline,
                                                champion_uri=champion_uri, production=production,
                                                retrain_window=retrain_window)
     record = await backend.submit(run_name, description, params)

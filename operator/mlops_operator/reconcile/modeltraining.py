@@ -263,10 +263,11 @@ def production_parameters(spec: ModelTrainingSpec, namespace: str, log_root: str
     return params
 
 
-def pipeline_parameters(spec: ModelTrainingSpec, artifact_root: str, baseline: dict[str, float] | None,
+def pipeline_parameters(spec: ModelTrainingSpec, namespace: str, artifact_root: str, baseline: dict[str, float] | None,
                         *, champion_uri: str | None = None, production: dict[str, Any] | None = None,
                         retrain_window: RetrainWindow | None = None) -> dict[str, Any]:
-    """Arguments of the built-in tabular pipeline for this spec.
+    """Arguments of the built-in tabular pipeline for this spec, a ModelTraining in ``namespace``
+    (its versions go to that namespace's part of the registry).
 
     ``champion_uri`` (the current validated version) is scored on the new model's holdout;
     ``production`` is production_parameters(); both, and ``retrain_window``, are passed only to
@@ -277,6 +278,7 @@ def pipeline_parameters(spec: ModelTrainingSpec, artifact_root: str, baseline: d
         "target": spec.dataset.target,
         "features": list(spec.dataset.features),
         "model_name": spec.model,
+        "model_namespace": namespace,
         "artifact_root": artifact_root,
         "task": spec.training.task,
         "estimator": spec.training.estimator,

@@ -68,6 +68,7 @@ OPERATOR_PIPELINE_PARAMETERS: dict[str, str] = {
     "target": "from spec.dataset.target",
     "features": "from spec.dataset.features",
     "model_name": "from spec.model",
+    "model_namespace": "the ModelTraining's namespace: its part of the model registry",
     "artifact_root": "from the operator's artifact root: the model registry",
     "task": "from spec.training.task",
     "estimator": "from spec.training.estimator",
