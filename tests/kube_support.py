@@ -80,6 +80,10 @@ def load_example(name: str) -> dict[str, Any]:
     return yaml.safe_load((REPO / "examples" / name).read_text())
 
 
+# Where examples/training.yaml and examples/driftmonitor.yaml read ground-truth labels: under the chart's data dir.
+EXAMPLES_LABELS = "/var/lib/mlops-operator/labels"
+
+
 class OperatorProcess:
     """``python -m mlops_operator`` as a real child process watching one namespace."""
 
@@ -103,8 +107,9 @@ class OperatorProcess:
             "MLOPS_METRICS_PORT": str(self.metrics_port),
             "MLOPS_HEALTH_PORT": str(self.health_port),
             "MLOPS_POLL_INTERVAL_SECONDS": "1",
-            # The tests' datasets and models live in their tmp dirs (and the repository's examples).
-            "MLOPS_URI_FILE_ROOTS": f"{tempfile.gettempdir()},{REPO}",
+            # The tests' datasets and models live in their tmp dirs (and the repository's examples); the examples'
+            # label feed is under the chart's data dir (examples/*.yaml labelsUri; nothing is there in a test).
+            "MLOPS_URI_FILE_ROOTS": f"{tempfile.gettempdir()},{REPO},{EXAMPLES_LABELS}",
             **self.extra_env,
         }
 

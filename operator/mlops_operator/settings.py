@@ -97,16 +97,16 @@ class Settings(BaseSettings):
     """Address the local data plane (routers, model servers) binds."""
     uri_schemes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["file", "s3", "gs", "sklearn", "https", "http"])
-    """URI policy: schemes dataset and model URIs may use, comma separated (the operator reads them with its
-    own privileges)."""
+    """URI policy: schemes the URIs of a spec (datasets, models, profiles, labels, pipelines) may use, comma
+    separated (the operator reads them with its own privileges)."""
     uri_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """URI policy: if set, every dataset and model URI (but sklearn:// built-ins) must start with one of these
+    """URI policy: if set, every URI of a spec (but sklearn:// built-ins) must start with one of these
     prefixes, comma separated (e.g. s3://team-data/,https://data.example.com/)."""
     uri_file_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """URI policy: directories file:// URIs and plain paths may be under, comma separated; empty: the data
     dir and (when local) the artifact root. Symbolic links are resolved before the check."""
     uri_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """URI policy: CIDRs http(s) dataset and model URIs may reach although loopback, link-local
+    """URI policy: CIDRs http(s) URIs of a spec may reach although loopback, link-local
     (169.254.0.0/16, fe80::/10: cloud metadata) or private/cluster-internal; comma separated. Empty: none."""
 
     @field_validator("namespaces", "uri_schemes", "uri_prefixes", "uri_file_roots", "uri_allowed_networks",

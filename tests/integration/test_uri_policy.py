@@ -51,6 +51,14 @@ def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
         deployment = copy.deepcopy(load_example("deployment.yaml"))
         deployment["spec"]["model"] = {"uri": "file:///etc/ssl", "version": "1"}
         objects.create(deployment)
+        # Ground-truth labels are read by the operator too (the retrain's extract step, the DriftMonitor).
+        labelled = copy.deepcopy(load_example("training.yaml"))
+        labelled["metadata"]["name"] = "labels"
+        labelled["spec"]["productionData"]["labelsUri"] = "file:///etc/"
+        objects.create(labelled)
+        monitor = copy.deepcopy(load_example("driftmonitor.yaml"))
+        monitor["spec"]["performance"]["labelsUri"] = "http://169.254.169.254/latest/labels.csv"
+        objects.create(monitor)
 
         message = invalid(objects, "ModelTraining", "passwd", "Succeeded")
         assert "spec.dataset.uri: file:///etc/passwd refused by the URI policy" in message
@@ -62,8 +70,14 @@ def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
         assert "a loopback address" in message
         message = invalid(objects, "ModelDeployment", "iris", "Ready")
         assert "spec.model.uri: file:///etc/ssl refused by the URI policy" in message
+        message = invalid(objects, "ModelTraining", "labels", "Succeeded")
+        assert "spec.productionData.labelsUri: file:///etc/ refused by the URI policy" in message
+        assert "outside the directories the operator may read (MLOPS_URI_FILE_ROOTS" in message
+        message = invalid(objects, "DriftMonitor", "iris", "Ready")
+        assert "spec.performance.labelsUri: http://169.254.169.254/latest/labels.csv refused by the URI policy" in message
+        assert "a link-local address" in message
 
-        for name in ("passwd", "metadata", "loopback"):
+        for name in ("passwd", "metadata", "loopback", "labels"):
             assert not objects.get("ModelTraining", name).get("status", {}).get("latestRun")
         runs = operator.data_dir / "runs"
         assert not runs.exists() or not any(runs.rglob("request.json"))

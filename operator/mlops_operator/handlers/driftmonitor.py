@@ -303,7 +303,8 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> DriftMonitorStatus:
     problems = drift_spec_errors(spec, meta.get("namespace"))
     problems += await uri_policy_problems(status, meta["namespace"],
                                           ("spec.reference.datasetUri", spec.reference.dataset_uri),
-                                          ("spec.reference.profileUri", spec.reference.profile_uri))
+                                          ("spec.reference.profileUri", spec.reference.profile_uri),
+                                          ("spec.performance.labelsUri", spec.performance and spec.performance.labels_uri))
     if problems:
         raise InvalidSpec("; ".join(problems))
     if status.phase in (None, "Invalid"):

@@ -105,8 +105,9 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
     if refused:
         raise InvalidSpec(refused)
     problems = training_spec_errors(spec, settings.kfp_host, _estimator_task) or _estimator_problems(spec)
-    problems += await uri_policy_problems(status, namespace, ("spec.dataset.uri", spec.dataset.uri),
-                                          ("spec.pipeline.uri", spec.pipeline.uri))
+    problems += await uri_policy_problems(
+        status, namespace, ("spec.dataset.uri", spec.dataset.uri), ("spec.pipeline.uri", spec.pipeline.uri),
+        ("spec.productionData.labelsUri", spec.production_data and spec.production_data.labels_uri))
     if problems:
         raise InvalidSpec("; ".join(problems))
     if status.phase in (None, "Invalid"):
