@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kube_support import condition, load_example
+from kube_support import OperatorProcess, condition, load_example, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -85,3 +85,48 @@ def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_redirect_to_a_forbidden_target_is_refused_when_the_dataset_is_read(kubeconfig, namespace, objects, tmp_path):
+    """The dataset's host (127.0.0.1, allowed here) passes the check at validation; when the run reads it,
+    it redirects to 127.0.0.2, a loopback address this operator may not reach: the run fails naming the rule,
+    and the forbidden server is never asked."""
+    asked: dict[str, list[str]] = {"allowed": [], "forbidden": []}
+
+    def handler(name: str, location: str | None):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                asked[name].append(self.path)
+                self.send_response(302 if location else 200)
+                if location:
+                    self.send_header("Location", location)
+                self.end_headers()
+                if not location:
+                    self.wfile.write(b"target,x\n0,1\n1,2\n")
+
+            def log_message(self, *_: object) -> None:
+                pass
+        return Handler
+
+    forbidden = ThreadingHTTPServer(("127.0.0.2", 0), handler("forbidden", None))
+    allowed = ThreadingHTTPServer(("127.0.0.1", 0), handler("allowed", f"http://127.0.0.2:{forbidden.server_port}/x.csv"))
+    for server in (forbidden, allowed):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    operator = OperatorProcess(kubeconfig, namespace, tmp_path / "operator",
+                               env={"MLOPS_URI_ALLOWED_NETWORKS": "127.0.0.1/32"}).start()
+    try:
+        objects.create(training("redirected", f"http://127.0.0.1:{allowed.server_port}/data.csv"))
+        mt = objects.wait("ModelTraining", "redirected",
+                          lambda o: (o.get("status", {}).get("latestRun") or {}).get("state") == "Failed",
+                          timeout=300, what="the run failed")
+        message = mt["status"]["latestRun"].get("message") or ""
+        assert f"http://127.0.0.2:{forbidden.server_port}/x.csv (redirected from http://127.0.0.1:" in message, message
+        assert "refused by the URI policy" in message and "127.0.0.2, a loopback address" in message, message
+        assert asked["allowed"] and asked["forbidden"] == []
+        objects.delete_all()
+        wait_until(lambda: not objects.list_all(), timeout=120, what="deletion")
+    finally:
+        operator.stop()
+        for server in (forbidden, allowed):
+            server.shutdown()
+            server.server_close()

@@ -40,6 +40,12 @@ def test_glob_and_prefix_resolve_to_the_newest_object_by_name(tmp_path):
     assert td.resolve_dataset_uri(single) == single
     with pytest.raises(td.NoData, match="no CSV or Parquet object matches"):
         td.resolve_dataset_uri(f"file://{tmp_path}/nothing-*.csv")
+    from mlops_operator.api.errors import InvalidSpec
+
+    for listing in ("https://data.example.com/dt=*/part.csv", "http://data.example.com/daily/",
+                    "https://data.example.com/dt={date:%Y-%m-%d}.csv"):
+        with pytest.raises(InvalidSpec, match="needs a store that can be listed"):  # no HTTP listing past the policy
+            td.resolve_dataset_uri(listing)
 
 
 def test_date_template_takes_the_newest_partition_not_after_the_run(tmp_path):

@@ -135,42 +135,130 @@ def test_settings_parse_comma_separated_lists_and_refuse_bad_networks(monkeypatc
         Settings()
 
 
-def test_http_datasets_do_not_follow_redirects():
-    served: list[str] = []
+class Served:
+    """Real HTTP servers on loopback addresses, each recording the paths it was asked for; ``routes`` maps a
+    path to ``(status, location or body)``."""
 
-    class Handler(BaseHTTPRequestHandler):
+    def __init__(self) -> None:
+        self.servers: list[ThreadingHTTPServer] = []
+
+    def start(self, address: str, routes: dict[str, tuple[int, str]]) -> tuple[str, list[str]]:
+        served: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                served.append(self.path)
+                status, value = routes.get(self.path, (404, ""))
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", value)
+                self.end_headers()
+                if status == 200:
+                    self.wfile.write(value.encode())
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer((address, 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.servers.append(server)
+        return f"http://{address}:{server.server_port}", served
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture
+def served():
+    servers = Served()
+    yield servers
+    servers.stop()
+
+
+CSV = "target,x\n0,1\n1,2\n"
+
+
+def test_redirects_are_followed_only_to_targets_the_policy_allows(tmp_path, monkeypatch, served):
+    """127.0.0.1 is allowed, 127.0.0.2 (loopback too) is not: a redirect there is refused before any
+    request reaches it, naming the rule and where it was redirected from; allowed redirects are followed."""
+    monkeypatch.setenv("MLOPS_URI_ALLOWED_NETWORKS", "127.0.0.1/32")
+    forbidden, forbidden_served = served.start("127.0.0.2", {"/data.csv": (200, CSV)})
+    base, base_served = served.start("127.0.0.1", {
+        "/data.csv": (200, CSV), "/moved.csv": (302, f"{forbidden}/data.csv"), "/here.csv": (301, "/data.csv"),
+        "/metadata.csv": (307, "http://169.254.169.254/latest/meta-data/"), "/loop.csv": (302, "/loop.csv"),
+        "/ftp.csv": (302, "ftp://127.0.0.1/x.csv")})
+    frame, _ = datasets.load_dataset(f"{base}/here.csv")  # a relative redirect to an allowed target
+    assert list(frame.columns) == ["target", "x"] and len(frame) == 2
+    with pytest.raises(DatasetUnavailable) as refused:
+        datasets.load_dataset(f"{base}/moved.csv")
+    message = str(refused.value)
+    assert f"{forbidden}/data.csv (redirected from {base}/moved.csv) refused by the URI policy" in message
+    assert "127.0.0.2, a loopback address" in message and "MLOPS_URI_ALLOWED_NETWORKS" in message
+    with pytest.raises(DatasetUnavailable, match="169.254.169.254, a link-local address"):
+        datasets.load_dataset(f"{base}/metadata.csv")
+    with pytest.raises(DatasetUnavailable, match="scheme 'ftp' is not http"):
+        datasets.load_dataset(f"{base}/ftp.csv")
+    with pytest.raises(DatasetUnavailable, match="more than 5 redirects"):
+        datasets.load_dataset(f"{base}/loop.csv")
+    with pytest.raises(DatasetUnavailable, match="not found"):
+        datasets.load_dataset(f"{base}/missing.csv")
+    assert forbidden_served == []
+    assert base_served.count("/moved.csv") == 1 and base_served.count("/loop.csv") == 6
+
+
+def test_the_checked_address_is_the_one_connected_to(tmp_path, served):
+    """DNS rebinding: a name that resolves to an allowed address for the check and to a forbidden one a
+    moment later. The fetch looks the name up once, checks that answer and connects to it."""
+    from mlops_operator.backends.uri_policy import UriRefused, http_get
+
+    allowed, allowed_served = served.start("127.0.0.1", {"/data.csv": (200, CSV)})
+    forbidden, forbidden_served = served.start("127.0.0.2", {"/data.csv": (200, "secret")})
+    answers = iter([["127.0.0.1"], ["127.0.0.2"], ["127.0.0.2"]])
+    lookups: list[str] = []
+
+    def rebinding(host: str) -> list[str]:
+        lookups.append(host)
+        return next(answers)
+
+    p = policy(tmp_path, uri_allowed_networks=["127.0.0.1/32"])
+    port = allowed.rsplit(":", 1)[1]
+    assert http_get(f"http://data.example.test:{port}/data.csv", p, resolve=rebinding) == CSV.encode()
+    assert lookups == ["data.example.test"] and allowed_served == ["/data.csv"]
+    # The next read looks up again and gets the forbidden answer: refused, nothing sent there.
+    with pytest.raises(UriRefused, match="127.0.0.2, a loopback address"):
+        http_get(f"http://data.example.test:{forbidden.rsplit(':', 1)[1]}/data.csv", p, resolve=rebinding)
+    assert forbidden_served == []
+
+
+def test_credentials_go_to_the_first_host_only(tmp_path, served):
+    from mlops_operator.backends.uri_policy import http_get
+
+    seen: list[str | None] = []
+
+    class Recorder(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            served.append(self.path)
+            seen.append(self.headers.get("Authorization"))
             if self.path == "/moved.csv":
                 self.send_response(302)
-                self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
-                self.end_headers()
-                return
-            if self.path == "/missing.csv":
-                self.send_response(404)
+                self.send_header("Location", f"http://127.0.0.2:{other.server_port}/data.csv")
                 self.end_headers()
                 return
             self.send_response(200)
             self.end_headers()
-            self.wfile.write(b"target,x\n0,1\n1,2\n")
+            self.wfile.write(CSV.encode())
 
         def log_message(self, *_: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    try:
-        frame, _ = datasets.load_dataset(f"{base}/data.csv")
-        assert list(frame.columns) == ["target", "x"] and len(frame) == 2
-        with pytest.raises(DatasetUnavailable, match="redirects \\(302\\) to http://169.254.169.254/.*not followed"):
-            datasets.load_dataset(f"{base}/moved.csv")
-        with pytest.raises(DatasetUnavailable, match="not found"):
-            datasets.load_dataset(f"{base}/missing.csv")
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert served.count("/moved.csv") == 1
+    first, other = ThreadingHTTPServer(("127.0.0.1", 0), Recorder), ThreadingHTTPServer(("127.0.0.2", 0), Recorder)
+    served.servers += [first, other]
+    for server in (first, other):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    p = policy(tmp_path, uri_allowed_networks=["127.0.0.0/8"])
+    body = http_get(f"http://127.0.0.1:{first.server_port}/moved.csv", p, headers={"Authorization": "Bearer t0ken-value"})
+    assert body == CSV.encode() and seen == ["Bearer t0ken-value", None]
 
 
 def test_a_resolver_that_is_down_is_no_refusal(tmp_path):
@@ -187,3 +275,40 @@ def test_a_resolver_that_is_down_is_no_refusal(tmp_path):
     with pytest.raises(HostLookupFailed, match="cannot look up 'data.example.com' now"):
         uri_problem("https://data.example.com/x.csv", policy(tmp_path), down)
     assert "does not resolve" in uri_problem("https://data.example.com/x.csv", policy(tmp_path), unknown)
+
+
+def test_every_http_reader_of_the_operator_checks_redirects(monkeypatch, served, tmp_path):
+    """Labels, profiles and metrics, model files and pipelines over http(s) go through the same fetch
+    (fsspec's HTTP filesystem would follow a redirect anywhere)."""
+    import asyncio
+
+    from mlops_operator.api.errors import InvalidSpec
+    from mlops_operator.api.modeltraining import ModelTrainingSpec
+    from mlops_operator.backends import artifacts, drift_data, model_source, training
+    from mlops_operator.backends.uri_policy import UriRefused
+
+    monkeypatch.setenv("MLOPS_URI_ALLOWED_NETWORKS", "127.0.0.1/32")
+    forbidden, forbidden_served = served.start("127.0.0.2", {})
+    base, _ = served.start("127.0.0.1", {
+        "/labels.csv": (200, "id,label\na,1\n"), "/moved/labels.csv": (302, f"{forbidden}/labels.csv"),
+        "/moved/profile.json": (302, f"{forbidden}/profile.json"), "/model/model.joblib": (200, "bytes"),
+        "/moved/model/model-settings.json": (302, f"{forbidden}/model-settings.json"),
+        "/moved/model/model.joblib": (302, f"{forbidden}/model.joblib"),
+        "/moved/pipeline.yaml": (302, f"{forbidden}/pipeline.yaml")})
+    assert list(drift_data.read_labels(f"{base}/labels.csv")["label"]) == [1]
+    with pytest.raises(UriRefused, match="127.0.0.2, a loopback address"):
+        drift_data.read_labels(f"{base}/moved/labels.csv")
+    with pytest.raises(UriRefused, match="redirected from"):
+        artifacts.read_json_uri(f"{base}/moved/profile.json")
+    model_source.check_model_uri(f"{base}/model")
+    assert (model_source.local_model_dir(f"{base}/model", tmp_path) / "model.joblib").read_bytes() == b"bytes"
+    with pytest.raises(model_source.ModelUnavailable, match="refused by the URI policy"):
+        model_source.check_model_uri(f"{base}/moved/model")
+    monkeypatch.setenv("MLOPS_DATA_DIR", str(tmp_path))
+    spec = ModelTrainingSpec.model_validate({"model": "iris", "dataset": {"uri": "sklearn://iris", "target": "target"},
+                                             "pipeline": {"uri": f"{base}/moved/pipeline.yaml"}})
+    from mlops_operator.settings import Settings
+
+    with pytest.raises(InvalidSpec, match="spec.pipeline.uri: cannot read .*refused by the URI policy"):
+        asyncio.run(training.pipeline_source(spec, "ml", Settings()))
+    assert forbidden_served == []

@@ -245,7 +245,11 @@ def mlserver_model_settings(model: str, version: int, signature: dict[str, Any] 
 
 
 def read_json_uri(uri: str) -> Any:
-    """Read a JSON document from any fsspec URI (e.g. a version's profile.json)."""
+    """Read a JSON document from any fsspec URI (e.g. a version's profile.json); http(s) under the URI policy."""
+    from mlops_operator.backends import uri_policy
+
+    if uri_policy.is_http(uri):
+        return json.loads(uri_policy.http_get(uri, uri_policy.environment_policy()))
     fs, path = open_fs(uri)
     with fs.open(path, "rt") as handle:
         return json.load(handle)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import urllib.error
-import urllib.request
 from typing import Any
 
 import fsspec
 import pandas as pd
 
 from mlops_operator.api.errors import DatasetUnavailable, InvalidSpec
+from mlops_operator.backends import uri_policy
 
 SKLEARN_SCHEME = "sklearn://"
 SKLEARN_DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
@@ -49,7 +48,8 @@ def load_dataset(uri: str, declared_format: str = "", storage_options: dict[str,
 
     ``storage_options`` go to fsspec (credentials of the dataset's store; default: the environment's).
     The digest is of the source bytes, or, for ``sklearn://`` datasets, of a canonical CSV dump.
-    Raises DatasetUnavailable when the source is missing, unreachable or unreadable, and
+    Raises DatasetUnavailable when the source is missing, unreachable, unreadable or refused by the
+    URI policy at fetch time (http(s): see :func:`mlops_operator.backends.uri_policy.http_get`), and
     InvalidSpec for an unknown format or sklearn dataset name.
     """
     if uri.startswith(SKLEARN_SCHEME):
@@ -80,24 +80,10 @@ def load_dataset(uri: str, declared_format: str = "", storage_options: dict[str,
     return frame, digest
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
-        raise DatasetUnavailable(f"dataset {req.full_url} redirects ({code}) to {newurl}; redirects are not followed "
-                                 "(the URI policy checked this host, not the target): give the final URL")
-
-
 def _http_get(uri: str, headers: dict[str, str]) -> bytes:
-    """The body at an http(s) URI, without following redirects (a redirect could lead past the URI policy)."""
-    opener = urllib.request.build_opener(_NoRedirect)
-    try:
-        with opener.open(urllib.request.Request(uri, headers=headers), timeout=HTTP_TIMEOUT_SECONDS) as response:
-            return response.read()
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            raise FileNotFoundError(uri) from None
-        raise OSError(f"HTTP {error.code} {error.reason}") from None
-    except urllib.error.URLError as error:
-        raise OSError(str(error.reason)) from None
+    """The body at an http(s) URI, read under this process's URI policy: the checked address is the one
+    connected to, and each redirect's target is checked before it is followed."""
+    return uri_policy.http_get(uri, uri_policy.environment_policy(), headers=headers, timeout=HTTP_TIMEOUT_SECONDS)
 
 
 def _load_sklearn(name: str) -> tuple[pd.DataFrame, str]:

@@ -141,6 +141,14 @@ def read_labels(uri: str) -> pd.DataFrame:
     order), with columns ``id``, ``label`` and optionally ``row``. Raises FileNotFoundError or
     ValueError with a readable message."""
     import pandas as pd
+    from mlops_operator.backends import uri_policy
+
+    if uri_policy.is_http(uri):  # one file, read under the URI policy (no listing over HTTP)
+        raw = uri_policy.http_get(uri, uri_policy.environment_policy())
+        lower = uri.split("?", 1)[0].lower()
+        labels = (pd.read_parquet(io.BytesIO(raw)) if lower.endswith((".parquet", ".pq"))
+                  else pd.read_csv(io.BytesIO(raw), compression="gzip" if lower.endswith(".gz") else None))
+        return _checked_labels(labels, uri)
     fs, path = open_fs(uri)
     if fs.isdir(path):
         files = sorted(p for p in fs.ls(path, detail=False) if p.lower().endswith(LABEL_SUFFIXES))
@@ -151,7 +159,10 @@ def read_labels(uri: str) -> pd.DataFrame:
     else:
         raise FileNotFoundError(f"{uri} does not exist")
     frames = [_read_table(fs, file) for file in files]
-    labels = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return _checked_labels(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0], uri)
+
+
+def _checked_labels(labels: pd.DataFrame, uri: str) -> pd.DataFrame:
     labels.columns = [str(column) for column in labels.columns]
     missing = [column for column in ("id", "label") if column not in labels.columns]
     if missing:

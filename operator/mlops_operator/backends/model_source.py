@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 
 
 from mlops_operator.api.modeldeployment import ModelSource
-from mlops_operator.backends import artifacts, kube
+from mlops_operator.backends import artifacts, kube, uri_policy
 from mlops_operator.reconcile.modeldeployment import ModelRef
 
 log = logging.getLogger("mlops_operator.deployment")
@@ -40,7 +40,11 @@ def _metrics(uri: str) -> dict[str, float]:
 def check_model_uri(uri: str) -> None:
     """Raise ModelUnavailable unless ``uri`` is a directory holding a model (model-settings.json or
     model.joblib). A scheme whose filesystem is not installed here (s3 without s3fs) is not checked:
-    the serving backend reports the failure instead."""
+    the serving backend reports the failure instead. http(s) is read under the URI policy (its
+    model-settings.json or model.joblib, as a directory cannot be listed over HTTP)."""
+    if uri_policy.is_http(uri):
+        _http_model_files(uri)
+        return
     try:
         fs, path = artifacts.open_fs(uri)
     except (ImportError, ValueError) as error:
@@ -79,6 +83,22 @@ async def resolve_model(source: ModelSource, namespace: str) -> ModelRef:
     return ModelRef(version, uri, await asyncio.to_thread(_metrics, uri))
 
 
+def _http_model_files(uri: str) -> dict[str, bytes]:
+    """A model's files at an http(s) directory URI, read under the URI policy (model-settings.json is
+    optional). Raises ModelUnavailable."""
+    policy, files = uri_policy.environment_policy(), {}
+    for name in MODEL_FILES:
+        try:
+            files[name] = uri_policy.http_get(f"{uri.rstrip('/')}/{name}", policy)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise ModelUnavailable(f"model URI {uri} cannot be read: {error}") from None
+    if artifacts.MODEL_FILE not in files and artifacts.SETTINGS_FILE not in files:
+        raise ModelUnavailable(f"model URI {uri} holds neither {' nor '.join(MODEL_FILES)}")
+    return files
+
+
 def local_model_dir(uri: str, cache_dir: Path) -> Path:
     """A local directory holding the model at ``uri``: the directory itself for file:// URIs and
     plain paths, else a copy under ``cache_dir`` (made once; model versions are immutable)."""
@@ -91,8 +111,13 @@ def local_model_dir(uri: str, cache_dir: Path) -> Path:
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        fs, path = artifacts.open_fs(uri)
-        fs.get(path.rstrip("/") + "/", str(partial) + "/", recursive=True)
+        if uri_policy.is_http(uri):
+            partial.mkdir(parents=True)
+            for name, content in _http_model_files(uri).items():
+                (partial / name).write_bytes(content)
+        else:
+            fs, path = artifacts.open_fs(uri)
+            fs.get(path.rstrip("/") + "/", str(partial) + "/", recursive=True)
     except Exception as error:
         shutil.rmtree(partial, ignore_errors=True)
         raise ModelUnavailable(f"cannot copy {uri} to the local backend: {type(error).__name__}: {error}") from None

@@ -26,7 +26,8 @@ from typing import Any, ClassVar, Protocol
 
 from mlops_operator.api.errors import STEP_REASONS, Failure, InvalidSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RunRecord
-from mlops_operator.backends import artifacts, kube, pipeline_package, storage_credentials, training_kfp, training_local
+from mlops_operator.backends import (artifacts, kube, pipeline_package, storage_credentials, training_kfp, training_local,
+                                    uri_policy)
 from mlops_operator.reconcile import modeltraining
 from mlops_operator.settings import Settings
 
@@ -379,8 +380,12 @@ async def pipeline_source(spec: ModelTrainingSpec, namespace: str, settings: Set
         path = Path(settings.data_dir) / "pipelines" / namespace / source.uri.replace("/", "_")[-120:]
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with fsspec.open(source.uri, "rb") as handle:
-                path.write_bytes(handle.read())
+            if uri_policy.is_http(source.uri):  # under the URI policy again, now: redirects, rebinding
+                path.write_bytes(await asyncio.to_thread(uri_policy.http_get, source.uri, uri_policy.environment_policy(),
+                                                         namespace=namespace))
+            else:
+                with fsspec.open(source.uri, "rb") as handle:
+                    path.write_bytes(handle.read())
         except Exception as error:
             raise InvalidSpec(f"spec.pipeline.uri: cannot read {source.uri}: {error}") from None
         return str(path)

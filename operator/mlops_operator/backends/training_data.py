@@ -58,6 +58,12 @@ def resolve_dataset_uri(uri: str, now: datetime | None = None, storage_options: 
     """
     if not is_multi_object(uri):
         return uri
+    if uri.lower().startswith(("http://", "https://")):
+        from mlops_operator.api.errors import InvalidSpec
+
+        # Listing would go through fsspec's HTTP filesystem, which follows links and redirects past the URI policy.
+        raise InvalidSpec(f"{uri}: a prefix, glob or date template needs a store that can be listed (s3, gs, file); "
+                          "over http(s) name one object")
     from fsspec.core import url_to_fs
 
     now = now or datetime.now(timezone.utc)

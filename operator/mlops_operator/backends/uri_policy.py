@@ -15,13 +15,15 @@ the checked host is the one read. ``sklearn://`` built-ins are always allowed.
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import os
 import posixpath
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Callable, Iterable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from mlops_operator.settings import Settings
 
@@ -170,3 +172,101 @@ def uri_problems(fields: Iterable[tuple[str, str | None]], policy: UriPolicy,
             if problem:
                 problems.append(f"{field}: {uri} refused by the URI policy: {problem}")
     return problems
+
+
+# ---- reading http(s) URIs under the policy --------------------------------------------------------------
+
+MAX_REDIRECTS = 5
+"""Redirects followed by :func:`http_get`, each target checked like the first URI."""
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+
+
+class UriRefused(OSError):
+    """An http(s) read the policy refuses at fetch time (a redirect's target, or a host that now resolves
+    elsewhere); the message names the rule."""
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the address the policy checked, not to a second lookup of the host name."""
+
+    def __init__(self, host: str, port: int | None, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """TLS to the checked address, with the certificate verified for the URI's host name (SNI too)."""
+
+    def __init__(self, host: str, port: int | None, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def http_get(uri: str, policy: UriPolicy, *, namespace: str | None = None, headers: dict[str, str] | None = None,
+             timeout: float = 60.0, resolve: Resolver = _resolve) -> bytes:
+    """The body at an http(s) URI, read under the policy at fetch time.
+
+    The host is looked up once and every address checked; the connection goes to a checked address (a
+    name that resolves to a public address for the check and to an internal one a moment later, DNS
+    rebinding, still reaches only the checked one). A redirect's target is checked like the first URI
+    (scheme, prefixes, artifact root, host) before it is followed, at most MAX_REDIRECTS times, and
+    ``headers`` (credentials) go to the first host only. No proxy is used (a proxy would do its own
+    lookup). Raises UriRefused naming the rule, FileNotFoundError on 404, OSError otherwise.
+    """
+    first, current, sent = uri, uri, dict(headers or {})
+    for hop in range(MAX_REDIRECTS + 1):
+        looked_up: dict[str, list[str]] = {}
+
+        def once(host: str) -> list[str]:
+            looked_up[host] = resolve(host)
+            return looked_up[host]
+
+        parts = urlsplit(current)
+        if parts.scheme.lower() not in ("http", "https"):
+            problem = f"scheme {parts.scheme!r} is not http(s)"
+        else:
+            problem = uri_problem(current, policy, once, namespace)
+        if problem:
+            via = f" (redirected from {first})" if hop else ""
+            raise UriRefused(f"{current}{via} refused by the URI policy: {problem}")
+        host = parts.hostname or ""
+        address = looked_up[host][0].split("%", 1)[0] if host in looked_up else host.strip("[]")
+        kind = _PinnedHTTPSConnection if parts.scheme.lower() == "https" else _PinnedHTTPConnection
+        connection = kind(host, parts.port, address, timeout)
+        try:
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            connection.request("GET", target, headers=sent)
+            response = connection.getresponse()
+            if response.status in REDIRECT_STATUSES and response.getheader("Location"):
+                following = urljoin(current, response.getheader("Location"))
+                if urlsplit(following).netloc != parts.netloc or urlsplit(following).scheme != parts.scheme:
+                    sent = {}  # credentials are for the host they were given for
+                current = following
+                continue
+            if response.status == 404:
+                raise FileNotFoundError(f"{current}: HTTP 404")
+            if response.status >= 400:
+                raise OSError(f"{current}: HTTP {response.status} {response.reason}")
+            return response.read()
+        except http.client.HTTPException as error:  # a malformed answer: unreadable, like a broken connection
+            raise OSError(f"{current}: {type(error).__name__}: {error}") from None
+        finally:
+            connection.close()
+    raise OSError(f"{first}: more than {MAX_REDIRECTS} redirects")
+
+
+def environment_policy() -> UriPolicy:
+    """The policy of this process's settings (``MLOPS_URI_*``): the operator's, and a local training run's
+    (it inherits the operator's environment)."""
+    return UriPolicy.from_settings(Settings())
+
+
+def is_http(uri: str) -> bool:
+    return uri.lower().startswith(("http://", "https://"))
