@@ -206,10 +206,17 @@ def test_the_failure_reason_is_read_from_the_failing_container():
         "predictor canary, Pod iris-canary-0-iris-c, container iris: last exit: Completed, exit code 0")
     succeeded_init = {"name": "iris-model-initializer", "ready": True,
                       "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    # Nothing failed yet: a model server still starting when the progress deadline passes (seen on a
+    # loaded node) is named as running but not ready, a candidate's before the stable's.
     assert pod_failure_reason([_pod("iris-stable-0-iris-i", init=[succeeded_init], containers=[starting])], "iris",
-                              ["stable"]) is None
-    # Starting or running Pods are no failure.
+                              ["stable"]) == "predictor stable, Pod iris-stable-0-iris-i, container iris: running but not ready (no exit yet)"
+    loading = {"name": "iris", "ready": False, "state": {"running": {"startedAt": "2026-11-29T20:34:43Z"}}}
+    assert pod_failure_reason([_pod("iris-stable-0-iris-s", containers=[starting, healthy]),
+                               _pod("iris-canary-0-iris-l", containers=[loading, healthy])], "iris",
+                              ["stable", "canary"]) == ("predictor canary, Pod iris-canary-0-iris-l, container iris: "
+                                                        "running since 2026-11-29T20:34:43Z but not ready (no exit yet)")
+    # Pods still being created, or running and ready, are no failure.
     creating = {"name": "iris", "ready": False, "state": {"waiting": {"reason": "ContainerCreating"}}}
-    assert pod_failure_reason([_pod("iris-stable-0-iris-z", containers=[creating, starting])], "iris",
+    assert pod_failure_reason([_pod("iris-stable-0-iris-z", containers=[creating, healthy])], "iris",
                               ["stable"]) is None
     assert pod_failure_reason([], "iris", ["stable"]) is None

@@ -356,8 +356,11 @@ def pod_failure_reason(pods: Sequence[Mapping[str, Any]], sdep: str, predictors:
     message, of the first failing container (init containers first). None when nothing failed.
 
     A model container that exited counts whatever its exit code (MLServer 1.7.1 exits 0 when its
-    model fails to load); an init container only with a non-zero exit."""
+    model fails to load); an init container only with a non-zero exit. When nothing failed yet (a
+    model server still starting when the progress deadline passes, as on a loaded node), the first
+    container that runs but is not ready is named, a candidate predictor's before the stable one's."""
     benign = (None, "PodInitializing", "ContainerCreating")
+    not_ready: list[tuple[bool, str]] = []
     for pod in pods:
         meta = pod.get("metadata") or {}
         deployment = (meta.get("labels") or {}).get("seldon-deployment-id")
@@ -379,6 +382,13 @@ def pod_failure_reason(pods: Sequence[Mapping[str, Any]], sdep: str, predictors:
                 else:
                     exited = bool(last) or int(container.get("restartCount") or 0) > 0
                 if waiting.get("reason") in benign and not exited:
+                    running = state.get("running")
+                    if kind == "container" and running is not None:
+                        where = f"predictor {owner}, " if owner else ""
+                        since = f" since {running['startedAt']}" if running.get("startedAt") else ""
+                        not_ready.append((owner == STABLE,
+                                          f"{where}Pod {meta.get('name')}, container {container.get('name')}: "
+                                          f"running{since} but not ready (no exit yet)"))
                     continue
                 parts = []
                 if waiting.get("reason") not in benign:
@@ -395,6 +405,8 @@ def pod_failure_reason(pods: Sequence[Mapping[str, Any]], sdep: str, predictors:
                     parts.append(f"restarted {container.get('restartCount')} times")
                 where = f"predictor {owner}, " if owner else ""
                 return f"{where}Pod {meta.get('name')}, {kind} {container.get('name')}: " + "; ".join(parts)
+    if not_ready:
+        return sorted(not_ready, key=lambda item: item[0])[0][1]  # stable's last; stable sort keeps the order
     return None
 
 
