@@ -48,6 +48,8 @@ def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
         objects.create(training("passwd", "file:///etc/passwd"))
         objects.create(training("metadata", "http://169.254.169.254/latest/meta-data/iam.csv"))
         objects.create(training("loopback", f"http://127.0.0.1:{server.server_port}/data.csv"))
+        # Another run's training data in the operator's data dir (allowed by the tests' file roots: all of /tmp).
+        objects.create(training("rundata", (operator.data_dir / "runs" / "team-b" / "iris-1" / "train.csv").as_uri()))
         deployment = copy.deepcopy(load_example("deployment.yaml"))
         deployment["spec"]["model"] = {"uri": "file:///etc/ssl", "version": "1"}
         objects.create(deployment)
@@ -68,6 +70,8 @@ def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
         assert "MLOPS_URI_ALLOWED_NETWORKS" in message
         message = invalid(objects, "ModelTraining", "loopback", "Succeeded")
         assert "a loopback address" in message
+        message = invalid(objects, "ModelTraining", "rundata", "Succeeded")
+        assert "is the operator's own state in its data dir" in message and "/labels/ and " in message, message
         message = invalid(objects, "ModelDeployment", "iris", "Ready")
         assert "spec.model.uri: file:///etc/ssl refused by the URI policy" in message
         message = invalid(objects, "ModelTraining", "labels", "Succeeded")
@@ -77,7 +81,7 @@ def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
         assert "spec.performance.labelsUri: http://169.254.169.254/latest/labels.csv refused by the URI policy" in message
         assert "a link-local address" in message
 
-        for name in ("passwd", "metadata", "loopback", "labels"):
+        for name in ("passwd", "metadata", "loopback", "labels", "rundata"):
             assert not objects.get("ModelTraining", name).get("status", {}).get("latestRun")
         runs = operator.data_dir / "runs"
         assert not runs.exists() or not any(runs.rglob("request.json"))

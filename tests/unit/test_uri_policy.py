@@ -33,7 +33,8 @@ def test_defaults_allow_the_data_dir_artifact_root_and_builtins(tmp_path):
     assert uri_problem("sklearn://iris", p, resolve) is None
     own = (tmp_path / "data" / "artifacts" / "models" / "ml" / "iris" / "1").as_uri()
     assert uri_problem(own, p, resolve, namespace="ml") is None
-    assert uri_problem(str(tmp_path / "data" / "x.csv"), p, resolve) is None
+    assert uri_problem(str(tmp_path / "data" / "datasets" / "x.csv"), p, resolve) is None
+    assert uri_problem((tmp_path / "data" / "labels" / "iris").as_uri() + "/", p, resolve) is None
     assert uri_problem("s3://bucket/data.csv", p, resolve) is None
     assert uri_problem("https://data.example.com/iris.csv", p, resolve) is None
 
@@ -42,6 +43,17 @@ def test_defaults_allow_the_data_dir_artifact_root_and_builtins(tmp_path):
 def test_files_outside_the_roots_are_refused(tmp_path, uri):
     problem = uri_problem(uri, policy(tmp_path), resolve)
     assert problem and "/etc/passwd is outside the directories" in problem and "MLOPS_URI_FILE_ROOTS" in problem
+
+
+@pytest.mark.parametrize("inside", ["runs/team-b/iris-1/train.parquet", "serving/team-b/iris/state.json", "operator.log",
+                                    "model-cache/0123/model.joblib", "x.csv", "", "datasets/../runs/a.csv"])
+def test_the_operators_own_state_in_the_data_dir_is_refused(tmp_path, inside):
+    """Whatever the file roots allow (the tests' operators allow all of /tmp): run directories hold every
+    namespace's training data, and the rest is the operator's."""
+    p = policy(tmp_path, uri_file_roots=[str(tmp_path)])
+    problem = uri_problem(str(tmp_path / "data" / inside), p, resolve, namespace="ml")
+    assert problem and "the operator's own state in its data dir" in problem, problem
+    assert f"{tmp_path}/data/labels/ and {tmp_path}/data/datasets/" in problem
 
 
 def test_a_symlink_out_of_a_root_is_refused(tmp_path):

@@ -8,7 +8,9 @@ is checked before any work starts: its scheme must be allowed, it must start wit
 operator's artifact root is shared by all namespaces: a URI into its per-namespace areas
 (``<root>/models/``, ``<root>/inference/``, ``<root>/drift-reports/``) must stay in the namespace's own
 part of them, whatever the other rules allow, so one namespace cannot read another's model versions,
-profiles, inference logs or drift reports (nor list the root). Redirects
+profiles, inference logs or drift reports (nor list the root). The data dir holds the operator's own
+state (run directories with every namespace's training data, model servers, caches, logs): of it, only
+``<dataDir>/labels/`` and ``<dataDir>/datasets/`` (and the artifact root, as above) may be read. Redirects
 are not followed when a dataset is fetched over HTTP (:mod:`mlops_operator.backends.datasets`), so
 the checked host is the one read. ``sklearn://`` built-ins are always allowed.
 """
@@ -45,6 +47,8 @@ class UriPolicy:
     allowed_networks: tuple[Network, ...] = ()
     artifact_root: str = ""
     """The operator's artifact root (a URI; a local path for file://): its namespaces' parts are kept apart."""
+    data_dir: str = ""
+    """The operator's data dir (a local path): only its TENANT_AREAS may be read."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UriPolicy:
@@ -61,7 +65,7 @@ class UriPolicy:
                    prefixes=tuple(settings.uri_prefixes),
                    file_roots=tuple(os.path.realpath(os.path.expanduser(r)) for r in roots),
                    allowed_networks=tuple(ipaddress.ip_network(n, strict=False) for n in settings.uri_allowed_networks),
-                   artifact_root=artifact_root)
+                   artifact_root=artifact_root, data_dir=os.path.realpath(os.path.expanduser(settings.data_dir)))
 
 
 def _resolve(host: str) -> list[str]:
@@ -80,6 +84,8 @@ def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | N
     return None
 
 
+TENANT_AREAS = ("labels", "datasets")
+"""The data dir's directories for files tenants give the operator to read (e.g. the examples' label feed)."""
 NAMESPACED_AREAS = ("models", "inference", "drift-reports")
 """The artifact root's parts that are kept per namespace: the model registry, the inference logs, the drift reports."""
 
@@ -98,6 +104,10 @@ def _other_namespace_problem(root: str, path: str, namespace: str | None, displa
            else "none")
     return (f"it is in the operator's artifact root outside this namespace's part of it ({own}): "
             f"another namespace's models, inference logs and drift reports cannot be read")
+
+
+def _under(path: str, root: str) -> bool:
+    return bool(root) and (path == root or path.startswith(root.rstrip(os.sep) + os.sep))
 
 
 def uri_problem(uri: str, policy: UriPolicy, resolve: Resolver = _resolve, namespace: str | None = None) -> str | None:
@@ -119,9 +129,14 @@ def uri_problem(uri: str, policy: UriPolicy, resolve: Resolver = _resolve, names
         problem = _other_namespace_problem(policy.artifact_root, real, namespace, policy.artifact_root)
         if problem:
             return problem
-        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in policy.file_roots):
+        if not any(_under(real, root) for root in policy.file_roots):
             return (f"path {real} is outside the directories the operator may read "
                     f"(MLOPS_URI_FILE_ROOTS: {', '.join(policy.file_roots) or 'none'})")
+        if (policy.data_dir and _under(real, policy.data_dir) and not _under(real, policy.artifact_root)
+                and not any(_under(real, os.path.join(policy.data_dir, area)) for area in TENANT_AREAS)):
+            return (f"path {real} is the operator's own state in its data dir; of the data dir only "
+                    + " and ".join(f"{os.path.join(policy.data_dir, area)}/" for area in TENANT_AREAS)
+                    + " hold tenants' files")
         return None
     if "://" in policy.artifact_root:
         # The same object under another spelling (a/../b, a//b) is the same key to the store's client.
