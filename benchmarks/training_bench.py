@@ -26,6 +26,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 from mlops_operator.backends import training_local
 from mlops_operator.components import evaluate, extract, split, stages, train
@@ -52,22 +53,19 @@ def same_steps(dataset: str, estimators: int, seed: int, data_dir: Path) -> tupl
     work = data_dir / "files"
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    prepared = stages.run_prepare_data(
-        dataset_uri=f"sklearn://{dataset}", dataset_format="auto", target="target", features=[],
-        production_data={}, checks={}, task="auto", test_size=0.25, seed=seed,
-        estimator="RandomForestClassifier", mix={}, dataset_path=str(work / "dataset"),
-        production_path=str(work / "production"), report_path=str(work / "report"),
-        production_valid_path=str(work / "production_valid"), train_path=str(work / "train"),
-        test_path=str(work / "test"))
-    trained = stages.run_train_model(
-        train_path=str(work / "train"), test_path=str(work / "test"), schema=prepared["schema"],
-        estimator="RandomForestClassifier", estimator_params={"n_estimators": estimators}, seed=seed,
-        champion_model_uri="", baseline_metrics={}, gate={}, max_regression={}, model_path=str(work / "model"),
-        artifact_root=(data_dir / "artifacts").resolve().as_uri(), model_name="bench", run_name="bench-in-process",
-        run_id="", dataset={"uri": f"sklearn://{dataset}", "format": "auto", "digest": prepared["digest"],
-                            "rows": prepared["rows"]},
-        test_size=0.25, pipeline_digest="", started_at=prepared["started_at"], sources=prepared["sources"],
-        retrain_window={})
+    files = {name: SimpleNamespace(path=str(work / name)) for name in
+             ("dataset", "production", "report", "production_valid", "train", "test", "model")}
+    prepared = stages.run_prepare_data(dict(
+        **files, dataset_uri=f"sklearn://{dataset}", dataset_format="auto", target="target", features=[],
+        production_data={}, checks={}, task="auto", test_size=0.25, seed=seed, estimator="RandomForestClassifier",
+        mix={}))
+    trained = stages.run_train_model(dict(
+        **files, schema=prepared.schema, estimator="RandomForestClassifier",
+        estimator_params={"n_estimators": estimators}, seed=seed, champion_model_uri="", baseline_metrics={}, gate={},
+        max_regression={}, artifact_root=(data_dir / "artifacts").resolve().as_uri(), model_namespace="bench",
+        model_name="bench", run_name="bench-in-process", job_name="", job_id="", dataset_uri=f"sklearn://{dataset}",
+        dataset_format="auto", dataset_digest=prepared.digest, dataset_rows=prepared.rows, test_size=0.25,
+        pipeline_digest="", started_at=prepared.started_at, sources=prepared.sources, retrain_window={}))
     return time.perf_counter() - started, trained["metrics"]
 
 

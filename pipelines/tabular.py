@@ -9,7 +9,11 @@ Each task is a process (a pod on a cluster) paying for Python's start and the im
 scikit-learn and scipy, so the steps run back to back inside two tasks rather than one task each
 (see mlops_operator.components.stages and benchmarks/training_bench.py). Every component is a
 lightweight Python component whose body calls one ``mlops_operator.components.stages.run_*``
-function, so the logic lives (and is tested) in the package.
+function, so the logic lives (and is tested) in the package. The pipeline's parameters are declared
+once, in ``mlops_operator.reconcile.pipeline_parameters`` (the operator fills them in and keeps a spec
+from overriding them); each component declares its inputs in its signature (KFP reads the source of
+a component), each task gets the pipeline arguments of the same name, and each component's body
+hands its arguments to its stage as they are.
 On a KFP cluster the components run in the operator image, which contains the package; locally
 ``kfp.local.SubprocessRunner(use_venv=False)`` runs them with the operator's own interpreter.
 
@@ -18,6 +22,7 @@ which is committed; a unit test fails when it is stale).
 """
 
 
+import inspect
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -26,6 +31,7 @@ from kfp import compiler, dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from mlops_operator import __version__
+from mlops_operator.reconcile.pipeline_parameters import REQUIRED, TABULAR_PARAMETERS, PipelineParameter
 from mlops_operator.settings import OPERATOR_IMAGE_REPOSITORY
 
 PIPELINE_NAME = "tabular-training"
@@ -67,21 +73,12 @@ def prepare_data(
     settle the task, hold out the newest production rows when there are enough, else the
     dataset's seeded (stratified) test split; mix the sources.
     """
-    from collections import namedtuple
-
+    arguments = dict(locals())  # the parameters above, by name: declared once, in this signature
     from mlops_operator.components.stages import run_prepare_data
 
-    result = run_prepare_data(
-        dataset_uri=dataset_uri, dataset_format=dataset_format, target=target, features=features,
-        production_data=production_data, checks=checks, task=task, test_size=test_size, seed=seed,
-        estimator=estimator, mix=mix, dataset_path=dataset.path, production_path=production.path,
-        report_path=report.path, production_valid_path=production_valid.path, train_path=train.path,
-        test_path=test.path,
-    )
-    dataset.metadata.update({"digest": result["digest"], "rows": result["rows"], "source": dataset_uri})
-    outputs = namedtuple("PrepareOutputs", ["digest", "rows", "started_at", "sources", "production", "schema"])
-    return outputs(result["digest"], result["rows"], result["started_at"], result["sources"], result["production"],
-                   result["schema"])
+    outputs = run_prepare_data(arguments)
+    dataset.metadata.update({"digest": outputs.digest, "rows": outputs.rows, "source": dataset_uri})
+    return outputs
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -125,140 +122,89 @@ def train_model(
     model: thresholds and no regression against the baseline (never fails the run). Export:
     model.joblib, model-settings.json, metrics, profile and lineage as a model version.
     """
+    arguments = dict(locals())  # the parameters above, by name: declared once, in this signature
     import json
-    from collections import namedtuple
 
     from mlops_operator.components.stages import run_train_model
 
-    result = run_train_model(
-        train_path=train.path, test_path=test.path, schema=schema, estimator=estimator,
-        estimator_params=estimator_params, seed=seed, champion_model_uri=champion_model_uri,
-        baseline_metrics=baseline_metrics, gate=gate, max_regression=max_regression, model_path=model.path,
-        artifact_root=artifact_root, model_namespace=model_namespace, model_name=model_name, run_name=run_name or job_name, run_id=job_id,
-        dataset={"uri": dataset_uri, "format": dataset_format, "digest": dataset_digest, "rows": dataset_rows},
-        test_size=test_size, pipeline_digest=pipeline_digest, started_at=started_at, sources=sources,
-        retrain_window=retrain_window,
-    )
-    info = result["estimator_info"]
-    model.metadata.update({"estimator": info["class"], "framework": "scikit-learn"})
-    for name, value in result["metrics"].items():
+    outputs = run_train_model(arguments)
+    model.metadata.update({"estimator": json.loads(outputs.estimator_info)["class"], "framework": "scikit-learn"})
+    for name, value in outputs.metrics.items():
         evaluation.log_metric(name, value)
-    outputs = namedtuple("TrainOutputs", ["model_version", "model_uri", "profile_uri", "validated", "reasons",
-                                          "metrics", "comparison", "estimator_info"])
-    return outputs(result["model_version"], result["model_uri"], result["profile_uri"], result["validated"],
-                   result["reasons"], result["metrics"], result["comparison"], json.dumps(info))
+    return outputs
+
+
+TabularTrainingOutputs = NamedTuple("TabularTrainingOutputs", [
+    ("model_version", int),
+    ("model_uri", str),
+    ("metrics", dict),
+    ("validated", bool),
+    ("validation_reasons", list),
+    ("profile_uri", str),
+    ("dataset_digest", str),
+    ("sources", list),
+    ("comparison", dict),
+])
+
+
+def with_parameters(parameters: "tuple[PipelineParameter, ...]"):
+    """Give a pipeline body ``(arguments: dict)`` the signature KFP reads the pipeline's inputs from:
+    one parameter per declared PipelineParameter, with its type and default."""
+
+    def decorate(body):
+        names = [parameter.name for parameter in parameters]
+
+        def pipeline(*values):  # KFP calls it with one channel per parameter, in signature order
+            return body(dict(zip(names, values)))
+
+        pipeline.__name__, pipeline.__qualname__, pipeline.__doc__ = body.__name__, body.__qualname__, body.__doc__
+        pipeline.__signature__ = inspect.Signature(
+            [inspect.Parameter(parameter.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=parameter.type,
+                               default=inspect.Parameter.empty if parameter.default is REQUIRED else parameter.default)
+             for parameter in parameters],
+            return_annotation=inspect.signature(body).return_annotation)
+        return pipeline
+
+    return decorate
+
+
+def task_inputs(component, arguments: dict) -> dict:
+    """The pipeline arguments a component declares an input of the same name for."""
+    return {name: value for name, value in arguments.items() if name in component.component_spec.inputs}
 
 
 @dsl.pipeline(
     name=PIPELINE_NAME,
     description="Train, evaluate, gate and version a scikit-learn model on a tabular dataset.",
 )
-def tabular_training(
-    dataset_uri: str,
-    target: str,
-    model_name: str,
-    model_namespace: str,
-    artifact_root: str,
-    run_name: str = "",
-    dataset_format: str = "auto",
-    features: list = [],  # noqa: B006 - KFP reads defaults from the signature
-    task: str = "auto",
-    estimator: str = "",
-    estimator_params: str = "{}",
-    test_size: float = 0.25,
-    seed: int = 42,
-    validation: dict = {},  # noqa: B006
-    gate: dict = {},  # noqa: B006
-    baseline_metrics: dict = {},  # noqa: B006
-    max_regression: dict = {},  # noqa: B006
-    pipeline_digest: str = "",
-    production_data: dict = {},  # noqa: B006
-    mix: dict = {},  # noqa: B006
-    champion_model_uri: str = "",
-    retrain_window: dict = {},  # noqa: B006
-) -> NamedTuple(
-    "TabularTrainingOutputs",
-    [
-        ("model_version", int),
-        ("model_uri", str),
-        ("metrics", dict),
-        ("validated", bool),
-        ("validation_reasons", list),
-        ("profile_uri", str),
-        ("dataset_digest", str),
-        ("sources", list),
-        ("comparison", dict),
-    ],
-):
+@with_parameters(TABULAR_PARAMETERS)
+def tabular_training(arguments: dict) -> TabularTrainingOutputs:
     """Train, evaluate, gate and version a model.
 
-    ``estimator_params`` is a JSON object as text (numbers keep int vs float). ``pipeline_digest``
-    is the sha256 of this compiled file, filled in by whoever submits it (it cannot be known at
-    compile time). ``run_name`` keys the model version (defaults to the KFP job name).
-    ``production_data`` names labelled production data (see steps.extract.run_extract_sources),
-    ``mix`` how it joins the base dataset (see steps.split.split_sources), ``champion_model_uri``
-    the current validated model scored on the same holdout, ``retrain_window`` the drift window
-    of a retrain request (recorded in the lineage).
+    The parameters are mlops_operator.reconcile.pipeline_parameters.TABULAR_PARAMETERS (what each
+    is and where the operator takes it from). ``production_data`` names labelled production data
+    (see components.extract.run_extract_sources), ``mix`` how it joins the base dataset (see
+    components.split.split_sources), ``champion_model_uri`` the current validated model scored on
+    the same holdout, ``retrain_window`` the drift window of a retrain request (recorded in the lineage).
     """
-    prepare_task = prepare_data(
-        dataset_uri=dataset_uri,
-        dataset_format=dataset_format,
-        target=target,
-        features=features,
-        production_data=production_data,
-        checks=validation,
-        task=task,
-        test_size=test_size,
-        seed=seed,
-        estimator=estimator,
-        mix=mix,
-    )
+    prepare_task = prepare_data(**task_inputs(prepare_data, arguments), checks=arguments["validation"])
     train_task = train_model(
+        **task_inputs(train_model, arguments),
         train=prepare_task.outputs["train"],
         test=prepare_task.outputs["test"],
         schema=prepare_task.outputs["schema"],
-        estimator=estimator,
-        estimator_params=estimator_params,
-        seed=seed,
-        champion_model_uri=champion_model_uri,
-        baseline_metrics=baseline_metrics,
-        gate=gate,
-        max_regression=max_regression,
-        artifact_root=artifact_root,
-        model_namespace=model_namespace,
-        model_name=model_name,
-        run_name=run_name,
         job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        dataset_uri=dataset_uri,
-        dataset_format=dataset_format,
         dataset_digest=prepare_task.outputs["digest"],
         dataset_rows=prepare_task.outputs["rows"],
-        test_size=test_size,
-        pipeline_digest=pipeline_digest,
         started_at=prepare_task.outputs["started_at"],
         sources=prepare_task.outputs["sources"],
-        retrain_window=retrain_window,
     )
     # A retrain on the same URI must read the data again: never reuse cached step results.
     for task_ in (prepare_task, train_task):
         task_.set_caching_options(False)
 
-    outputs = NamedTuple(
-        "TabularTrainingOutputs",
-        [
-            ("model_version", int),
-            ("model_uri", str),
-            ("metrics", dict),
-            ("validated", bool),
-            ("validation_reasons", list),
-            ("profile_uri", str),
-            ("dataset_digest", str),
-            ("sources", list),
-            ("comparison", dict),
-        ],
-    )
-    return outputs(
+    return TabularTrainingOutputs(
         model_version=train_task.outputs["model_version"],
         model_uri=train_task.outputs["model_uri"],
         metrics=train_task.outputs["metrics"],

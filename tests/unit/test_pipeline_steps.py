@@ -7,6 +7,7 @@ import hashlib
 import json
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import joblib
 import numpy as np
@@ -385,11 +386,9 @@ def prepare_iris(tmp_path: Path, **overrides: object) -> dict:
                      production_data={}, checks=IRIS_CHECKS, task="auto", test_size=0.25, seed=42,
                      estimator="RandomForestClassifier", mix={})
     arguments.update(overrides)
-    files = {name: str(tmp_path / name) for name in
+    files = {name: SimpleNamespace(path=str(tmp_path / name)) for name in
              ("dataset", "production", "report", "production_valid", "train", "test")}
-    return stages.run_prepare_data(**arguments, dataset_path=files["dataset"], production_path=files["production"],
-                                   report_path=files["report"], production_valid_path=files["production_valid"],
-                                   train_path=files["train"], test_path=files["test"])
+    return stages.run_prepare_data({**arguments, **files})
 
 
 def test_stages_run_the_seven_steps_with_their_files_and_lineage(tmp_path: Path) -> None:
@@ -401,14 +400,14 @@ def test_stages_run_the_seven_steps_with_their_files_and_lineage(tmp_path: Path)
     assert json.loads((tmp_path / "report").read_text())["passed"] is True  # the validation report is kept
     assert len(pd.read_parquet(tmp_path / "train")) + len(pd.read_parquet(tmp_path / "test")) == 150
     root = (tmp_path / "artifacts").as_uri()
-    trained = stages.run_train_model(
-        train_path=str(tmp_path / "train"), test_path=str(tmp_path / "test"), schema=prepared["schema"],
-        estimator="RandomForestClassifier", estimator_params='{"n_estimators": 20}', seed=42, champion_model_uri="",
-        baseline_metrics={}, gate={"accuracy": {"min": 0.99}}, max_regression={}, model_path=str(tmp_path / "model"),
-        artifact_root=root, model_namespace="ml", model_name="iris", run_name="run-a", run_id="job-1",
-        dataset={"uri": "sklearn://iris", "format": "auto", "digest": prepared["digest"], "rows": prepared["rows"]},
-        test_size=0.25, pipeline_digest="d1g", started_at=prepared["started_at"], sources=prepared["sources"],
-        retrain_window={})
+    files = {name: SimpleNamespace(path=str(tmp_path / name)) for name in ("train", "test", "model")}
+    trained = stages.run_train_model(dict(
+        **files, schema=prepared["schema"], estimator="RandomForestClassifier",
+        estimator_params='{"n_estimators": 20}', seed=42, champion_model_uri="", baseline_metrics={},
+        gate={"accuracy": {"min": 0.99}}, max_regression={}, artifact_root=root, model_namespace="ml",
+        model_name="iris", run_name="run-a", job_name="ignored", job_id="job-1", dataset_uri="sklearn://iris",
+        dataset_format="auto", dataset_digest=prepared.digest, dataset_rows=prepared.rows, test_size=0.25,
+        pipeline_digest="d1g", started_at=prepared.started_at, sources=prepared.sources, retrain_window={}))
     assert trained["model_version"] == 1 and trained["model_uri"] == f"{root}/models/ml/iris/1"
     assert trained["validated"] is False and trained["reasons"] and "accuracy" in trained["reasons"][0]
     assert trained["comparison"]["challenger"] == trained["metrics"]

@@ -16,31 +16,26 @@ artifacts); a stage only hands one step's files and values to the next.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-# Each stage imports its own steps only (a task process pays for every module it imports).
+# A stage takes its component's arguments as KFP passes them (the component's ``locals()``: names and
+# types are declared once, by the component's signature in pipelines/tabular.py), artifacts as
+# objects with a ``path``, and returns the component's outputs. Each stage imports its own steps
+# only (a task process pays for every module it imports).
 
 
-def run_prepare_data(
-    *,
-    dataset_uri: str,
-    dataset_format: str,
-    target: str,
-    features: list[str] | None,
-    production_data: dict[str, Any] | None,
-    checks: dict[str, Any] | None,
-    task: str,
-    test_size: float,
-    seed: int,
-    estimator: str,
-    mix: dict[str, Any] | None,
-    dataset_path: str,
-    production_path: str,
-    report_path: str,
-    production_valid_path: str,
-    train_path: str,
-    test_path: str,
-) -> dict[str, Any]:
+class Outputs(dict):
+    """A stage's outputs by name; KFP's executor reads a component's NamedTuple outputs as attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def run_prepare_data(arguments: Mapping[str, Any]) -> Outputs:
     """Extract, validate and split. Returns ``{"digest", "rows", "started_at", "sources",
     "production", "schema"}``: ``sources`` as extract gives them, the production source with the
     rows the checks left out (``rejectedRows``, ``rejections``); ``production`` the checks' summary."""
@@ -48,59 +43,40 @@ def run_prepare_data(
     from mlops_operator.components.split import run_split_sources
     from mlops_operator.components.validate_data import run_validate_sources
 
-    extracted = run_extract_sources(dataset_uri, dataset_format, target, features, production_data, dataset_path,
-                                    production_path)
-    production = run_validate_sources(dataset_path, production_path, target, checks, features, report_path,
-                                      production_valid_path)
-    schema = run_split_sources(dataset_path, production_valid_path, target, task, test_size, seed, features,
-                               estimator, mix, train_path, test_path)
+    get = arguments.__getitem__
+    dataset, production_path, valid_path = get("dataset").path, get("production").path, get("production_valid").path
+    target, features = get("target"), get("features")
+    extracted = run_extract_sources(get("dataset_uri"), get("dataset_format"), target, features, get("production_data"),
+                                    dataset, production_path)
+    production = run_validate_sources(dataset, production_path, target, get("checks"), features, get("report").path,
+                                      valid_path)
+    schema = run_split_sources(dataset, valid_path, target, get("task"), get("test_size"), get("seed"), features,
+                               get("estimator"), get("mix"), get("train").path, get("test").path)
     sources = [dict(source) for source in extracted["sources"]]
     for source in sources:  # the rows the production checks left out, beside the rows read
         if source.get("name") == "production":
             source["rejectedRows"] = int(production.get("rejectedRows") or 0)
             if production.get("rejections"):
                 source["rejections"] = production["rejections"]
-    return {"digest": extracted["digest"], "rows": extracted["rows"], "started_at": extracted["started_at"],
-            "sources": sources, "production": production, "schema": schema}
+    return Outputs(digest=extracted["digest"], rows=extracted["rows"], started_at=extracted["started_at"],
+                   sources=sources, production=production, schema=schema)
 
 
-def run_train_model(
-    *,
-    train_path: str,
-    test_path: str,
-    schema: dict[str, Any],
-    estimator: str,
-    estimator_params: dict[str, Any] | str | None,
-    seed: int,
-    champion_model_uri: str,
-    baseline_metrics: dict[str, float] | None,
-    gate: dict[str, Any] | None,
-    max_regression: float | dict[str, float] | None,
-    model_path: str,
-    artifact_root: str,
-    model_namespace: str,
-    model_name: str,
-    run_name: str,
-    run_id: str,
-    dataset: dict[str, Any],
-    test_size: float,
-    pipeline_digest: str,
-    started_at: str,
-    sources: list[dict[str, Any]] | None,
-    retrain_window: dict[str, Any] | None,
-) -> dict[str, Any]:
+def run_train_model(arguments: Mapping[str, Any]) -> Outputs:
     """Train, evaluate (against the validated model too), gate and export. Returns
     ``{"estimator_info", "metrics", "comparison", "validated", "reasons", "model_version",
-    "model_uri", "profile_uri"}``; ``validated`` is the published version's (a re-run of an export
-    returns the version as it was published)."""
+    "model_uri", "profile_uri"}`` (``estimator_info`` as JSON text); ``validated`` is the published
+    version's (a re-run of an export returns the version as it was published)."""
     from mlops_operator.components.evaluate import run_evaluate_against
     from mlops_operator.components.export import run_export
     from mlops_operator.components.gate import run_gate
     from mlops_operator.components.train import run_train
 
-    info = run_train(train_path, schema, estimator, estimator_params, seed, model_path)
-    evaluated = run_evaluate_against(model_path, test_path, schema, champion_model_uri, baseline_metrics)
-    gated = run_gate(evaluated["metrics"], gate, evaluated["baseline"], max_regression)
+    get = arguments.__getitem__
+    train_path, test_path, model_path, schema = get("train").path, get("test").path, get("model").path, get("schema")
+    info = run_train(train_path, schema, get("estimator"), get("estimator_params"), get("seed"), model_path)
+    evaluated = run_evaluate_against(model_path, test_path, schema, get("champion_model_uri"), get("baseline_metrics"))
+    gated = run_gate(evaluated["metrics"], get("gate"), evaluated["baseline"], get("max_regression"))
     published = run_export(
         model_path=model_path,
         train_path=train_path,
@@ -108,27 +84,28 @@ def run_train_model(
         metrics=evaluated["metrics"],
         validated=gated["validated"],
         reasons=gated["reasons"],
-        artifact_root=artifact_root,
-        model_namespace=model_namespace,
-        model_name=model_name,
-        run_name=run_name,
-        run_id=run_id,
-        dataset=dataset,
+        artifact_root=get("artifact_root"),
+        model_namespace=get("model_namespace"),
+        model_name=get("model_name"),
+        run_name=get("run_name") or get("job_name"),
+        run_id=get("job_id"),
+        dataset={"uri": get("dataset_uri"), "format": get("dataset_format"), "digest": get("dataset_digest"),
+                 "rows": get("dataset_rows")},
         estimator=json.loads(json.dumps(info)),
-        split={"testSize": test_size, "seed": seed},
-        pipeline_digest=pipeline_digest,
-        started_at=started_at,
-        sources=sources,
+        split={"testSize": get("test_size"), "seed": get("seed")},
+        pipeline_digest=get("pipeline_digest"),
+        started_at=get("started_at"),
+        sources=get("sources"),
         comparison=evaluated["comparison"],
-        retrain_window=retrain_window,
+        retrain_window=get("retrain_window"),
     )
-    return {
-        "estimator_info": info,
-        "metrics": evaluated["metrics"],
-        "comparison": evaluated["comparison"],
-        "validated": published["validated"],
-        "reasons": gated["reasons"],
-        "model_version": published["model_version"],
-        "model_uri": published["model_uri"],
-        "profile_uri": published["profile_uri"],
-    }
+    return Outputs(
+        estimator_info=json.dumps(info),
+        metrics=evaluated["metrics"],
+        comparison=evaluated["comparison"],
+        validated=published["validated"],
+        reasons=gated["reasons"],
+        model_version=published["model_version"],
+        model_uri=published["model_uri"],
+        profile_uri=published["profile_uri"],
+    )

@@ -20,6 +20,7 @@ from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.reconcile.cost import parse_quantity
 from mlops_operator.reconcile.durations import parse_duration
+from mlops_operator.reconcile.pipeline_parameters import TABULAR_PARAMETERS
 
 SUPPORTED_URI_SCHEMES = ("file", "s3", "gs", "memory", "sklearn", "http", "https")
 CLASSIFICATION_METRICS = ("accuracy", "f1", "rocAuc")
@@ -62,30 +63,7 @@ def schedule_problem(schedule: str, now: datetime | None = None) -> str | None:
 
 # The pipeline parameters the operator sets itself, and from what: a user's spec.pipeline.parameters may not
 # name them (they would move the model registry, bypass the URI policy on the dataset, or forge the gate).
-OPERATOR_PIPELINE_PARAMETERS: dict[str, str] = {
-    "dataset_uri": "from spec.dataset.uri, checked by the URI policy",
-    "dataset_format": "from spec.dataset.format",
-    "target": "from spec.dataset.target",
-    "features": "from spec.dataset.features",
-    "model_name": "from spec.model",
-    "model_namespace": "the ModelTraining's namespace: its part of the model registry",
-    "artifact_root": "from the operator's artifact root: the model registry",
-    "task": "from spec.training.task",
-    "estimator": "from spec.training.estimator",
-    "estimator_params": "from spec.training.parameters",
-    "test_size": "from spec.training.testSize",
-    "seed": "from spec.training.seed",
-    "validation": "from spec.dataValidation",
-    "gate": "from spec.validation.thresholds",
-    "baseline_metrics": "from the current validated version",
-    "max_regression": "from spec.validation.maxRegression",
-    "production_data": "from spec.productionData",
-    "mix": "from spec.productionData.mix",
-    "champion_model_uri": "the current validated version",
-    "retrain_window": "from the DriftMonitor's retrain request",
-    "run_name": "the run's own name",
-    "pipeline_digest": "the digest of the compiled pipeline",
-}
+OPERATOR_PIPELINE_PARAMETERS: dict[str, str] = {parameter.name: parameter.source for parameter in TABULAR_PARAMETERS}
 
 
 def parameters_problem(field: str, parameters: dict) -> str | None:
