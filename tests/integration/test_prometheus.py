@@ -1,5 +1,5 @@
 """The rollout analysis (backends/prometheus.py) against a real Prometheus that scrapes a real
-router: PromQL per predictor from reconcile.modeldeployment.prometheus_queries gives request
+router: PromQL per predictor from reconcile.modeldeployment.router_queries gives request
 counts, error rate and p99 as the router counted them.
 
 The router runs in-process in front of two V2 peers on loopback (a healthy stable, a failing
@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from mlops_operator.backends import prometheus
 from mlops_operator.backends.serving_local.router import Router
 from mlops_operator.backends.serving_local.traffic import RouterConfig
-from mlops_operator.reconcile.modeldeployment import prometheus_queries
+from mlops_operator.reconcile.modeldeployment import router_queries
 from prometheus_support import PrometheusServer, prometheus_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
@@ -99,7 +99,7 @@ async def test_error_rate_p99_and_request_count_per_predictor_from_prometheus(sc
     await send(url, 2 * PER_PREDICTOR)
 
     async def stats(predictor):
-        return await prometheus.candidate_stats(server.url, prometheus_queries("local", "ml", "iris", predictor, 120))
+        return await prometheus.candidate_stats(server.url, router_queries("ml", "iris", predictor, 120))
 
     async def settled():
         stable, canary = await stats("stable"), await stats("canary")

@@ -33,11 +33,12 @@ from mlops_operator.reconcile.modeldeployment import (
     effective_predictors,
     model_metric_problem,
     next_rollout_step,
-    prometheus_queries,
+    router_queries,
     state_from_status,
     state_to_status,
     traffic_status,
 )
+from mlops_operator.reconcile.seldondeployment import executor_queries
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 V1, V2, V3 = ModelRef("1", "file:///m/1"), ModelRef("2", "file:///m/2"), ModelRef("3", "file:///m/3")
@@ -435,11 +436,11 @@ def test_state_round_trips_through_status():
 
 
 def test_prometheus_queries_select_the_candidate():
-    local = prometheus_queries("local", "ns", "iris", "canary", 29.2)
+    local = router_queries("ns", "iris", "canary", 29.2)
     assert local["requests"] == ('sum(increase(mlops_router_requests_total{namespace="ns",deployment="iris",'
                                  'predictor="canary",code!~"4.."}[30s]))')  # client errors judge nobody
     assert "histogram_quantile(0.99" in local["p99"]
-    seldon = prometheus_queries("seldon", "ns", "iris", "canary", 60)
+    seldon = executor_queries("ns", "iris", "canary", 60)
     assert 'deployment_name="iris",predictor_name="canary",code=~"5.."' in seldon["errors"]
     assert 'predictor_name="canary",code!~"4.."' in seldon["requests"]
 

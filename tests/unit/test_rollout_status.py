@@ -27,7 +27,7 @@ from mlops_operator.reconcile.modeldeployment import (
     deployment_status,
     incident_version,
     next_rollout_step,
-    prometheus_queries,
+    router_queries,
     rollout_events,
 )
 
@@ -184,7 +184,7 @@ def vector(value: str) -> dict:
 
 
 def test_candidate_stats_from_prometheus():
-    queries = prometheus_queries("local", "ns", "iris", "canary", 60)
+    queries = router_queries("ns", "iris", "canary", 60)
     answers = {"mlops_router_request_errors_total": vector("3.2"), "mlops_router_requests_total": vector("40.4"),
                "histogram_quantile": vector("0.0125")}
     stats = _run_with_prometheus(answers, lambda url: prometheus.candidate_stats(url, queries))
@@ -192,7 +192,7 @@ def test_candidate_stats_from_prometheus():
 
 
 def test_no_samples_mean_no_requests_and_no_latency():
-    queries = prometheus_queries("local", "ns", "iris", "canary", 60)
+    queries = router_queries("ns", "iris", "canary", 60)
     empty = {"status": "success", "data": {"resultType": "vector", "result": []}}
     answers = {"histogram_quantile": vector("NaN"), "mlops_router": empty}
     stats = _run_with_prometheus(answers, lambda url: prometheus.candidate_stats(url, queries))
@@ -200,7 +200,7 @@ def test_no_samples_mean_no_requests_and_no_latency():
 
 
 def test_a_prometheus_error_is_reported():
-    queries = prometheus_queries("local", "ns", "iris", "canary", 60)
+    queries = router_queries("ns", "iris", "canary", 60)
     with pytest.raises(prometheus.PrometheusUnavailable, match="unexpected"):
         _run_with_prometheus({}, lambda url: prometheus.candidate_stats(url, queries))
     with pytest.raises(prometheus.PrometheusUnavailable):

@@ -37,7 +37,7 @@ async def instant_query(session: aiohttp.ClientSession, url: str, query: str) ->
 
 async def candidate_stats(url: str, queries: dict[str, str], timeout: float = 10.0) -> RequestStats:
     """Requests, errors and p99 latency of the candidate from the queries of
-    :func:`mlops_operator.reconcile.modeldeployment.prometheus_queries`."""
+    the serving backend's ``prometheus_queries`` (``backends.serving.ServingBackend``)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         requests, errors, p99 = await asyncio.gather(
             instant_query(session, url, queries["requests"]),

@@ -457,6 +457,33 @@ async def predictor_logger_urls(artifact_root: str, namespace: str, deployment: 
     return {p.name: sink.logger_url(namespace, deployment, p.name, p.model.version, p.shadow) for p in predictors}
 
 
+class OperatorSink:
+    """The operator's sink as the seldon serving backend uses it: started at operator start-up with
+    MLOPS_SELDON_LOGGER_MODE=always, else with the first deployment the backend serves (auto), never
+    with never; flushed and stopped at shutdown."""
+
+    def __init__(self, artifact_root: str) -> None:
+        self.artifact_root = artifact_root
+
+    async def logger_urls(self, namespace: str, deployment: str, predictors: Sequence[PredictorPlan]
+                          ) -> dict[str, str] | None:
+        """Each predictor's request-logger URL (see :func:`predictor_logger_urls`)."""
+        return await predictor_logger_urls(self.artifact_root, namespace, deployment, predictors)
+
+    async def start(self) -> None:
+        """Operator start-up: start the sink now with mode always."""
+        if SinkSettings().mode != "always":
+            return
+        try:
+            await ensure_running(self.artifact_root)
+        except (OSError, ValueError) as error:  # port taken, or a remote artifact root
+            log.error("cannot start the Seldon request-logger sink: %s", error)
+
+    async def stop(self) -> None:
+        """Operator shutdown: flush and stop the sink."""
+        await stop_running()
+
+
 def running() -> SeldonLoggerSink | None:
     """The operator's sink if it has been started."""
     return _running

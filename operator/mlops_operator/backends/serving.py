@@ -5,15 +5,17 @@ its ``spec.backend`` (:func:`serving_backend`).
 - ``seldon``: a SeldonDeployment the ModelDeployment owns (``serving_seldon``).
 
 A new backend implements the protocol and is added to :func:`backends` (and to the spec's
-``backend`` values); the ModelDeployment handler does not change.
+``backend`` values); the ModelDeployment handler does not change. What a backend needs at operator
+start-up and shutdown (local: adopt the model servers a previous process left; seldon: its request
+logger's sink) is its own ``start``/``stop``, called for every backend by :func:`start_backends` and
+:func:`stop_backends`; where its PromQL comes from, its own ``prometheus_queries``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -22,7 +24,7 @@ from mlops_operator.backends.serving_local import LocalServingManager
 from mlops_operator.backends.serving_local.backend import LocalServing
 from mlops_operator.backends.serving_seldon import SeldonServing
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
-from mlops_operator.reconcile.modeldeployment import PredictorPlan, RequestStats, prometheus_queries
+from mlops_operator.reconcile.modeldeployment import PredictorPlan, RequestStats
 from mlops_operator.reconcile.serving import BackendView, ServedDeployment
 from mlops_operator.settings import Settings
 
@@ -61,6 +63,12 @@ class ServingBackend(Protocol):
         """Read the serving telemetry into ``watch`` when ``interval`` has passed, and judge it."""
         ...
 
+    def prometheus_queries(self, namespace: str, deployment: str, predictor: str, window_seconds: float
+                           ) -> dict[str, str]:
+        """PromQL for a predictor's requests (without client errors), errors and p99 latency over the last
+        ``window_seconds`` (keys requests, errors, p99, p99_unit), from the metrics its data plane exports."""
+        ...
+
     def status_fields(self, name: str) -> dict[str, Any]:
         """Status fields only this backend records, by ModelDeploymentStatus attribute name (cleared when
         another backend serves)."""
@@ -74,6 +82,15 @@ class ServingBackend(Protocol):
         """The deployment is deleted: stop what its owner reference does not remove."""
         ...
 
+    async def start(self, existing: Collection[tuple[str, str]] | None) -> None:
+        """Operator start-up; ``existing``: the ModelDeployments there are, as (namespace, name), or
+        None when they could not be listed."""
+        ...
+
+    async def stop(self) -> None:
+        """Operator shutdown."""
+        ...
+
 
 _backends: dict[str, ServingBackend] | None = None
 
@@ -85,9 +102,9 @@ def backends(settings: Settings) -> dict[str, ServingBackend]:
     if _backends is None:
         # The router writes the inference log where the DriftMonitor reads it, local or s3://.
         manager = LocalServingManager(settings.data_dir, settings.inference_log_root_uri, ready_timeout=15)
-        logger_urls = functools.partial(seldon_logger_sink.predictor_logger_urls, settings.inference_log_root_uri)
-        _backends = {"local": LocalServing(manager, settings.data_dir / "model-cache"),
-                     "seldon": SeldonServing(logger_urls, settings.seldon_routing, settings.seldon_split_max_replicas)}
+        sink = seldon_logger_sink.OperatorSink(settings.inference_log_root_uri)
+        _backends = {"local": LocalServing(manager, settings.data_dir / "model-cache", settings.namespaces),
+                     "seldon": SeldonServing(sink, settings.seldon_routing, settings.seldon_split_max_replicas)}
     return _backends
 
 
@@ -104,8 +121,7 @@ async def candidate_stats(backend: ServingBackend, target: ServedDeployment, pro
     (None, True) means there is no metrics source (backend seldon without Prometheus).
     """
     if prometheus_url:
-        queries = prometheus_queries(backend.name, target.namespace, target.name, predictor,
-                                     (now - since).total_seconds())
+        queries = backend.prometheus_queries(target.namespace, target.name, predictor, (now - since).total_seconds())
         try:
             return await prometheus.candidate_stats(prometheus_url, queries), True
         except prometheus.PrometheusUnavailable as error:
@@ -137,14 +153,20 @@ async def forget(namespace: str, name: str, settings: Settings) -> None:
         await backend.forget(namespace, name)
 
 
-async def adopt_local_servers(plural: str, settings: Settings) -> None:
-    """At start-up: re-attach to the local model servers and routers a previous operator process left
-    running, restart dead ones, and stop those whose ModelDeployment no longer exists."""
+async def start_backends(plural: str, settings: Settings) -> None:
+    """At operator start-up: every backend's own start (local: re-attach to the model servers and
+    routers a previous operator process left running, restart dead ones, stop those whose
+    ModelDeployment no longer exists; seldon: the request-logger sink with mode always)."""
     try:
         existing = await asyncio.to_thread(kube.list_object_keys, plural, settings.namespaces)
-    except Exception as error:  # without the list nothing can be called an orphan
-        log.warning("not adopting local model servers: cannot list ModelDeployments: %s", error)
-        return
-    local = backends(settings)["local"]
-    assert isinstance(local, LocalServing)
-    await local.adopt(existing, settings.namespaces)
+    except Exception as error:
+        log.warning("cannot list ModelDeployments at start-up: %s", error)
+        existing = None
+    for backend in backends(settings).values():
+        await backend.start(existing)
+
+
+async def stop_backends(settings: Settings) -> None:
+    """At operator shutdown: every backend's own stop (seldon: flush and stop the request-logger sink)."""
+    for backend in backends(settings).values():
+        await backend.stop()

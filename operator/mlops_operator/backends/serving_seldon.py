@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -31,6 +31,7 @@ from mlops_operator.reconcile.seldondeployment import (
     Routing,
     build_routing_service,
     build_seldon_deployment,
+    executor_queries,
     observe_seldon_deployment,
     pod_failure_reason,
     predictor_replicas,
@@ -205,8 +206,22 @@ async def delete_routing_service(namespace: str, name: str) -> None:
 
 # ---------------------------------------------------------------- the serving backend
 
-LoggerUrls = Callable[[str, str, Sequence[PredictorPlan]], Awaitable[Mapping[str, str] | None]]
-"""(namespace, deployment, predictors) -> each predictor's request-logger URL, or None (no request logging)."""
+class RequestLogger(Protocol):
+    """Where Seldon's executors send every request and response (the operator's sink, which writes the
+    inference log)."""
+
+    async def logger_urls(self, namespace: str, deployment: str, predictors: Sequence[PredictorPlan]
+                          ) -> Mapping[str, str] | None:
+        """Each predictor's request-logger URL, or None (no request logging)."""
+        ...
+
+    async def start(self) -> None:
+        """Operator start-up."""
+        ...
+
+    async def stop(self) -> None:
+        """Operator shutdown."""
+        ...
 
 
 class SeldonServing:
@@ -215,9 +230,9 @@ class SeldonServing:
     name = "seldon"
     own_request_metrics = False  # Seldon's executors export to Prometheus only
 
-    def __init__(self, logger_urls: LoggerUrls | None = None, routing: Routing = "none", max_replicas: int = 10
-                 ) -> None:
-        self._logger_urls = logger_urls
+    def __init__(self, request_logger: RequestLogger | None = None, routing: Routing = "none",
+                 max_replicas: int = 10) -> None:
+        self.request_logger = request_logger
         self.routing = routing
         self.max_replicas = max_replicas
 
@@ -230,7 +245,8 @@ class SeldonServing:
         """Serve ``plan`` with the SeldonDeployment and read its status (and its Pods' trouble) back."""
         if not plan:
             return BackendView()
-        urls = await self._logger_urls(target.namespace, target.name, plan) if self._logger_urls else None
+        logger = self.request_logger
+        urls = await logger.logger_urls(target.namespace, target.name, plan) if logger else None
         # Without a mesh Seldon ignores traffic: the canary's weight becomes replica counts, and a Service
         # over every predictor's Pods lets kube-proxy split by them.
         replicas = predictor_replicas(target.spec, plan, self.routing, self.max_replicas)
@@ -264,8 +280,13 @@ class SeldonServing:
         if not prometheus_url:
             return telemetry.Observed([], [], False)
         return await telemetry.observe(watch, interval=interval, traffic=traffic, namespace=target.namespace,
-                                       name=target.name, backend=self.name, prometheus_url=prometheus_url,
-                                       now=now.timestamp())
+                                       name=target.name, queries=self.prometheus_queries,
+                                       prometheus_url=prometheus_url, now=now.timestamp())
+
+    def prometheus_queries(self, namespace: str, deployment: str, predictor: str, window_seconds: float
+                           ) -> dict[str, str]:
+        """Seldon Core's executor metrics of the SeldonDeployment."""
+        return executor_queries(namespace, deployment, predictor, window_seconds)
 
     def status_fields(self, name: str) -> dict[str, Any]:
         """status.seldonDeployment: the SeldonDeployment's name (field names as ModelDeploymentStatus has them)."""
@@ -279,3 +300,14 @@ class SeldonServing:
 
     async def forget(self, namespace: str, name: str) -> None:
         """Nothing: the SeldonDeployment goes with its owner (garbage collector)."""
+
+    async def start(self, existing: Collection[tuple[str, str]] | None) -> None:
+        """The request logger's start-up (the sink with MLOPS_SELDON_LOGGER_MODE=always; else it
+        starts with the first deployment served)."""
+        if self.request_logger is not None:
+            await self.request_logger.start()
+
+    async def stop(self) -> None:
+        """Flush and stop the request logger."""
+        if self.request_logger is not None:
+            await self.request_logger.stop()

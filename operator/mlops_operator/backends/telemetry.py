@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -24,7 +24,6 @@ from mlops_operator.backends import prometheus
 from mlops_operator.reconcile.anomaly import Anomaly, Detector, DetectorSettings, Point, Update
 from mlops_operator.reconcile import rootcause
 from mlops_operator.reconcile.conditions import parse_rfc3339
-from mlops_operator.reconcile.modeldeployment import prometheus_queries
 from mlops_operator.reconcile.rightsizing import UsageSample
 from mlops_operator.reconcile.rootcause import Errors, FeatureDrift, Restart
 
@@ -181,12 +180,16 @@ async def _router_points(manager, namespace: str, name: str, versions: Mapping[s
     return points, Errors(total, client, server)
 
 
-async def _prometheus_points(url: str, backend: str, namespace: str, name: str, versions: Mapping[str, str],
+Queries = Callable[[str, str, str, float], dict[str, str]]
+"""(namespace, deployment, predictor, window seconds) -> the serving backend's PromQL (ServingBackend.prometheus_queries)."""
+
+
+async def _prometheus_points(url: str, queries: Queries, namespace: str, name: str, versions: Mapping[str, str],
                              since: float, now: float) -> tuple[list[Point], Errors]:
     elapsed = max(now - since, 1.0)
     points, total, server = [], 0, 0
     for predictor, version in versions.items():
-        stats = await prometheus.candidate_stats(url, prometheus_queries(backend, namespace, name, predictor, elapsed))
+        stats = await prometheus.candidate_stats(url, queries(namespace, name, predictor, elapsed))
         total, server = total + stats.requests, server + stats.errors
         if predictor != "shadow":
             points.append(Point(now, version, {"errorRate": stats.error_rate, "latencyP99Ms": stats.p99_ms},
@@ -196,7 +199,7 @@ async def _prometheus_points(url: str, backend: str, namespace: str, name: str, 
 
 
 async def observe(current: Watch, *, interval: float, traffic: Sequence[Mapping], namespace: str, name: str,
-                  backend: str, manager=None, prometheus_url: str | None = None, now: float | None = None
+                  queries: Queries, manager=None, prometheus_url: str | None = None, now: float | None = None
                   ) -> Observed:
     """Read a point when ``interval`` has passed since the last one, and judge it."""
     now = time.time() if now is None else now
@@ -209,7 +212,7 @@ async def observe(current: Watch, *, interval: float, traffic: Sequence[Mapping]
     since = current.last_point
     try:
         if prometheus_url:
-            points, errors = await _prometheus_points(prometheus_url, backend, namespace, name, versions, since, now)
+            points, errors = await _prometheus_points(prometheus_url, queries, namespace, name, versions, since, now)
             current.unreachable.pop("Prometheus", None)
         elif manager is not None:
             points, errors = await _router_points(manager, namespace, name, versions, since, now)

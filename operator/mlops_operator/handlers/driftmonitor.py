@@ -16,9 +16,6 @@ Each reconciliation (change handlers and a timer every poll interval):
 
 A check that cannot run (deployment, reference or log missing) records Ready=False with the
 reason and is retried by the timer; it never crashes the handler.
-
-The same module starts the Seldon request-logger sink (backends/seldon_logger_sink.py) when a
-ModelDeployment with backend seldon exists, or at startup with MLOPS_SELDON_LOGGER_MODE=always.
 """
 
 from __future__ import annotations
@@ -29,15 +26,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
-
 from mlops_operator import drift, metrics
 from mlops_operator.api.annotations import REPORT_ANNOTATION, RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
-from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from mlops_operator.api.modeldeployment import ModelDeploymentStatus
 from mlops_operator.api.errors import InvalidSpec
-from mlops_operator.backends import drift_data, kube, seldon_logger_sink, telemetry
+from mlops_operator.backends import drift_data, kube, telemetry
 from mlops_operator.drift import report as drift_report
 from mlops_operator.handlers.common import (
     Retry,
@@ -335,34 +329,3 @@ async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: M
 
 
 register_kind(KIND, PLURAL, reconcile_driftmonitor, conditions=CONDITIONS, summary_condition="Ready", cleanup=_cleanup)
-
-
-# ---------------------------------------------------------------------------------------------
-# The Seldon request-logger sink: writes the inference log of seldon-backend deployments.
-
-
-async def _start_sink() -> None:
-    try:
-        await seldon_logger_sink.ensure_running(get_settings().inference_log_root_uri)
-    except (OSError, ValueError) as error:  # port taken, or a remote artifact root
-        log.error("cannot start the Seldon request-logger sink: %s", error)
-
-
-@kopf.on.startup()
-async def start_seldon_logger_sink(**_: Any) -> None:
-    """Start the sink at once with MLOPS_SELDON_LOGGER_MODE=always."""
-    if seldon_logger_sink.SinkSettings().mode == "always":
-        await _start_sink()
-
-
-@kopf.on.event(GROUP, VERSION, DEPLOYMENTS, when=lambda spec, **_: spec.get("backend") == "seldon")
-async def seldon_deployment_seen(type: str | None, **_: Any) -> None:  # noqa: A002 (kopf's argument name)
-    """A seldon-backend ModelDeployment exists: its request logger needs the sink."""
-    if type != "DELETED" and seldon_logger_sink.running() is None and seldon_logger_sink.SinkSettings().mode != "never":
-        await _start_sink()
-
-
-@kopf.on.cleanup()
-async def stop_seldon_logger_sink(**_: Any) -> None:
-    """Flush and stop the sink on operator shutdown."""
-    await seldon_logger_sink.stop_running()

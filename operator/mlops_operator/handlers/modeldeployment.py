@@ -248,7 +248,13 @@ register_kind(KIND, PLURAL, reconcile_modeldeployment, conditions=CONDITIONS, su
 
 
 @kopf.on.startup()
-async def adopt_local_servers(**_: Any) -> None:
-    """Re-attach to the local model servers and routers a previous operator process left running,
-    restart dead ones, and stop those whose ModelDeployment no longer exists."""
-    await serving.adopt_local_servers(PLURAL, get_settings())
+async def start_serving_backends(**_: Any) -> None:
+    """Each serving backend's start-up (local: adopt the model servers a previous operator process
+    left running; seldon: the request-logger sink with MLOPS_SELDON_LOGGER_MODE=always)."""
+    await serving.start_backends(PLURAL, get_settings())
+
+
+@kopf.on.cleanup()
+async def stop_serving_backends(**_: Any) -> None:
+    """Each serving backend's shutdown (seldon: flush and stop the request-logger sink)."""
+    await serving.stop_backends(get_settings())

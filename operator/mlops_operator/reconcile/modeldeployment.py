@@ -604,24 +604,16 @@ def traffic_status(plan: Sequence[PredictorPlan]) -> list[TrafficTarget]:
 # ---------------------------------------------------------------- Prometheus
 
 
-def prometheus_queries(backend: str, namespace: str, deployment: str, predictor: str, window_seconds: float
-                       ) -> dict[str, str]:
-    """PromQL for the candidate's requests, errors and p99 latency over the last ``window_seconds``.
+def promql_window(window_seconds: float) -> str:
+    """A PromQL range of at least ``window_seconds`` (whole seconds, at least 1s)."""
+    return f"{max(int(math.ceil(window_seconds)), 1)}s"
 
-    local: the router's metrics, scraped with ``namespace`` and ``deployment`` target labels.
-    seldon: Seldon Core's executor metrics of the SeldonDeployment (named after the deployment).
-    """
-    window = f"{max(int(math.ceil(window_seconds)), 1)}s"
-    if backend == "seldon":
-        selector = (f'namespace="{namespace}",deployment_name="{deployment}",predictor_name="{predictor}"')
-        base = "seldon_api_executor_server_requests_seconds"
-        return {
-            # 4xx are the client's mistakes: no verdict on the predictor either way.
-            "requests": f'sum(increase({base}_count{{{selector},code!~"4.."}}[{window}]))',
-            "errors": f'sum(increase({base}_count{{{selector},code=~"5.."}}[{window}]))',
-            "p99": f"histogram_quantile(0.99, sum by (le) (rate({base}_bucket{{{selector}}}[{window}])))",
-            "p99_unit": "seconds",
-        }
+
+def router_queries(namespace: str, deployment: str, predictor: str, window_seconds: float) -> dict[str, str]:
+    """PromQL for a predictor's requests (without client errors), errors and p99 latency over the last
+    ``window_seconds``, from the local router's metrics (scraped with ``namespace`` and ``deployment``
+    target labels). Backend seldon: :func:`reconcile.seldondeployment.executor_queries`."""
+    window = promql_window(window_seconds)
     selector = f'namespace="{namespace}",deployment="{deployment}",predictor="{predictor}"'
     return {
         "requests": f'sum(increase(mlops_router_requests_total{{{selector},code!~"4.."}}[{window}]))',

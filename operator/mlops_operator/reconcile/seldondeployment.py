@@ -32,7 +32,7 @@ from typing import Any, Literal
 from mlops_operator.api.annotations import SPEC_HASH_ANNOTATION
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
-from mlops_operator.reconcile.modeldeployment import CANARY, STABLE, PredictorPlan
+from mlops_operator.reconcile.modeldeployment import CANARY, STABLE, PredictorPlan, promql_window
 
 SELDON_GROUP = "machinelearning.seldon.io"
 SELDON_VERSION = "v1"
@@ -417,3 +417,19 @@ def stable_ready_replicas(observation: SeldonObservation, replicas_in_spec: int 
     if observation.ready.get(STABLE):
         return replicas_in_spec if replicas_in_spec is not None else 1
     return 0
+
+
+def executor_queries(namespace: str, deployment: str, predictor: str, window_seconds: float) -> dict[str, str]:
+    """PromQL for a predictor's requests (without client errors), errors and p99 latency over the last
+    ``window_seconds``, from Seldon Core's executor metrics of the SeldonDeployment (named after the
+    ModelDeployment)."""
+    window = promql_window(window_seconds)
+    selector = f'namespace="{namespace}",deployment_name="{deployment}",predictor_name="{predictor}"'
+    base = "seldon_api_executor_server_requests_seconds"
+    return {
+        # 4xx are the client's mistakes: no verdict on the predictor either way.
+        "requests": f'sum(increase({base}_count{{{selector},code!~"4.."}}[{window}]))',
+        "errors": f'sum(increase({base}_count{{{selector},code=~"5.."}}[{window}]))',
+        "p99": f"histogram_quantile(0.99, sum by (le) (rate({base}_bucket{{{selector}}}[{window}])))",
+        "p99_unit": "seconds",
+    }

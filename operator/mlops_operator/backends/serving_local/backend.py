@@ -16,7 +16,7 @@ from typing import Any
 
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.backends import model_source, telemetry
-from mlops_operator.reconcile.modeldeployment import PredictorPlan, RequestStats
+from mlops_operator.reconcile.modeldeployment import PredictorPlan, RequestStats, router_queries
 from mlops_operator.reconcile.serving import (
     BackendView,
     ServedDeployment,
@@ -42,9 +42,11 @@ class LocalServing:
     name = "local"
     own_request_metrics = True  # the router's statistics
 
-    def __init__(self, manager: LocalServingManager, model_cache: Path) -> None:
+    def __init__(self, manager: LocalServingManager, model_cache: Path, namespaces: Collection[str] = ()) -> None:
         self.manager = manager
         self.model_cache = model_cache
+        self.namespaces = namespaces
+        """The namespaces this operator watches (empty: all): only their servers can be orphans."""
 
     def spec_problems(self, spec: ModelDeploymentSpec) -> list[str]:
         """None: the local backend serves every rollout strategy."""
@@ -103,8 +105,13 @@ class LocalServing:
                                 ) -> telemetry.Observed:
         """A telemetry point from Prometheus or else the router, and the model servers' CPU and memory."""
         return await telemetry.observe(watch, interval=interval, traffic=traffic, namespace=target.namespace,
-                                       name=target.name, backend=self.name, manager=self.manager,
+                                       name=target.name, queries=self.prometheus_queries, manager=self.manager,
                                        prometheus_url=prometheus_url, now=now.timestamp())
+
+    def prometheus_queries(self, namespace: str, deployment: str, predictor: str, window_seconds: float
+                           ) -> dict[str, str]:
+        """The router's metrics."""
+        return router_queries(namespace, deployment, predictor, window_seconds)
 
     def status_fields(self, name: str) -> dict[str, Any]:
         """None: the local backend records nothing beyond the common fields."""
@@ -119,12 +126,15 @@ class LocalServing:
         if self.manager.deployment_dir(namespace, name).exists():
             await self.manager.stop_deployment(namespace, name)
 
-    async def adopt(self, existing: Collection[tuple[str, str]], namespaces: Collection[str]) -> None:
+    async def start(self, existing: Collection[tuple[str, str]] | None) -> None:
         """Re-attach to the model servers and routers a previous operator process left running,
         restart dead ones, and stop those whose ModelDeployment (``existing``) no longer exists."""
+        if existing is None:  # without the list nothing can be called an orphan
+            log.warning("not adopting local model servers: the ModelDeployments could not be listed")
+            return
         found = await self.manager.adopt_all(existing)
         orphans = {(p.namespace, p.deployment) for p in found if p.orphan
-                   and (not namespaces or p.namespace in namespaces)}
+                   and (not self.namespaces or p.namespace in self.namespaces)}
         for namespace, deployment in sorted(orphans):
             log.info("stopping the local servers of %s/%s: its ModelDeployment is gone", namespace, deployment)
             await self.manager.stop_deployment(namespace, deployment)
@@ -133,3 +143,6 @@ class LocalServing:
             log.info("adopted %d local server process(es): %s", len(adopted),
                      ", ".join(f"{p.namespace}/{p.deployment}/{p.name}@{p.version or '-'} ({p.phase.value})"
                                for p in adopted))
+
+    async def stop(self) -> None:
+        """Nothing: the model servers and routers outlive the operator process (the next one adopts them)."""
