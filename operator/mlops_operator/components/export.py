@@ -116,17 +116,11 @@ def run_export(
     model_namespace: str,
     model_name: str,
     run_name: str,
-    run_id: str,
-    dataset: dict[str, Any],
-    estimator: dict[str, Any],
-    split: dict[str, Any],
-    pipeline_digest: str,
-    started_at: str,
-    sources: list[dict[str, Any]] | None = None,
-    comparison: dict[str, Any] | None = None,
-    retrain_window: dict[str, Any] | None = None,
+    **lineage: Any,
 ) -> dict[str, Any]:
-    """Step entry: allocate (or reuse) the run's version and write its files.
+    """Step entry: allocate (or reuse) the run's version and write its files; ``lineage`` are the
+    rest of :func:`build_lineage`'s arguments (run_id, dataset, estimator, split, pipeline_digest,
+    started_at, and optionally sources, comparison, retrain_window).
 
     Returns ``{"model_version", "model_uri", "profile_uri", "validated", "reused"}``.
     """
@@ -140,13 +134,7 @@ def run_export(
         raise InvalidSpec(str(err)) from err
     if artifacts.is_complete(artifact_root, model_namespace, model_name, version):
         info = artifacts.read_model_version(artifact_root, model_namespace, model_name, version)
-        return {
-            "model_version": version,
-            "model_uri": info["uri"],
-            "profile_uri": info["profileUri"],
-            "validated": info["validated"],
-            "reused": True,
-        }
+        return _published(version, info, reused=True)
     train = pd.read_parquet(train_path)
     profile = build_profile(
         train[schema["features"] + [schema["target"]]],
@@ -154,21 +142,16 @@ def run_export(
         exclude=(schema["target"],),
     )
     finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-    lineage = build_lineage(
-        model_name=model_name, version=version, run_name=run_name, run_id=run_id, dataset=dataset,
-        schema=schema, estimator=estimator, split=split, pipeline_digest=pipeline_digest,
-        metrics=metrics, validated=validated, started_at=started_at, finished_at=finished_at,
-        sources=sources, comparison=comparison, retrain_window=retrain_window,
-    )
+    record = build_lineage(model_name=model_name, version=version, run_name=run_name, schema=schema, metrics=metrics,
+                           validated=validated, finished_at=finished_at, **lineage)
     info = artifacts.publish_model_version(
         artifact_root, model_namespace, model_name, version, model_file=model_path, metrics=metrics,
-        validated=validated, reasons=reasons, profile=profile, lineage=lineage,
+        validated=validated, reasons=reasons, profile=profile, lineage=record,
         signature=model_signature(schema, train[schema["target"]]),
     )
-    return {
-        "model_version": version,
-        "model_uri": info["uri"],
-        "profile_uri": info["profileUri"],
-        "validated": info["validated"],
-        "reused": False,
-    }
+    return _published(version, info, reused=False)
+
+
+def _published(version: int, info: dict[str, Any], *, reused: bool) -> dict[str, Any]:
+    return {"model_version": version, "model_uri": info["uri"], "profile_uri": info["profileUri"],
+            "validated": info["validated"], "reused": reused}

@@ -109,27 +109,6 @@ def split_dataset(
     return train.reset_index(drop=True), test.reset_index(drop=True), schema
 
 
-@reported("split")
-def run_split(
-    dataset_path: str,
-    target: str,
-    task: str,
-    test_size: float,
-    seed: int,
-    features: list[str] | None,
-    estimator: str,
-    train_path: str,
-    test_path: str,
-) -> dict[str, Any]:
-    """Step entry: split the Parquet dataset into train/test Parquet files; return the schema."""
-    train, test, schema = split_dataset(
-        pd.read_parquet(dataset_path), target, task, test_size, seed, features, estimator
-    )
-    train.to_parquet(train_path, index=False)
-    test.to_parquet(test_path, index=False)
-    return schema
-
-
 def split_sources(
     frame: pd.DataFrame,
     production: pd.DataFrame,
