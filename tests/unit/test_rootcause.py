@@ -70,12 +70,15 @@ def test_a_drift_verdict_cites_a_promotion_just_before_and_its_features_reach_th
     from datetime import UTC, datetime, timedelta
 
     from mlops_operator.api.driftmonitor import DriftMonitorStatus
+    from mlops_operator.api.modeldeployment import ModelDeploymentStatus
     from mlops_operator.backends import telemetry
     from mlops_operator.handlers import driftmonitor as handler
 
     now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-    deployment_status = {"stableVersion": "3", "previousStableVersion": "2", "lastRollout": {
-        "version": "3", "result": "promoted", "finished": (now - timedelta(minutes=4)).isoformat()}}
+    deployment_status = ModelDeploymentStatus.model_validate({
+        "stableVersion": "3", "previousStableVersion": "2", "lastRollout": {
+            "version": "3", "result": "promoted", "started": (now - timedelta(minutes=9)).isoformat(),
+            "finished": (now - timedelta(minutes=4)).isoformat()}})
     results = [{"feature": "petal_length", "kind": "numeric", "verdict": "Drift", "samples": 300, "tests": [
         {"test": "psi", "drifted": True, "score": 0.41, "threshold": 0.2},
         {"test": "ks", "drifted": False, "score": 0.05, "threshold": 0.1}]}]
@@ -87,11 +90,11 @@ def test_a_drift_verdict_cites_a_promotion_just_before_and_its_features_reach_th
         # The drifted feature is now a fact of the deployment: an anomaly there cites it.
         drifted = telemetry.recent_drift("ns", "iris")
         assert [(d.feature, d.test, d.score) for d in drifted] == [("petal_length", "psi", 0.41)]
-        facts = telemetry.facts({}, None, drifted)
+        facts = telemetry.facts(ModelDeploymentStatus(), None, drifted)
         hints = root_cause_hints(Incident("anomaly", now.timestamp() + 30, "errorRate", "3"), facts)
         assert hints[0].cause == "the input changed: 1 feature(s) drifted at the same time"
         # Nothing to cite: no sentence at all.
-        assert handler._drift_cause("ns", "other", {}, checked, now) is None
+        assert handler._drift_cause("ns", "other", ModelDeploymentStatus(), checked, now) is None
     finally:
         telemetry.forget("ns", "iris")
         telemetry.forget("ns", "other")

@@ -23,7 +23,7 @@ from mlops_operator.backends import kube, prometheus, seldon_logger_sink, teleme
 from mlops_operator.backends.serving_local import LocalServingManager
 from mlops_operator.backends.serving_local.backend import LocalServing
 from mlops_operator.backends.serving_seldon import SeldonServing
-from mlops_operator.api.modeldeployment import ModelDeploymentSpec
+from mlops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 from mlops_operator.reconcile.modeldeployment import PredictorPlan, RequestStats
 from mlops_operator.reconcile.serving import BackendView, ServedDeployment
 from mlops_operator.settings import Settings
@@ -74,7 +74,7 @@ class ServingBackend(Protocol):
         another backend serves)."""
         ...
 
-    async def release(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def release(self, namespace: str, name: str, status: ModelDeploymentStatus) -> None:
         """Stop what this backend runs for the deployment: another backend serves it now."""
         ...
 
@@ -139,7 +139,7 @@ def status_fields(backend: ServingBackend, name: str, settings: Settings) -> dic
     return fields
 
 
-async def release_others(backend: ServingBackend, namespace: str, name: str, status: Mapping[str, Any],
+async def release_others(backend: ServingBackend, namespace: str, name: str, status: ModelDeploymentStatus,
                          settings: Settings) -> None:
     """After a change of spec.backend, stop what the other backends still run for the deployment."""
     for other in backends(settings).values():

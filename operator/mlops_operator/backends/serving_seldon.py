@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from mlops_operator.api.annotations import SPEC_HASH_ANNOTATION
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
-from mlops_operator.api.modeldeployment import ModelDeploymentSpec
+from mlops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 from mlops_operator.backends import kube
 from mlops_operator.backends import telemetry
 from mlops_operator.reconcile.modeldeployment import PredictorPlan, RequestStats
@@ -292,10 +292,10 @@ class SeldonServing:
         """status.seldonDeployment: the SeldonDeployment's name (field names as ModelDeploymentStatus has them)."""
         return {"seldon_deployment": seldon_deployment_name(name)}
 
-    async def release(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def release(self, namespace: str, name: str, status: ModelDeploymentStatus) -> None:
         """Delete the SeldonDeployment the status names (another backend serves the deployment now)."""
-        if status.get("seldonDeployment"):
-            await delete_seldon_deployment(namespace, status["seldonDeployment"])
+        if status.seldon_deployment:
+            await delete_seldon_deployment(namespace, status.seldon_deployment)
             await delete_routing_service(namespace, name)
 
     async def forget(self, namespace: str, name: str) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from mlops_operator.api.modeldeployment import ModelDeploymentStatus
 from mlops_operator.backends import prometheus
 from mlops_operator.reconcile.anomaly import Anomaly, Detector, DetectorSettings, Point, Update
 from mlops_operator.reconcile import rootcause
@@ -115,21 +116,21 @@ def recent_drift(namespace: str, deployment: str) -> list[FeatureDrift]:
     return list(_drift.get((namespace, deployment), ()))
 
 
-def facts(status: Mapping, watch: Watch | None, drift: Sequence[FeatureDrift] = ()) -> rootcause.Facts:
+def facts(status: ModelDeploymentStatus, watch: Watch | None, drift: Sequence[FeatureDrift] = ()) -> rootcause.Facts:
     """What the operator knows around an incident of a deployment: version changes (from its status),
     drifted inputs, and the telemetry (traffic, errors, restarts, unreachable backends) when anomaly
     detection watches it."""
     changes = []
-    record = status.get("lastRollout") or {}
-    if record.get("finished") and record.get("result") in ("promoted", "rolledback"):
-        changes.append(rootcause.VersionChange(parse_rfc3339(record["finished"]).timestamp(),
-                                               status.get("stableVersion") or record["version"],
-                                               status.get("previousStableVersion"), record["result"]))
-    rollout = status.get("rollout") or {}
-    if rollout.get("stepStarted") and status.get("candidateVersion"):
-        changes.append(rootcause.VersionChange(parse_rfc3339(rollout["stepStarted"]).timestamp(),
-                                               status["candidateVersion"], status.get("stableVersion"),
-                                               rollout.get("phase", "canary").lower()))
+    record = status.last_rollout
+    if record is not None and record.finished and record.result in ("promoted", "rolledback"):
+        changes.append(rootcause.VersionChange(parse_rfc3339(record.finished).timestamp(),
+                                               status.stable_version or record.version,
+                                               status.previous_stable_version, record.result))
+    rollout = status.rollout
+    if rollout is not None and rollout.step_started and status.candidate_version:
+        changes.append(rootcause.VersionChange(parse_rfc3339(rollout.step_started).timestamp(),
+                                               status.candidate_version, status.stable_version,
+                                               rollout.phase.lower()))
     if watch is None:
         return rootcause.Facts(version_changes=changes, drift=list(drift))
     traffic = None

@@ -209,13 +209,13 @@ async def _check(obj: dict[str, Any], spec: DriftMonitorSpec, status: DriftMonit
         window=driftmonitor.window_bounds(window), reference_uri=reference_uri, reference_description=description,
         reference_size=profile.get("rows"), model_version=deployment_status.stable_version,
         performance=performance, problem=problem, generation=generation, now=now, alpha=spec.alpha)
-    cause = _drift_cause(namespace, deployment_name, deployment_status.to_status(), status, now) \
+    cause = _drift_cause(namespace, deployment_name, deployment_status, status, now) \
         if verdict.phase == driftmonitor.DRIFT else None
     return status.model_copy(update={"cause": cause}), report, verdict
 
 
-def _drift_cause(namespace: str, deployment: str, deployment_status: Mapping[str, Any], status: DriftMonitorStatus,
-                 now: datetime) -> str | None:
+def _drift_cause(namespace: str, deployment: str, deployment_status: ModelDeploymentStatus,
+                 status: DriftMonitorStatus, now: datetime) -> str | None:
     """Root-cause hints for a Drift verdict; the drifted features also become facts for the deployment's
     own incidents (an anomaly at the same time then cites them)."""
     at = now.timestamp()

@@ -97,7 +97,7 @@ def _rollout_cause(namespace: str, name: str, before: ModelDeploymentStatus, res
     watch = telemetry.peek(namespace, name)
     if watch is not None:
         telemetry.note_restarts(watch, view.restarts, now.timestamp())
-    facts = telemetry.facts(before.to_status(), watch, telemetry.recent_drift(namespace, name))
+    facts = telemetry.facts(before, watch, telemetry.recent_drift(namespace, name))
     incident = rootcause.Incident("rollout", now.timestamp(), version=record.version)
     cause = rootcause.summarise(rootcause.root_cause_hints(incident, facts))[:1024]
     return result.model_copy(update={"last_rollout": record.model_copy(update={"cause": cause})}), cause
@@ -176,7 +176,7 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> ModelDeploymentStatu
         if transition.state != state:
             view = await backend.apply(target, modeldeployment.desired_predictors(spec.rollout, transition.state),
                                        transition.state.rollout is not None)
-        await serving.release_others(backend, namespace, name, status.to_status(), get_settings())
+        await serving.release_others(backend, namespace, name, status, get_settings())
     except BackendUnavailable as error:
         degraded = status.condition("Degraded")
         if degraded is None or degraded.reason != BackendUnavailable.reason:
@@ -220,7 +220,7 @@ async def _serving_health(spec: ModelDeploymentSpec, backend: serving.ServingBac
     for opened in observed.opened:
         incident = rootcause.Incident("anomaly", opened.since, opened.metric, opened.version)
         causes[(opened.version, opened.metric)] = rootcause.summarise(rootcause.root_cause_hints(
-            incident, telemetry.facts(status.to_status(), watch, telemetry.recent_drift(namespace, name))))
+            incident, telemetry.facts(status, watch, telemetry.recent_drift(namespace, name))))
     return aiops.judge_health(status, watch.detector, observed.opened, observed.closed, causes,
                               requests_per_second=watch.requests_per_second,
                               usage=list(watch.usage.get(status.stable_version or "", ())),

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mlops_operator.api.modeldeployment import ModelDeploymentSpec
+from mlops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 from mlops_operator.backends import model_source, telemetry
 from mlops_operator.reconcile.modeldeployment import PredictorPlan, RequestStats, router_queries
 from mlops_operator.reconcile.serving import (
@@ -117,7 +117,7 @@ class LocalServing:
         """None: the local backend records nothing beyond the common fields."""
         return {}
 
-    async def release(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def release(self, namespace: str, name: str, status: ModelDeploymentStatus) -> None:
         """Stop the deployment's model servers and router (another backend serves it now)."""
         await self.forget(namespace, name)
 
