@@ -1,4 +1,5 @@
-"""Write (or check) the README's settings table, generated from the Settings model.
+"""Write (or check) the README's settings table, generated from the settings models (the operator's
+and the Seldon request-logger sink's).
 
     python hack/gen-settings-table.py write|check
 """
@@ -8,7 +9,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mlops_operator.settings import settings_table
+from mlops_operator.backends.seldon_logger_sink import SinkSettings
+from mlops_operator.settings import Settings, settings_table
+
+MODELS = (Settings, SinkSettings)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN = "<!-- settings-table: generated from operator/mlops_operator/settings.py by `make manifests` -->\n"
@@ -21,7 +25,7 @@ def rendered(text: str) -> str:
     _, found, tail = rest.partition(END)
     if not found:
         raise SystemExit(f"{README}: settings-table markers not found")
-    return head + BEGIN + settings_table() + END + tail
+    return head + BEGIN + settings_table(*MODELS) + END + tail
 
 
 def main(mode: str) -> int:

@@ -156,17 +156,20 @@ class Settings(BaseSettings):
         return self.artifact_root_uri
 
 
-def settings_table() -> str:
-    """The README's settings table (Markdown), generated from :class:`Settings` so every setting is listed."""
+def settings_table(*models: type[BaseSettings]) -> str:
+    """The README's settings table (Markdown), generated from ``models`` (default: :class:`Settings`) so
+    every setting is listed, each under its model's environment prefix."""
     home = str(Path.home())
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, field in Settings.model_fields.items():
-        default = field.default_factory() if field.default_factory is not None else field.default
-        if default is None or default == []:
-            shown = ""
-        else:
-            text = ",".join(default) if isinstance(default, list) else str(default)  # lists are comma separated
-            shown = "`" + text.replace(home, "~", 1) + "`"
-        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
-        rows.append(f"| `MLOPS_{name.upper()}` | {shown} | {meaning} |")
+    for model in models or (Settings,):
+        prefix = model.model_config.get("env_prefix", "")
+        for name, field in model.model_fields.items():
+            default = field.default_factory() if field.default_factory is not None else field.default
+            if default is None or default == []:
+                shown = ""
+            else:
+                text = ",".join(default) if isinstance(default, list) else str(default)  # lists are comma separated
+                shown = "`" + text.replace(home, "~", 1) + "`"
+            meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+            rows.append(f"| `{prefix}{name.upper()}` | {shown} | {meaning} |")
     return "\n".join(rows) + "\n"

@@ -88,8 +88,8 @@ class SinkSettings(BaseSettings):
                                       extra="ignore")
 
     mode: Literal["auto", "always", "never"] = "auto"
-    """auto: start when a ModelDeployment with backend seldon exists; always: at operator start;
-    never: not at all."""
+    """auto: start when the seldon serving backend first serves a ModelDeployment; always: at operator
+    start; never: not at all."""
     host: str = "127.0.0.1"
     """Address the sink binds (0.0.0.0 in a pod, so the Seldon executors can reach it)."""
     port: int = Field(9180, ge=0, le=65535)
