@@ -449,12 +449,18 @@ def test_sandbox_is_as_strict_as_argo_cd() -> None:
 
 
 @pytest.mark.slow
-def test_condition_types_match_the_handlers() -> None:
-    from mlops_operator.handlers import driftmonitor, modeldeployment, modeltraining
+def test_condition_types_match_the_status_models() -> None:
+    from mlops_operator.api.driftmonitor import DriftMonitorStatus
+    from mlops_operator.api.modeldeployment import ModelDeploymentStatus
+    from mlops_operator.api.modeltraining import ModelTrainingStatus
+    from mlops_operator.reconcile import aiops
 
-    handlers = {"ModelTraining": modeltraining, "ModelDeployment": modeldeployment, "DriftMonitor": driftmonitor}
-    for kind, module in handlers.items():
-        assert set(module.CONDITIONS) == set(CONDITION_TYPES[kind]), kind
+    models = {"ModelTraining": ModelTrainingStatus, "ModelDeployment": ModelDeploymentStatus,
+              "DriftMonitor": DriftMonitorStatus}
+    for kind, model in models.items():
+        assert set(model.condition_types) == set(CONDITION_TYPES[kind]), kind
+        assert model.summary_condition in model.condition_types, kind
+    assert aiops.ANOMALOUS in ModelDeploymentStatus.condition_types
 
 
 

@@ -107,7 +107,12 @@ class ConfigMapKeyReference(Model):
 
 
 class StatusBase(Model):
-    """Fields every kind's status carries."""
+    """Fields every kind's status carries. Each kind's status declares its condition types (every one
+    is set, Unknown, on the first visit) and the one that summarises it (False with InvalidSpec or an
+    operator error)."""
+
+    condition_types: ClassVar[tuple[str, ...]] = ()
+    summary_condition: ClassVar[str] = ""
 
     observed_generation: int | None = Field(None, ge=0)
     """The .metadata.generation the status was last reconciled from."""

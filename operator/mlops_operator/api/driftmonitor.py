@@ -273,6 +273,9 @@ class ReportStatus(Model):
 class DriftMonitorStatus(StatusBase):
     """Observed state of a DriftMonitor."""
 
+    condition_types: ClassVar[tuple[str, ...]] = ("Ready", "DriftDetected")
+    summary_condition: ClassVar[str] = "Ready"
+
     phase: Literal["Pending", "InsufficientData", "NoDrift", "Drift", "Invalid", "Error"] | None = None
     """Summary of the last check: NoDrift, Drift, InsufficientData (too few requests for a verdict),
     Error (the check could not run; the Ready condition says why), Invalid (spec), Pending."""

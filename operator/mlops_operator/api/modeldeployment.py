@@ -492,6 +492,9 @@ class RightSizing(Model):
 class ModelDeploymentStatus(StatusBase):
     """Observed state of a ModelDeployment."""
 
+    condition_types: ClassVar[tuple[str, ...]] = ("Ready", "Progressing", "AwaitingApproval", "Degraded", "Anomalous")
+    summary_condition: ClassVar[str] = "Ready"
+
     phase: Literal["Pending", "Progressing", "AwaitingApproval", "Ready", "Degraded", "Invalid"] | None = None
     """Summary for printing; the conditions carry the details."""
     stable_version: str | None = Field(None, max_length=63)

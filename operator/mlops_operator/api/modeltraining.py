@@ -516,6 +516,9 @@ class ValidatedModel(Model):
 class ModelTrainingStatus(StatusBase):
     """Observed state of a ModelTraining."""
 
+    condition_types: ClassVar[tuple[str, ...]] = ("Succeeded", "Validated")
+    summary_condition: ClassVar[str] = "Succeeded"
+
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Invalid"] | None = None
     """Summary of the latest run for printing; the conditions carry the details."""
     latest_run: RunRecord | None = None

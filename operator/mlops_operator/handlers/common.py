@@ -257,15 +257,16 @@ Cleanup = Callable[[str, str, Mapping[str, Any], Mapping[str, Any]], Awaitable[N
 """A kind's work when an object is deleted: ``(namespace, name, status, spec)``."""
 
 
-def register_kind(kind: str, plural: str, reconciler: Reconciler, *, conditions: tuple[str, ...],
-                  summary_condition: str, cleanup: Cleanup) -> None:
+def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: type[StatusBase],
+                  cleanup: Cleanup) -> None:
     """Register one kind with kopf: change handlers (create, update, resume) and the observe timer
-    both run :func:`reconcile_object` with ``reconciler``; deletion runs ``cleanup`` and then drops
-    the object's lock and backoff. Handler ids stay ``on_change``/``observe``/``on_delete``."""
+    both run :func:`reconcile_object` with ``reconciler`` and the conditions ``status`` (the kind's
+    ``*Status`` model) declares; deletion runs ``cleanup`` and then drops the object's lock and
+    backoff. Handler ids stay ``on_change``/``observe``/``on_delete``."""
 
     async def run(namespace: str, name: str, from_change: bool) -> None:
-        await reconcile_object(kind, plural, namespace, name, reconciler, conditions=conditions,
-                               summary_condition=summary_condition, from_change=from_change)
+        await reconcile_object(kind, plural, namespace, name, reconciler, conditions=status.condition_types,
+                               summary_condition=status.summary_condition, from_change=from_change)
 
     @kopf.on.resume(GROUP, VERSION, plural, id="on_change")
     @kopf.on.create(GROUP, VERSION, plural, id="on_change")

@@ -46,7 +46,6 @@ from mlops_operator.reconcile.validation import drift_spec_errors
 
 KIND = "DriftMonitor"
 PLURAL = "driftmonitors"
-CONDITIONS = driftmonitor.CONDITIONS
 DEPLOYMENTS = "modeldeployments"
 TRAININGS = "modeltrainings"
 CHECK_RESULTS = {driftmonitor.DRIFT: "drift", driftmonitor.NO_DRIFT: "nodrift", driftmonitor.INSUFFICIENT_DATA: "insufficient"}
@@ -328,4 +327,4 @@ async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: M
     _forget_metrics(namespace, name)
 
 
-register_kind(KIND, PLURAL, reconcile_driftmonitor, conditions=CONDITIONS, summary_condition="Ready", cleanup=_cleanup)
+register_kind(KIND, PLURAL, reconcile_driftmonitor, status=DriftMonitorStatus, cleanup=_cleanup)

@@ -49,7 +49,6 @@ from mlops_operator.reconcile.validation import deployment_spec_errors
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
-CONDITIONS = ("Ready", "Progressing", "AwaitingApproval", "Degraded", aiops.ANOMALOUS)
 PREDICTORS = (modeldeployment.STABLE, modeldeployment.CANARY, modeldeployment.SHADOW)
 
 
@@ -243,8 +242,7 @@ async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: M
     telemetry.forget(namespace, name)
 
 
-register_kind(KIND, PLURAL, reconcile_modeldeployment, conditions=CONDITIONS, summary_condition="Ready",
-              cleanup=_cleanup)
+register_kind(KIND, PLURAL, reconcile_modeldeployment, status=ModelDeploymentStatus, cleanup=_cleanup)
 
 
 @kopf.on.startup()

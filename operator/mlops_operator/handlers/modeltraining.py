@@ -37,7 +37,6 @@ from mlops_operator.reconcile.validation import local_training_problem, training
 
 KIND = "ModelTraining"
 PLURAL = "modeltrainings"
-CONDITIONS = ("Succeeded", "Validated")
 
 log = logging.getLogger("mlops_operator.training")
 
@@ -264,4 +263,4 @@ async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: M
                       parsed.backend)
 
 
-register_kind(KIND, PLURAL, reconcile_training, conditions=CONDITIONS, summary_condition="Succeeded", cleanup=_cleanup)
+register_kind(KIND, PLURAL, reconcile_training, status=ModelTrainingStatus, cleanup=_cleanup)

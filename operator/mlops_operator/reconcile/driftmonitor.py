@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # loaded on first use (see mlops_operator.drift)
 
 READY = "Ready"
 DRIFT_DETECTED = "DriftDetected"
-CONDITIONS = (READY, DRIFT_DETECTED)
+CONDITIONS = DriftMonitorStatus.condition_types
 
 # Phases.
 PENDING = "Pending"
