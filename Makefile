@@ -130,7 +130,7 @@ run: venv ## Run the operator in the foreground against the current cluster
 	KUBECONFIG=$${KUBECONFIG:-$$($(PY) hack/devcluster.py kubeconfig)} $(PY) -m mlops_operator
 
 .PHONY: bench
-bench: venv ## Benchmarks: training overhead, router overhead, drift engine vs Evidently and scipy
+bench: venv ## Benchmarks: training overhead, router overhead, drift engine vs Evidently and scipy, the operator at scale vs a kopf floor
 	@for b in benchmarks/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 .PHONY: clean
