@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     steps on their pauses alone. Off: such a rollout is refused before any traffic (RolloutAborted naming
     what to set); with approval manual a person decides either way."""
     poll_interval_seconds: float = Field(5.0, gt=0, le=3600)
-    """How often running trainings, rollouts and model servers are observed."""
+    """How often what is in progress is observed: running trainings, rollouts, local model servers, a KFP
+    schedule's fires. Idle objects are not polled: a change, a watch event or their next schedule time wakes them."""
     leader_election: bool = False
     """Run as one of several replicas: only the holder of a Lease reconciles, the others wait on standby
     and take over when it stops (at once after a clean stop, after the lease duration after a crash)."""

@@ -10,6 +10,7 @@ tests/e2e/test_seldon.py.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -205,3 +206,46 @@ def test_shadow_with_istio_routing_is_written(objects, kubeconfig, namespace, cr
         assert condition(objects.get(KIND, "iris"), "Ready").get("reason") != "InvalidSpec"
     finally:
         process.stop()
+
+
+def reconciliations(operator: OperatorProcess) -> float:
+    text = operator.metrics()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('mlops_reconcile_total{kind="ModelDeployment"'))
+
+
+def test_an_idle_deployment_waits_for_its_training_and_its_child_instead_of_polling(objects, operator, seldon_crd,
+                                                                                   seldon):
+    """A deployment that follows a ModelTraining is woken by the training's new model, costs no
+    reconciliation while it waits for Seldon (whose status change would wake it), and a deleted
+    SeldonDeployment wakes it to write it again."""
+    objects.create(deployment_body("iris", {"fromTraining": "iris-train"}, {"strategy": "direct"}, backend="seldon"))
+    objects.wait(KIND, "iris", lambda o: condition(o, "Ready").get("reason") == "WaitingForModel", timeout=30,
+                 what="waiting for its ModelTraining")
+    objects.create({"apiVersion": "mlops.dev/v1alpha1", "kind": "ModelTraining", "metadata": {"name": "iris-train"},
+                    "spec": {"model": "iris", "dataset": {"uri": "sklearn://iris", "target": "target"},
+                             "training": {"estimator": "LogisticRegression", "parameters": {"max_iter": 500}}}})
+    objects.wait("ModelTraining", "iris-train", lambda o: ((o.get("status") or {}).get("latestValidatedModel") or {})
+                 .get("version") == 1, timeout=300, what="version 1 trained")
+    first = seldon.wait_predictors("iris", [("stable", 100, None, "1")], timeout=60)
+    objects.wait(KIND, "iris", lambda o: condition(o, "Ready").get("reason") == "Creating", timeout=30,
+                 what="waiting for Seldon")
+
+    # Idle: nothing is in progress, so the operator (polling every second here) reconciles it no more.
+    # What is asserted is an absence, so it is watched for a bounded window of several poll intervals
+    # (from the moment the reconciliation in flight, if any, has ended).
+    before = reconciliations(operator)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        now = reconciliations(operator)
+        if now != before:  # the last one ends: the window starts again, once
+            assert deadline - time.monotonic() > 6, "an idle deployment is reconciled again and again"
+            before, deadline = now, time.monotonic() + 8
+        time.sleep(0.5)
+
+    # Its child deleted by hand: the watch event wakes it, and it writes the child again.
+    seldon.api.delete_namespaced_custom_object(GROUP, VERSION, seldon.namespace, PLURAL, "iris")
+    again = wait_until(lambda: (s := seldon.get("iris")) and s["metadata"]["uid"] != first["metadata"]["uid"] and s,
+                       timeout=30, what="the SeldonDeployment written again")
+    assert predictors(again) == [("stable", 100, None, "1")]
+    assert reconciliations(operator) > before

@@ -88,7 +88,8 @@ uses; README.md "RBAC" says which.
 {{- if .Values.rbac.seldon }}
 # ModelDeployment backend seldon: one SeldonDeployment per ModelDeployment, read, created, patched and
 # deleted by name;
-# list (limit 1) tells a missing Seldon CRD from a missing object after a 404.
+# list (limit 1) tells a missing Seldon CRD from a missing object after a 404; list and watch let an idle
+# ModelDeployment wait for Seldon's status changes instead of polling.
 - apiGroups: [machinelearning.seldon.io]
   resources: [seldondeployments]
   verbs: [get, list, create, patch, delete]

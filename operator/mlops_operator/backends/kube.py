@@ -121,6 +121,18 @@ def list_object_keys(plural: str, namespaces: Collection[str]) -> set[tuple[str,
     return {(item["metadata"]["namespace"], item["metadata"]["name"]) for item in items}
 
 
+def is_namespace_terminating(error: BaseException) -> bool:
+    """Whether the API server refused a create because the namespace is being deleted (403 with the
+    cause NamespaceTerminating): nothing of the namespace's objects is to be done any more."""
+    if getattr(error, "status", None) != 403:
+        return False
+    try:
+        details = json.loads(getattr(error, "body", None) or "{}").get("details") or {}
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return any(cause.get("reason") == "NamespaceTerminating" for cause in details.get("causes") or [])
+
+
 def describe_api_error(error: BaseException, what: str) -> str:
     """A Kubernetes API error in one readable line (never the raw response with its headers)."""
     status = getattr(error, "status", None)

@@ -38,6 +38,9 @@ class ServingBackend(Protocol):
     """The ``spec.backend`` value it serves."""
     own_request_metrics: bool
     """Whether it has request statistics of its own (without Prometheus) to judge a candidate by."""
+    reports_changes: bool
+    """Whether what it runs reports its changes as watch events (a SeldonDeployment's status), so an idle
+    deployment needs no polling; the local backend's processes are polled."""
 
     def spec_problems(self, spec: ModelDeploymentSpec) -> list[str]:
         """What this backend cannot do for ``spec`` (InvalidSpec messages, before any work starts)."""

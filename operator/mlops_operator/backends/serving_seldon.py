@@ -229,6 +229,7 @@ class SeldonServing:
 
     name = "seldon"
     own_request_metrics = False  # Seldon's executors export to Prometheus only
+    reports_changes = True  # Seldon writes its SeldonDeployment's status; the handler watches them
 
     def __init__(self, request_logger: RequestLogger | None = None, routing: Routing = "none",
                  max_replicas: int = 10) -> None:

@@ -1,9 +1,12 @@
 """What the kind handlers share: settings, the per-object reconcile frame, spec parsing, status.
 
 Every kind is reconciled by one function ``(live object) -> desired status`` that is called from
-kopf's change handlers (create, update, resume) and from a timer that observes the world (runs,
-model servers, rollouts, drift). The frame serialises the two on a per-object lock, reads the live
-object inside it, and writes only the status fields that changed.
+kopf's change handlers (create, update, resume) and from a per-object daemon that observes the world
+(runs, model servers, rollouts, drift) only while something is in progress: after each reconciliation
+the kind's ``requeue`` decision says when to look again (``None``: not until something changes), and
+watch events of what the object depends on (its children, its model's ModelTraining) wake it with
+:func:`wake`. An idle object costs no API request. The frame serialises everything done to one object
+on a per-object lock, reads the live object inside it, and writes only the status fields that changed.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 Status = dict[str, Any]
 Reconciler = Callable[[dict[str, Any]], Awaitable[Status | StatusBase]]
 """A kind's reconciliation: (live object) -> desired status, typed (a ``*Status`` model) or as a dict."""
+Requeue = Callable[[Mapping[str, Any], Mapping[str, Any]], float | None]
+"""A kind's decision after a reconciliation: (live object, the status just written) -> seconds until
+the object must be observed again, or None while nothing is in progress (a change or :func:`wake`
+brings it back)."""
 
 log = logging.getLogger("mlops_operator")
 
@@ -153,10 +160,35 @@ def object_lock(plural: str, namespace: str, name: str) -> asyncio.Lock:
     return _lock(plural, namespace, name)
 
 
+# When each object is to be observed next (monotonic seconds; None: when something changes), and the
+# event that makes its daemon look at that again.
+_due: dict[tuple[str, str, str], float | None] = {}
+_wakeups: dict[tuple[str, str, str], asyncio.Event] = {}
+
+
+def _wakeup(key: tuple[str, str, str]) -> asyncio.Event:
+    if key not in _wakeups:
+        _wakeups[key] = asyncio.Event()
+    return _wakeups[key]
+
+
+def _observe_at(key: tuple[str, str, str], due: float | None) -> None:
+    _due[key] = due
+    _wakeup(key).set()
+
+
+def wake(plural: str, namespace: str, name: str) -> None:
+    """Have the object observed now: something it depends on changed (a child's status, its model)."""
+    _observe_at((plural, namespace, name), time.monotonic())
+
+
 def forget(plural: str, namespace: str, name: str) -> None:
-    """Drop the per-object lock and backoff of a deleted object."""
-    _locks.pop((plural, namespace, name), None)
-    _backoff.pop((plural, namespace, name), None)
+    """Drop the per-object lock, backoff and observation schedule of a deleted object."""
+    key = (plural, namespace, name)
+    _locks.pop(key, None)
+    _backoff.pop(key, None)
+    _due.pop(key, None)
+    _wakeups.pop(key, None)
 
 
 async def reconcile_object(
@@ -169,8 +201,10 @@ async def reconcile_object(
     conditions: tuple[str, ...],
     summary_condition: str,
     from_change: bool,
+    requeue: Requeue | None = None,
 ) -> None:
-    """Run one reconciliation of the live object and write the status it returns.
+    """Run one reconciliation of the live object, write the status it returns, and schedule the next
+    observation (``requeue``; without it, every poll interval).
 
     ``from_change`` is true in kopf change handlers: an invalid spec then raises PermanentError
     (kopf stops retrying until the spec changes). Transient trouble (``Retry``) records its status
@@ -179,12 +213,14 @@ async def reconcile_object(
     """
     key = (plural, namespace, name)
     if not from_change and time.monotonic() < _backoff.get(key, (0.0, 0.0))[0]:
+        _observe_at(key, _backoff[key][0])
         return
     invalid = None
     async with _lock(plural, namespace, name):
         with reconcile_timer(kind) as outcome:
             obj = await kube.get_object(plural, namespace, name)
             if obj is None or obj["metadata"].get("deletionTimestamp"):
+                _observe_at(key, None)
                 return
             generation = obj["metadata"].get("generation") or 0
             live = obj.get("status") or {}
@@ -206,9 +242,10 @@ async def reconcile_object(
                     await kube.patch_status(plural, namespace, name, changes)
                     post_event(obj, INVALID_SPEC, message, warning=True)
                 # The user's to fix: counted apart from the operator's errors, never retried on a
-                # timer (is_invalid_generation), and no exception for kopf to retry.
+                # observation (scheduled for a change only), and no exception for kopf to retry.
                 outcome["result"] = "invalid"
                 invalid = message
+                _observe_at(key, None)  # the user's to fix: a spec change brings it back
             except Retry as retry:
                 changes = changed_fields(live, retry.status)
                 if changes:
@@ -216,12 +253,19 @@ async def reconcile_object(
                 previous = _backoff.get(key, (0.0, 0.0))[1]
                 delay = min(previous * 2, retry.delay * 4) if previous else retry.delay
                 _backoff[key] = (time.monotonic() + delay, delay)
+                _observe_at(key, _backoff[key][0])
                 outcome["result"] = "requeue"
                 log.info("%s %s/%s: %s (retrying in %.0fs)", kind, namespace, name, retry, delay)
                 return
             except (kopf.PermanentError, kopf.TemporaryError, asyncio.CancelledError):
                 raise
             except Exception as error:
+                if kube.is_namespace_terminating(error):
+                    # The namespace goes, and the object with it (a child it depended on went first):
+                    # nothing to re-create, nothing to report.
+                    log.info("%s %s/%s: its namespace is being deleted; nothing more to do", kind, namespace, name)
+                    _observe_at(key, None)
+                    return
                 # A fault of the operator (or a case nobody foresaw): the object still gets a
                 # condition that says so, and is retried with a backoff instead of kopf's tight loop.
                 log.exception("%s %s/%s: reconciliation failed", kind, namespace, name)
@@ -235,6 +279,7 @@ async def reconcile_object(
                 previous = _backoff.get(key, (0.0, 0.0))[1]
                 delay = min(previous * 2, ERROR_BACKOFF_SECONDS * 4) if previous else ERROR_BACKOFF_SECONDS
                 _backoff[key] = (time.monotonic() + delay, delay)
+                _observe_at(key, _backoff[key][0])
                 outcome["result"] = "error"
                 return
             if invalid is None:
@@ -242,15 +287,12 @@ async def reconcile_object(
                 changes = changed_fields(live, desired)
                 if changes:
                     await kube.patch_status(plural, namespace, name, changes)
+                after = requeue(obj, desired) if requeue else get_settings().poll_interval_seconds
+                _observe_at(key, None if after is None else time.monotonic() + after)
     if invalid is not None and from_change:
-        # kopf records the change as handled and does not retry it; outside the timer, so it is
+        # kopf records the change as handled and does not retry it; outside the timing frame, so it is
         # not counted as an operator error.
         raise kopf.PermanentError(f"{INVALID_SPEC}: {invalid}")
-
-
-def is_invalid_generation(status: Mapping[str, Any], generation: int) -> bool:
-    """Whether this generation was already found invalid (timers then leave it alone)."""
-    return status.get("phase") == "Invalid" and status.get("observedGeneration") == generation
 
 
 Cleanup = Callable[[str, str, Mapping[str, Any], Mapping[str, Any]], Awaitable[None]]
@@ -258,15 +300,17 @@ Cleanup = Callable[[str, str, Mapping[str, Any], Mapping[str, Any]], Awaitable[N
 
 
 def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: type[StatusBase],
-                  cleanup: Cleanup) -> None:
-    """Register one kind with kopf: change handlers (create, update, resume) and the observe timer
+                  cleanup: Cleanup, requeue: Requeue | None = None) -> None:
+    """Register one kind with kopf: change handlers (create, update, resume) and the observing daemon
     both run :func:`reconcile_object` with ``reconciler`` and the conditions ``status`` (the kind's
-    ``*Status`` model) declares; deletion runs ``cleanup`` and then drops the object's lock and
-    backoff. Handler ids stay ``on_change``/``observe``/``on_delete``."""
+    ``*Status`` model) declares; the daemon sleeps until ``requeue`` says (or :func:`wake` is called,
+    or the spec changes); deletion stops the daemon, runs ``cleanup`` and then drops the object's lock,
+    backoff and schedule. Handler ids stay ``on_change``/``observe``/``on_delete``."""
 
     async def run(namespace: str, name: str, from_change: bool) -> None:
         await reconcile_object(kind, plural, namespace, name, reconciler, conditions=status.condition_types,
-                               summary_condition=status.summary_condition, from_change=from_change)
+                               summary_condition=status.summary_condition, from_change=from_change,
+                               requeue=requeue)
 
     @kopf.on.resume(GROUP, VERSION, plural, id="on_change")
     @kopf.on.create(GROUP, VERSION, plural, id="on_change")
@@ -275,12 +319,32 @@ def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: typ
         """A new object, a changed spec or annotation, or an operator restart."""
         await run(namespace, name, from_change=True)
 
-    @kopf.timer(GROUP, VERSION, plural, id="observe", interval=get_settings().poll_interval_seconds, initial_delay=1)
-    async def observe(namespace: str, name: str, status: kopf.Status, body: kopf.Body, **_: Any) -> None:
-        """Observe what the object runs (runs, servers, rollouts, checks) unless its spec is invalid."""
-        if is_invalid_generation(status, body.metadata.get("generation") or 0):
-            return
-        await run(namespace, name, from_change=False)
+    # Exits as soon as kopf stops it (deletion, operator exit): a deletion never waits for kopf's
+    # cancellation polling (60 s).
+    @kopf.daemon(GROUP, VERSION, plural, id="observe", cancellation_timeout=5.0)
+    async def observe(namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        """Observe what the object runs (runs, servers, rollouts, checks) when it is due."""
+        key = (plural, namespace, name)
+        wakeup = _wakeup(key)
+        # Until the first reconciliation says otherwise (the change handler usually has): one poll.
+        _due.setdefault(key, time.monotonic() + get_settings().poll_interval_seconds)
+        stop = asyncio.ensure_future(stopped.wait())
+        try:
+            while not stopped:
+                due = _due.get(key)
+                timeout = None if due is None else due - time.monotonic()
+                if timeout is None or timeout > 0:
+                    woken = asyncio.ensure_future(wakeup.wait())
+                    await asyncio.wait({woken, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    woken.cancel()
+                    wakeup.clear()
+                    continue
+                # A fallback if the reconciliation ends without scheduling (kopf's own errors).
+                _due[key] = time.monotonic() + get_settings().poll_interval_seconds
+                log.debug("%s %s/%s: observing", kind, namespace, name)
+                await run(namespace, name, from_change=False)
+        finally:
+            stop.cancel()
 
     @kopf.on.delete(GROUP, VERSION, plural, id="on_delete")
     async def on_delete(namespace: str, name: str, status: kopf.Status, spec: kopf.Spec, **_: Any) -> None:

@@ -15,7 +15,7 @@ Each reconciliation (change handlers and a timer every poll interval):
    ``mlops.dev/retrain-requested`` annotation on the ModelTraining (never its spec).
 
 A check that cannot run (deployment, reference or log missing) records Ready=False with the
-reason and is retried by the timer; it never crashes the handler.
+reason and is retried by the observing daemon; it never crashes the handler.
 """
 
 from __future__ import annotations

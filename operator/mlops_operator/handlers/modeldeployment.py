@@ -21,6 +21,7 @@ never asks which one it is.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ import kopf
 
 from mlops_operator import metrics
 from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATION
+from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 from mlops_operator.backends import model_source, prices_aws, serving, telemetry
@@ -44,6 +46,7 @@ from mlops_operator.handlers.common import (
 from mlops_operator.reconcile import aiops, anomaly, modeldeployment, rightsizing, rootcause
 from mlops_operator.reconcile.conditions import TRUE, plain
 from mlops_operator.reconcile.cost import default_price_table
+from mlops_operator.reconcile.seldondeployment import SELDON_GROUP, SELDON_PLURAL, SELDON_VERSION
 from mlops_operator.reconcile.serving import BackendView, ServedDeployment
 from mlops_operator.reconcile.validation import deployment_spec_errors
 
@@ -242,7 +245,71 @@ async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: M
     telemetry.forget(namespace, name)
 
 
-register_kind(KIND, PLURAL, reconcile_modeldeployment, status=ModelDeploymentStatus, cleanup=_cleanup)
+def _requeue(obj: Mapping[str, Any], status: Mapping[str, Any]) -> float | None:
+    """When to observe the deployment again (reconcile.modeldeployment.requeue_after)."""
+    spec = ModelDeploymentSpec.model_validate(obj.get("spec") or {})
+    backend = serving.serving_backend(spec.backend, get_settings())
+    return modeldeployment.requeue_after(
+        spec, ModelDeploymentStatus.model_validate(status), reports_changes=backend.reports_changes,
+        telemetry=backend.own_request_metrics or _prometheus_url(spec) is not None,
+        poll_interval=get_settings().poll_interval_seconds)
+
+
+register_kind(KIND, PLURAL, reconcile_modeldeployment, status=ModelDeploymentStatus, cleanup=_cleanup,
+              requeue=_requeue)
+
+
+# What wakes an idle deployment besides its own changes: its SeldonDeployment's status (Seldon's
+# controller writes it) or deletion, and a new validated model of the ModelTraining it follows.
+_child_status: dict[tuple[str, str], str] = {}
+_validated_model: dict[tuple[str, str], str] = {}
+
+
+def _owner(body: Mapping[str, Any]) -> str | None:
+    return next((ref["name"] for ref in body.get("metadata", {}).get("ownerReferences") or []
+                 if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/")), None)
+
+
+@kopf.on.event(SELDON_GROUP, SELDON_VERSION, SELDON_PLURAL)
+async def seldon_deployment_changed(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    """A SeldonDeployment a ModelDeployment owns: wake the owner when its status changed or it is gone
+    (our own writes of its spec, and the listing at start-up, wake nothing)."""
+    owner = _owner(body)
+    if owner is None:
+        return
+    key = (namespace, name)
+    if type == "DELETED":
+        _child_status.pop(key, None)
+        common.wake(PLURAL, namespace, owner)
+        return
+    seen = json.dumps(body.get("status") or {}, sort_keys=True)
+    before = _child_status.get(key)
+    _child_status[key] = seen
+    if type is not None and before is not None and before != seen:
+        common.wake(PLURAL, namespace, owner)
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def followers(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str] | None:
+    """The deployments that follow a ModelTraining (spec.model.fromTraining), by (namespace, training)."""
+    training = (spec.get("model") or {}).get("fromTraining")
+    return {(namespace, training): name} if training else None
+
+
+@kopf.on.event(GROUP, VERSION, "modeltrainings")
+async def training_changed(type: str | None, body: kopf.Body, namespace: str, name: str, followers: kopf.Index,
+                           **_: Any) -> None:
+    """A ModelTraining's newest validated model changed: wake the deployments that follow it."""
+    key = (namespace, name)
+    if type == "DELETED":
+        _validated_model.pop(key, None)
+        return
+    seen = json.dumps((body.get("status") or {}).get("latestValidatedModel") or {}, sort_keys=True)
+    before = _validated_model.get(key)
+    _validated_model[key] = seen
+    if type is not None and before != seen:
+        for deployment in followers.get(key, []):
+            common.wake(PLURAL, namespace, deployment)
 
 
 @kopf.on.startup()

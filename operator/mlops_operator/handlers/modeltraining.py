@@ -22,7 +22,7 @@ from typing import Any
 from mlops_operator import metrics
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RunRecord
-from mlops_operator.backends.training import ScheduleRequest, TrainingBackend, training_backend
+from mlops_operator.backends.training import BACKENDS, ScheduleRequest, TrainingBackend, training_backend
 from mlops_operator.handlers.common import (
     Retry,
     get_settings,
@@ -263,4 +263,11 @@ async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: M
                       parsed.backend)
 
 
-register_kind(KIND, PLURAL, reconcile_training, status=ModelTrainingStatus, cleanup=_cleanup)
+def _requeue(obj: Mapping[str, Any], status: Mapping[str, Any]) -> float | None:
+    """When to observe the training again (reconcile.modeltraining.requeue_after)."""
+    spec = ModelTrainingSpec.model_validate(obj.get("spec") or {})
+    return modeltraining.requeue_after(spec, status, _now(), backend_schedules=BACKENDS[spec.backend].schedules_runs,
+                                       poll_interval=get_settings().poll_interval_seconds)
+
+
+register_kind(KIND, PLURAL, reconcile_training, status=ModelTrainingStatus, cleanup=_cleanup, requeue=_requeue)

@@ -29,6 +29,7 @@ from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATI
 from mlops_operator.api.modeldeployment import (
     Analysis,
     AnalysisResult,
+    ModelDeploymentSpec,
     ModelDeploymentStatus,
     Rollout,
     RolloutRecord,
@@ -208,6 +209,29 @@ def analyse_candidate(analysis: Analysis, stats: RequestStats | None) -> Verdict
                        stats)
     latency = f", p99 {stats.p99_ms:.1f} ms" if stats.p99_ms is not None else ""
     return Verdict("pass", f"error rate {rate:.1%} over {stats.requests} requests{latency}: within thresholds", stats)
+
+
+def requeue_after(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, *, reports_changes: bool,
+                  telemetry: bool, poll_interval: float) -> float | None:
+    """When to observe a ModelDeployment again after a reconciliation; None: not until something
+    changes (its spec or annotations, its backend's objects, its model's ModelTraining).
+
+    * a backend that does not report its changes as watch events (local processes) is polled;
+    * a rollout in flight is polled (its steps, pauses and analyses are timed), and so is a model URI
+      that cannot be read yet (nothing reports when it appears);
+    * otherwise only the serving telemetry is due, every ``spec.anomalyDetection.intervalSeconds``
+      when there is a source to read (the backend's own statistics or Prometheus);
+    * else nothing is in progress: a ready deployment, one waiting for its backend to report, for its
+      ModelTraining's first model, or for an approval costs no request while it waits.
+    """
+    if not reports_changes or status.rollout is not None or status.candidate_version:
+        return poll_interval
+    degraded = status.condition("Degraded")
+    if degraded is not None and degraded.status == TRUE and degraded.reason == MODEL_UNAVAILABLE:
+        return poll_interval
+    if telemetry and spec.anomaly_detection.enabled:
+        return float(spec.anomaly_detection.interval_seconds)
+    return None
 
 
 def analysis_unavailable(backend: str, own_request_metrics: bool, prometheus_url: str | None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -142,6 +143,27 @@ def next_schedule_time(spec: ModelTrainingSpec, now: datetime) -> datetime | Non
     if not spec.schedule or spec.suspend:
         return None
     return croniter(spec.schedule, now).get_next(datetime)
+
+
+def requeue_after(spec: ModelTrainingSpec, status: Mapping[str, Any], now: datetime, *, backend_schedules: bool,
+                  poll_interval: float) -> float | None:
+    """When to observe a ModelTraining again after a reconciliation; None: not until it changes (a spec
+    change or a retrain request is a change).
+
+    * an active run is polled (backends report no events);
+    * a schedule the backend fires itself (a KFP recurring run) is polled: its fires are found by
+      reading the backend's runs;
+    * a schedule the operator fires wakes it at the next schedule time;
+    * else nothing is in progress.
+    """
+    if (status.get("latestRun") or {}).get("state") in ACTIVE_STATES:
+        return poll_interval
+    upcoming = next_schedule_time(spec, now)
+    if upcoming is None:
+        return None
+    if backend_schedules:
+        return poll_interval
+    return max((upcoming - now).total_seconds(), 1.0)
 
 
 def run_name(name: str, uid: str, triggers: list[Trigger]) -> str:
