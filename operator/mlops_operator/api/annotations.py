@@ -24,3 +24,8 @@ NOTIFICATIONS_SECRET_ANNOTATION = "mlops.dev/notifications-secret"
 REPORT_ANNOTATION = "mlops.dev/report-requested"
 """On a DriftMonitor: any new value (``kubectl mlops report`` writes the time) asks for a check and its
 HTML drift report now; status.report.request says which value the report answered."""
+
+REQUEST_ANNOTATIONS = (APPROVE_ANNOTATION, ROLLBACK_ANNOTATION, RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION,
+                       NOTIFICATIONS_SECRET_ANNOTATION, REPORT_ANNOTATION)
+"""The annotations that ask an object for something: a new value wakes it at once. kopf's own change
+detection does not see them (it ignores every annotation under the prefix of its own, ``mlops.dev/``)."""

@@ -4,8 +4,8 @@ Every kind is reconciled by one function ``(live object) -> desired status`` tha
 kopf's change handlers (create, update, resume) and from a per-object daemon that observes the world
 (runs, model servers, rollouts, drift) only while something is in progress: after each reconciliation
 the kind's ``requeue`` decision says when to look again (``None``: not until something changes), and
-watch events of what the object depends on (its children, its model's ModelTraining) wake it with
-:func:`wake`. An idle object costs no API request. The frame serialises everything done to one object
+watch events wake it with :func:`wake`: a request annotation set on it (approve, retrain, ...), and what
+it depends on (its children, its model's ModelTraining). An idle object costs no API request. The frame serialises everything done to one object
 on a per-object lock, reads the live object inside it, and writes only the status fields that changed.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import kopf
 import pydantic
 
+from mlops_operator.api.annotations import REQUEST_ANNOTATIONS
 from mlops_operator.api.common import GROUP, VERSION, StatusBase
 from mlops_operator.api.errors import InvalidSpec
 from mlops_operator.backends import kube, notifier, uri_policy
@@ -164,6 +166,8 @@ def object_lock(plural: str, namespace: str, name: str) -> asyncio.Lock:
 # event that makes its daemon look at that again.
 _due: dict[tuple[str, str, str], float | None] = {}
 _wakeups: dict[tuple[str, str, str], asyncio.Event] = {}
+# The request annotations each object had when last seen (register_kind's on_request).
+_requests_seen: dict[tuple[str, str, str], str] = {}
 
 
 def _wakeup(key: tuple[str, str, str]) -> asyncio.Event:
@@ -189,6 +193,7 @@ def forget(plural: str, namespace: str, name: str) -> None:
     _backoff.pop(key, None)
     _due.pop(key, None)
     _wakeups.pop(key, None)
+    _requests_seen.pop(key, None)
 
 
 async def reconcile_object(
@@ -345,6 +350,21 @@ def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: typ
                 await run(namespace, name, from_change=False)
         finally:
             stop.cancel()
+
+    @kopf.on.event(GROUP, VERSION, plural, id="requests")
+    async def on_request(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+        """A request annotation (approve, rollback, retrain, report, ...) set or changed: observe it now.
+        kopf calls no change handler for them (they share the prefix of kopf's own annotations)."""
+        key = (plural, namespace, name)
+        if type == "DELETED":
+            _requests_seen.pop(key, None)
+            return
+        annotations = body.metadata.annotations
+        seen = json.dumps({k: annotations[k] for k in REQUEST_ANNOTATIONS if k in annotations}, sort_keys=True)
+        before = _requests_seen.get(key)
+        _requests_seen[key] = seen
+        if type is not None and before is not None and before != seen:
+            wake(plural, namespace, name)
 
     @kopf.on.delete(GROUP, VERSION, plural, id="on_delete")
     async def on_delete(namespace: str, name: str, status: kopf.Status, spec: kopf.Spec, **_: Any) -> None:
