@@ -300,7 +300,7 @@ def main() -> None:
 
         from integration.deployment_support import publish_model
 
-        model_uri = publish_model((workdir / "artifacts").as_uri())["uri"]
+        model_uri = publish_model((workdir / "artifacts").as_uri(), "bench")["uri"]
         results = {}
         for label, start in (("floor", floor), ("operator", operator)):
             results[label] = run_one(label, api, start, objects, namespaces, args.rest, model_uri, workdir)
