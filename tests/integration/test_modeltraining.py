@@ -65,18 +65,18 @@ def test_train_retrain_and_schedule(operator, objects):
     assert [r["modelVersion"] for r in mt["status"]["history"]] == [2, 1]
     assert mt["status"]["observedRetrainRequest"].endswith("fresh data")
 
-    # The schedule fires: with the last fire time moved back, the cron is due now (the clock the
-    # operator compares with is the status, so no waiting for a fire time). A yearly cron, so it
-    # cannot also fire by itself while the test runs.
-    objects.patch("ModelTraining", "iris", {"spec": {"schedule": "0 0 1 1 *"}})
+    # The schedule fires: a cron for one minute of the year, the first whole minute at least 90 s
+    # from now, so it fires once while the test runs (after the spec change's own run has started).
+    # The operator sleeps until nextScheduleTime: it is woken by the time, not by polling.
+    fire = (datetime.now(UTC) + timedelta(seconds=150)).replace(second=0, microsecond=0)
+    cron = f"{fire.minute} {fire.hour} {fire.day} {fire.month} *"
+    objects.patch("ModelTraining", "iris", {"spec": {"schedule": cron}})
     mt = objects.wait("ModelTraining", "iris", lambda o: o["status"].get("latestValidatedModel", {}).get("version") == 3
                       and finished(o), timeout=RUN_TIMEOUT, what="version 3 (spec change)")
-    assert mt["status"]["nextScheduleTime"]
-    past = (datetime.now(UTC) - timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    objects.patch_status("ModelTraining", "iris", {"status": {"lastScheduleTime": past}})
+    assert mt["status"]["nextScheduleTime"] == f"{fire:%Y-%m-%dT%H:%M:%SZ}"
     mt = objects.wait("ModelTraining", "iris", lambda o: o["status"].get("latestValidatedModel", {}).get("version") == 4
-                      and finished(o), timeout=RUN_TIMEOUT, what="version 4 (schedule)")
-    assert mt["status"]["latestRun"]["trigger"].startswith("schedule 0 0 1 1 * at ")
+                      and finished(o), timeout=RUN_TIMEOUT + 150, what="version 4 (schedule)")
+    assert mt["status"]["latestRun"]["trigger"] == f"schedule {cron} at {fire:%Y-%m-%dT%H:%M:%SZ}"
     assert "-s2" in mt["status"]["latestRun"]["name"]
     runs = sorted(p.name for p in (operator.data_dir / "runs" / objects.namespace).iterdir())
     assert len(runs) == 4  # one run per trigger, no more

@@ -92,7 +92,7 @@ uses; README.md "RBAC" says which.
 # ModelDeployment wait for Seldon's status changes instead of polling.
 - apiGroups: [machinelearning.seldon.io]
   resources: [seldondeployments]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # When Seldon reports a failure with a generic message, the reason is read from its Pods
 # (waiting reason and last termination message of the failing container).
 - apiGroups: [""]

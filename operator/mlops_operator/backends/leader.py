@@ -14,15 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from mlops_operator.backends import kube
 from mlops_operator.reconcile.leadership import Action, LeaseRecord, Observation, decide, observe
+
+T = TypeVar("T")
 
 log = logging.getLogger("mlops_operator.leader")
 
@@ -71,6 +75,12 @@ class LeaseElector:
         self._observed: Observation | None = None
         self._acquired_at: str | None = None
         self._last_renewal = 0.0
+        # Its own thread: a renewal never queues behind the reconcilers' blocking calls in the default
+        # executor (a few threads on a small node), which once cost a busy leader its Lease.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease")
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
     def _api(self) -> client.CoordinationV1Api:
         return client.CoordinationV1Api(kube.api_client())
@@ -139,7 +149,7 @@ class LeaseElector:
         holder: str | None = ""
         while True:
             try:
-                if await asyncio.to_thread(self._try_once):
+                if await self._call(self._try_once):
                     log.info("leading: lease %s/%s held by %s", self.namespace, self.name, self.identity)
                     return
                 current = self._observed.record.holder if self._observed else None
@@ -156,7 +166,7 @@ class LeaseElector:
         while True:
             await asyncio.sleep(self.timing.retry_period)
             try:
-                renewed = await asyncio.to_thread(self._try_once)
+                renewed = await self._call(self._try_once)
             except (ApiException, OSError) as error:
                 log.warning("cannot renew lease %s/%s: %s", self.namespace, self.name,
                             _why(error))
@@ -182,7 +192,7 @@ class LeaseElector:
                                                  self._body(spec, lease.metadata.resource_version))
 
         try:
-            await asyncio.to_thread(call)
+            await self._call(call)
             log.info("lease %s/%s released", self.namespace, self.name)
         except (ApiException, OSError) as error:
             log.warning("cannot release lease %s/%s (it expires by itself): %s", self.namespace, self.name,
