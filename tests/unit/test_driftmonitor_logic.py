@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from mlops_operator import drift
+from mlops_operator.api.annotations import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
 from mlops_operator.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus, Performance, RetrainPolicy, Window
 from mlops_operator.reconcile import driftmonitor
 from mlops_operator.reconcile.conditions import find_condition, initial_conditions, now_rfc3339, set_condition
@@ -366,6 +368,22 @@ def test_first_retrain_is_allowed_and_recorded():
     assert status["lastRetrainReason"] == value
     assert status["retrainRequests"] == ["2026-11-23T04:00:00Z"]
     assert len(driftmonitor.retrain_annotation_value(NOW, "x" * 5000)) == driftmonitor.MAX_ANNOTATION_LENGTH
+
+
+def test_a_request_written_but_not_recorded_is_recorded_not_made_again():
+    """The operator stopped after annotating the ModelTraining and before recording it: the next check
+    finds its own request there and records it (with its own time), instead of asking a second time."""
+    value = driftmonitor.retrain_annotation_value(NOW, "3/4 features drifted")
+    window = json.dumps({"request": value, "monitor": "iris", "driftedFeatures": ["petal length (cm)"]})
+    annotations = {RETRAIN_ANNOTATION: value, RETRAIN_WINDOW_ANNOTATION: window}
+    assert driftmonitor.unrecorded_request("iris", typed({}), annotations) == (value, NOW)
+    # Recorded already, another monitor's, a person's request (no window of ours), or older than the record.
+    recorded = typed({"lastRetrainRequest": now_rfc3339(NOW), "lastRetrainReason": value})
+    assert driftmonitor.unrecorded_request("iris", recorded, annotations) is None
+    assert driftmonitor.unrecorded_request("other", typed({}), annotations) is None
+    assert driftmonitor.unrecorded_request("iris", typed({}), {RETRAIN_ANNOTATION: value}) is None
+    later = typed({"lastRetrainRequest": now_rfc3339(NOW + timedelta(hours=1))})
+    assert driftmonitor.unrecorded_request("iris", later, annotations) is None
 
 
 def test_cooldown_blocks_until_it_has_passed():

@@ -268,6 +268,12 @@ async def _request_retrain(obj: dict[str, Any], spec: DriftMonitorSpec, status: 
     training = await kube.get_object(TRAININGS, namespace, training_name)
     if training is None:
         return driftmonitor.training_missing(status, decision, training_name, generation, now)
+    # Asked already, but not recorded (the operator stopped between the two writes): record that request.
+    unrecorded = driftmonitor.unrecorded_request(name, status, training["metadata"].get("annotations") or {})
+    if unrecorded is not None:
+        log.info("DriftMonitor %s/%s records its earlier request to ModelTraining %s: %s", namespace, name,
+                 training_name, unrecorded[0])
+        return driftmonitor.record_retrain(status, decision, *unrecorded)
     value = driftmonitor.retrain_annotation_value(now, verdict.summary)
     # One patch: the ModelTraining sees the request and the window it belongs to together.
     await kube.patch_annotations(TRAININGS, namespace, training_name, {

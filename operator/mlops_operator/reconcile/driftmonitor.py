@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mlops_operator import drift
+from mlops_operator.api.annotations import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
 from mlops_operator.api.driftmonitor import (
     DriftMonitorSpec,
     DriftMonitorStatus,
@@ -577,6 +578,28 @@ def record_retrain(status: DriftMonitorStatus, decision: RetrainDecision, value:
     """Status after a retrain request was made."""
     return status.model_copy(update={"last_retrain_request": now_rfc3339(now), "last_retrain_reason": value,
                                      "retrain_requests": decision.recent + [now_rfc3339(now)]})
+
+
+def unrecorded_request(monitor: str, status: DriftMonitorStatus, annotations: Mapping[str, str]
+                       ) -> tuple[str, datetime] | None:
+    """A retrain request this monitor wrote on the ModelTraining but never recorded in its own status
+    (the operator stopped between the two writes): its value and time, to be recorded instead of asking
+    a second time. None when the annotations hold no such request."""
+    import json
+
+    value, window = annotations.get(RETRAIN_ANNOTATION), annotations.get(RETRAIN_WINDOW_ANNOTATION)
+    if not value or not window or value == status.last_retrain_reason:
+        return None
+    try:
+        written = json.loads(window)
+        at = parse_rfc3339(value.split(" ", 1)[0])
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(written, dict) or written.get("monitor") != monitor or written.get("request") != value:
+        return None
+    if status.last_retrain_request and parse_rfc3339(status.last_retrain_request) >= at:
+        return None
+    return value, at
 
 
 def retrain_window_value(monitor: str, status: DriftMonitorStatus, verdict: Verdict, request: str) -> str:
