@@ -230,7 +230,7 @@ OPERATOR_GRANTS = (
     | {("mlops.dev", f"{plural}/status", "patch") for plural in ("modeltrainings", "modeldeployments", "driftmonitors")}
     | {("mlops.dev", "modeldeployments/finalizers", "update"), ("", "events", "create"), ("", "configmaps", "get"),
        ("", "secrets", "get")}
-    | {("machinelearning.seldon.io", "seldondeployments", verb) for verb in ("get", "list", "create", "patch", "delete")}
+    | {("machinelearning.seldon.io", "seldondeployments", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")}
     | {("", "pods", "list")}  # backend seldon: the failing container's reason when Seldon's message is generic
     # backend seldon without a mesh: the routing Service named like the ModelDeployment
     | {("", "services", verb) for verb in ("get", "create", "patch", "delete")}
