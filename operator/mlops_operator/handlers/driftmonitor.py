@@ -1,6 +1,6 @@
 """kopf handlers for DriftMonitor: check the deployment's live inputs for drift, close the loop.
 
-Each reconciliation (change handlers and a timer every poll interval):
+Each reconciliation (change handlers, and the observing daemon every poll interval):
 
 1. Parse and check the spec (InvalidSpec stops here).
 2. Return unless a check is due (spec.interval since status.lastCheckTime, a new generation, or a
