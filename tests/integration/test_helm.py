@@ -249,7 +249,7 @@ def expected_operator_rights(scanning_namespaces: bool) -> set[str]:
         allowed |= {f"get {plural}", f"list {plural}", f"watch {plural}", f"patch {plural}", f"patch {plural}/status"}
     allowed |= {"update modeldeployments/finalizers", "create events", "get configmaps", "get secrets",
                 "get secrets/kfp-token", "list crds", "watch crds"}
-    allowed |= {f"{verb} seldondeployments" for verb in ("get", "list", "create", "patch", "delete")}
+    allowed |= {f"{verb} seldondeployments" for verb in ("get", "list", "watch", "create", "patch", "delete")}
     if scanning_namespaces:
         allowed |= {"list namespaces", "watch namespaces"}
     return allowed
