@@ -129,8 +129,10 @@ def test_a_promoted_version_that_starts_failing_is_rolled_back(objects, operator
         anomaly = next(a for a in obj["status"]["anomalies"] if a["metric"] == guarded[0])
         assert anomaly["version"] == "2" and anomaly["observed"] > anomaly["high"] and anomaly["since"]
         assert anomaly["cause"].startswith("Likely cause: ")
-        events = {e.reason: e for e in objects.events("iris")}
-        assert {"AnomalyOpened", "RolledBack"} <= set(events), sorted(events)
+        # Events are posted in the background (kopf's poster): the status can be read before they land.
+        events = wait_until(lambda: (seen := {e.reason: e for e in objects.events("iris")}) and
+                            {"AnomalyOpened", "RolledBack"} <= set(seen) and seen, timeout=30,
+                            what="the AnomalyOpened and RolledBack events")
         assert "automatically" in events["RolledBack"].message and events["RolledBack"].type == "Warning"
         # The crash loop was reported with the server's last termination reason.
         crash = [e for e in objects.events("iris") if e.reason in ("ServerRestarting", "ServerCrashLoop")]
