@@ -162,12 +162,33 @@ def object_lock(plural: str, namespace: str, name: str) -> asyncio.Lock:
     return _lock(plural, namespace, name)
 
 
+class SeenParts:
+    """What watch events last showed of one part of each object, to tell a change of that part from any
+    other event. The listing at start-up and an object's first event only record it; deletion forgets it."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, ...], str] = {}
+
+    def changed(self, key: tuple[str, ...], event_type: str | None, part: Any) -> bool:
+        """Whether ``part`` differs from what the last event of ``key`` showed."""
+        if event_type == "DELETED":
+            self._seen.pop(key, None)
+            return False
+        seen = json.dumps(part, sort_keys=True, default=str)
+        before = self._seen.get(key)
+        self._seen[key] = seen
+        return event_type is not None and before is not None and before != seen
+
+    def forget(self, key: tuple[str, ...]) -> None:
+        self._seen.pop(key, None)
+
+
 # When each object is to be observed next (monotonic seconds; None: when something changes), and the
 # event that makes its daemon look at that again.
 _due: dict[tuple[str, str, str], float | None] = {}
 _wakeups: dict[tuple[str, str, str], asyncio.Event] = {}
-# The request annotations each object had when last seen (register_kind's on_request).
-_requests_seen: dict[tuple[str, str, str], str] = {}
+# The request annotations of each object (register_kind's on_request).
+_requests_seen = SeenParts()
 
 
 def _wakeup(key: tuple[str, str, str]) -> asyncio.Event:
@@ -193,7 +214,7 @@ def forget(plural: str, namespace: str, name: str) -> None:
     _backoff.pop(key, None)
     _due.pop(key, None)
     _wakeups.pop(key, None)
-    _requests_seen.pop(key, None)
+    _requests_seen.forget(key)
 
 
 async def reconcile_object(
@@ -355,15 +376,9 @@ def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: typ
     async def on_request(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
         """A request annotation (approve, rollback, retrain, report, ...) set or changed: observe it now.
         kopf calls no change handler for them (they share the prefix of kopf's own annotations)."""
-        key = (plural, namespace, name)
-        if type == "DELETED":
-            _requests_seen.pop(key, None)
-            return
         annotations = body.metadata.annotations
-        seen = json.dumps({k: annotations[k] for k in REQUEST_ANNOTATIONS if k in annotations}, sort_keys=True)
-        before = _requests_seen.get(key)
-        _requests_seen[key] = seen
-        if type is not None and before is not None and before != seen:
+        if _requests_seen.changed((plural, namespace, name), type,
+                                  {k: annotations[k] for k in REQUEST_ANNOTATIONS if k in annotations}):
             wake(plural, namespace, name)
 
     @kopf.on.delete(GROUP, VERSION, plural, id="on_delete")

@@ -21,7 +21,6 @@ never asks which one it is.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -261,8 +260,8 @@ register_kind(KIND, PLURAL, reconcile_modeldeployment, status=ModelDeploymentSta
 
 # What wakes an idle deployment besides its own changes: its SeldonDeployment's status (Seldon's
 # controller writes it) or deletion, and a new validated model of the ModelTraining it follows.
-_child_status: dict[tuple[str, str], str] = {}
-_validated_model: dict[tuple[str, str], str] = {}
+_child_status = common.SeenParts()
+_validated_model = common.SeenParts()
 
 
 def _owner(body: Mapping[str, Any]) -> str | None:
@@ -277,15 +276,7 @@ async def seldon_deployment_changed(type: str | None, body: kopf.Body, namespace
     owner = _owner(body)
     if owner is None:
         return
-    key = (namespace, name)
-    if type == "DELETED":
-        _child_status.pop(key, None)
-        common.wake(PLURAL, namespace, owner)
-        return
-    seen = json.dumps(body.get("status") or {}, sort_keys=True)
-    before = _child_status.get(key)
-    _child_status[key] = seen
-    if type is not None and before is not None and before != seen:
+    if _child_status.changed((namespace, name), type, body.get("status") or {}) or type == "DELETED":
         common.wake(PLURAL, namespace, owner)
 
 
@@ -301,13 +292,7 @@ async def training_changed(type: str | None, body: kopf.Body, namespace: str, na
                            **_: Any) -> None:
     """A ModelTraining's newest validated model changed: wake the deployments that follow it."""
     key = (namespace, name)
-    if type == "DELETED":
-        _validated_model.pop(key, None)
-        return
-    seen = json.dumps((body.get("status") or {}).get("latestValidatedModel") or {}, sort_keys=True)
-    before = _validated_model.get(key)
-    _validated_model[key] = seen
-    if type is not None and before != seen:
+    if _validated_model.changed(key, type, (body.get("status") or {}).get("latestValidatedModel") or {}):
         for deployment in followers.get(key, []):
             common.wake(PLURAL, namespace, deployment)
 
