@@ -1,7 +1,7 @@
 """Test support: a real headless Chromium (Debian's ``chromium``) driven over the DevTools protocol.
 
 ``make test`` installs the package when it is missing (``make browser``). The browser runs with a
-fresh profile directory, no network features, and is stopped by pid when the block ends.
+fresh profile directory, no network features, and is stopped with all its helpers when the block ends.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -108,13 +109,42 @@ def chromium() -> Iterator[str]:
                 time.sleep(0.05)
             yield f"http://127.0.0.1:{port_file.read_text().split()[0]}"
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop_group(process, profile)
             process.stderr.close()
+
+
+def _helpers(pgid: int, profile: str) -> list[int]:
+    """Live processes of the browser's group, and its crash handlers (their own sessions) by profile."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                args = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except (OSError, IndexError):
+                continue
+            if fields[0] not in ("Z", "X") and (int(fields[2]) == pgid or profile in args):
+                members.append(int(entry.name))
+    return members
+
+
+def _stop_group(process: subprocess.Popen, profile: str) -> None:
+    """Stop the browser and every helper it started (renderer, GPU, storage, crash handler) and wait
+    until none is left: a helper still writing to the profile after the browser ended made removing
+    the profile fail once in CI ("Directory not empty: 'Default'")."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        for pid in {process.pid, *_helpers(process.pid, profile)}:
+            try:
+                os.killpg(pid, sig) if pid == process.pid else os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            process.poll()
+            if process.returncode is not None and not _helpers(process.pid, profile):
+                return
+            time.sleep(0.05)
+    process.wait()
 
 
 def load_page(endpoint: str, path: Path, probe: str, *, width: int = 1280, timeout: float = 300) -> LoadedPage:

@@ -91,6 +91,34 @@ def test_verified_pid_needs_the_marker_and_a_live_process(tmp_path):
     assert verified_pid(None, marker) is None and verified_pid(-1, marker) is None
 
 
+def test_a_process_caught_between_exec_and_its_arguments_is_not_taken_for_dead(tmp_path, monkeypatch):
+    """Popen returns once the child's close-on-exec fds are closed, a moment before the kernel sets
+    up its new arguments: /proc/<pid>/cmdline reads empty then. CI once took such a just-started
+    server for a crash (a port clash counted as a failure, and the live process was orphaned)."""
+    marker = str(tmp_path / "w")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    try:
+        assert wait_until(lambda: read_cmdline(proc.pid) and marker in read_cmdline(proc.pid))
+        blank_reads = {"left": 5}
+        real_read_bytes = Path.read_bytes
+
+        def read_bytes(self):
+            if str(self) == f"/proc/{proc.pid}/cmdline" and blank_reads["left"] > 0:
+                blank_reads["left"] -= 1
+                return b""  # what the kernel shows mid-exec
+            return real_read_bytes(self)
+
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+        assert verified_pid(proc.pid, marker) == proc.pid
+        assert blank_reads["left"] == 0
+        # Scanning all of /proc does not wait: an empty command line there reads as gone.
+        blank_reads["left"] = 1
+        assert read_cmdline(proc.pid) is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_stop_process_refuses_a_pid_that_is_not_ours(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -19,31 +19,45 @@ from typing import Sequence
 LOOPBACK = "127.0.0.1"
 
 
-def read_cmdline(pid: int) -> list[str] | None:
-    """Arguments of a live, non-zombie process, or None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        # The state letter follows the ")" closing the command name.
-        if stat[stat.rindex(")") + 2] in "ZX":
-            _reap(pid)
+def read_cmdline(pid: int, *, settle: float = 0.0) -> list[str] | None:
+    """Arguments of a live, non-zombie process, or None when it is gone.
+
+    A live process shows an empty command line for a moment twice in its life: while it execs
+    (the kernel has closed its close-on-exec fds, which lets ``Popen`` return, but has not set up
+    the new arguments yet) and while it exits (its memory is released before it is a zombie).
+    With ``settle`` > 0 an empty command line is read again for up to that many seconds until the
+    process shows its arguments or ends; without it (scanning all of /proc, where kernel threads
+    never show any) it reads as gone.
+    """
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            # The state letter follows the ")" closing the command name.
+            if stat[stat.rindex(")") + 2] in "ZX":
+                _reap(pid)
+                return None
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError, PermissionError):
             return None
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError, PermissionError):
-        return None
-    if not raw:
-        return None
-    return raw.rstrip(b"\0").decode(errors="replace").split("\0")
+        if raw:
+            return raw.rstrip(b"\0").decode(errors="replace").split("\0")
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.005)
 
 
 def verified_pid(pid: int | None, marker: str) -> int | None:
     """``pid`` when that process is alive and its cmdline has the argument ``marker``, else None.
 
     ``marker`` is the process's working directory path, which appears verbatim as an argument of
-    each process we start, so it names exactly one of ours.
+    each process we start, so it names exactly one of ours. A process caught between exec and its
+    new arguments (just spawned) or between exit and zombie is read again for up to half a second,
+    so a server started a moment ago is not taken for one that died.
     """
     if not pid or pid <= 0:
         return None
-    args = read_cmdline(pid)
+    args = read_cmdline(pid, settle=0.5)
     if args is None or marker not in args:
         return None
     return pid
