@@ -65,18 +65,23 @@ def test_train_retrain_and_schedule(operator, objects):
     assert [r["modelVersion"] for r in mt["status"]["history"]] == [2, 1]
     assert mt["status"]["observedRetrainRequest"].endswith("fresh data")
 
-    # The schedule fires: a cron for one minute of the year, the first whole minute at least 90 s
-    # from now, so it fires once while the test runs (after the spec change's own run has started).
-    # The operator sleeps until nextScheduleTime: it is woken by the time, not by polling.
-    fire = (datetime.now(UTC) + timedelta(seconds=150)).replace(second=0, microsecond=0)
-    cron = f"{fire.minute} {fire.hour} {fire.day} {fire.month} *"
+    # The schedule fires: every minute, so the first whole minute after the spec change's own run
+    # (version 3) has finished fires version 4; a minute that comes while version 3 still runs is
+    # skipped (concurrencyPolicy Forbid) and the next one fires. The operator sleeps until
+    # nextScheduleTime: it is woken by the time, not by polling.
+    cron = "* * * * *"
+    patched = datetime.now(UTC).replace(microsecond=0)
     objects.patch("ModelTraining", "iris", {"spec": {"schedule": cron}})
     mt = objects.wait("ModelTraining", "iris", lambda o: o["status"].get("latestValidatedModel", {}).get("version") == 3
                       and finished(o), timeout=RUN_TIMEOUT, what="version 3 (spec change)")
-    assert mt["status"]["nextScheduleTime"] == f"{fire:%Y-%m-%dT%H:%M:%SZ}"
+    next_fire = datetime.strptime(mt["status"]["nextScheduleTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert next_fire.second == 0 and patched < next_fire <= datetime.now(UTC) + timedelta(seconds=60)
     mt = objects.wait("ModelTraining", "iris", lambda o: o["status"].get("latestValidatedModel", {}).get("version") == 4
-                      and finished(o), timeout=RUN_TIMEOUT + 150, what="version 4 (schedule)")
-    assert mt["status"]["latestRun"]["trigger"] == f"schedule {cron} at {fire:%Y-%m-%dT%H:%M:%SZ}"
+                      and finished(o), timeout=RUN_TIMEOUT + 60, what="version 4 (schedule)")
+    trigger = mt["status"]["latestRun"]["trigger"]
+    assert trigger.startswith(f"schedule {cron} at "), trigger
+    fired = datetime.strptime(trigger.rsplit(" at ", 1)[1], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert fired.second == 0 and fired > patched
     assert "-s2" in mt["status"]["latestRun"]["name"]
     runs = sorted(p.name for p in (operator.data_dir / "runs" / objects.namespace).iterdir())
     assert len(runs) == 4  # one run per trigger, no more
