@@ -79,9 +79,10 @@ def test_delete_releases_the_finalizer(operator, objects):
 
 def test_kopf_bookkeeping_lives_under_mlops_dev(operator, objects):
     objects.create(load_example("driftmonitor.yaml"))
-    obj = objects.wait("DriftMonitor", "iris", has_all_conditions)
-    annotations = obj["metadata"].get("annotations", {})
-    assert "mlops.dev/last-handled-configuration" in annotations
+    # kopf writes its annotation after the handler returns, so after the status may already show.
+    obj = objects.wait("DriftMonitor", "iris", lambda o: has_all_conditions(o) and "mlops.dev/last-handled-configuration"
+                       in o["metadata"].get("annotations", {}), what="conditions and kopf's last-handled annotation")
+    annotations = obj["metadata"]["annotations"]
     assert not [key for key in annotations if key.startswith("kopf.zalando.org")]
     assert obj["metadata"]["finalizers"] == ["mlops.dev/finalizer"]
 
