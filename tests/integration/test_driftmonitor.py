@@ -1,12 +1,14 @@
 """DriftMonitor on the local control plane, with the operator as a real process.
 
-The tests play the serving side themselves: a ModelDeployment whose status (stableVersion,
-stableUri) they patch through the status subresource, a model version directory with the
-training profile of iris (``build_profile``), and inference-log records written with the
-inference log's own writer into the operator's artifact root. The deployment's and the
-training's specs are deliberately unusable for their own reconcilers (an xgboost runtime on the
-local backend; backend kfp without a host), so those leave the objects alone: no model server,
-no training run, only the DriftMonitor at work.
+The serving side is real where it writes a status: the test publishes a model version (a tiny
+scikit-learn model with iris's training profile, ``build_profile``) into the operator's artifact
+root, and the operator serves it (ModelDeployment, backend local: a real MLServer behind the
+router) and writes the deployment's status (stableVersion, stableUri) that the monitor reads. The
+traffic is played: inference-log records written with the inference log's own writer into the
+deployment's log, so a test chooses the rows and the predictions (a model that answers class 0
+for everything, for concept drift). The training's spec is deliberately unusable for its own
+reconciler (backend kfp without a host: Invalid, no run): it is only the target of the retrain
+annotation.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pandas as pd
 import pytest
-from kube_support import condition, wait_until
 from sklearn.datasets import load_iris
 
+from integration.deployment_support import deployment_body, publish_model
+from kube_support import condition, wait_until
+from mlops_operator.backends import artifacts
 from mlops_operator.backends.serving_local.inference_log import InferenceLogWriter, LogEntry, inference_log_dir
 from mlops_operator.drift import build_profile
 
@@ -33,37 +38,55 @@ IRIS = load_iris(as_frame=True).frame
 FEATURES = [c for c in IRIS.columns if c != "target"]
 
 
-# ------------------------------------------------------------------ the serving side, played by the test
+# ------------------------------------------------------------------ the serving side
+
+SERVE_TIMEOUT = 90  # a model server start, on a busy two-core machine
 
 
 class Serving:
-    """A model version on disk, a ModelDeployment with a patched status, and its inference log."""
+    """A model version in the operator's artifact root, a ModelDeployment the operator serves, and
+    the deployment's inference log."""
 
     def __init__(self, objects, operator, name: str = "iris"):
         self.objects = objects
         self.operator = operator
         self.name = name
         self.root = operator.data_dir / "artifacts"
+        self.root_uri = self.root.resolve().as_uri()
         self.log_dir = Path(inference_log_dir(self.root, objects.namespace, name))
         self.clock = datetime.now(UTC)
 
-    def publish_version(self, version: str = "1", metrics: dict[str, float] | None = None) -> str:
-        directory = self.root / "models" / self.objects.namespace / self.name / version
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "profile.json").write_text(json.dumps(build_profile(IRIS, exclude=("target",))))
-        (directory / "metrics.json").write_text(json.dumps(metrics or {"accuracy": 0.96, "f1": 0.96}))
-        return directory.resolve().as_uri()
+    def publish_version(self, accuracy: float = 0.96, profile: bool = True) -> dict[str, Any]:
+        """The next version of the model, with iris's training profile (an empty, unusable one
+        without ``profile``), as a training run publishes it."""
+        return publish_model(self.root_uri, self.objects.namespace, accuracy=accuracy,
+                             profile=build_profile(IRIS, exclude=("target",)) if profile else None)
 
-    def create_deployment(self) -> None:
-        self.objects.create({
-            "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": self.name},
-            "spec": {"model": {"uri": "file:///nowhere/iris/1", "version": "1"}, "runtime": "xgboost",
-                     "backend": "local"},
-        })
+    def add_profile(self, version: int) -> None:
+        """Write iris's training profile into a version published without one."""
+        uri = artifacts.file_uri(self.root_uri, self.objects.namespace, self.name, version, artifacts.PROFILE_FILE)
+        Path(urlparse(uri).path).write_text(json.dumps(build_profile(IRIS, exclude=("target",))))
 
-    def serve(self, version: str, uri: str) -> None:
-        self.objects.patch_status("ModelDeployment", self.name, {"status": {"stableVersion": version,
-                                                                           "stableUri": uri}})
+    def create_deployment(self, version: int = 1) -> None:
+        """A ModelDeployment (backend local) of ``version``, which need not be published yet."""
+        uri = artifacts.model_uri(self.root_uri, self.objects.namespace, self.name, version)
+        self.objects.create(deployment_body(self.name, {"uri": uri, "version": str(version)}, {"strategy": "direct"},
+                                            backend="local"))
+
+    def wait_served(self, version: int = 1) -> dict[str, Any]:
+        """The operator serves ``version``: its status names it stable."""
+        def served(obj):
+            status = obj.get("status") or {}
+            return (status.get("stableVersion") == str(version) and status.get("stableUri")
+                    and (condition(obj, "Ready") or {}).get("status") == "True")
+        return self.objects.wait("ModelDeployment", self.name, served, timeout=SERVE_TIMEOUT,
+                                 what=f"version {version} served by the operator")
+
+    def serve(self, accuracy: float = 0.96) -> dict[str, Any]:
+        """Publish version 1, deploy it and wait until the operator serves it; the deployment's status."""
+        info = self.publish_version(accuracy=accuracy)
+        self.create_deployment(info["version"])
+        return self.wait_served(info["version"])["status"]
 
     def send(self, rows: pd.DataFrame, predictions: list[int] | None = None, version: str = "1") -> list[str]:
         """Log one single-row request per row, newer than everything logged before; return the ids."""
@@ -147,8 +170,7 @@ def serving(objects, operator) -> Serving:
 
 def test_no_drift_then_drift_requests_a_retrain_once_within_the_cooldown(objects, operator, serving):
     create_training(objects)
-    serving.create_deployment()
-    serving.serve("1", serving.publish_version("1"))
+    serving.serve()
     serving.send(normal_traffic())
     create_monitor(objects, onDrift={"retrain": {"trainingRef": {"name": "iris"}, "cooldown": "1h",
                                                  "maxPerDay": 3}})
@@ -218,8 +240,7 @@ def test_drift_report_on_a_changed_verdict_and_on_request(objects, operator, ser
 
     from mlops_operator import cli
 
-    serving.create_deployment()
-    serving.serve("1", serving.publish_version("1"))
+    serving.serve()
     serving.send(normal_traffic())
     create_monitor(objects, interval="1h")
 
@@ -252,8 +273,7 @@ def test_drift_report_on_a_changed_verdict_and_on_request(objects, operator, ser
 
 def test_too_few_samples_is_insufficient_data(objects, operator, serving):
     create_training(objects)
-    serving.create_deployment()
-    serving.serve("1", serving.publish_version("1"))
+    serving.serve()
     serving.send(shifted_traffic(n=40))
     create_monitor(objects, onDrift={"retrain": {"trainingRef": {"name": "iris"}}})
 
@@ -283,17 +303,19 @@ def test_missing_deployment_model_reference_and_log_are_reported_then_recovered(
     assert obj["status"]["phase"] == "Error" and condition(obj, "Ready")["status"] == "False"
     assert condition(obj, "DriftDetected")["status"] == "Unknown"
 
-    serving.create_deployment()
+    # A deployment of a version not published yet: the operator serves nothing (ModelUnavailable).
+    serving.create_deployment(1)
     obj = objects.wait("DriftMonitor", "iris", ready_reason("NoServedModel"), timeout=backoff, what="NoServedModel")
     assert obj["status"]["phase"] == "Pending"  # waiting, not failing: it resolves by itself
 
-    uri = (serving.root / "models" / objects.namespace / "iris" / "1").resolve().as_uri()
-    serving.serve("1", uri)
+    # The version appears without a training profile; the operator serves it.
+    assert serving.publish_version(profile=False)["version"] == 1
+    serving.wait_served(1)
     obj = objects.wait("DriftMonitor", "iris", ready_reason("ReferenceUnavailable"), timeout=backoff,
                        what="ReferenceUnavailable")
     assert "profile.json" in condition(obj, "Ready")["message"]
 
-    serving.publish_version("1")
+    serving.add_profile(1)
     obj = objects.wait("DriftMonitor", "iris", ready_reason("NoRequestsYet"), timeout=backoff, what="NoRequestsYet")
     assert obj["status"]["phase"] == "Pending"
 
@@ -305,8 +327,7 @@ def test_missing_deployment_model_reference_and_log_are_reported_then_recovered(
 
 
 def test_ground_truth_labels_reveal_concept_drift(objects, operator, serving):
-    serving.create_deployment()
-    serving.serve("1", serving.publish_version("1", metrics={"accuracy": 0.96}))
+    serving.serve(accuracy=0.96)
     rows = normal_traffic(n=200, seed=4)
     # The inputs look like training data, but the model answers class 0 for everything.
     ids = serving.send(rows, predictions=[0] * len(rows))
@@ -351,8 +372,7 @@ def test_seldon_request_logger_events_feed_the_monitor(objects, operator_with_si
 
     operator, sink_url = operator_with_sink
     serving = Serving(objects, operator)
-    serving.create_deployment()
-    serving.serve("1", serving.publish_version("1"))
+    serving.serve()
     create_monitor(objects)
     url = logger_url(sink_url, objects.namespace, "iris", "stable", "1")
     rows = shifted_traffic(n=120, seed=5)

@@ -2,8 +2,9 @@
 control plane, real MLServer processes behind the router, real V2 inference requests.
 
 Model versions are tiny scikit-learn models published straight into the operator's artifact root
-(what a ModelTraining run does, without the pipeline). MLServer takes ~5-10 s to start on two
-cores, so each test starts as few model servers as it can.
+(what a ModelTraining run does, without the pipeline), except where a deployment follows a
+ModelTraining: the operator trains that one (backend local) and writes its status. MLServer takes
+~5-10 s to start on two cores, so each test starts as few model servers as it can.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 KIND = "ModelDeployment"
 SERVE_TIMEOUT = 90  # a model server start, on a busy two-core machine
+TRAIN_TIMEOUT = 400  # a local training run (kfp.local), generous: CI shares 2 cores with the control plane
+# A ModelTraining the operator trains with the local backend (kfp.local: seconds of work per run).
+TRAINING = {"apiVersion": "mlops.dev/v1alpha1", "kind": "ModelTraining", "metadata": {"name": "iris"},
+            "spec": {"model": "iris", "dataset": {"uri": "sklearn://iris", "target": "target"}, "backend": "local",
+                     "training": {"estimator": "RandomForestClassifier", "parameters": {"n_estimators": 20}}}}
+
+
+def validated(objects, version: int) -> dict:
+    """The ModelTraining's latestValidatedModel, once the operator has recorded ``version`` there."""
+    return objects.wait("ModelTraining", "iris",
+                        lambda o: (o.get("status") or {}).get("latestValidatedModel", {}).get("version") == version,
+                        timeout=30, what=f"validated version {version}")["status"]["latestValidatedModel"]
 
 
 def artifact_root(operator: OperatorProcess) -> str:
@@ -206,27 +219,23 @@ def test_manual_approval_gate(objects, operator, namespace, kubeconfig):
 
 
 def test_follows_training_and_survives_operator_restarts(objects, operator, namespace, kubeconfig):
-    """fromTraining follows status.latestValidatedModel; a restarted operator adopts the servers,
-    and one that finds a deployment gone stops its servers."""
-    root = artifact_root(operator)
-    v1, v2 = publish_model(root, namespace), publish_model(root, namespace, c=0.1)
-    # A ModelTraining that never runs (backend kfp without a host is refused): the test plays its status.
-    objects.create({"apiVersion": "mlops.dev/v1alpha1", "kind": "ModelTraining", "metadata": {"name": "iris"},
-                    "spec": {"model": "iris", "dataset": {"uri": "sklearn://iris", "target": "target"},
-                             "backend": "kfp"}})
+    """fromTraining follows status.latestValidatedModel of a ModelTraining the operator trains; a
+    restarted operator adopts the servers, and one that finds a deployment gone stops its servers."""
+    objects.create(TRAINING)
     objects.create(deployment_body("follower", {"fromTraining": "iris"}, {"strategy": "direct"}))
     obj = objects.wait(KIND, "follower", lambda o: condition(o, "Ready").get("reason") == "WaitingForModel",
                        timeout=30, what="waiting for a validated model")
     assert condition(obj, "Degraded")["status"] == "False"
 
-    def validated(info):
-        objects.patch_status("ModelTraining", "iris", {"status": {"latestValidatedModel": {
-            "version": info["version"], "uri": info["uri"], "metrics": {"accuracy": 0.95}}}})
-
-    validated(v1)
-    obj = objects.wait(KIND, "follower", ready_with("1"), timeout=SERVE_TIMEOUT, what="version 1 from training")
-    validated(v2)
-    obj = objects.wait(KIND, "follower", ready_with("2"), timeout=SERVE_TIMEOUT, what="version 2 from training")
+    obj = objects.wait(KIND, "follower", ready_with("1"), timeout=TRAIN_TIMEOUT + SERVE_TIMEOUT,
+                       what="version 1 from training")
+    assert obj["status"]["stableUri"] == validated(objects, 1)["uri"]
+    # A retrain request: the operator trains version 2, and the deployment follows it.
+    objects.patch("ModelTraining", "iris", {"metadata": {"annotations": {
+        "mlops.dev/retrain-requested": "2026-11-29T00:00:00Z by a test: version 2"}}})
+    obj = objects.wait(KIND, "follower", ready_with("2"), timeout=TRAIN_TIMEOUT + SERVE_TIMEOUT,
+                       what="version 2 from training")
+    assert obj["status"]["stableUri"] == validated(objects, 2)["uri"]
     endpoint = obj["status"]["endpoint"]
     pids = recorded_pids(operator.data_dir, namespace, "follower")
     assert sorted(pids) == ["model-v2", "router"]
