@@ -28,8 +28,10 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.backends import training_local
 from mlops_operator.components import evaluate, extract, split, stages, train
+from mlops_operator.reconcile import modeltraining
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STEP_START = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - Executing task '([\w-]+)'")
@@ -71,10 +73,13 @@ def same_steps(dataset: str, estimators: int, seed: int, data_dir: Path) -> tupl
 
 def pipeline(dataset: str, estimators: int, seed: int, data_dir: Path) -> tuple[float, training_local.RunStatus]:
     """Through the local backend, from submit to the final state."""
-    request = {"parameters": {
-        "dataset_uri": f"sklearn://{dataset}", "target": "target", "model_name": "bench",
-        "estimator": "RandomForestClassifier", "estimator_params": {"n_estimators": estimators}, "seed": seed,
-    }}
+    # The parameters the operator passes for such a ModelTraining (one source: reconcile.modeltraining).
+    spec = ModelTrainingSpec.model_validate({
+        "model": "bench", "dataset": {"uri": f"sklearn://{dataset}", "target": "target"},
+        "training": {"estimator": "RandomForestClassifier", "parameters": {"n_estimators": estimators}, "seed": seed},
+    })
+    artifact_root = (data_dir / "artifacts").resolve().as_uri()
+    request = {"parameters": modeltraining.pipeline_parameters(spec, "bench", artifact_root, None)}
     started = time.perf_counter()
     status = training_local.submit("bench-run", request, data_dir)
     deadline = started + 600

@@ -15,6 +15,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+import yaml
 
 from mlops_operator.backends import artifacts
 from mlops_operator.backends import training_local as tl
@@ -277,10 +278,9 @@ def test_cancel_a_running_run_kills_its_steps(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "Quarantined for issue #15: in one of four clean-clone CI runs on 2026-11-29 the run ended FAILED because the "
-    "train-model task process aborted at interpreter exit ('terminate called without an active exception') after "
-    "it had written its outputs; the cause (a native library's thread at exit) is not found yet."))
+# Once quarantined (issue #15): a train-model task process aborted at interpreter exit ('terminate
+# called without an active exception', a native library's thread) after writing its outputs. Tasks
+# now run in forked children of the runner that leave with os._exit: no interpreter shutdown.
 def test_run_survives_the_death_of_the_process_that_submitted_it(tmp_path: Path) -> None:
     # A stand-in operator submits the run and is then killed: the detached runner carries on, and a
     # fresh process (this one) follows it to the end from the run dir alone.
@@ -352,3 +352,26 @@ def test_the_runner_runs_the_pipeline_again_on_failure_up_to_spec_retries(
         assert ("attempt 3 of 3" in final["message"]) == (calls == 3)
     else:
         assert final["outputs"] == {"model_version": 1}
+
+
+def test_the_compiled_tasks_run_forked_from_the_warm_runner() -> None:
+    """Both tasks of the built-in pipeline have exactly the command the runner forks instead of
+    starting a new interpreter (if kfp changed its script they would silently run slow again)."""
+    from mlops_operator.backends.training_runner import forkable
+
+    package = yaml.safe_load((REPO_ROOT / "pipelines" / "tabular.yaml").read_text())
+    executors = package["deploymentSpec"]["executors"]
+    assert len(executors) == 2
+    for executor in executors.values():
+        container = executor["container"]
+        # kfp.local runs command + args, with 'python3' replaced by this interpreter.
+        full = [part.replace("python3", sys.executable) for part in container["command"]] + container["args"]
+        full[3] = container["command"][3]  # the component's own source keeps its text
+        parsed = forkable(full)
+        assert parsed is not None, container["command"][2]
+        source, arguments = parsed
+        assert "def " in source and "--executor_input" in arguments and "--function_to_execute" in arguments
+    # Anything else runs as kfp.local starts it: a container component, or a script that installs packages.
+    assert forkable(["python3", "-m", "kfp.dsl.executor_main", "--executor_input", "{}"]) is None
+    script = container["command"][2]
+    assert forkable(["sh", "-ec", "python3 -m pip install pandas && " + script, "src"]) is None

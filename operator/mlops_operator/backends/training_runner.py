@@ -5,12 +5,25 @@ Started by ``training_local.submit``. Reads ``request.json``, runs the compiled 
 packages) with ``pipeline_root`` inside the run dir, and writes the final ``state.json``: the
 pipeline outputs on success; on failure the failing step's reason (from ``step-error.json``, else
 from a ``<Reason>: ...`` line in the log), else PipelineFailed.
+
+Each task of a lightweight Python component runs in a process forked from this one, after it has
+imported the built-in steps' libraries once (pandas, pyarrow, scikit-learn, scipy), instead of a
+fresh interpreter that imports them again: about 3 s of imports per task was most of a small
+run's time (``benchmarks/training_bench.py``). The forked task runs exactly what kfp.local's
+command would (``kfp.dsl.executor_main`` on the component's source, same arguments), writes to the
+same log, stays in the runner's process group (a cancel stops it with the runner) and leaves with
+``os._exit`` (no interpreter shutdown: a native library's thread at exit once aborted a finished
+task). A task whose command is anything else (a container component, ``packages_to_install``)
+runs as kfp.local starts it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
+import tempfile
 import traceback
 import warnings
 from pathlib import Path
@@ -27,8 +40,6 @@ _MAX_MESSAGE = 3000
 
 def run(directory: Path) -> int:
     """Execute the run in ``directory``; return the process exit code (0 on success)."""
-    import os
-
     request = json.loads((directory / tl.REQUEST_FILE).read_text())
     previous = tl._read_json(directory / tl.STATE_FILE) or {}
     if (directory / tl.CANCEL_FILE).exists() or previous.get("state") in tl.FINAL_STATES:
@@ -81,11 +92,83 @@ def failure_reason(directory: Path, err: BaseException) -> tuple[str, str]:
     return tl.REASON_PIPELINE_FAILED, f"{type(err).__name__}: {err}"
 
 
+# What the built-in steps import (each stage imports its own steps lazily): imported once here,
+# before the first task is forked.
+PRELOAD = ("mlops_operator.components.extract", "mlops_operator.components.validate_data",
+           "mlops_operator.components.split", "mlops_operator.components.train",
+           "mlops_operator.components.evaluate", "mlops_operator.components.gate",
+           "mlops_operator.components.export", "pyarrow.parquet", "sklearn.ensemble", "sklearn.linear_model")
+
+# The shell script kfp compiles for a lightweight Python component (kfp.dsl.component_factory):
+# write the source ($0) to a temporary module, then run the executor on it with the arguments ($@).
+_EXECUTOR_SCRIPT = re.compile(
+    r'^program_path=\$\(mktemp -d\)\s+printf "%s" "\$0" > "\$program_path/ephemeral_component.py"\s+'
+    r'_KFP_RUNTIME=true \S+ -m kfp\.dsl\.executor_main\s+--component_module_path\s+'
+    r'"\$program_path/ephemeral_component.py"\s+"\$@"\s*$')
+
+
+def forkable(full_command: list[str]) -> tuple[str, list[str]] | None:
+    """(component source, executor arguments) when ``full_command`` is exactly kfp's lightweight
+    component command, else None (run it as kfp.local would)."""
+    if len(full_command) < 4 or full_command[:2] != ["sh", "-ec"] or not _EXECUTOR_SCRIPT.match(full_command[2]):
+        return None
+    return full_command[3], list(full_command[4:])
+
+
+def run_task(full_command: list[str]) -> int:
+    """kfp.local's ``run_local_subprocess``: a lightweight component's task in a forked child of this
+    (warm) process; anything else in a subprocess as kfp.local runs it. Returns the exit code."""
+    parsed = forkable(full_command)
+    if parsed is None:
+        return _original_run_local_subprocess(full_command=full_command)
+    source, arguments = parsed
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the task
+        code = 1
+        try:
+            program_path = Path(tempfile.mkdtemp())
+            module = program_path / "ephemeral_component.py"
+            module.write_text(source)
+            os.environ["_KFP_RUNTIME"] = "true"
+            sys.argv = ["executor_main", "--component_module_path", str(module), *arguments]
+            from kfp.dsl import executor_main
+
+            executor_main.executor_main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        except BaseException:  # noqa: BLE001 - the task's failure goes to the log, as a process's would
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print("\n", flush=True)  # as kfp.local separates a task's output
+    return os.waitstatus_to_exitcode(status)
+
+
+_original_run_local_subprocess: Any = None
+
+
 def _run_pipeline(package: Path, arguments: dict[str, Any], pipeline_root: Path) -> dict[str, Any]:
+    global _original_run_local_subprocess
+    import importlib
+
     from kfp import components, local
+    from kfp.local import subprocess_task_handler
 
     # The components name the operator image as their base image; locally that is this interpreter.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+    for name in PRELOAD:
+        importlib.import_module(name)
+    if _original_run_local_subprocess is None:
+        _original_run_local_subprocess = subprocess_task_handler.run_local_subprocess
+        subprocess_task_handler.run_local_subprocess = run_task
     pipeline_root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     pipeline = components.load_component_from_file(str(package))
@@ -107,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m mlops_operator.backends.training_runner RUN_DIR", file=sys.stderr)
         return 2
+    # kfp's package imports its client (and with it the Kubernetes client) unless _KFP_RUNTIME is
+    # set, as kfp sets it in a task; running a compiled pipeline needs none of it (0.6 s of a run's
+    # start-up). Under _KFP_RUNTIME, kfp.dsl.component_factory must be imported before
+    # kfp.components, or kfp's own import cycle (base_component <-> component_factory) breaks.
+    os.environ["_KFP_RUNTIME"] = "true"
+    import kfp.dsl.component_factory  # noqa: F401
+
     return run(Path(args[0]))
 
 
