@@ -62,7 +62,8 @@ DEFAULT_CONTROLLERS = (
 )
 
 # What the node (``up --node``) needs on top: node lifecycle (else the not-ready taint stays),
-# EndpointSlices (else Services have no endpoints), Deployments/ReplicaSets (the chart), Pod GC.
+# EndpointSlices (else Services have no endpoints), Deployments/ReplicaSets (the chart), Pod GC, Jobs
+# and their TTL (ModelTraining backend job).
 NODE_CONTROLLERS = (
     "node-lifecycle-controller",
     "endpointslice-controller",
@@ -70,6 +71,8 @@ NODE_CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
     "pod-garbage-collector-controller",
+    "job-controller",
+    "ttl-after-finished-controller",
 )
 
 # Order matters: started in this order, stopped in reverse.

@@ -53,12 +53,12 @@ class Settings(BaseSettings):
     kfp_service_account: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
     """Kubernetes service account the pods of KFP runs use; default the KFP profile's."""
     training_image: str | None = Field(None, pattern=r"^[^\s@]+(@sha256:[0-9a-f]{64})?$")
-    """Image the built-in pipeline's steps run in on KFP; default the operator's own image and version,
+    """Image the built-in pipeline's steps run in on KFP, and backend job's Jobs; default the operator's own image and version,
     `ghcr.io/mlops-operator/mlops-operator:<version>` (the chart sets the image it deploys)."""
     local_training_in_pod: bool = False
     """Allow backend local training when the operator runs in a Pod (KUBERNETES_SERVICE_HOST set): the runs
     then share the operator Pod's CPU and memory and are lost when it restarts. Off: such a ModelTraining is
-    InvalidSpec (use backend kfp). Outside a Pod local training is always allowed."""
+    InvalidSpec (use backend job or kfp). Outside a Pod local training is always allowed."""
     prometheus_url: str | None = None
     """Default Prometheus for rollout analysis; without it the analysis reads the router's statistics."""
     seldon_routing: Literal["none", "istio", "ambassador"] = "none"

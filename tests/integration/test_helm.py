@@ -231,12 +231,16 @@ def rbac_matrix(kube_api, user: str, namespace: str) -> dict[str, bool]:
         "list secrets": ("list", "secrets", namespace),
         "watch secrets": ("watch", "secrets", namespace),
         "create pods": ("create", "pods", namespace),
+        "list pods": ("list", "pods", namespace),
+        "get pods/log": ("get", "pods", namespace, "", "log"),
         "list crds": ("list", "customresourcedefinitions", None, "apiextensions.k8s.io"),
         "watch crds": ("watch", "customresourcedefinitions", None, "apiextensions.k8s.io"),
         "create crds": ("create", "customresourcedefinitions", None, "apiextensions.k8s.io"),
         "list namespaces": ("list", "namespaces", None),
         "watch namespaces": ("watch", "namespaces", None),
     })
+    for verb in ("get", "list", "create", "patch", "delete", "update", "watch"):
+        checks[f"{verb} jobs"] = (verb, "jobs", namespace, "batch")
     for verb in ("get", "list", "create", "patch", "delete", "update", "watch"):
         checks[f"{verb} seldondeployments"] = (verb, "seldondeployments", namespace, "machinelearning.seldon.io")
     return {key: can(kube_api, user, *args) for key, args in checks.items()}
@@ -250,6 +254,8 @@ def expected_operator_rights(scanning_namespaces: bool) -> set[str]:
     allowed |= {"update modeldeployments/finalizers", "create events", "get configmaps", "get secrets",
                 "get secrets/kfp-token", "list crds", "watch crds"}
     allowed |= {f"{verb} seldondeployments" for verb in ("get", "list", "watch", "create", "patch", "delete")}
+    allowed |= {"list pods"}  # backend seldon's failing container, backend job's termination message
+    allowed |= {f"{verb} jobs" for verb in ("get", "create", "delete")}  # training backend job
     if scanning_namespaces:
         allowed |= {"list namespaces", "watch namespaces"}
     return allowed

@@ -149,7 +149,7 @@ def test_local_training_inside_an_operator_pod_is_refused(kubeconfig, namespace,
         succeeded = condition(mt, "Succeeded")
         assert (succeeded["status"], succeeded["reason"]) == ("False", "InvalidSpec")
         assert "inside the operator's Pod" in succeeded["message"]
-        assert "MLOPS_LOCAL_TRAINING_IN_POD" in succeeded["message"]
+        assert "MLOPS_LOCAL_TRAINING_IN_POD" in succeeded["message"] and "use backend job" in succeeded["message"]
         assert "latestRun" not in mt["status"]
         assert not (process.data_dir / "runs").exists()
         objects.delete_all()

@@ -108,7 +108,7 @@ def test_optional_fields_are_not_nullable_and_not_required():
 
 def test_defaults_enums_bounds_and_rules_reach_the_schema():
     spec = schema_of(KINDS[0])["properties"]["spec"]
-    assert spec["properties"]["backend"]["enum"] == ["local", "kfp"]
+    assert spec["properties"]["backend"]["enum"] == ["local", "kfp", "job"]
     assert spec["properties"]["backend"]["default"] == "local"
     test_size = spec["properties"]["training"]["properties"]["testSize"]
     assert test_size["minimum"] == 0 and test_size["exclusiveMinimum"] is True

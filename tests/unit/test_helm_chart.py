@@ -231,7 +231,10 @@ OPERATOR_GRANTS = (
     | {("mlops.dev", "modeldeployments/finalizers", "update"), ("", "events", "create"), ("", "configmaps", "get"),
        ("", "secrets", "get")}
     | {("machinelearning.seldon.io", "seldondeployments", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")}
-    | {("", "pods", "list")}  # backend seldon: the failing container's reason when Seldon's message is generic
+    # backend seldon: the failing container's reason when Seldon's message is generic; backend job: the
+    # failed run's termination message
+    | {("", "pods", "list")}
+    | {("batch", "jobs", verb) for verb in ("get", "create", "delete")}  # training backend job
     # backend seldon without a mesh: the routing Service named like the ModelDeployment
     | {("", "services", verb) for verb in ("get", "create", "patch", "delete")}
 )
@@ -280,9 +283,10 @@ def test_secrets_are_never_listed_and_can_be_narrowed() -> None:
     narrowed = rules_of(render("--set", "rbac.secrets.names={kfp-token}"), "ClusterRole")
     (secret_rule,) = [rule for rule in narrowed if "secrets" in rule["resources"]]
     assert secret_rule["resourceNames"] == ["kfp-token"]
-    without = grants(rules_of(render("--set", "rbac.secrets.enabled=false", "--set", "rbac.seldon=false"),
+    without = grants(rules_of(render("--set", "rbac.secrets.enabled=false", "--set", "rbac.seldon=false",
+                                     "--set", "rbac.trainingJobs=false"),
                               "ClusterRole"))
-    assert not {g for g in without if g[1] in ("secrets", "seldondeployments", "pods")}
+    assert not {g for g in without if g[1] in ("secrets", "seldondeployments", "pods", "jobs")}
     assert not [d for d in render("--set", "rbac.scanning=false") if d["metadata"]["name"].endswith("-scanning")]
     assert not of_kind(render("--set", "rbac.create=false"), "ClusterRole")
 

@@ -85,6 +85,16 @@ uses; README.md "RBAC" says which.
   {{- end }}
   verbs: [get]
 {{- end }}
+{{- if .Values.rbac.trainingJobs }}
+# ModelTraining backend job: one Job per run, created (or found again by its name), read and deleted
+# (cancel, Replace, timeout); its Pods are listed for the failed run's termination message and start time.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, create, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+{{- end }}
 {{- if .Values.rbac.seldon }}
 # ModelDeployment backend seldon: one SeldonDeployment per ModelDeployment, read, created, patched and
 # deleted by name;

@@ -322,8 +322,10 @@ class ModelTrainingSpec(Model):
     """The model validation gate."""
     pipeline: PipelineSource = Field(default_factory=PipelineSource)
     """Which compiled KFP pipeline runs (default: the built-in tabular template)."""
-    backend: Literal["local", "kfp"] = "local"
-    """Where runs execute: local (kfp.local, no cluster services) or kfp (a Kubeflow Pipelines API)."""
+    backend: Literal["local", "kfp", "job"] = "local"
+    """Where runs execute: local (kfp.local beside the operator, no cluster services), kfp (a Kubeflow
+    Pipelines API) or job (the same compiled pipeline through kfp.local inside a Kubernetes Job per run,
+    in the operator's image; needs an object-storage artifact root such as s3://)."""
     kfp: KfpBackend | None = None
     """KFP API connection; only with backend kfp."""
     schedule: str | None = Field(None, max_length=128, pattern=CRON_PATTERN)
@@ -335,21 +337,30 @@ class ModelTrainingSpec(Model):
     history_limit: int = Field(10, ge=1, le=10)
     """How many finished runs status.history keeps."""
     resources: TrainingResources | None = None
-    """CPU, memory and GPUs of each step's container. Backend kfp (in the pipeline spec); backend
-    local runs the steps as processes beside the operator, which has no per-step resources."""
+    """CPU, memory and GPUs of each step's container. Backend kfp (in the pipeline spec); backend job:
+    the Job's one container, which runs every step; backend local runs the steps as processes beside
+    the operator, which has no per-step resources."""
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(None, max_length=64)
     """Node labels the step Pods must run on (e.g. a GPU node pool). Backend kfp (KFP's Kubernetes
-    platform spec, as kfp-kubernetes writes it)."""
+    platform spec, as kfp-kubernetes writes it) and job (the Job's Pod)."""
     tolerations: list[Toleration] | None = Field(None, max_length=32)
     """Taints the step Pods tolerate (e.g. nvidia.com/gpu on GPU nodes). Backend kfp (KFP's
-    Kubernetes platform spec, as kfp-kubernetes writes it)."""
+    Kubernetes platform spec, as kfp-kubernetes writes it) and job (the Job's Pod)."""
     timeout: str | None = Field(None, max_length=32, pattern=DURATION)
     """Longest a run may take from its start (e.g. 30m, 2h, 1d): a run still active then is stopped
-    and fails with reason DeadlineExceeded. Both backends."""
+    and fails with reason DeadlineExceeded. Every backend; backend job also sets it as the Job's
+    activeDeadlineSeconds, so Kubernetes stops the Pod even while the operator is down."""
     retries: int = Field(0, ge=0, le=10)
     """How often a failed run is tried again. Backend kfp: each step is retried this many times (KFP
     retry policy, backoff from 0 s doubling up to 1 h); backend local: the whole pipeline is run again,
-    except after InvalidSpec or DataValidationFailed, which a retry cannot change."""
+    except after InvalidSpec or DataValidationFailed, which a retry cannot change; backend job: the
+    Job's backoffLimit (a new Pod runs the whole pipeline again), with the same two exceptions (a Pod
+    failure policy fails the Job at once)."""
+    storage_secret_name: str | None = Field(None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Backend job: a Secret in this namespace with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and
+    optionally AWS_SESSION_TOKEN) for the artifact root; the Job's Pod references its keys
+    (secretKeyRef), the operator never copies them. Not needed with an IAM-bound service account
+    (IRSA)."""
     caching: bool = False
     """Let KFP reuse a step's earlier result for the same inputs (backend kfp). Off by default: a run
     on the same dataset URI must read the data again. kfp.local does not cache."""
@@ -369,11 +380,16 @@ class ModelTrainingSpec(Model):
                     "fieldPath": ".pipeline",
                 },
                 {
-                    "rule": "self.backend == 'kfp' || (!has(self.resources) && !has(self.nodeSelector) && "
+                    "rule": "self.backend in ['kfp', 'job'] || (!has(self.resources) && !has(self.nodeSelector) && "
                     "!has(self.tolerations))",
-                    "message": "resources, nodeSelector and tolerations apply to the step Pods of backend kfp; "
+                    "message": "resources, nodeSelector and tolerations apply to the Pods of backends kfp and job; "
                     "backend local runs the steps as processes beside the operator",
                     "fieldPath": ".backend",
+                },
+                {
+                    "rule": "!has(self.storageSecretName) || self.backend == 'job'",
+                    "message": "spec.storageSecretName is only valid with backend: job",
+                    "fieldPath": ".storageSecretName",
                 },
                 {
                     "rule": "self.backend == 'kfp' || !self.caching",
@@ -381,8 +397,8 @@ class ModelTrainingSpec(Model):
                     "fieldPath": ".caching",
                 },
                 {
-                    "rule": "!has(self.schedule) || self.backend in ['local', 'kfp']",
-                    "message": "spec.schedule needs a backend that can schedule runs (local or kfp)",
+                    "rule": "!has(self.schedule) || self.backend in ['local', 'kfp', 'job']",
+                    "message": "spec.schedule needs a backend that can schedule runs (local, kfp or job)",
                     "fieldPath": ".schedule",
                 },
             ]
@@ -469,7 +485,7 @@ class RunRecord(Model):
     state: Literal["Pending", "Running", "Succeeded", "Failed", "Canceled"]
     """State of the run."""
     backend_run_id: str | None = Field(None, max_length=253)
-    """The run's id in the backend (KFP run id, or the local run directory name)."""
+    """The run's id in the backend (KFP run id, the local run directory name, or the Job's name)."""
     started: str | None = None
     """When the run started (RFC 3339)."""
     finished: str | None = None

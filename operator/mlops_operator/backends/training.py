@@ -9,6 +9,9 @@ turns its own run states into the API's ``RunRecord`` (``reconcile.modeltraining
 - ``kfp`` (:class:`KfpTraining`): a Kubeflow Pipelines v2 API (``training_kfp``); ``spec.schedule``
   is a KFP recurring run, whose fires the backend reads back as runs, each with its own name and
   model version.
+- ``job`` (:class:`JobTraining`): the same compiled pipeline through kfp.local inside one Kubernetes
+  Job per run (``reconcile.trainingjob``, ``training_job``), for clusters without KFP; the operator
+  fires ``spec.schedule`` itself, as for ``local``.
 
 A new backend implements :class:`TrainingBackend` and registers its class in :data:`BACKENDS`; the
 handler does not change. All methods are async and never block the event loop (the synchronous
@@ -26,9 +29,9 @@ from typing import Any, ClassVar, Protocol
 
 from mlops_operator.api.errors import STEP_REASONS, Failure, InvalidSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RunRecord
-from mlops_operator.backends import (artifacts, kube, pipeline_package, storage_credentials, training_kfp, training_local,
-                                    uri_policy)
-from mlops_operator.reconcile import modeltraining
+from mlops_operator.backends import (artifacts, kube, pipeline_package, storage_credentials, training_job, training_kfp,
+                                    training_local, uri_policy)
+from mlops_operator.reconcile import modeltraining, trainingjob
 from mlops_operator.settings import Settings
 
 @dataclass(frozen=True)
@@ -199,18 +202,8 @@ class KfpTraining:
                                        Path(self.settings.data_dir) / "pipelines")
 
     def _outputs(self, run_name: str) -> dict[str, Any]:
-        """KFP does not return a run's output parameters through its run API; the export step wrote
-        the version to the shared artifact store under a claim keyed by the run name."""
-        root = self.settings.artifact_root_uri
-        version = artifacts.version_for_run(root, self.namespace, self.spec.model, run_name)
-        if version is None or not artifacts.is_complete(root, self.namespace, self.spec.model, version):
-            return {}
-        info = artifacts.read_model_version(root, self.namespace, self.spec.model, version)
-        return {"model_version": version, "model_uri": info["uri"], "metrics": info["metrics"],
-                "validated": info["validated"], "validation_reasons": info["validationReasons"],
-                "profile_uri": info["profileUri"],
-                "dataset_digest": (info["lineage"].get("dataset") or {}).get("digest"),
-                "sources": info["lineage"].get("sources"), "comparison": info["lineage"].get("comparison")}
+        """KFP does not return a run's output parameters through its run API: read from the artifact store."""
+        return stored_outputs(self.settings.artifact_root_uri, self.namespace, self.spec.model, run_name)
 
     @staticmethod
     def _record(run: training_kfp.KfpRun, name: str, trigger: str, outputs: dict[str, Any]) -> RunRecord:
@@ -298,6 +291,162 @@ class KfpTraining:
         await asyncio.to_thread(training_kfp.delete_recurring_run, conn, self.recurring_run_name)
 
 
+def stored_outputs(root: str, namespace: str, model: str, run_name: str) -> dict[str, Any]:
+    """A finished run's outputs as the export step wrote them to the shared artifact store, under a
+    claim keyed by the run name ({} when the run published no complete version)."""
+    version = artifacts.version_for_run(root, namespace, model, run_name)
+    if version is None or not artifacts.is_complete(root, namespace, model, version):
+        return {}
+    info = artifacts.read_model_version(root, namespace, model, version)
+    return {"model_version": version, "model_uri": info["uri"], "metrics": info["metrics"],
+            "validated": info["validated"], "validation_reasons": info["validationReasons"],
+            "profile_uri": info["profileUri"],
+            "dataset_digest": (info["lineage"].get("dataset") or {}).get("digest"),
+            "sources": info["lineage"].get("sources"), "comparison": info["lineage"].get("comparison")}
+
+
+class JobTraining:
+    """Backend ``job``: each run is a Kubernetes Job running the compiled pipeline through kfp.local
+    (``training_runner --job``) in the trainingImage setting's image (default the operator's own).
+
+    - **Inputs**: the pipeline arguments (resolved here, as for a local run) and, for a pipeline the
+      spec names, the package's text travel in the Pod's environment (``reconcile.trainingjob.REQUEST_ENV``);
+      the built-in pipeline is the image's own. The artifact root must be object storage the Pod can
+      reach (``s3://``): a ``file://`` root is InvalidSpec before any Job exists. Its credentials are
+      spec.storageSecretName's keys, referenced by ``secretKeyRef`` (the kubelet reads the Secret; the
+      operator only checks that the keys are there), or the Pod's service account (IRSA);
+      AWS_ENDPOINT_URL and AWS_REGION, not secret, are copied from the operator's environment.
+    - **Result**: the export step writes the model version (metrics, URI, validation reasons, lineage)
+      to the artifact store under a claim keyed by the run name; the operator reads it from there, as
+      for KFP (:func:`stored_outputs`), with no size limit, and it survives the Job. A failed Pod's
+      reason and message come from its termination message (the runner writes ``{state, reason,
+      message}`` within the 4 KiB Kubernetes keeps; ``FallbackToLogsOnError`` leaves a killed Pod's log
+      tail). Reading it lists the Job's Pods.
+    - **Ownership**: the Job's name is the run's (``trainingjob.job_name``), so a restart or a second
+      reconcile finds it: create is idempotent on AlreadyExists and never starts a second Job for one
+      trigger. The ModelTraining owns its Jobs (deletion cascades); labels name the ModelTraining, an
+      annotation the run. A finished Job is removed by Kubernetes after ``ttlSecondsAfterFinished``
+      (a day); a Job gone before the operator saw it finish is read back from the artifact store
+      (Succeeded) or reported Failed/JobLost. Cancel (Replace, delete, timeout) deletes the Job with
+      propagation Background.
+    - **States**: no Pod container started: Pending; started: Running (``started`` is the first
+      container's start); condition Complete: Succeeded; condition Failed: Failed with the step's
+      reason (DataValidationFailed, ...) or, when the Pod left none, the condition's (DeadlineExceeded,
+      BackoffLimitExceeded, PodFailurePolicy), the condition named in the message. An active Job past
+      its ``activeDeadlineSeconds`` (counted from its startTime) is Failed/DeadlineExceeded at once,
+      so the handler's own spec.timeout count (from the container's start, later) never deletes it:
+      the Job controller stops the Pod and marks the Job Failed/DeadlineExceeded itself.
+    - **Resources**: spec.resources (cpu, memory, nvidia.com/gpu), nodeSelector and tolerations go to the
+      Job's one container and Pod; spec.timeout is ``activeDeadlineSeconds``; spec.retries is
+      ``backoffLimit``, with a Pod failure policy that fails the Job at once on InvalidSpec and
+      DataValidationFailed (exit code 3), which a retry cannot change.
+    """
+
+    schedules_runs: ClassVar[bool] = False
+    MAX_PACKAGE_BYTES: ClassVar[int] = 256 * 1024
+    """Largest pipeline package carried in the Job's environment (the Job object is at most 1.5 MiB)."""
+    PLAIN_ENV: ClassVar[tuple[str, ...]] = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+    """The operator's environment the Job's Pod gets as well (where the artifact store is; not secret)."""
+    REASON_JOB_LOST: ClassVar[str] = "JobLost"
+
+    def __init__(self, spec: ModelTrainingSpec, namespace: str, name: str, settings: Settings) -> None:
+        self.spec, self.namespace, self.name, self.settings = spec, namespace, name, settings
+
+    def _artifact_root_problem(self) -> str | None:
+        root = self.settings.artifact_root_uri
+        scheme = root.split("://", 1)[0].lower() if "://" in root else "file"
+        if scheme in ("file", "local"):
+            return (f"spec.backend: job runs each training in its own Pod, which cannot write the operator's local "
+                    f"artifact root {root}: set the operator's MLOPS_ARTIFACT_ROOT (chart: operator.artifactRoot) "
+                    "to object storage such as s3://bucket/prefix")
+        return None
+
+    async def _check_storage_secret(self) -> None:
+        name = self.spec.storage_secret_name
+        if not name:
+            return
+        try:
+            keys = set(await kube.read_secret(self.namespace, name))
+        except Exception as error:  # the message names the Secret, never a value
+            raise InvalidSpec("spec.storageSecretName: " + kube.describe_api_error(error, f"Secret {name}")) from None
+        missing = [key for key, optional in trainingjob.SECRET_KEYS if not optional and key not in keys]
+        if missing:
+            raise InvalidSpec(f"spec.storageSecretName: Secret {name} has no key {', '.join(missing)}")
+
+    async def submit(self, run_name: str, trigger: str, parameters: dict[str, Any]) -> RunRecord:
+        problem = self._artifact_root_problem()
+        if problem:
+            raise InvalidSpec(problem)
+        await self._check_storage_secret()
+        source = await pipeline_source(self.spec, self.namespace, self.settings)
+        package = source or str(pipeline_package.default_pipeline_package())
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            arguments = pipeline_package.pipeline_arguments({"parameters": parameters}, run_name,
+                                                            self.settings.data_dir, package)
+            request: dict[str, Any] = {"arguments": arguments}
+            if source:
+                text = Path(source).read_text()
+                if len(text.encode()) > self.MAX_PACKAGE_BYTES:
+                    raise ValueError(f"spec.pipeline: the compiled pipeline is {len(text.encode())} bytes; backend job "
+                                     f"carries at most {self.MAX_PACKAGE_BYTES} in the Job")
+                request["pipelinePackageText"] = text
+        except (ValueError, KeyError, TypeError) as error:  # the pipeline will never take this run
+            return modeltraining.run_record(run_name, trigger, None, "Failed", stamp, stamp, InvalidSpec.reason,
+                                            str(error))
+        owner = await kube.get_object("modeltrainings", self.namespace, self.name)
+        if owner is None:  # deleted meanwhile: nothing to run for
+            return modeltraining.run_record(run_name, trigger, None, "Canceled", None, stamp, "Canceled",
+                                            "the ModelTraining was deleted")
+        import os
+
+        manifest = trainingjob.job_manifest(
+            run_name=run_name, namespace=self.namespace, training_name=self.name,
+            training_uid=owner["metadata"]["uid"], image=self.settings.training_image_ref, spec=self.spec,
+            request=request, plain_env={k: os.environ[k] for k in self.PLAIN_ENV if os.environ.get(k)})
+        job, _ = await asyncio.to_thread(training_job.create_job, manifest)
+        run = trainingjob.job_run(job)
+        return modeltraining.run_record(run_name, trigger, job["metadata"]["name"], run.state, run.started,
+                                        run.finished, run.reason, run.message)
+
+    async def observe(self, record: RunRecord) -> Observed:
+        name = record.backend_run_id or trainingjob.job_name(record.name)
+        job = await asyncio.to_thread(training_job.read_job, self.namespace, name)
+        root = self.settings.artifact_root_uri
+        if job is None:
+            outputs = await asyncio.to_thread(stored_outputs, root, self.namespace, self.spec.model, record.name)
+            if outputs:  # finished and removed (TTL) while the operator was away
+                done = modeltraining.run_record(record.name, record.trigger, name, "Succeeded", record.started,
+                                                record.finished or _iso(datetime.now(UTC)), outputs=outputs)
+                return Observed(done, list(outputs.get("validation_reasons") or []))
+            lost = record.model_copy(update={
+                "state": "Failed", "reason": self.REASON_JOB_LOST, "finished": _iso(datetime.now(UTC)),
+                "message": f"the Job {name} is gone (deleted by someone else, or removed after it finished) and the "
+                           "artifact store has no model version of this run"})
+            return Observed(lost, [])
+        pods = await asyncio.to_thread(training_job.job_pods, self.namespace, name)
+        run = trainingjob.job_run(job, trainingjob.first_container_start(pods), trainingjob.last_termination_message(pods),
+                                  datetime.now(UTC))
+        outputs = {}
+        if run.state == "Succeeded":
+            outputs = await asyncio.to_thread(stored_outputs, root, self.namespace, self.spec.model, record.name)
+        done = modeltraining.run_record(record.name, record.trigger, name, run.state, run.started, run.finished,
+                                        run.reason, run.message, outputs)
+        return Observed(done, list(outputs.get("validation_reasons") or []))
+
+    async def cancel(self, record: RunRecord) -> None:
+        name = record.backend_run_id or trainingjob.job_name(record.name)
+        await asyncio.to_thread(training_job.delete_job, self.namespace, name)
+
+    async def sync_schedule(self, request: ScheduleRequest) -> Schedule:
+        return Schedule()  # the operator fires the schedule itself
+
+    async def cleanup(self, status: ModelTrainingStatus) -> None:
+        """Delete the active run's Job (the garbage collector removes the rest with their owner)."""
+        if status.latest_run is not None and status.latest_run.state in modeltraining.ACTIVE_STATES:
+            await self.cancel(status.latest_run)
+
+
 _connections: dict[tuple[str, str | None, str], training_kfp.KfpConnection] = {}
 _MAX_CONNECTIONS = 64
 
@@ -314,7 +463,8 @@ def _kfp_connection(host: str, namespace: str | None, token: str | None) -> trai
     return connection
 
 
-BACKENDS: dict[str, type[LocalTraining] | type[KfpTraining]] = {"local": LocalTraining, "kfp": KfpTraining}
+BACKENDS: dict[str, type[LocalTraining] | type[KfpTraining] | type[JobTraining]] = {
+    "local": LocalTraining, "kfp": KfpTraining, "job": JobTraining}
 """spec.backend -> the class that implements it."""
 
 

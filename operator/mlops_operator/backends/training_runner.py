@@ -1,4 +1,5 @@
-"""The detached process that executes one local run: ``python -m mlops_operator.backends.training_runner RUN_DIR``.
+"""The process that executes one run: ``python -m mlops_operator.backends.training_runner RUN_DIR`` (backend
+local, detached from the operator), or ``... --job`` inside a Kubernetes Job's Pod (backend job: :func:`run_job`).
 
 Started by ``training_local.submit``. Reads ``request.json``, runs the compiled pipeline through
 ``kfp.local`` (SubprocessRunner without a venv: the steps use this interpreter and its installed
@@ -184,11 +185,55 @@ def _plain(value: Any) -> Any:
     return uri if uri is not None else repr(value)
 
 
+def run_job(request_text: str, base: Path, termination_log: Path) -> int:
+    """Backend job: the run inside a Kubernetes Job's Pod (``training_runner --job``).
+
+    The request (``reconcile.trainingjob.REQUEST_ENV``: the pipeline arguments, and the package text when
+    the spec names one) becomes a run directory under ``base`` (an emptyDir) and runs as a local run
+    does, its steps printing to the container's log. The final state's reason and message go to the
+    termination log (Kubernetes keeps 4 KiB); the model version itself is in the artifact store.
+    Exit codes: 0 succeeded, ``NOT_RETRIED_EXIT_CODE`` for a failure a retry cannot change (the Job's
+    Pod failure policy fails the Job at once), 1 for any other failure (the Job's backoffLimit applies)."""
+    import os
+
+    from mlops_operator.reconcile import trainingjob
+
+    directory = base / "run"
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        request = json.loads(request_text)
+        package = Path(request["pipelinePackage"]) if request.get("pipelinePackage") else tl.default_pipeline_package()
+        if request.get("pipelinePackageText"):
+            package = directory / "pipeline.yaml"
+            package.write_text(request["pipelinePackageText"])
+        tl._write_json(directory / tl.REQUEST_FILE, {"request": {}, "pipelinePackage": str(package),
+                                                     "arguments": request["arguments"]})
+    except (ValueError, KeyError, TypeError) as error:
+        termination_log.write_text(trainingjob.termination_message(tl.FAILED, InvalidSpec.reason,
+                                                                   f"the Job's request: {error}"))
+        return trainingjob.NOT_RETRIED_EXIT_CODE
+    os.environ.pop(trainingjob.REQUEST_ENV, None)  # the steps need none of it
+    code = run(directory)
+    state = tl._read_json(directory / tl.STATE_FILE) or {}
+    termination_log.write_text(trainingjob.termination_message(state.get("state", tl.FAILED), state.get("reason"),
+                                                               state.get("message")))
+    if code == 0:
+        return 0
+    return trainingjob.NOT_RETRIED_EXIT_CODE if state.get("reason") in NOT_RETRIED else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``training_runner RUN_DIR``."""
+    """Entry point: ``training_runner RUN_DIR``, or ``training_runner --job`` in a Job's Pod."""
+    import os
+
     args = sys.argv[1:] if argv is None else argv
+    if args == ["--job"]:
+        from mlops_operator.reconcile import trainingjob
+
+        return run_job(os.environ.get(trainingjob.REQUEST_ENV, ""), Path(os.environ.get("TMPDIR") or "/tmp"),
+                       Path(os.environ.get("MLOPS_TERMINATION_LOG") or "/dev/termination-log"))
     if len(args) != 1:
-        print("usage: python -m mlops_operator.backends.training_runner RUN_DIR", file=sys.stderr)
+        print("usage: python -m mlops_operator.backends.training_runner RUN_DIR | --job", file=sys.stderr)
         return 2
     # kfp's package imports its client (and with it the Kubernetes client) unless _KFP_RUNTIME is
     # set, as kfp sets it in a task; running a compiled pipeline needs none of it (0.6 s of a run's

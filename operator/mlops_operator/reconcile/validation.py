@@ -119,8 +119,8 @@ def training_spec_errors(spec: ModelTrainingSpec, default_kfp_host: str | None =
                         f"(estimator {spec.training.estimator}); use "
                         f"{', '.join(CLASSIFICATION_METRICS if task == 'classification' else REGRESSION_METRICS)}")
     if spec.dataset.credentials_secret_ref and spec.backend != "local":
-        problems.append("spec.dataset.credentialsSecretRef: honoured by backend local only; with backend kfp give "
-                        "the pipeline's service account access to the dataset (e.g. IRSA) and leave it out")
+        problems.append("spec.dataset.credentialsSecretRef: honoured by backend local only; with backends kfp and "
+                        "job give the run's service account access to the dataset (e.g. IRSA) and leave it out")
     if spec.dataset.target in spec.dataset.features:
         problems.append("spec.dataset.features: must not contain the target column")
     for check in spec.data_validation.columns:
@@ -140,7 +140,8 @@ def local_training_problem(spec: ModelTrainingSpec, runs_in_pod: bool, allowed_i
     if spec.backend != "local" or not runs_in_pod or allowed_in_pod:
         return None
     return ("spec.backend: local training would run inside the operator's Pod (its CPU and memory, lost when the "
-            "Pod restarts); this installation does not allow it: use backend kfp, or have the operator's "
+            "Pod restarts); this installation does not allow it: use backend job (a Kubernetes Job per run) or kfp, "
+            "or have the operator's "
             "MLOPS_LOCAL_TRAINING_IN_POD (chart: operator.localTrainingInPod) set to true")
 
 
