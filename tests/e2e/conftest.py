@@ -128,3 +128,15 @@ def node_namespace(node_api: Any, request: pytest.FixtureRequest) -> Iterator[st
     })))
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def s3(node_cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """MinIO on the node's bridge address: the host and the Pods reach it (bucket ``models``)."""
+    from s3_support import S3Server, minio_binary
+
+    server = S3Server(minio_binary(), tmp_path_factory.mktemp("minio"), bucket="models",
+                      host=node_cluster.devnode.NODE_IP)
+    server.start()
+    yield server
+    server.stop()

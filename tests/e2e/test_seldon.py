@@ -54,7 +54,7 @@ from integration.deployment_support import deployment_body, publish_model
 from mlops_operator.backends import artifacts
 from kube_support import REPO, Objects, OperatorProcess, condition, install_crds, load_demo, wait_until
 from prometheus_support import KubernetesPrometheus, prometheus_binary
-from s3_support import S3Server, minio_binary
+from s3_support import S3Server
 from seldon_support import SeldonInstall, seldon_build, source_or_skip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -184,16 +184,6 @@ def seldon(node_cluster, node_api, tmp_path_factory):
     _timed(timings, "seldon installed and controller up", start)
     yield install
     install.uninstall()
-
-
-@pytest.fixture(scope="module")
-def s3(node_cluster, tmp_path_factory):
-    """MinIO on the node's bridge address: the host and the Pods reach it."""
-    server = S3Server(minio_binary(), tmp_path_factory.mktemp("minio"), bucket="models",
-                      host=node_cluster.devnode.NODE_IP)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

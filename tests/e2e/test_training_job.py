@@ -13,21 +13,11 @@ import pytest
 
 from chart_support import CHART, helm, kubectl
 from kube_support import REPO, Objects, condition, wait_until
-from s3_support import REGION, S3Server, minio_binary
+from s3_support import REGION
 from e2e.test_operator_pod import operator_pod, ready_pod
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 RUN_TIMEOUT = 420  # one training run on 2 shared cores, in a Pod
-
-
-@pytest.fixture(scope="module")
-def s3(node_cluster, tmp_path_factory):
-    """MinIO on the node's bridge address: the host and the Pods reach it."""
-    server = S3Server(minio_binary(), tmp_path_factory.mktemp("minio"), bucket="models",
-                      host=node_cluster.devnode.NODE_IP)
-    server.start()
-    yield server
-    server.stop()
 
 
 def training(name: str, **spec: Any) -> dict[str, Any]:
@@ -97,6 +87,15 @@ def test_training_in_a_job(node_cluster, node_kubeconfig, node_api, node_namespa
         import os
         os.environ.update(s3.env())
         assert artifacts.is_complete(root, ns, "iris", 1)
+
+        # The S3 credentials are in no status, event, the Jobs, the operator's log nor the run Pod's log.
+        from secret_scan import assert_no_secrets
+
+        logs = {"operator": kubectl("logs", "-n", ns, "-l", "app.kubernetes.io/component=operator", "--tail=-1",
+                                    kubeconfig=kc).stdout,
+                "run": kubectl("logs", "-n", ns, f"job/{job['metadata']['name']}", kubeconfig=kc).stdout,
+                "jobs": json.dumps(jobs(kc, ns))}
+        assert_no_secrets(node_api, ns, [s3.access_key, s3.secret_key], logs=logs)
 
         # A run longer than spec.timeout: Kubernetes stops the Job at its activeDeadlineSeconds.
         objects.create(training("slow", timeout="3s"))

@@ -307,6 +307,7 @@ def test_good_run_settings_pass():
     ("local", True, True, False),
     ("local", False, False, False),  # a host process (make run, the demo): nothing shared with a controller Pod
     ("kfp", True, False, False),
+    ("job", True, False, False),
 ])
 def test_local_training_in_the_operator_pod_is_refused_unless_allowed(backend, in_pod, allowed, refused):
     from mlops_operator.reconcile.validation import local_training_problem
@@ -316,7 +317,7 @@ def test_local_training_in_the_operator_pod_is_refused_unless_allowed(backend, i
     assert (problem is not None) == refused
     if refused:
         assert problem.startswith("spec.backend: local training would run inside the operator's Pod")
-        assert "MLOPS_LOCAL_TRAINING_IN_POD" in problem and "backend kfp" in problem
+        assert "MLOPS_LOCAL_TRAINING_IN_POD" in problem and "use backend job (a Kubernetes Job per run) or kfp" in problem
 
 
 def test_the_kfp_example_passes_the_operators_checks():
