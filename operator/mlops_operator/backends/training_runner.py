@@ -194,8 +194,6 @@ def run_job(request_text: str, base: Path, termination_log: Path) -> int:
     termination log (Kubernetes keeps 4 KiB); the model version itself is in the artifact store.
     Exit codes: 0 succeeded, ``NOT_RETRIED_EXIT_CODE`` for a failure a retry cannot change (the Job's
     Pod failure policy fails the Job at once), 1 for any other failure (the Job's backoffLimit applies)."""
-    import os
-
     from mlops_operator.reconcile import trainingjob
 
     directory = base / "run"
@@ -224,15 +222,8 @@ def run_job(request_text: str, base: Path, termination_log: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``training_runner RUN_DIR``, or ``training_runner --job`` in a Job's Pod."""
-    import os
-
     args = sys.argv[1:] if argv is None else argv
-    if args == ["--job"]:
-        from mlops_operator.reconcile import trainingjob
-
-        return run_job(os.environ.get(trainingjob.REQUEST_ENV, ""), Path(os.environ.get("TMPDIR") or "/tmp"),
-                       Path(os.environ.get("MLOPS_TERMINATION_LOG") or "/dev/termination-log"))
-    if len(args) != 1:
+    if args != ["--job"] and len(args) != 1:
         print("usage: python -m mlops_operator.backends.training_runner RUN_DIR | --job", file=sys.stderr)
         return 2
     # kfp's package imports its client (and with it the Kubernetes client) unless _KFP_RUNTIME is
@@ -242,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["_KFP_RUNTIME"] = "true"
     import kfp.dsl.component_factory  # noqa: F401
 
+    if args == ["--job"]:
+        from mlops_operator.reconcile import trainingjob
+
+        return run_job(os.environ.get(trainingjob.REQUEST_ENV, ""), Path(os.environ.get("TMPDIR") or "/tmp"),
+                       Path(os.environ.get("MLOPS_TERMINATION_LOG") or "/dev/termination-log"))
     return run(Path(args[0]))
 
 
