@@ -262,7 +262,7 @@ def _cni_config(d: Path) -> None:
                     "type": "host-local",
                     "ranges": [[{"subnet": str(net), "gateway": NODE_IP}]],
                     # Only the Service range via the node: no default route, nothing leaves the machine.
-                    "routes": [{"dst": _service_cidr()}],
+                    "routes": [{"dst": service_cidr()}],
                     "dataDir": str(nd / "cni-ipam"),
                 },
             },
@@ -274,7 +274,8 @@ def _cni_config(d: Path) -> None:
     _write(cni / "10-mlops.conflist", json.dumps(conf, indent=2))
 
 
-def _service_cidr() -> str:
+def service_cidr() -> str:
+    """The Services' ClusterIP range: ``$MLOPS_DEV_SERVICE_CIDR``, else 10.0.0.0/24 (253 Services)."""
     from_env = os.environ.get("MLOPS_DEV_SERVICE_CIDR")
     return from_env or "10.0.0.0/24"
 
