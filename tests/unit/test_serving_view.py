@@ -170,3 +170,4 @@ def test_the_pods_are_read_only_when_something_is_not_available():
     assert not seldon_needs_pod_reason(observed("Available", {"stable": True, "canary": True}), CANARY_PLAN)
     assert seldon_needs_pod_reason(observed("Available", {"stable": True, "canary": False}), CANARY_PLAN)
     assert seldon_needs_pod_reason(observed("Creating", {"stable": True}), CANARY_PLAN[:1])
+    assert not seldon_needs_pod_reason(observed(None, {"stable": False}), CANARY_PLAN[:1])  # Seldon said nothing yet

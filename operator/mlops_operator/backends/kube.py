@@ -1,17 +1,19 @@
-"""Kubernetes API access for the handlers: fresh reads and status/annotation patches.
+"""Kubernetes API access for the handlers: the object to reconcile, reads, status/annotation patches.
 
-kopf hands handlers a cached body and applies its own patch after the handler returns; the
-operator's timers and change handlers both reconcile the same objects, so they serialise on a
-per-object lock and read and write the live object inside it instead (see handlers/common.py).
-The kubernetes client is synchronous; every call runs in a thread.
+kopf hands handlers its latest view of an object (from its watch); the operator's daemons and change
+handlers both reconcile the same objects, serialised on a per-object lock (see handlers/common.py).
+That view can predate a status this process has just written (the watch event of the write is still
+on its way): :func:`current_object` uses kopf's view when its status is the newest this process knows,
+and reads the live object otherwise. The kubernetes client is synchronous; every call runs in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -58,16 +60,46 @@ async def get_object(plural: str, namespace: str, name: str, group: str = GROUP,
     return await asyncio.to_thread(call)
 
 
+# The newest status this process knows of each of its objects (by plural, namespace, name): the one it
+# last wrote, or read.
+_known_status: dict[tuple[str, str, str], Any] = {}
+
+
+async def current_object(plural: str, namespace: str, name: str, body: Mapping[str, Any] | None
+                         ) -> dict[str, Any] | None:
+    """The object to reconcile: a copy of ``body`` (kopf's latest view of it) when its status is the newest
+    this process knows of (or it knows none), else the live object, or None when it does not exist.
+
+    Only this operator writes these statuses, so a view with another status predates our last write
+    (or someone else wrote it): then, and without a view, the object is read."""
+    key = (plural, namespace, name)
+    if body is not None:
+        obj = copy.deepcopy(dict(body))
+        if key not in _known_status or (obj.get("status") or {}) == _known_status[key]:
+            return obj
+    obj = await get_object(plural, namespace, name)
+    if obj is not None:
+        _known_status[key] = obj.get("status") or {}
+    return obj
+
+
+def forget_object(plural: str, namespace: str, name: str) -> None:
+    """Drop what is known of a deleted object's status."""
+    _known_status.pop((plural, namespace, name), None)
+
+
 async def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
     """Merge-patch the status subresource (only the given fields change)."""
     def call() -> None:
         try:
-            _custom().patch_namespaced_custom_object_status(
+            written = _custom().patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, plural, name, {"status": status}
             )
+            _known_status[(plural, namespace, name)] = written.get("status") or {}
         except ApiException as error:
             if error.status != 404:  # deleted meanwhile: nothing to record
                 raise
+            _known_status.pop((plural, namespace, name), None)
 
     await asyncio.to_thread(call)
 

@@ -2,7 +2,9 @@
 
 The object is written only when its spec changed (a digest in the annotation
 ``mlops.dev/spec-hash``), so Seldon's mutating webhook defaulting fields does not make us write
-on every reconciliation. Deletion is left to Kubernetes' garbage collector (ownerReference).
+on every reconciliation. It is read from the operator's watch of SeldonDeployments (the handler feeds
+:func:`watched`), not fetched per reconciliation: one it has not shown yet is created, and read only
+when it exists already. Deletion is left to Kubernetes' garbage collector (ownerReference).
 
 :class:`SeldonServing` is the backend as the ModelDeployment handler sees it (``backends.serving``).
 """
@@ -10,6 +12,7 @@ on every reconciliation. Deletion is left to Kubernetes' garbage collector (owne
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
@@ -80,14 +83,40 @@ def _get(namespace: str, name: str) -> dict[str, Any] | None:
         return None
 
 
+# The SeldonDeployments of ModelDeployments as the operator's watch last showed them, by (namespace, name).
+_watched: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def watched(event_type: str | None, body: Mapping[str, Any]) -> None:
+    """A watch event (or the start-up listing, ``event_type`` None) of a ModelDeployment's SeldonDeployment."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    if event_type == "DELETED":
+        _watched.pop(key, None)
+    else:
+        _watched[key] = copy.deepcopy(dict(body))
+
+
+def _create(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Create the SeldonDeployment; None when it exists already."""
+    try:
+        return _custom().create_namespaced_custom_object(SELDON_GROUP, SELDON_VERSION,
+                                                         manifest["metadata"]["namespace"], SELDON_PLURAL, manifest)
+    except ApiException as error:
+        if error.status == 409:
+            return None
+        raise
+
+
 def _apply(manifest: dict[str, Any]) -> dict[str, Any]:
     meta = manifest["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    live = _get(namespace, name)
     try:
-        if live is None:
-            return _custom().create_namespaced_custom_object(SELDON_GROUP, SELDON_VERSION, namespace, SELDON_PLURAL,
-                                                             manifest)
+        live = _watched.get((namespace, name))
+        if live is None:  # not shown by the watch (yet): new, or created a moment ago
+            created = _create(manifest)
+            if created is not None:
+                return created
+            live = _get(namespace, name) or {"metadata": {}}
         live_hash = (live["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
         if live_hash == meta["annotations"][SPEC_HASH_ANNOTATION] and live.get("spec", {}).get("predictors"):
             return live
@@ -95,8 +124,15 @@ def _apply(manifest: dict[str, Any]) -> dict[str, Any]:
         body = {"metadata": {"labels": meta["labels"], "annotations": meta["annotations"],
                              "ownerReferences": meta["ownerReferences"]},
                 "spec": manifest["spec"]}
-        return _custom().patch_namespaced_custom_object(SELDON_GROUP, SELDON_VERSION, namespace, SELDON_PLURAL, name,
-                                                        body)
+        try:
+            return _custom().patch_namespaced_custom_object(SELDON_GROUP, SELDON_VERSION, namespace, SELDON_PLURAL,
+                                                            name, body)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        # Deleted since the watch showed it (or the CRD is gone: the create's 404 says so below).
+        _watched.pop((namespace, name), None)
+        return _create(manifest) or _get(namespace, name) or {"metadata": meta}
     except ApiException as error:
         if error.status == 404 and _crd_missing(namespace):
             raise _unavailable() from None
@@ -151,21 +187,26 @@ async def list_seldon_pods(namespace: str, sdep: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- routing without a mesh
 
 
-def _apply_service(manifest: dict[str, Any]) -> dict[str, Any]:
+# The routing Services this process created or found right: (namespace, name) -> the owner's uid. What
+# one holds follows from its ModelDeployment's name and uid alone, so it is written or checked once.
+_services_in_place: dict[tuple[str, str], str] = {}
+
+
+def _apply_service(manifest: dict[str, Any]) -> None:
     meta = manifest["metadata"]
+    key, owner = (meta["namespace"], meta["name"]), meta["ownerReferences"][0]["uid"]
+    if _services_in_place.get(key) == owner:
+        return
     api = kube.api_client()
     core = client.CoreV1Api(api)
     try:
-        live = api.sanitize_for_serialization(core.read_namespaced_service(meta["name"], meta["namespace"]))
+        core.create_namespaced_service(meta["namespace"], manifest)
+        _services_in_place[key] = owner
+        return
     except ApiException as error:
-        if error.status != 404:
+        if error.status != 409:
             raise
-        try:
-            return api.sanitize_for_serialization(core.create_namespaced_service(meta["namespace"], manifest))
-        except ApiException as create_error:
-            if create_error.status != 409:
-                raise
-            live = api.sanitize_for_serialization(core.read_namespaced_service(meta["name"], meta["namespace"]))
+    live = api.sanitize_for_serialization(core.read_namespaced_service(meta["name"], meta["namespace"]))
     owners = [o.get("uid") for o in live["metadata"].get("ownerReferences") or [] if o.get("controller")]
     if owners != [meta["ownerReferences"][0]["uid"]]:
         raise InvalidSpec(f"Service {meta['namespace']}/{meta['name']} exists and is not this ModelDeployment's: "
@@ -175,18 +216,27 @@ def _apply_service(manifest: dict[str, Any]) -> dict[str, Any]:
     if live["spec"].get("selector") == wanted["selector"] and [
             (p.get("name"), p.get("port"), p.get("targetPort")) for p in live["spec"].get("ports") or []] == [
             (p["name"], p["port"], p["targetPort"]) for p in wanted["ports"]]:
-        return live
+        _services_in_place[key] = owner
+        return
     body = {"metadata": {"labels": meta["labels"]}, "spec": {"selector": wanted["selector"], "ports": wanted["ports"]}}
-    return api.sanitize_for_serialization(core.patch_namespaced_service(meta["name"], meta["namespace"], body))
+    core.patch_namespaced_service(meta["name"], meta["namespace"], body)
+    _services_in_place[key] = owner
 
 
-async def apply_routing_service(manifest: dict[str, Any]) -> dict[str, Any]:
+async def apply_routing_service(manifest: dict[str, Any]) -> None:
     """Create the Service that routes a ModelDeployment's requests without a mesh, or bring its selector
-    and ports back; InvalidSpec when the name is taken by a Service the ModelDeployment does not own."""
-    return await asyncio.to_thread(_apply_service, manifest)
+    and ports back; InvalidSpec when the name is taken by a Service the ModelDeployment does not own.
+    Once per process and ModelDeployment: a Service changed or deleted by hand afterwards is put back at
+    the operator's next start."""
+    await asyncio.to_thread(_apply_service, manifest)
+
+
+def _forget_service(namespace: str, name: str) -> None:
+    _services_in_place.pop((namespace, name), None)
 
 
 def _delete_service(namespace: str, name: str) -> None:
+    _forget_service(namespace, name)
     core = client.CoreV1Api(kube.api_client())
     try:
         live = core.read_namespaced_service(name, namespace)
@@ -300,7 +350,9 @@ class SeldonServing:
             await delete_routing_service(namespace, name)
 
     async def forget(self, namespace: str, name: str) -> None:
-        """Nothing: the SeldonDeployment goes with its owner (garbage collector)."""
+        """Nothing to delete: the SeldonDeployment and the routing Service go with their owner (garbage
+        collector)."""
+        _forget_service(namespace, routing_service_name(name))
 
     async def start(self, existing: Collection[tuple[str, str]] | None) -> None:
         """The request logger's start-up (the sink with MLOPS_SELDON_LOGGER_MODE=always; else it

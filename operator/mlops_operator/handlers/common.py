@@ -6,7 +6,8 @@ kopf's change handlers (create, update, resume) and from a per-object daemon tha
 the kind's ``requeue`` decision says when to look again (``None``: not until something changes), and
 watch events wake it with :func:`wake`: a request annotation set on it (approve, retrain, ...), and what
 it depends on (its children, its model's ModelTraining). An idle object costs no API request. The frame serialises everything done to one object
-on a per-object lock, reads the live object inside it, and writes only the status fields that changed.
+on a per-object lock, reconciles kopf's latest view of it (read afresh only when that view predates a
+status written meanwhile: ``kube.current_object``), and writes only the status fields that changed.
 """
 
 from __future__ import annotations
@@ -215,6 +216,7 @@ def forget(plural: str, namespace: str, name: str) -> None:
     _due.pop(key, None)
     _wakeups.pop(key, None)
     _requests_seen.forget(key)
+    kube.forget_object(plural, namespace, name)
 
 
 async def reconcile_object(
@@ -224,13 +226,15 @@ async def reconcile_object(
     name: str,
     reconciler: Reconciler,
     *,
+    body: Mapping[str, Any] | None = None,
     conditions: tuple[str, ...],
     summary_condition: str,
     from_change: bool,
     requeue: Requeue | None = None,
 ) -> None:
-    """Run one reconciliation of the live object, write the status it returns, and schedule the next
-    observation (``requeue``; without it, every poll interval).
+    """Run one reconciliation of the object (``body``, kopf's view of it, unless that predates a status
+    written meanwhile), write the status it returns, and schedule the next observation (``requeue``;
+    without it, every poll interval).
 
     ``from_change`` is true in kopf change handlers: an invalid spec then raises PermanentError
     (kopf stops retrying until the spec changes). Transient trouble (``Retry``) records its status
@@ -244,7 +248,7 @@ async def reconcile_object(
     invalid = None
     async with _lock(plural, namespace, name):
         with reconcile_timer(kind) as outcome:
-            obj = await kube.get_object(plural, namespace, name)
+            obj = await kube.current_object(plural, namespace, name, body)
             if obj is None or obj["metadata"].get("deletionTimestamp"):
                 _observe_at(key, None)
                 return
@@ -333,27 +337,28 @@ def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: typ
     or the spec changes); deletion stops the daemon, runs ``cleanup`` and then drops the object's lock,
     backoff and schedule. Handler ids stay ``on_change``/``observe``/``on_delete``."""
 
-    async def run(namespace: str, name: str, from_change: bool) -> None:
-        await reconcile_object(kind, plural, namespace, name, reconciler, conditions=status.condition_types,
+    async def run(namespace: str, name: str, body: kopf.Body, from_change: bool) -> None:
+        await reconcile_object(kind, plural, namespace, name, reconciler, body=body, conditions=status.condition_types,
                                summary_condition=status.summary_condition, from_change=from_change,
                                requeue=requeue)
 
     @kopf.on.resume(GROUP, VERSION, plural, id="on_change")
     @kopf.on.create(GROUP, VERSION, plural, id="on_change")
     @kopf.on.update(GROUP, VERSION, plural, id="on_change")
-    async def on_change(namespace: str, name: str, **_: Any) -> None:
+    async def on_change(namespace: str, name: str, body: kopf.Body, **_: Any) -> None:
         """A new object, a changed spec or annotation, or an operator restart."""
-        await run(namespace, name, from_change=True)
+        await run(namespace, name, body, from_change=True)
 
     # Exits as soon as kopf stops it (deletion, operator exit): a deletion never waits for kopf's
     # cancellation polling (60 s).
     @kopf.daemon(GROUP, VERSION, plural, id="observe", cancellation_timeout=5.0)
-    async def observe(namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    async def observe(namespace: str, name: str, body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
         """Observe what the object runs (runs, servers, rollouts, checks) when it is due."""
         key = (plural, namespace, name)
         wakeup = _wakeup(key)
-        # Until the first reconciliation says otherwise (the change handler usually has): one poll.
-        _due.setdefault(key, time.monotonic() + get_settings().poll_interval_seconds)
+        # The change handler (create or resume) reconciles first and schedules the next observation: a
+        # poll of its own here would reconcile every new object twice when the first one queues longer.
+        _due.setdefault(key, None)
         stop = asyncio.ensure_future(stopped.wait())
         try:
             while not stopped:
@@ -368,7 +373,7 @@ def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: typ
                 # A fallback if the reconciliation ends without scheduling (kopf's own errors).
                 _due[key] = time.monotonic() + get_settings().poll_interval_seconds
                 log.debug("%s %s/%s: observing", kind, namespace, name)
-                await run(namespace, name, from_change=False)
+                await run(namespace, name, body, from_change=False)
         finally:
             stop.cancel()
 

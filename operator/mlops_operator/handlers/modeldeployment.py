@@ -32,7 +32,7 @@ from mlops_operator.api.annotations import APPROVE_ANNOTATION, ROLLBACK_ANNOTATI
 from mlops_operator.api.common import GROUP, VERSION
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
-from mlops_operator.backends import model_source, prices_aws, serving, telemetry
+from mlops_operator.backends import model_source, prices_aws, serving, serving_seldon, telemetry
 from mlops_operator.handlers import common
 from mlops_operator.handlers.common import (
     Retry,
@@ -271,11 +271,13 @@ def _owner(body: Mapping[str, Any]) -> str | None:
 
 @kopf.on.event(SELDON_GROUP, SELDON_VERSION, SELDON_PLURAL)
 async def seldon_deployment_changed(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-    """A SeldonDeployment a ModelDeployment owns: wake the owner when its status changed or it is gone
-    (our own writes of its spec, and the listing at start-up, wake nothing)."""
+    """A SeldonDeployment a ModelDeployment owns: keep the backend's copy (read instead of a GET), and wake
+    the owner when its status changed or it is gone (our own writes of its spec, and the listing at
+    start-up, wake nothing)."""
     owner = _owner(body)
     if owner is None:
         return
+    serving_seldon.watched(type, body)
     if _child_status.changed((namespace, name), type, body.get("status") or {}) or type == "DELETED":
         common.wake(PLURAL, namespace, owner)
 

@@ -169,7 +169,10 @@ def local_serving(plan: Sequence[PredictorPlan], view: BackendView, servers: Map
 
 
 def seldon_needs_pod_reason(observed: SeldonObservation, plan: Sequence[PredictorPlan]) -> bool:
-    """Whether the Pods are worth reading for a reason: the SeldonDeployment is not (all) available."""
+    """Whether the Pods are worth reading for a reason: the SeldonDeployment is not (all) available. Not
+    before Seldon's controller reports a state: it has made no Pods yet."""
+    if not observed.state:
+        return False
     return observed.state != AVAILABLE or not all(observed.ready.get(p.name) for p in plan)
 
 
