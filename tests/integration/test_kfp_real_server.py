@@ -24,7 +24,7 @@ import pytest
 
 import pipeline_support
 from kube_support import OperatorProcess, wait_until
-from mlops_operator.api.modeltraining import ModelTrainingSpec, RunRecord
+from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RunRecord
 from mlops_operator.backends import pipeline_package, training_kfp
 from mlops_operator.backends.training import KfpTraining, ScheduleRequest
 from mlops_operator.backends.training_kfp import KfpConnection, RequestRejected
@@ -242,6 +242,20 @@ def test_fires_of_the_recurring_run_are_runs_with_their_own_versions(backend, kf
     assert sorted(versions.values()) == [1, 2]
     assert all(r.state == "Succeeded" and r.trigger.startswith("schedule * * * * * at ")
                for r in recorded.values())
+
+    # The ModelTraining is deleted while the next fire runs: that fire is terminated and the recurring
+    # run is gone, with no ScheduledWorkflow left to fire again.
+    fire = wait_until(new_fire, timeout=150, interval=2, what="a third fire reported as a run")
+    (workflow,) = kfp_backend.workflows(f"pipeline/runid={fire.run_id}")
+    kfp_backend.set_workflow_phase(workflow["metadata"]["name"], "Running")
+    wait_until(lambda: training_kfp.get_run(conn, fire.run_id).kfp_state == "RUNNING", what="fire reported running")
+    run_async(backend.cleanup(ModelTrainingStatus()))
+    assert training_kfp.get_run(conn, fire.run_id).kfp_state == "CANCELING"
+    assert training_kfp.find_recurring_runs(conn, backend.recurring_run_name) == []
+    wait_until(lambda: not swfs_of(kfp_backend, backend), what="ScheduledWorkflow deleted")
+    # The fire's Workflow is owned by the ScheduledWorkflow: the garbage collector removes it (and
+    # with it its Pods) once the recurring run is deleted, after KFP has terminated the run.
+    wait_until(lambda: kfp_backend.workflow_of_run(fire.run_id) is None, what="the fire's Workflow collected")
 
 
 # ---- the operator process -------------------------------------------------------------------
