@@ -47,11 +47,13 @@ def test_training_in_a_job(node_cluster, node_kubeconfig, node_api, node_namespa
     image = node_cluster.image("operator")
     repo, tag = image.ref.rsplit(":", 1)
     # An earlier release in this session (test_operator_pod) kept the CRDs (crds.keep): they are applied from
-    # this checkout and the chart leaves them alone.
+    # this checkout and the chart leaves them alone; CRDs this release installs go with it (crds.keep=false),
+    # so a later install in the session (another test's) owns them again.
     kept = "modeltrainings.mlops.dev" in kubectl("get", "crd", "-o", "name", kubeconfig=kc).stdout
     if kept:
         kubectl("apply", "-f", str(REPO / "crds"), kubeconfig=kc)
     helm("install", release, str(CHART), "-n", ns, "--set", f"crds.install={str(not kept).lower()}",
+         "--set", "crds.keep=false",
          "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
          "--set", "image.pullPolicy=Never", "--set", "operator.pollIntervalSeconds=2",
          "--set", "operator.logFormat=text", "--set", f"operator.artifactRoot={root}",
