@@ -6,9 +6,12 @@ from mlops_operator.api.driftmonitor import DriftMonitorSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.reconcile.durations import parse_duration
+from mlops_operator.api.errors import InvalidSpec
+from mlops_operator.backends import estimators
 from mlops_operator.reconcile.validation import (
     deployment_spec_errors,
     drift_spec_errors,
+    estimator_problems,
     training_spec_errors,
 )
 import pytest
@@ -112,6 +115,78 @@ def test_metrics_must_fit_the_task():
     assert "accuracy do not apply to regression" in training_spec_errors(regression, estimator_task=tasks.get)[0]
     explicit = training(validation=thresholds, training={"estimator": "Unknown", "task": "regression"})
     assert training_spec_errors(explicit) == []
+
+
+class Catalog:
+    """An estimator catalogue that knows one classifier, Forest, and one non-estimator, Scaler."""
+
+    def __init__(self, check_error: Exception | None = None):
+        self.check_error = check_error
+        self.built: list[tuple] = []
+
+    def estimator_task(self, name):
+        return "classification" if name == "Forest" else None
+
+    def resolve_estimator(self, name):
+        if name != "Scaler":
+            raise InvalidSpec(f"unknown estimator {name!r}; did you mean Forest?")
+        return object
+
+    def build_estimator(self, name, params, task, seed):
+        self.built.append((name, params, task, seed))
+        if "depth" in params:
+            raise InvalidSpec(f"estimator {name} does not take parameters ['depth']; valid: ['max_depth']")
+        return object(), params
+
+    def check_parameters(self, estimator):
+        if self.check_error:
+            raise self.check_error
+
+
+def test_estimator_problems_judge_the_estimator_as_the_train_step_builds_it():
+    def problems(catalog=None, **spec_training):
+        return estimator_problems(training(training={"estimator": "Forest", **spec_training}), catalog or Catalog())
+
+    catalog = Catalog()
+    assert problems(catalog, parameters={"max_depth": 3}, seed=7) == []
+    assert catalog.built == [("Forest", {"max_depth": 3}, "classification", 7)]  # the task from the estimator
+    explicit = Catalog()
+    assert problems(explicit, task="regression") == [] and explicit.built[0][2] == "regression"
+    assert problems(estimator="Forst") == ["spec.training: unknown estimator 'Forst'; did you mean Forest?"]
+    assert problems(estimator="Scaler") == [
+        "spec.training.estimator: Scaler is neither a classifier nor a regressor"]
+    assert problems(parameters={"depth": 3}) == [
+        "spec.training: estimator Forest does not take parameters ['depth']; valid: ['max_depth']"]
+    # The estimator library's own refusal of a value, whatever it raises.
+    refused = Catalog(ValueError("The 'max_depth' parameter must be an int; got 'deep'"))
+    assert problems(refused, parameters={"max_depth": "deep"}) == [
+        "spec.training.parameters: estimator Forest: The 'max_depth' parameter must be an int; got 'deep'"]
+    long = Catalog(TypeError("x" * 2000))
+    assert len(problems(long)[0]) == 1024
+    # A custom pipeline interprets spec.training itself: nothing is judged.
+    custom = training(training={"estimator": "Forst"}, pipeline={"uri": "file:///p.yaml"})
+    assert estimator_problems(custom, Catalog()) == []
+
+
+@pytest.mark.parametrize("spec_training, problem", [
+    ({"estimator": "RandomForestClassifier", "parameters": {"n_estimators": 5}}, None),
+    ({"estimator": "RandomForestClasifier"}, "spec.training: unknown estimator 'RandomForestClasifier'; did you mean "
+                                             "RandomForestClassifier"),
+    ({"estimator": "sklearn.cluster.KMeans"}, "spec.training.estimator: sklearn.cluster.KMeans is neither a classifier "
+                                              "nor a regressor"),
+    ({"estimator": "RandomForestClassifier", "parameters": {"depth": 3}},
+     "spec.training: estimator RandomForestClassifier does not take parameters ['depth']"),
+    ({"estimator": "RandomForestRegressor", "task": "classification"},
+     "spec.training: estimator RandomForestRegressor is for regression, but the task is classification"),
+    ({"estimator": "RandomForestClassifier", "parameters": {"n_estimators": "many"}},
+     "spec.training.parameters: estimator RandomForestClassifier: The 'n_estimators' parameter"),
+])
+def test_estimator_problems_with_the_installed_estimators(spec_training, problem):
+    problems = estimator_problems(training(training=spec_training), estimators)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0].startswith(problem), problems
 
 
 def test_resources_are_judged_like_quantities():

@@ -10,6 +10,7 @@ from mlops_operator.api.annotations import RETRAIN_ANNOTATION
 from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RunRecord
 from mlops_operator.reconcile import modeltraining
 from mlops_operator.reconcile.conditions import find_condition, plain
+from mlops_operator.reconcile.events import Event
 
 CREATED = datetime(2026, 11, 23, 10, 0, 30, tzinfo=UTC)
 UID = "9e4533d8-238f-4063-99ef-f509a9f40396"
@@ -129,6 +130,38 @@ def test_failed_run_names_its_reason_and_history_is_bounded():
     assert (succeeded["status"], succeeded["reason"], succeeded["message"]) == ("False", "DatasetUnavailable", "gone")
     assert status.latest_validated_model.version == 12
     assert status.phase == "Failed"
+
+
+def test_a_finished_run_is_counted_by_its_result_duration_and_validated_model():
+    counted = modeltraining.run_metrics(record())
+    assert counted == modeltraining.RunMetrics("succeeded", 60.0, 1, {"accuracy": 0.9})
+    # Refused by the gate: counted apart, and the validated model's gauges are left alone.
+    assert modeltraining.run_metrics(record(validated=False)) == modeltraining.RunMetrics("rejected", 60.0)
+    failed = record(state="Failed", validated=False)
+    assert modeltraining.run_metrics(failed) == modeltraining.RunMetrics("failed", 60.0)
+    # No start or finish time: no duration; a finish before the start (clock skew) counts as 0 s.
+    unstarted = record(state="Canceled", validated=False).model_copy(update={"started": None})
+    assert modeltraining.run_metrics(unstarted) == modeltraining.RunMetrics("canceled", None)
+    skewed = record().model_copy(update={"finished": "2026-11-23T09:59:00Z"})
+    assert modeltraining.run_metrics(skewed).duration_seconds == 0.0
+
+
+def test_a_finished_run_is_announced_by_its_outcome():
+    validated = modeltraining.run_event(record(), [])
+    assert validated == Event("ModelValidated", "Run r1 validated model version 1 (accuracy=0.9).")
+    refused = modeltraining.run_event(record(validated=False, version=2), ["accuracy 0.9 < min 0.99", "rmse"])
+    assert refused == Event("ValidationFailed", "Model version 2 failed the gate: accuracy 0.9 < min 0.99; rmse",
+                            warning=True)
+    assert modeltraining.run_event(record(state="Failed", name="bad"), []) == Event(
+        "DatasetUnavailable", "Run bad failed: gone", warning=True)
+    lost = record(state="Failed").model_copy(update={"reason": None, "message": None})
+    assert modeltraining.run_event(lost, []) == Event("RunFailed", "Run r1 failed: ", warning=True)
+
+
+def test_the_champion_is_the_latest_validated_model():
+    assert modeltraining.champion(EMPTY) == (None, None)
+    status = modeltraining.finished_status(EMPTY, record(version=3), 10, 1)
+    assert modeltraining.champion(status) == ({"accuracy": 0.9}, "file:///m/3")
 
 
 def test_running_status():

@@ -44,7 +44,7 @@ def resolve_task(task: str, labels: pd.Series, estimator: str = "") -> str:
     if task != "auto":
         raise InvalidSpec(f"unknown task {task!r}; use classification, regression or auto")
     if estimator:
-        from mlops_operator.components.train import estimator_task
+        from mlops_operator.backends.estimators import estimator_task
 
         kind = estimator_task(estimator)
         if kind:

@@ -1,7 +1,12 @@
 """kopf handlers for ModelTraining: start runs on triggers, observe them, record the outcome.
 
-1. Parse and check the spec (InvalidSpec stops here); pick the TrainingBackend spec.backend names
-   (backends/training.py: local, kfp), the only thing that knows how runs execute.
+The handler registers, calls and writes; the decisions are pure, in ``reconcile/`` (modeltraining,
+validation), and the I/O is in ``backends/`` (training: the runs; estimators: what the installed
+packages offer). One reconciliation:
+
+1. Parse and check the spec, the estimator and its parameters included (InvalidSpec stops here);
+   pick the TrainingBackend spec.backend names (backends/training.py: local, kfp), the only thing
+   that knows how runs execute.
 2. If a run is active, observe it; past spec.timeout, stop it (DeadlineExceeded); when it
    finishes, record it (history, conditions, latestValidatedModel, metrics, an event).
 3. Work out the pending triggers (generation, retrain annotation, schedule). With a run still
@@ -22,6 +27,7 @@ from typing import Any
 from mlops_operator import metrics
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RunRecord
+from mlops_operator.backends import estimators
 from mlops_operator.backends.training import BACKENDS, ScheduleRequest, TrainingBackend, training_backend
 from mlops_operator.handlers.common import (
     Retry,
@@ -33,7 +39,7 @@ from mlops_operator.handlers.common import (
 )
 from mlops_operator.reconcile import modeltraining
 from mlops_operator.reconcile.conditions import FALSE, now_rfc3339, parse_rfc3339, plain, set_condition, typed
-from mlops_operator.reconcile.validation import local_training_problem, training_spec_errors
+from mlops_operator.reconcile.validation import estimator_problems, local_training_problem, training_spec_errors
 
 KIND = "ModelTraining"
 PLURAL = "modeltrainings"
@@ -45,49 +51,19 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _estimator_task(name: str) -> str | None:
-    from mlops_operator.components.train import estimator_task
-
-    return estimator_task(name)
-
-
-def _estimator_problems(spec: ModelTrainingSpec) -> list[str]:
-    """The estimator and its parameters, judged as the train step will build them, before any run
-    (the built-in pipeline only: a custom pipeline interprets spec.training itself)."""
-    if spec.pipeline.config_map_ref or spec.pipeline.uri:
-        return []
-    from mlops_operator.components import train
-
-    training = spec.training
-    try:
-        estimator_task = train.estimator_task(training.estimator)
-        if estimator_task is None:
-            train.resolve_estimator(training.estimator)  # unknown: raises with a did-you-mean hint
-            return [f"spec.training.estimator: {training.estimator} is neither a classifier nor a regressor"]
-        task = training.task if training.task != "auto" else estimator_task
-        estimator, _ = train.build_estimator(training.estimator, dict(training.parameters), task, training.seed)
-        validate = getattr(estimator, "_validate_params", None)  # scikit-learn's own parameter checks
-        if callable(validate):
-            validate()
-    except InvalidSpec as error:
-        return [f"spec.training: {error.message}"]
-    except Exception as error:  # InvalidParameterError (ValueError + TypeError) and anything the class raises
-        return [f"spec.training.parameters: estimator {training.estimator}: {error}"[:1024]]
-    return []
-
-
-def _record_metrics(namespace: str, spec: ModelTrainingSpec, record: RunRecord) -> None:
-    result = "succeeded" if record.state == "Succeeded" else record.state.lower()
-    if record.state == "Succeeded" and not record.validated:
-        result = "rejected"
-    metrics.TRAINING_RUNS.labels(result).inc()
-    if record.started and record.finished:
-        seconds = (parse_rfc3339(record.finished) - parse_rfc3339(record.started)).total_seconds()
-        metrics.TRAINING_DURATION.observe(max(seconds, 0.0))
-    if record.validated:
-        metrics.MODEL_VERSION.labels(namespace, spec.model).set(record.model_version or 0)
-        for metric, value in record.metrics.items():
+def _finished(obj: dict[str, Any], spec: ModelTrainingSpec, record: RunRecord, reasons: list[str]) -> None:
+    """Count a finished run in the metrics and announce it (once per run: the callers see to that)."""
+    counted = modeltraining.run_metrics(record)
+    metrics.TRAINING_RUNS.labels(counted.result).inc()
+    if counted.duration_seconds is not None:
+        metrics.TRAINING_DURATION.observe(counted.duration_seconds)
+    if counted.validated_version is not None:
+        namespace = obj["metadata"]["namespace"]
+        metrics.MODEL_VERSION.labels(namespace, spec.model).set(counted.validated_version)
+        for metric, value in counted.validated_metrics.items():
             metrics.VALIDATED_METRIC.labels(namespace, spec.model, metric).set(value)
+    event = modeltraining.run_event(record, reasons)
+    post_event(obj, event.reason, event.message, warning=event.warning)
 
 
 async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
@@ -103,7 +79,8 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
     refused = local_training_problem(spec, settings.runs_in_pod, settings.local_training_in_pod)
     if refused:
         raise InvalidSpec(refused)
-    problems = training_spec_errors(spec, settings.kfp_host, _estimator_task) or _estimator_problems(spec)
+    problems = (training_spec_errors(spec, settings.kfp_host, estimators.estimator_task)
+                or estimator_problems(spec, estimators))
     problems += await uri_policy_problems(
         status, namespace, ("spec.dataset.uri", spec.dataset.uri), ("spec.pipeline.uri", spec.pipeline.uri),
         ("spec.productionData.labelsUri", spec.production_data and spec.production_data.labels_uri))
@@ -152,18 +129,12 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
     return status
 
 
-def _champion(status: ModelTrainingStatus) -> tuple[dict[str, float] | None, str | None]:
-    """(metrics, URI) of the current validated model: the gate's baseline and the model scored beside the new one."""
-    validated = status.latest_validated_model
-    return (dict(validated.metrics), validated.uri) if validated else (None, None)
-
-
 async def _sync_schedule(obj: dict[str, Any], spec: ModelTrainingSpec, backend: TrainingBackend,
                          status: ModelTrainingStatus) -> ModelTrainingStatus:
     """Keep the backend's schedule in step with spec.schedule and record the runs it started."""
     meta = obj["metadata"]
     generation = meta.get("generation") or 0
-    baseline, champion_uri = _champion(status)
+    baseline, champion_uri = modeltraining.champion(status)
     params = modeltraining.pipeline_parameters(spec, meta["namespace"], get_settings().artifact_root_uri, baseline,
                                                champion_uri=champion_uri)
     since = parse_rfc3339(status.last_schedule_time) if status.last_schedule_time else None
@@ -171,8 +142,7 @@ async def _sync_schedule(obj: dict[str, Any], spec: ModelTrainingSpec, backend: 
         spec.schedule, not spec.suspend, modeltraining.scheduled_run_prefix(meta["name"], meta["uid"]), params, since))
     status, finished = modeltraining.record_scheduled_runs(status, schedule.runs, spec.history_limit, generation)
     for run in finished:
-        _record_metrics(meta["namespace"], spec, run.record)
-        _announce(obj, run.record, run.reasons)
+        _finished(obj, spec, run.record, run.reasons)
     # None removes the field (a merge patch of null).
     return status.model_copy(update={"recurring_run_id": schedule.backend_id})
 
@@ -185,8 +155,7 @@ def _record_observed(obj: dict[str, Any], spec: ModelTrainingSpec, status: Model
     if record.state in modeltraining.ACTIVE_STATES:
         return modeltraining.running_status(status, record, generation)
     status = modeltraining.finished_status(status, record, spec.history_limit, generation, reasons)
-    _record_metrics(obj["metadata"]["namespace"], spec, record)
-    _announce(obj, record, reasons)
+    _finished(obj, spec, record, reasons)
     return status
 
 
@@ -199,7 +168,7 @@ async def _start_run(obj: dict[str, Any], spec: ModelTrainingSpec, backend: Trai
     annotations = meta.get("annotations") or {}
     run_name = modeltraining.run_name(meta["name"], meta["uid"], triggers)
     description = "; ".join(t.description for t in triggers)
-    baseline, champion_uri = _champion(status)
+    baseline, champion_uri = modeltraining.champion(status)
     retrain_window = (modeltraining.parse_retrain_window(annotations)
                       if any(t.kind == "retrain" for t in triggers) else None)
     settings = get_settings()
@@ -220,24 +189,8 @@ async def _start_run(obj: dict[str, Any], spec: ModelTrainingSpec, backend: Trai
     known = any(r.name == record.name for r in status.history)
     status = modeltraining.finished_status(status, record, spec.history_limit, generation, [])
     if not known:  # count and announce a run once, however often it is looked up
-        _record_metrics(meta["namespace"], spec, record)
-        _announce(obj, record, [])
+        _finished(obj, spec, record, [])
     return status
-
-
-def _announce(obj: dict[str, Any], record: RunRecord, reasons: list[str]) -> None:
-    if record.state == "Succeeded" and record.validated:
-        compared = modeltraining.comparison_summary(record)
-        post_event(obj, "ModelValidated",
-                   f"Run {record.name} validated model version {record.model_version} "
-                   f"({', '.join(f'{k}={v:.4g}' for k, v in record.metrics.items())})"
-                   + (f"; {compared}." if compared else "."))
-    elif record.state == "Succeeded":
-        post_event(obj, "ValidationFailed",
-                   f"Model version {record.model_version} failed the gate: {'; '.join(reasons)}", warning=True)
-    else:
-        post_event(obj, record.reason or "RunFailed",
-                   f"Run {record.name} {record.state.lower()}: {record.message or ''}", warning=True)
 
 
 async def _cleanup(namespace: str, name: str, status: Mapping[str, Any], spec: Mapping[str, Any]) -> None:

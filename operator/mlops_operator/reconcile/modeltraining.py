@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -29,6 +29,7 @@ from mlops_operator.api.modeltraining import (
     ValidatedModel,
 )
 from mlops_operator.reconcile.conditions import FALSE, TRUE, UNKNOWN, parse_rfc3339, plain, set_condition, typed
+from mlops_operator.reconcile.events import Event
 
 ACTIVE_STATES = ("Pending", "Running")
 """The states of a run that has not finished."""
@@ -413,6 +414,54 @@ def comparison_summary(record: RunRecord) -> str:
     elif champion is not None and champion.message:
         text += f"; validated model not scored: {champion.message}"
     return text
+
+
+def champion(status: ModelTrainingStatus) -> tuple[dict[str, float] | None, str | None]:
+    """(metrics, URI) of the current validated model: the gate's baseline and the model scored beside the new one."""
+    validated = status.latest_validated_model
+    return (dict(validated.metrics), validated.uri) if validated else (None, None)
+
+
+def run_event(record: RunRecord, reasons: list[str]) -> Event:
+    """The event that announces a finished run: its model validated, refused by the gate, or the run failed."""
+    if record.state == "Succeeded" and record.validated:
+        compared = comparison_summary(record)
+        return Event("ModelValidated",
+                     f"Run {record.name} validated model version {record.model_version} "
+                     f"({', '.join(f'{k}={v:.4g}' for k, v in record.metrics.items())})"
+                     + (f"; {compared}." if compared else "."))
+    if record.state == "Succeeded":
+        return Event("ValidationFailed",
+                     f"Model version {record.model_version} failed the gate: {'; '.join(reasons)}", warning=True)
+    return Event(record.reason or "RunFailed", f"Run {record.name} {record.state.lower()}: {record.message or ''}",
+                 warning=True)
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """What a finished run adds to the operator's metrics."""
+
+    result: str
+    """mlops_training_runs_total's label: succeeded, rejected (succeeded, refused by the gate), failed, canceled."""
+    duration_seconds: float | None
+    """mlops_training_duration_seconds' observation; None without both start and finish times."""
+    validated_version: int | None = None
+    """mlops_model_validated_version, when the run validated a model (0 when it names no version)."""
+    validated_metrics: dict[str, float] = field(default_factory=dict)
+    """mlops_model_validated_metric per metric, when the run validated a model."""
+
+
+def run_metrics(record: RunRecord) -> RunMetrics:
+    """The metrics of a finished run."""
+    result = "succeeded" if record.state == "Succeeded" else record.state.lower()
+    if record.state == "Succeeded" and not record.validated:
+        result = "rejected"
+    duration = None
+    if record.started and record.finished:
+        duration = max((parse_rfc3339(record.finished) - parse_rfc3339(record.started)).total_seconds(), 0.0)
+    if not record.validated:
+        return RunMetrics(result, duration)
+    return RunMetrics(result, duration, record.model_version or 0, dict(record.metrics))
 
 
 def finished_status(status: ModelTrainingStatus, record: RunRecord, history_limit: int, generation: int,

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Callable
+from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 from croniter import croniter
 
 from mlops_operator.api.common import MAX_PARAMETERS_BYTES
 from mlops_operator.api.driftmonitor import DriftMonitorSpec
+from mlops_operator.api.errors import InvalidSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.reconcile.cost import parse_quantity
@@ -132,6 +133,45 @@ def training_spec_errors(spec: ModelTrainingSpec, default_kfp_host: str | None =
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                         r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+class EstimatorCatalog(Protocol):
+    """What the installed packages say about an estimator name (``backends.estimators``)."""
+
+    def estimator_task(self, name: str) -> str | None:
+        """classification or regression; None for a name that resolves to neither (or to nothing)."""
+
+    def resolve_estimator(self, name: str) -> type:
+        """The class of a name; raises InvalidSpec (unknown, with a did-you-mean hint; not installed)."""
+
+    def build_estimator(self, name: str, params: dict[str, Any] | None, task: str, seed: int
+                        ) -> tuple[Any, dict[str, Any]]:
+        """The estimator as the train step builds it; raises InvalidSpec (a parameter it does not
+        take, the wrong kind for the task)."""
+
+    def check_parameters(self, estimator: Any) -> None:
+        """The estimator library's own checks of the parameter values; raises what they raise."""
+
+
+def estimator_problems(spec: ModelTrainingSpec, catalog: EstimatorCatalog) -> list[str]:
+    """The estimator and its parameters, judged as the train step will build them, before any run
+    (the built-in pipeline only: a custom pipeline interprets spec.training itself)."""
+    if spec.pipeline.config_map_ref or spec.pipeline.uri:
+        return []
+    training = spec.training
+    try:
+        kind = catalog.estimator_task(training.estimator)
+        if kind is None:
+            catalog.resolve_estimator(training.estimator)  # unknown: raises with a did-you-mean hint
+            return [f"spec.training.estimator: {training.estimator} is neither a classifier nor a regressor"]
+        task = training.task if training.task != "auto" else kind
+        estimator, _ = catalog.build_estimator(training.estimator, dict(training.parameters), task, training.seed)
+        catalog.check_parameters(estimator)
+    except InvalidSpec as error:
+        return [f"spec.training: {error.message}"]
+    except Exception as error:  # InvalidParameterError (ValueError + TypeError) and anything the class raises
+        return [f"spec.training.parameters: estimator {training.estimator}: {error}"[:1024]]
+    return []
 
 
 def local_training_problem(spec: ModelTrainingSpec, runs_in_pod: bool, allowed_in_pod: bool) -> str | None:
