@@ -2,7 +2,8 @@
 checkout) runs a ModelTraining's pipeline in a Kubernetes Job Pod of the same image, with MinIO (on the
 node's bridge) as the artifact root and the credentials referenced from a Secret. The model version
 lands on MinIO and the status shows it validated; the operator Pod is deleted during the run and there
-is still exactly one Job; a Job past its deadline ends Failed with reason DeadlineExceeded."""
+is still exactly one Job; a Job past its deadline ends Failed with reason DeadlineExceeded; a run whose data fails validation fails
+its Job at the first Pod with the step's reason."""
 
 from __future__ import annotations
 
@@ -101,6 +102,9 @@ def test_training_in_a_job(node_cluster, node_kubeconfig, node_api, node_namespa
 
         # A run longer than spec.timeout: Kubernetes stops the Job at its activeDeadlineSeconds.
         objects.create(training("slow", timeout="3s"))
+        # A step failure a retry cannot change: the Pod failure policy fails the Job at its first Pod (retries
+        # 2 unused), and the step's reason comes back through the Pod's termination message.
+        objects.create(training("short", retries=2, dataValidation={"minRows": 100000}))
         slow = objects.wait("ModelTraining", "slow", lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
                             timeout=180, what="the slow run's outcome")
         run = slow["status"]["latestRun"]
@@ -115,6 +119,15 @@ def test_training_in_a_job(node_cluster, node_kubeconfig, node_api, node_namespa
 
         assert wait_until(failed_condition, timeout=60, what="the Job Failed")["reason"] == "DeadlineExceeded"
         assert (condition(slow, "Succeeded") or {}).get("status") == "False"
+
+        short = objects.wait("ModelTraining", "short", lambda o: (o.get("status") or {}).get("phase") in
+                             ("Succeeded", "Failed"), timeout=180, what="the invalid data's run outcome")
+        run = short["status"]["latestRun"]
+        assert (run["state"], run["reason"]) == ("Failed", "DataValidationFailed"), run
+        assert "PodFailurePolicy" in run["message"] and "100000" in run["message"], run["message"]
+        pods = json.loads(kubectl("get", "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={run['backendRunId']}",
+                                  "-o", "json", kubeconfig=kc).stdout)["items"]
+        assert len(pods) == 1  # not retried
     except BaseException:
         print(kubectl("logs", "-n", ns, "-l", "app.kubernetes.io/component=operator", "--tail=80",
                       kubeconfig=kc, check=False).stdout)
