@@ -445,15 +445,18 @@ async def ensure_running(artifact_root: str, settings: SinkSettings | None = Non
 async def predictor_logger_urls(artifact_root: str, namespace: str, deployment: str,
                                 predictors: Sequence[PredictorPlan]) -> dict[str, str] | None:
     """Each predictor's request-logger URL at the operator's sink (started on first use), which
-    writes the inference log; None when request logging is off or the sink cannot start."""
-    if SinkSettings().mode == "never":
-        return None
-    try:
-        sink = running() or await ensure_running(artifact_root)
-    except OSError as error:  # port taken
-        log.warning("%s/%s: no request logging (the Seldon request-logger sink cannot start: %s)", namespace,
-                    deployment, error)
-        return None
+    writes the inference log; None when request logging is off or the sink cannot start. The settings are
+    read only while no sink runs (a running one is not "never"): not on every reconciliation."""
+    sink = running()
+    if sink is None:
+        if SinkSettings().mode == "never":
+            return None
+        try:
+            sink = await ensure_running(artifact_root)
+        except OSError as error:  # port taken
+            log.warning("%s/%s: no request logging (the Seldon request-logger sink cannot start: %s)", namespace,
+                        deployment, error)
+            return None
     return {p.name: sink.logger_url(namespace, deployment, p.name, p.model.version, p.shadow) for p in predictors}
 
 
