@@ -13,6 +13,7 @@ import asyncio
 import base64
 import copy
 import json
+import os
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -30,7 +31,8 @@ def load_config() -> None:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # $KUBECONFIG as it is now: the client's own default was read when it was imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
     _api_client = client.ApiClient()
 
 
