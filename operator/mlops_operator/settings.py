@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     """Where KFP runs of backend kfp keep their artifacts (`s3://bucket/prefix`); default the KFP installation's own."""
     kfp_service_account: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
     """Kubernetes service account the pods of KFP runs use; default the KFP profile's."""
+    training_service_account: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    """Kubernetes service account (in each ModelTraining's namespace) the Pods of backend job's Jobs use, e.g. one with
+    an IAM role (IRSA) for the artifact store; default the namespace's `default`."""
     training_image: str | None = Field(None, pattern=r"^[^\s@]+(@sha256:[0-9a-f]{64})?$")
     """Image the built-in pipeline's steps run in on KFP, and backend job's Jobs; default the operator's own image and version,
     `ghcr.io/mlops-operator/mlops-operator:<version>` (the chart sets the image it deploys)."""

@@ -385,3 +385,13 @@ def test_local_training_in_the_operator_pod_is_a_chart_value() -> None:
     from mlops_operator.settings import Settings
 
     assert Settings(local_training_in_pod=env["MLOPS_LOCAL_TRAINING_IN_POD"]).local_training_in_pod is True
+
+
+def test_the_training_jobs_service_account_is_a_chart_value() -> None:
+    (deployment,) = of_kind(render(*ALL_OPTIONS), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["MLOPS_TRAINING_SERVICE_ACCOUNT"] == "training-runner"
+    (default,) = of_kind(render(), "Deployment")
+    assert "MLOPS_TRAINING_SERVICE_ACCOUNT" not in {item["name"] for item in
+                                                     default["spec"]["template"]["spec"]["containers"][0]["env"]}

@@ -19,12 +19,18 @@ from mlops_operator.settings import Settings
 BASE = {"model": "iris", "dataset": {"uri": "sklearn://iris", "target": "target"}, "backend": "job"}
 
 
-def manifest(**spec: object) -> dict:
+def manifest(service_account: str | None = None, **spec: object) -> dict:
     return trainingjob.job_manifest(
         run_name="iris-0123abcd-g2", namespace="team", training_name="iris", training_uid="uid-1",
         image="registry/mlops-operator:1.2.3", spec=ModelTrainingSpec.model_validate({**BASE, **spec}),
         request={"arguments": {"run_name": "iris-0123abcd-g2"}},
-        plain_env={"AWS_ENDPOINT_URL": "http://minio:9000"})
+        plain_env={"AWS_ENDPOINT_URL": "http://minio:9000"}, service_account=service_account)
+
+
+def test_the_jobs_pods_use_the_configured_service_account():
+    assert manifest(service_account="training-runner")["spec"]["template"]["spec"]["serviceAccountName"] == \
+        "training-runner"
+    assert "serviceAccountName" not in manifest()["spec"]["template"]["spec"]  # the namespace's default
 
 
 def test_the_job_carries_the_specs_resources_placement_timeout_and_retries():

@@ -403,7 +403,8 @@ class JobTraining:
         manifest = trainingjob.job_manifest(
             run_name=run_name, namespace=self.namespace, training_name=self.name,
             training_uid=owner["metadata"]["uid"], image=self.settings.training_image_ref, spec=self.spec,
-            request=request, plain_env={k: os.environ[k] for k in self.PLAIN_ENV if os.environ.get(k)})
+            request=request, plain_env={k: os.environ[k] for k in self.PLAIN_ENV if os.environ.get(k)},
+            service_account=self.settings.training_service_account)
         job, _ = await asyncio.to_thread(training_job.create_job, manifest)
         run = trainingjob.job_run(job)
         return modeltraining.run_record(run_name, trigger, job["metadata"]["name"], run.state, run.started,
