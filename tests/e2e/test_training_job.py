@@ -35,7 +35,7 @@ def jobs(kc: str, ns: str) -> list[dict[str, Any]]:
     return json.loads(kubectl("get", "jobs", "-n", ns, "-o", "json", kubeconfig=kc).stdout)["items"]
 
 
-def test_training_in_a_job(node_cluster, node_kubeconfig, node_api, node_namespace, s3):
+def test_training_in_a_job(node_cluster, node_kubeconfig, node_api, node_namespace, s3, monkeypatch):
     from kubernetes import client
 
     from mlops_operator.backends import artifacts
@@ -87,8 +87,13 @@ def test_training_in_a_job(node_cluster, node_kubeconfig, node_api, node_namespa
         started = [e for e in objects.events("iris") if e.reason == "RunStarted"]
         assert len(started) == 1, [e.message for e in started]
         # The model version is on MinIO (read from the host with the test's credentials).
-        import os
-        os.environ.update(s3.env())
+        # This module's MinIO, not the one of a module that ran before (fsspec caches S3 filesystems with
+        # the endpoint they were made with).
+        from s3fs import S3FileSystem
+
+        for key, value in s3.env().items():
+            monkeypatch.setenv(key, value)
+        S3FileSystem.clear_instance_cache()
         assert artifacts.is_complete(root, ns, "iris", 1)
 
         # The S3 credentials are in no status, event, the Jobs, the operator's log nor the run Pod's log.

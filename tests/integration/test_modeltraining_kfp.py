@@ -188,8 +188,8 @@ def test_run_settings_are_refused_before_any_run(kfp_operator, objects, kfp_serv
 
     local = {**body(None), "metadata": {"name": "local"}}
     local["spec"] = {**local["spec"], "backend": "local", "model": "local"}
-    for extra, message in (({"nodeSelector": {"pool": "gpu"}}, "apply to the step Pods of backend kfp"),
-                           ({"resources": {"limits": {"cpu": "1"}}}, "apply to the step Pods of backend kfp"),
+    for extra, message in (({"nodeSelector": {"pool": "gpu"}}, "apply to the Pods of backends kfp and job"),
+                           ({"resources": {"limits": {"cpu": "1"}}}, "apply to the Pods of backends kfp and job"),
                            ({"caching": True}, "caching needs backend kfp"),
                            ({"tolerations": [{"value": "x"}]}, "needs operator Exists")):
         with pytest.raises(ApiException) as refused:
