@@ -208,7 +208,7 @@ def _apply_service(manifest: dict[str, Any]) -> None:
             raise
     live = api.sanitize_for_serialization(core.read_namespaced_service(meta["name"], meta["namespace"]))
     owners = [o.get("uid") for o in live["metadata"].get("ownerReferences") or [] if o.get("controller")]
-    if owners != [meta["ownerReferences"][0]["uid"]]:
+    if owners != [owner]:
         raise InvalidSpec(f"Service {meta['namespace']}/{meta['name']} exists and is not this ModelDeployment's: "
                           "without a mesh (MLOPS_SELDON_ROUTING=none) the requests are routed through a Service "
                           "named like the ModelDeployment; rename the ModelDeployment or that Service")

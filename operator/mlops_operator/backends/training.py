@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -231,7 +232,7 @@ class KfpTraining:
                                           service_account=self.settings.kfp_service_account,
                                           enable_caching=self.spec.caching)
         except (training_kfp.RequestRejected, ValueError) as error:  # the KFP API will never take this run
-            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            stamp = _iso(datetime.now(UTC))
             return modeltraining.run_record(run_name, trigger, None, "Failed", stamp, stamp, InvalidSpec.reason,
                                             str(error))
         return self._record(run, run_name, trigger, {})
@@ -380,7 +381,7 @@ class JobTraining:
         await self._check_storage_secret()
         source = await pipeline_source(self.spec, self.namespace, self.settings)
         package = source or str(pipeline_package.default_pipeline_package())
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = _iso(datetime.now(UTC))
         try:
             arguments = pipeline_package.pipeline_arguments({"parameters": parameters}, run_name,
                                                             self.settings.data_dir, package)
@@ -398,8 +399,6 @@ class JobTraining:
         if owner is None:  # deleted meanwhile: nothing to run for
             return modeltraining.run_record(run_name, trigger, None, "Canceled", None, stamp, "Canceled",
                                             "the ModelTraining was deleted")
-        import os
-
         manifest = trainingjob.job_manifest(
             run_name=run_name, namespace=self.namespace, training_name=self.name,
             training_uid=owner["metadata"]["uid"], image=self.settings.training_image_ref, spec=self.spec,

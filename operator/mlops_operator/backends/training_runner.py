@@ -132,7 +132,6 @@ def run_task(full_command: list[str]) -> int:
             program_path = Path(tempfile.mkdtemp())
             module = program_path / "ephemeral_component.py"
             module.write_text(source)
-            os.environ["_KFP_RUNTIME"] = "true"
             sys.argv = ["executor_main", "--component_module_path", str(module), *arguments]
             from kfp.dsl import executor_main
 
