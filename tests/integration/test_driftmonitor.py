@@ -295,7 +295,8 @@ def test_missing_deployment_model_reference_and_log_are_reported_then_recovered(
     def ready_reason(reason: str):
         return lambda obj: (condition(obj, "Ready") or {}).get("reason") == reason
 
-    # Each failed check backs the monitor off (10s, 20s, 40s, 40s...): the waits allow for that.
+    # Each failed check backs the monitor off, from its 1s interval (1s, 2s, 4s, 4s...; from 10s with a longer
+    # interval): the waits allow for far more.
     backoff = 90
 
     obj = objects.wait("DriftMonitor", "iris", ready_reason("DeploymentNotFound"), timeout=60,

@@ -90,6 +90,9 @@ def test_check_is_due_after_interval_and_sooner_after_a_failure():
     assert driftmonitor.check_due(monitor, failed, 1, NOW + driftmonitor.RETRY_AFTER_FAILURE)
     fast = spec(interval="2s")
     assert driftmonitor.check_due(fast, failed, 1, NOW + timedelta(seconds=2)), "interval shorter than the retry wins"
+    # The operator backs a failed monitor off by the same delay (doubling from there).
+    assert driftmonitor.retry_after_failure(monitor) == driftmonitor.RETRY_AFTER_FAILURE
+    assert driftmonitor.retry_after_failure(fast) == timedelta(seconds=2)
 
 
 def test_window_since_and_engine_arguments():

@@ -319,7 +319,7 @@ async def reconcile_driftmonitor(obj: dict[str, Any]) -> DriftMonitorStatus:
         metrics.DRIFT_CHECKS.labels("error").inc()
         _announce(obj, previous_phase, status)
         raise Retry(f"{failure.reason}: {failure.message}", status,
-                    delay=driftmonitor.RETRY_AFTER_FAILURE.total_seconds()) from None
+                    delay=driftmonitor.retry_after_failure(spec).total_seconds()) from None
     _export_metrics(meta["namespace"], meta["name"], report, verdict)
     status = await _write_report(obj, before, status, report, verdict, report_request)
     if verdict.phase == driftmonitor.DRIFT and spec.on_drift.retrain:

@@ -11,8 +11,8 @@ input distribution does not depend on which model answered) with the reference. 
 - ``NoDrift`` otherwise.
 
 A check that cannot run (no deployment, no served model, no reference, no inference log) leaves
-phase ``Error`` with ``Ready=False`` and the reason, and is retried after at most
-:data:`RETRY_AFTER_FAILURE`.
+phase ``Error`` with ``Ready=False`` and the reason, and is retried after
+:func:`retry_after_failure` (each further failure doubles the wait, up to four times that).
 """
 
 from __future__ import annotations
@@ -109,10 +109,14 @@ def check_due(spec: DriftMonitorSpec, status: DriftMonitorStatus, generation: in
     last = status.last_check_time
     if not last:
         return True
-    interval = parse_duration(spec.interval)
-    if status.phase == ERROR:
-        interval = min(interval, RETRY_AFTER_FAILURE)
+    interval = retry_after_failure(spec) if status.phase == ERROR else parse_duration(spec.interval)
     return now - parse_rfc3339(last) >= interval
+
+
+def retry_after_failure(spec: DriftMonitorSpec) -> timedelta:
+    """How soon a failed check is retried: :data:`RETRY_AFTER_FAILURE`, or ``spec.interval`` if shorter
+    (a monitor asked to check every few seconds is not left waiting longer after a failure)."""
+    return min(parse_duration(spec.interval), RETRY_AFTER_FAILURE)
 
 
 def report_pending(status: DriftMonitorStatus, report_request: str | None) -> bool:
