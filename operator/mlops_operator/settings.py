@@ -6,6 +6,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -64,6 +65,11 @@ class Settings(BaseSettings):
     InvalidSpec (use backend job or kfp). Outside a Pod local training is always allowed."""
     prometheus_url: str | None = None
     """Default Prometheus for rollout analysis; without it the analysis reads the router's statistics."""
+    endpoint_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Service endpoints a spec may name besides the operator's own MLOPS_KFP_HOST and MLOPS_PROMETHEUS_URL
+    (`spec.kfp.host`, `spec.rollout.analysis.prometheusUrl`): http(s) URL prefixes, comma separated (e.g.
+    http://prometheus.team-a.svc:9090,https://kfp.example.com/). The operator calls these from its own network
+    position (and sends a KFP token there), so a tenant may name no other endpoint. Empty: only the operator's own."""
     seldon_routing: Literal["none", "istio", "ambassador"] = "none"
     """How the cluster routes a Seldon canary's and shadow's traffic (backend seldon): `istio` or `ambassador`
     (Seldon writes the mesh's weights and mirror), or `none` (no mesh: the operator routes through a Service
@@ -116,7 +122,7 @@ class Settings(BaseSettings):
     (169.254.0.0/16, fe80::/10: cloud metadata) or private/cluster-internal; comma separated. Empty: none."""
 
     @field_validator("namespaces", "uri_schemes", "uri_prefixes", "uri_file_roots", "uri_allowed_networks",
-                     mode="before")
+                     "endpoint_prefixes", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
@@ -129,6 +135,15 @@ class Settings(BaseSettings):
                                          < self.leader_election_lease_seconds):
             raise ValueError("leader election needs retry < renew deadline < lease seconds (MLOPS_LEADER_ELECTION_*)")
         return self
+
+    @field_validator("endpoint_prefixes")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            parts = urlsplit(prefix)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{prefix!r} is not an http:// or https:// URL prefix with a host")
+        return value
 
     @field_validator("uri_allowed_networks")
     @classmethod

@@ -61,6 +61,16 @@ def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
         monitor = copy.deepcopy(load_example("driftmonitor.yaml"))
         monitor["spec"]["performance"]["labelsUri"] = "http://169.254.169.254/latest/labels.csv"
         objects.create(monitor)
+        # Service endpoints a tenant names: called from the operator's network position (a KFP token with them).
+        recorder = f"http://127.0.0.1:{server.server_port}"
+        kfp = training("kfp-endpoint", "sklearn://iris")
+        kfp["spec"]["backend"] = "kfp"
+        kfp["spec"]["kfp"] = {"host": recorder}
+        objects.create(kfp)
+        prometheus = copy.deepcopy(load_example("deployment.yaml"))
+        prometheus["metadata"]["name"] = "prometheus-endpoint"
+        prometheus["spec"]["rollout"].setdefault("analysis", {})["prometheusUrl"] = f"{recorder}/prometheus"
+        objects.create(prometheus)
 
         message = invalid(objects, "ModelTraining", "passwd", "Succeeded")
         assert "spec.dataset.uri: file:///etc/passwd refused by the URI policy" in message
@@ -81,7 +91,14 @@ def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
         assert "spec.performance.labelsUri: http://169.254.169.254/latest/labels.csv refused by the URI policy" in message
         assert "a link-local address" in message
 
-        for name in ("passwd", "metadata", "loopback", "labels", "rundata"):
+        message = invalid(objects, "ModelTraining", "kfp-endpoint", "Succeeded")
+        assert f"spec.kfp.host: '{recorder}' is not an endpoint this operator may call (endpoint allow-list" in message
+        assert "MLOPS_ENDPOINT_PREFIXES" in message, message
+        message = invalid(objects, "ModelDeployment", "prometheus-endpoint", "Ready")
+        assert (f"spec.rollout.analysis.prometheusUrl: '{recorder}/prometheus' is not an endpoint this operator may "
+                "call") in message, message
+
+        for name in ("passwd", "metadata", "loopback", "labels", "rundata", "kfp-endpoint"):
             assert not objects.get("ModelTraining", name).get("status", {}).get("latestRun")
         runs = operator.data_dir / "runs"
         assert not runs.exists() or not any(runs.rglob("request.json"))

@@ -365,6 +365,7 @@ def test_without_leader_election_there_is_one_replica_replaced_not_rolled() -> N
     ("leaderElection.leaseSeconds=0", "leaseSeconds"),
     ("operator.artifactRoot=bucket/no-scheme", "artifactRoot"),
     ("operator.s3.endpointUrl=minio:9000", "endpointUrl"),
+    ("operator.endpointPrefixes={prometheus:9090}", "endpointPrefixes"),
 ])
 def test_schema_refuses_bad_values(value: str, complaint: str) -> None:
     result = helm("template", "x", str(CHART), "--kube-version", "v1.34.0", "--set", value, check=False)
@@ -395,3 +396,15 @@ def test_the_training_jobs_service_account_is_a_chart_value() -> None:
     (default,) = of_kind(render(), "Deployment")
     assert "MLOPS_TRAINING_SERVICE_ACCOUNT" not in {item["name"] for item in
                                                      default["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_the_endpoint_allow_list_is_a_chart_value() -> None:
+    prefixes = "{http://prometheus.team-a.svc:9090,https://kfp.example.com/team-a/}"
+    (deployment,) = of_kind(render("--set", f"operator.endpointPrefixes={prefixes}"), "Deployment")
+    env = {item["name"]: item.get("value") for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    from mlops_operator.settings import Settings
+
+    assert Settings(endpoint_prefixes=env["MLOPS_ENDPOINT_PREFIXES"]).endpoint_prefixes == [
+        "http://prometheus.team-a.svc:9090", "https://kfp.example.com/team-a/"]
+    (default,) = of_kind(render(), "Deployment")
+    assert "MLOPS_ENDPOINT_PREFIXES" not in {item["name"] for item in default["spec"]["template"]["spec"]["containers"][0]["env"]}

@@ -9,6 +9,7 @@ from mlops_operator.reconcile.durations import parse_duration
 from mlops_operator.api.errors import InvalidSpec
 from mlops_operator.backends import estimators
 from mlops_operator.reconcile.validation import (
+    endpoint_problem,
     deployment_spec_errors,
     drift_spec_errors,
     estimator_problems,
@@ -260,3 +261,51 @@ def test_every_parameter_the_operator_sets_is_protected():
                                  production={"rows": 1}, retrain_window=RetrainWindow(monitor="iris"))
     assert params["retrain_window"] == {"monitor": "iris"}
     assert set(params) | {"run_name", "pipeline_digest"} <= set(OPERATOR_PIPELINE_PARAMETERS)
+
+
+OWN_KFP = "http://ml-pipeline.kubeflow.svc:8888"
+
+
+@pytest.mark.parametrize("url", [
+    None, "",  # unset: the operator's own is used
+    OWN_KFP, OWN_KFP + "/", "HTTP://ML-Pipeline.kubeflow.svc:8888/apis",
+    "https://kfp.example.com/team-a", "https://kfp.example.com:443/team-a/v2", "https://kfp.example.com./team-a",
+])
+def test_an_endpoint_is_the_operators_own_or_under_an_allowed_prefix(url):
+    assert endpoint_problem("spec.kfp.host", url, OWN_KFP, ["https://kfp.example.com/team-a/"]) is None
+
+
+@pytest.mark.parametrize("url", [
+    "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+    "http://kubernetes.default.svc:443",
+    "http://ml-pipeline.kubeflow.svc:8889",  # another port
+    "https://ml-pipeline.kubeflow.svc:8888",  # another scheme
+    "http://ml-pipeline.kubeflow.svc.evil.example:8888",  # a host that only starts like the allowed one
+    "http://ml-pipeline.kubeflow.svc:8888@evil.example/",  # userinfo: the host is evil.example
+    "https://kfp.example.com/team-b",
+    "https://kfp.example.com/team-abc",  # a prefix matches whole path segments
+    "https://kfp.example.com/team-a/../team-b",  # normalised before the check
+    "https://kfp.example.com/team-a/%2e%2e/team-b",
+])
+def test_any_other_endpoint_is_refused_naming_the_rule(url):
+    problem = endpoint_problem("spec.kfp.host", url, OWN_KFP, ["https://kfp.example.com/team-a/"])
+    assert problem and problem.startswith(f"spec.kfp.host: {url!r} is not an endpoint this operator may call")
+    assert "endpoint allow-list" in problem and "MLOPS_ENDPOINT_PREFIXES" in problem
+
+
+def test_without_any_allowed_endpoint_a_spec_may_name_none():
+    problem = endpoint_problem("spec.rollout.analysis.prometheusUrl", "http://prometheus:9090", None, [])
+    assert problem and "none is set" in problem
+    assert endpoint_problem("spec.rollout.analysis.prometheusUrl", None, None, []) is None
+
+
+def test_endpoint_prefixes_setting_is_comma_separated_http_urls(monkeypatch):
+    from pydantic import ValidationError
+
+    from mlops_operator.settings import Settings
+
+    monkeypatch.setenv("MLOPS_ENDPOINT_PREFIXES", "http://prometheus.team-a.svc:9090, https://kfp.example.com/")
+    assert Settings().endpoint_prefixes == ["http://prometheus.team-a.svc:9090", "https://kfp.example.com/"]
+    monkeypatch.setenv("MLOPS_ENDPOINT_PREFIXES", "prometheus:9090")
+    with pytest.raises(ValidationError, match="not an http:// or https:// URL prefix"):
+        Settings()

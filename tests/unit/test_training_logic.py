@@ -358,9 +358,11 @@ def test_the_kfp_example_passes_the_operators_checks():
 
     import yaml
 
-    from mlops_operator.reconcile.validation import training_spec_errors
+    from mlops_operator.reconcile.validation import endpoint_problem, training_spec_errors
 
     example = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "training-kfp.yaml").read_text())
     parsed = ModelTrainingSpec.model_validate(example["spec"])
-    assert training_spec_errors(parsed, None, lambda name: "classification") == []
+    chart_kfp_host = "http://ml-pipeline.kubeflow.svc:8888"  # the chart's operator.kfpHost
+    assert training_spec_errors(parsed, chart_kfp_host, lambda name: "classification") == []
+    assert endpoint_problem("spec.kfp.host", parsed.kfp.host, chart_kfp_host, []) is None
     assert (parsed.retries, parsed.timeout, parsed.resources.limits.memory) == (2, "2h", "8Gi")

@@ -47,7 +47,7 @@ from mlops_operator.reconcile.conditions import TRUE, plain
 from mlops_operator.reconcile.cost import default_price_table
 from mlops_operator.reconcile.seldondeployment import SELDON_GROUP, SELDON_PLURAL, SELDON_VERSION
 from mlops_operator.reconcile.serving import BackendView, ServedDeployment
-from mlops_operator.reconcile.validation import deployment_spec_errors
+from mlops_operator.reconcile.validation import deployment_spec_errors, endpoint_problem
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
@@ -114,6 +114,10 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> ModelDeploymentStatu
     # 1. The spec.
     spec = parse_spec(ModelDeploymentSpec, obj.get("spec") or {})
     problems = deployment_spec_errors(spec, default_price_table().instance_type_names())
+    settings = get_settings()
+    endpoint = endpoint_problem("spec.rollout.analysis.prometheusUrl", spec.rollout.analysis.prometheus_url,
+                                settings.prometheus_url, settings.endpoint_prefixes)
+    problems += [endpoint] if endpoint else []
     backend = serving.serving_backend(spec.backend, get_settings())
     problems += backend.spec_problems(spec)
     problems += await uri_policy_problems(status, namespace, ("spec.model.uri", spec.model.uri))

@@ -39,7 +39,12 @@ from mlops_operator.handlers.common import (
 )
 from mlops_operator.reconcile import modeltraining
 from mlops_operator.reconcile.conditions import FALSE, now_rfc3339, parse_rfc3339, plain, set_condition, typed
-from mlops_operator.reconcile.validation import estimator_problems, local_training_problem, training_spec_errors
+from mlops_operator.reconcile.validation import (
+    endpoint_problem,
+    estimator_problems,
+    local_training_problem,
+    training_spec_errors,
+)
 
 KIND = "ModelTraining"
 PLURAL = "modeltrainings"
@@ -81,6 +86,9 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
         raise InvalidSpec(refused)
     problems = (training_spec_errors(spec, settings.kfp_host, estimators.estimator_task)
                 or estimator_problems(spec, estimators))
+    endpoint = endpoint_problem("spec.kfp.host", spec.kfp and spec.kfp.host, settings.kfp_host,
+                                settings.endpoint_prefixes)
+    problems += [endpoint] if endpoint else []
     problems += await uri_policy_problems(
         status, namespace, ("spec.dataset.uri", spec.dataset.uri), ("spec.pipeline.uri", spec.pipeline.uri),
         ("spec.productionData.labelsUri", spec.production_data and spec.production_data.labels_uri))

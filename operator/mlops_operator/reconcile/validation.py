@@ -7,10 +7,11 @@ InvalidSpec and not retried until its spec changes.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Callable, Protocol
-from urllib.parse import urlsplit
+from typing import Any, Callable, Protocol, Sequence
+from urllib.parse import unquote, urlsplit
 
 from croniter import croniter
 
@@ -46,6 +47,49 @@ def http_url_problem(url: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"{url!r} is not an http:// or https:// URL with a host"
     return None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _endpoint(url: str) -> tuple[str, str, int, list[str]]:
+    """(scheme, host, port, path segments) of an http(s) URL, the path normalised (``..`` resolved);
+    ValueError if it is not one."""
+    parts = urlsplit(url)
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+    path = posixpath.normpath("/" + unquote(parts.path))
+    return (parts.scheme, parts.hostname.rstrip("."), parts.port or _DEFAULT_PORTS[parts.scheme],
+            [segment for segment in path.split("/") if segment])
+
+
+def endpoint_problem(field: str, url: str | None, own: str | None, prefixes: Sequence[str]) -> str | None:
+    """Why a service endpoint a spec names (``spec.kfp.host``, ``spec.rollout.analysis.prometheusUrl``) may not
+    be called, or None.
+
+    The operator calls it from its own network position (and sends a KFP token there), so it must be the
+    operator's own endpoint for the field (``own``: MLOPS_KFP_HOST, MLOPS_PROMETHEUS_URL) or lie under one of the
+    administrator's MLOPS_ENDPOINT_PREFIXES: same scheme, host and port, and the path under the prefix's path
+    on a segment boundary. Unset (None or empty): the operator's own is used, nothing to check.
+    """
+    if not url:
+        return None
+    try:
+        scheme, host, port, path = _endpoint(url)
+    except ValueError:
+        return None  # not a URL at all: http_url_problem says so
+    allowed = [prefix for prefix in (own, *prefixes) if prefix]
+    for prefix in allowed:
+        try:
+            p_scheme, p_host, p_port, p_path = _endpoint(prefix)
+        except ValueError:
+            continue
+        if (scheme, host, port) == (p_scheme, p_host, p_port) and path[:len(p_path)] == p_path:
+            return None
+    listed = ", ".join(allowed) if allowed else "none is set"
+    return (f"{field}: {url!r} is not an endpoint this operator may call (endpoint allow-list: the operator's own "
+            f"and MLOPS_ENDPOINT_PREFIXES; {listed}); leave it empty to use the operator's own, or ask the "
+            "platform team to allow it")
 
 
 def schedule_problem(schedule: str, now: datetime | None = None) -> str | None:
