@@ -3,7 +3,8 @@ checkout) runs a ModelTraining's pipeline in a Kubernetes Job Pod of the same im
 node's bridge) as the artifact root and the credentials referenced from a Secret. The model version
 lands on MinIO and the status shows it validated; the operator Pod is deleted during the run and there
 is still exactly one Job; a Job past its deadline ends Failed with reason DeadlineExceeded; a run whose data fails validation fails
-its Job at the first Pod with the step's reason."""
+its Job at the first Pod with the step's reason; a dataset on MinIO is read with the credentials its Secret gives the Pod,
+and a read failure is retried up to spec.retries before the Job controller gives up (BackoffLimitExceeded)."""
 
 from __future__ import annotations
 
@@ -105,6 +106,25 @@ def test_training_in_a_job(node_cluster, node_kubeconfig, node_api, node_namespa
                 "jobs": json.dumps(jobs(kc, ns))}
         assert_no_secrets(node_api, ns, [s3.access_key, s3.secret_key], logs=logs)
 
+        # The dataset on MinIO, read with spec.dataset.credentialsSecretRef's Secret (mounted in the Pod): right
+        # keys train; a wrong secret key fails the read although the Pod's own (storageSecretName) keys are right,
+        # so the mounted ones are what the read used. That failure may pass on a retry: retried once, then the
+        # Job controller gives up (BackoffLimitExceeded) and the step's reason comes back.
+        import boto3
+        from sklearn.datasets import load_iris
+
+        boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key,
+                     aws_secret_access_key=s3.secret_key, region_name=REGION).put_object(
+            Bucket=s3.bucket, Key="datasets/iris.csv", Body=load_iris(as_frame=True).frame.to_csv(index=False).encode())
+        wrong_secret = "wrong-secret-key-e2e-0123456789"
+        for secret, key in (("data-creds", s3.secret_key), ("data-creds-wrong", wrong_secret)):
+            client.CoreV1Api(node_api).create_namespaced_secret(ns, client.V1Secret(
+                metadata=client.V1ObjectMeta(name=secret),
+                string_data={"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": key}))
+        for name, secret, retries in (("creds", "data-creds", 0), ("wrongcreds", "data-creds-wrong", 1)):
+            objects.create(training(name, retries=retries, dataset={
+                "uri": f"s3://{s3.bucket}/datasets/iris.csv", "target": "target",
+                "credentialsSecretRef": {"name": secret}}))
         # A run longer than spec.timeout: Kubernetes stops the Job at its activeDeadlineSeconds.
         objects.create(training("slow", timeout="3s"))
         # A step failure a retry cannot change: the Pod failure policy fails the Job at its first Pod (retries
@@ -133,6 +153,27 @@ def test_training_in_a_job(node_cluster, node_kubeconfig, node_api, node_namespa
         pods = json.loads(kubectl("get", "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={run['backendRunId']}",
                                   "-o", "json", kubeconfig=kc).stdout)["items"]
         assert len(pods) == 1  # not retried
+
+        def outcome(name: str) -> dict[str, Any]:
+            return objects.wait("ModelTraining", name, lambda o: (o.get("status") or {}).get("phase") in
+                                ("Succeeded", "Failed"), timeout=RUN_TIMEOUT, what=f"{name}'s run outcome")["status"]
+
+        creds = outcome("creds")
+        assert creds["phase"] == "Succeeded", creds
+        (source,) = creds["latestRun"]["sources"]
+        assert (source["name"], source["uri"]) == ("base", f"s3://{s3.bucket}/datasets/iris.csv"), source
+        run = outcome("wrongcreds")["latestRun"]
+        assert (run["state"], run["reason"]) == ("Failed", "DatasetUnavailable"), run
+        assert "BackoffLimitExceeded" in run["message"] and "datasets/iris.csv" in run["message"], run["message"]
+        pods = json.loads(kubectl("get", "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={run['backendRunId']}",
+                                  "-o", "json", kubeconfig=kc).stdout)["items"]
+        assert len(pods) == 2  # the first Pod and one retry
+        logs = {"operator": kubectl("logs", "-n", ns, "-l", "app.kubernetes.io/component=operator", "--tail=-1",
+                                    kubeconfig=kc).stdout,
+                "runs": kubectl("logs", "-n", ns, "-l", "mlops.dev/modeltraining", "--tail=-1", "--prefix",
+                                kubeconfig=kc).stdout,
+                "jobs": json.dumps(jobs(kc, ns))}
+        assert_no_secrets(node_api, ns, [s3.secret_key, wrong_secret], logs=logs)
     except BaseException:
         print(kubectl("logs", "-n", ns, "-l", "app.kubernetes.io/component=operator", "--tail=80",
                       kubeconfig=kc, check=False).stdout)

@@ -50,7 +50,10 @@ def test_a_run_is_one_job_with_the_specs_settings(job_operator, objects, kube_ap
     core.create_namespaced_secret(namespace, client.V1Secret(
         metadata=client.V1ObjectMeta(name="s3-creds"),
         string_data={"AWS_ACCESS_KEY_ID": "id-not-copied", "AWS_SECRET_ACCESS_KEY": "secret-not-copied"}))
+    core.create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="data-creds"), string_data={"key": "data-id-not-copied"}))
     created = objects.create(training(
+        dataset={"uri": "s3://team-data/iris.csv", "target": "target", "credentialsSecretRef": {"name": "data-creds"}},
         resources={"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi", "nvidia.com/gpu": 1}},
         nodeSelector={"pool": "gpu"}, tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}],
         timeout="10m", retries=2, storageSecretName="s3-creds", concurrencyPolicy="Replace"))
@@ -78,9 +81,22 @@ def test_a_run_is_one_job_with_the_specs_settings(job_operator, objects, kube_ap
     assert env["AWS_ENDPOINT_URL"].value == "http://127.0.0.1:9"
     # The pipeline arguments travel in the request; the artifact root is the operator's object storage.
     assert f'"artifact_root":"{ROOT}"' in env["MLOPS_TRAINING_REQUEST"].value
-    # The Secret's values are in no part of the Job.
+    # The dataset's Secret is mounted for the extract step, by reference.
+    assert env["MLOPS_DATASET_CREDENTIALS_DIR"].value == "/var/run/secrets/mlops.dev/dataset-credentials"
+    (volume,) = [v for v in pod.volumes if v.name == "dataset-credentials"]
+    assert volume.secret.secret_name == "data-creds"
+    # The Secrets' values are in no part of the Job.
     text = str(client.ApiClient().sanitize_for_serialization(job))
     assert "id-not-copied" not in text and "secret-not-copied" not in text
+
+    # A dataset Secret that does not exist is InvalidSpec before any Job (a Pod would wait for its volume).
+    objects.create(training("nocreds", dataset={"uri": "s3://team-data/iris.csv", "target": "target",
+                                                "credentialsSecretRef": {"name": "absent"}}))
+    refused = objects.wait("ModelTraining", "nocreds", lambda o: (condition(o, "Succeeded") or {}).get("reason")
+                           == "InvalidSpec", what="the missing dataset Secret refused")
+    assert "spec.dataset.credentialsSecretRef: cannot read Secret absent" in condition(refused, "Succeeded")["message"]
+    assert [j.metadata.name for j in jobs(kube_api, namespace)] == [job.metadata.name]
+    objects.delete("ModelTraining", "nocreds")
 
     # A restart re-submits the recorded trigger's run under the same name: still one Job, the same one.
     job_operator.stop()

@@ -6,10 +6,14 @@ import json
 
 from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.backends.storage_credentials import (
+    DATASET_CREDENTIALS_DIR_ENV,
     DATASET_STORAGE_OPTIONS_ENV,
     dataset_env,
+    dataset_storage_options,
+    storage_options_from_dir,
     storage_options_from_secret,
 )
+from mlops_operator.reconcile import trainingjob
 from mlops_operator.reconcile.validation import training_spec_errors
 from mlops_operator.components.extract import STORAGE_OPTIONS_ENV
 
@@ -36,4 +40,21 @@ def test_backend_kfp_refuses_a_credentials_secret_it_could_not_hand_over():
     assert training_spec_errors(ModelTrainingSpec.model_validate(spec)) == []
     kfp = ModelTrainingSpec.model_validate({**spec, "backend": "kfp", "kfp": {"host": "http://kfp"}})
     (problem,) = training_spec_errors(kfp)
-    assert problem.startswith("spec.dataset.credentialsSecretRef: honoured by backend local only")
+    assert problem.startswith("spec.dataset.credentialsSecretRef: honoured by backends local and job, not kfp")
+    job = ModelTrainingSpec.model_validate({**spec, "backend": "job"})
+    assert training_spec_errors(job) == []
+
+
+def test_a_secret_volume_gives_the_same_options_and_its_own_links_are_not_keys(tmp_path):
+    """A Job's Pod reads the Secret as the kubelet mounts it: key files are links into a ..data directory."""
+    data = tmp_path / "..2026_11_30_03_00_00.1"
+    data.mkdir()
+    for key, value in {"AWS_ACCESS_KEY_ID": "AKIA1", "AWS_SECRET_ACCESS_KEY": "s3cr3t\n"}.items():
+        (data / key).write_text(value)
+        (tmp_path / key).symlink_to(f"..data/{key}")
+    (tmp_path / "..data").symlink_to(data.name)
+    assert storage_options_from_dir(tmp_path) == {"key": "AKIA1", "secret": "s3cr3t"}
+    assert dataset_storage_options({DATASET_CREDENTIALS_DIR_ENV: str(tmp_path)}) == {"key": "AKIA1", "secret": "s3cr3t"}
+    assert dataset_storage_options({}) is None
+    # The Job manifest names the mount with the same variable the step reads.
+    assert trainingjob.DATASET_CREDENTIALS_DIR_ENV == DATASET_CREDENTIALS_DIR_ENV

@@ -65,6 +65,22 @@ def test_the_job_carries_the_specs_resources_placement_timeout_and_retries():
                                                              "values": [trainingjob.NOT_RETRIED_EXIT_CODE]}}
 
 
+def test_the_datasets_credentials_secret_is_mounted_for_the_dataset_never_copied():
+    job = manifest(dataset={"uri": "s3://team-data/iris.csv", "target": "target",
+                            "credentialsSecretRef": {"name": "data-creds"}})
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env[trainingjob.DATASET_CREDENTIALS_DIR_ENV]["value"] == trainingjob.DATASET_CREDENTIALS_MOUNT
+    assert {"name": "dataset-credentials", "mountPath": trainingjob.DATASET_CREDENTIALS_MOUNT,
+            "readOnly": True} in container["volumeMounts"]
+    assert {"name": "dataset-credentials", "secret": {"secretName": "data-creds", "defaultMode": 0o444}} in pod["volumes"]
+    plain = manifest()
+    assert trainingjob.DATASET_CREDENTIALS_DIR_ENV not in {e["name"] for e in plain["spec"]["template"]["spec"]
+                                                           ["containers"][0]["env"]}
+    assert [v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
+
+
 def test_the_job_is_owned_named_and_labelled_for_its_run():
     job = manifest()
     meta = job["metadata"]

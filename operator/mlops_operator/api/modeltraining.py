@@ -74,8 +74,9 @@ class Dataset(Model):
     """A Secret in the same namespace whose keys are passed to fsspec as storage options for the
     dataset: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL,
     AWS_REGION, or fsspec option names (key, secret, endpoint_url, ...). Read when a run starts and
-    handed to it through its environment; never copied into status, events or logs. Backend local
-    only; without it the run uses the operator's own credentials (environment or IRSA)."""
+    handed to it through its environment (backend job: mounted in the run's Pod); never copied into
+    status, events or logs. Backends local and job; without it the run uses the operator's own
+    credentials (environment or IRSA), or on job the Pod's (storageSecretName, its service account)."""
 
 
 class ProductionWindow(Model):

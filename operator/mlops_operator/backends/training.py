@@ -317,6 +317,7 @@ class JobTraining:
       spec.storageSecretName's keys, referenced by ``secretKeyRef`` (the kubelet reads the Secret; the
       operator only checks that the keys are there), or the Pod's service account (IRSA);
       AWS_ENDPOINT_URL and AWS_REGION, not secret, are copied from the operator's environment.
+      spec.dataset.credentialsSecretRef's Secret is mounted read-only in the Pod for the dataset alone.
     - **Result**: the export step writes the model version (metrics, URI, validation reasons, lineage)
       to the artifact store under a claim keyed by the run name; the operator reads it from there, as
       for KFP (:func:`stored_outputs`), with no size limit, and it survives the Job. A failed Pod's
@@ -379,6 +380,9 @@ class JobTraining:
         if problem:
             raise InvalidSpec(problem)
         await self._check_storage_secret()
+        # The dataset's Secret is mounted in the Pod (the kubelet reads it); checked here so a missing Secret is
+        # InvalidSpec now, not a Pod waiting for its volume. Its values are read and dropped.
+        await dataset_credentials_env(self.spec, self.namespace)
         source = await pipeline_source(self.spec, self.namespace, self.settings)
         package = source or str(pipeline_package.default_pipeline_package())
         stamp = _iso(datetime.now(UTC))

@@ -6,8 +6,6 @@ shared with the DriftMonitor's reference data.
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,7 +13,7 @@ import pandas as pd
 
 from mlops_operator.api.errors import DatasetUnavailable
 from mlops_operator.backends.datasets import load_dataset
-from mlops_operator.backends.storage_credentials import DATASET_STORAGE_OPTIONS_ENV
+from mlops_operator.backends.storage_credentials import DATASET_STORAGE_OPTIONS_ENV, dataset_storage_options
 from mlops_operator.components.errors import reported
 
 # fsspec storage options for the dataset (JSON), set by the operator from spec.dataset.credentialsSecretRef.
@@ -29,7 +27,7 @@ def run_extract(dataset_uri: str, declared_format: str, output_path: str) -> dic
     Returns ``{"digest", "rows", "columns", "started_at"}``.
     """
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-    options = json.loads(os.environ[STORAGE_OPTIONS_ENV]) if os.environ.get(STORAGE_OPTIONS_ENV) else None
+    options = dataset_storage_options()
     frame, digest = load_dataset(dataset_uri, declared_format, options)
     frame.to_parquet(output_path, index=False)
     return {"digest": digest, "rows": int(len(frame)), "columns": list(frame.columns), "started_at": started_at}
@@ -55,7 +53,7 @@ def run_extract_sources(
     from mlops_operator.backends import training_data
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-    options = json.loads(os.environ[STORAGE_OPTIONS_ENV]) if os.environ.get(STORAGE_OPTIONS_ENV) else None
+    options = dataset_storage_options()
     try:
         resolved = training_data.resolve_dataset_uri(dataset_uri, storage_options=options)
     except training_data.NoData as err:

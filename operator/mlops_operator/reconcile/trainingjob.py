@@ -36,6 +36,11 @@ RUN_ANNOTATION = "mlops.dev/run"
 TRAINING_LABEL = "mlops.dev/modeltraining"
 """The ModelTraining's name, on the Job and its Pod."""
 MANAGED_BY = {"app.kubernetes.io/managed-by": "mlops-operator", "app.kubernetes.io/component": "training"}
+DATASET_CREDENTIALS_MOUNT = "/var/run/secrets/mlops.dev/dataset-credentials"
+"""Where spec.dataset.credentialsSecretRef's Secret is mounted in the Job's Pod (read-only; the extract step
+reads it through ``MLOPS_DATASET_CREDENTIALS_DIR``)."""
+DATASET_CREDENTIALS_DIR_ENV = "MLOPS_DATASET_CREDENTIALS_DIR"
+"""Names the mount for the extract step (``backends.storage_credentials`` reads it; the same name)."""
 SECRET_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
 """spec.storageSecretName's keys the Pod references (name, optional)."""
 # Labels and Job names are at most 63 characters (the Job controller labels its Pods with the Job's name).
@@ -87,8 +92,10 @@ def job_manifest(*, run_name: str, namespace: str, training_name: str, training_
     the ModelTraining, with spec.resources, nodeSelector, tolerations, timeout and retries.
 
     ``request`` travels in the environment (:data:`REQUEST_ENV`); ``plain_env`` carries settings that are
-    not secret (AWS_ENDPOINT_URL, AWS_REGION); spec.storageSecretName's keys are referenced. The Pod
-    runs under Pod Security ``restricted``, with a read-only root and /tmp an emptyDir."""
+    not secret (AWS_ENDPOINT_URL, AWS_REGION); spec.storageSecretName's keys are referenced, and
+    spec.dataset.credentialsSecretRef's Secret is mounted read-only (:data:`DATASET_CREDENTIALS_MOUNT`) for the
+    dataset alone: the kubelet reads both, nothing is copied into the Job. The Pod runs under Pod Security
+    ``restricted``, with a read-only root and /tmp an emptyDir."""
     name = job_name(run_name)
     labels = {**MANAGED_BY, TRAINING_LABEL: training_name}
     annotations = {RUN_ANNOTATION: run_name}
@@ -106,6 +113,14 @@ def job_manifest(*, run_name: str, namespace: str, training_name: str, training_
                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
                             "seccompProfile": {"type": "RuntimeDefault"}},
     }
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    dataset_secret = spec.dataset.credentials_secret_ref
+    if dataset_secret:
+        container["env"].append({"name": DATASET_CREDENTIALS_DIR_ENV, "value": DATASET_CREDENTIALS_MOUNT})
+        container["volumeMounts"].append({"name": "dataset-credentials", "mountPath": DATASET_CREDENTIALS_MOUNT,
+                                          "readOnly": True})
+        volumes.append({"name": "dataset-credentials",
+                        "secret": {"secretName": dataset_secret.name, "defaultMode": 0o444}})
     resources = _resources(spec)
     if resources:
         container["resources"] = resources
@@ -113,7 +128,7 @@ def job_manifest(*, run_name: str, namespace: str, training_name: str, training_
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the run needs no Kubernetes API
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": volumes,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
     }
     if service_account:

@@ -163,9 +163,10 @@ def training_spec_errors(spec: ModelTrainingSpec, default_kfp_host: str | None =
         problems.append(f"spec.validation.thresholds: {', '.join(wrong)} do not apply to {task} "
                         f"(estimator {spec.training.estimator}); use "
                         f"{', '.join(CLASSIFICATION_METRICS if task == 'classification' else REGRESSION_METRICS)}")
-    if spec.dataset.credentials_secret_ref and spec.backend != "local":
-        problems.append("spec.dataset.credentialsSecretRef: honoured by backend local only; with backends kfp and "
-                        "job give the run's service account access to the dataset (e.g. IRSA) and leave it out")
+    if spec.dataset.credentials_secret_ref and spec.backend == "kfp":
+        problems.append("spec.dataset.credentialsSecretRef: honoured by backends local and job, not kfp; with kfp give "
+                        "the runs' service account (MLOPS_KFP_SERVICE_ACCOUNT) access to the dataset (e.g. IRSA) "
+                        "and leave it out")
     if spec.dataset.target in spec.dataset.features:
         problems.append("spec.dataset.features: must not contain the target column")
     for check in spec.data_validation.columns:
