@@ -111,7 +111,9 @@ class Settings(BaseSettings):
     separated (the operator reads them with its own privileges)."""
     uri_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """URI policy: if set, every URI of a spec (but sklearn:// built-ins) must start with one of these
-    prefixes, comma separated (e.g. s3://team-data/,https://data.example.com/)."""
+    prefixes, comma separated (e.g. s3://team-data/,https://data.example.com/); `{namespace}` in a prefix is the
+    object's namespace, so each team reads only its own part (s3://team-data/{namespace}/). URIs are compared with
+    their `..` segments resolved."""
     uri_file_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """URI policy: directories file:// URIs and plain paths may be under, comma separated; empty: the data
     dir and (when local) the artifact root. Symbolic links are resolved before the check. Whatever this allows, of

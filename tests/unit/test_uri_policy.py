@@ -130,6 +130,27 @@ def test_schemes_and_prefixes(tmp_path):
     assert uri_problem("sklearn://iris", p, resolve) is None
 
 
+def test_a_prefix_per_namespace(tmp_path):
+    """``{namespace}`` in a prefix is the object's namespace: each team reads its own part of a shared bucket."""
+    p = policy(tmp_path, uri_prefixes=["s3://team-data/{namespace}/", "https://data.example.com/shared/"])
+    assert uri_problem("s3://team-data/team-a/iris.csv", p, resolve, namespace="team-a") is None
+    assert uri_problem("https://data.example.com/shared/iris.csv", p, resolve, namespace="team-a") is None
+    problem = uri_problem("s3://team-data/team-b/iris.csv", p, resolve, namespace="team-a")
+    assert problem == ("not under an allowed prefix (MLOPS_URI_PREFIXES: s3://team-data/team-a/, "
+                       "https://data.example.com/shared/)")
+    # .. does not climb out of the namespace's part; a namespace that only starts like another is another.
+    assert uri_problem("s3://team-data/team-a/../team-b/iris.csv", p, resolve, namespace="team-a")
+    assert uri_problem("s3://team-data/team-a-evil/iris.csv", p, resolve, namespace="team-a")
+    assert uri_problem("s3://team-data/team-a/./sub//x.csv", p, resolve, namespace="team-a") is None
+    # Where no namespace is known (a fetch-time check in a run), the placeholder is any one segment.
+    assert uri_problem("s3://team-data/team-b/iris.csv", p, resolve) is None
+    assert uri_problem("s3://team-data/iris.csv", p, resolve)
+    # Without a placeholder, normalised too.
+    plain = policy(tmp_path, uri_prefixes=["s3://data/team-a/"])
+    assert uri_problem("s3://data/team-a/../team-b/x.csv", plain, resolve)
+    assert uri_problem("s3://data/team-a/sub/../x.csv", plain, resolve) is None
+
+
 def test_problems_name_the_field(tmp_path):
     problems = uri_problems([("spec.dataset.uri", "file:///etc/passwd"), ("spec.pipeline.uri", None)],
                             policy(tmp_path), resolve)

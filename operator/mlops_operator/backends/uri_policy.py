@@ -21,6 +21,7 @@ import http.client
 import ipaddress
 import os
 import posixpath
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -106,6 +107,36 @@ def _other_namespace_problem(root: str, path: str, namespace: str | None, displa
             f"another namespace's models, inference logs and drift reports cannot be read")
 
 
+NAMESPACE_PLACEHOLDER = "{namespace}"
+"""In a URI prefix, the namespace of the object whose URI is checked: ``s3://team-data/{namespace}/``."""
+_SEGMENT = re.compile(r"[^/]+")
+
+
+def _normal(uri: str) -> str:
+    """``uri`` with its path's ``.``/``..`` segments and doubled slashes resolved (a trailing slash kept)."""
+    scheme, sep, rest = uri.partition("://")
+    netloc, slash, path = rest.partition("/") if sep else ("", "", uri)
+    if not path:
+        return uri
+    normal = posixpath.normpath(("/" if sep else "") + path)
+    if path.endswith("/") and not normal.endswith("/"):
+        normal += "/"
+    return f"{scheme}://{netloc}{normal}" if sep else normal
+
+
+def _under_prefix(uri: str, prefix: str, namespace: str | None) -> bool:
+    """Whether ``uri`` (normalised: a/team-a/../team-b is not under a/team-a/) starts with ``prefix``, whose
+    ``{namespace}`` is the object's namespace; where no namespace is known (a fetch-time check inside a run,
+    the spec having passed with its namespace), any one path segment."""
+    uri = _normal(uri)
+    if NAMESPACE_PLACEHOLDER not in prefix:
+        return uri.startswith(prefix)
+    if namespace:
+        return uri.startswith(prefix.replace(NAMESPACE_PLACEHOLDER, namespace))
+    pattern = _SEGMENT.pattern.join(re.escape(part) for part in prefix.split(NAMESPACE_PLACEHOLDER))
+    return re.match(pattern, uri) is not None
+
+
 def _under(path: str, root: str) -> bool:
     return bool(root) and (path == root or path.startswith(root.rstrip(os.sep) + os.sep))
 
@@ -119,8 +150,10 @@ def uri_problem(uri: str, policy: UriPolicy, resolve: Resolver = _resolve, names
     scheme = parts.scheme.lower() if "://" in uri else "file"
     if scheme not in policy.schemes:
         return f"scheme {scheme!r} is not allowed (MLOPS_URI_SCHEMES: {', '.join(policy.schemes)})"
-    if policy.prefixes and not uri.startswith(policy.prefixes):
-        return f"not under an allowed prefix (MLOPS_URI_PREFIXES: {', '.join(policy.prefixes)})"
+    if policy.prefixes and not any(_under_prefix(uri, prefix, namespace) for prefix in policy.prefixes):
+        shown = ", ".join(prefix.replace(NAMESPACE_PLACEHOLDER, namespace) if namespace else prefix
+                          for prefix in policy.prefixes)
+        return f"not under an allowed prefix (MLOPS_URI_PREFIXES: {shown})"
     if scheme == "file":
         path = unquote(parts.path) if "://" in uri else uri
         if parts.netloc not in ("", "localhost") and "://" in uri:
