@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(5.0, gt=0, le=3600)
     """How often what is in progress is observed: running trainings, rollouts, local model servers, a KFP
     schedule's fires. Idle objects are not polled: a change, a watch event or their next schedule time wakes them."""
+    backend_retry_seconds: float = Field(30.0, gt=0, le=3600)
+    """How soon an object is reconciled again after its backend could not be reached (Seldon Core's CRD not
+    installed, the KFP API down): each further failure doubles the wait, up to four times this."""
     leader_election: bool = False
     """Run as one of several replicas: only the holder of a Lease reconciles, the others wait on standby
     and take over when it stops (at once after a clean stop, after the lease duration after a crash)."""

@@ -75,9 +75,10 @@ def model_source(info: dict) -> dict:
 
 @pytest.fixture
 def operator(kubeconfig, namespace, crds, tmp_path):
-    """The operator, with its Seldon request-logger sink on a free port (tests may run side by side)."""
+    """The operator, with its Seldon request-logger sink on a free port (tests may run side by side), retrying
+    an unreachable backend after 2 s (not 30: test_backend_unavailable_until_seldon_is_installed waits on it)."""
     process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator",
-                              env={"MLOPS_SELDON_LOGGER_PORT": "0"}).start()
+                              env={"MLOPS_SELDON_LOGGER_PORT": "0", "MLOPS_BACKEND_RETRY_SECONDS": "2"}).start()
     yield process
     process.stop()
 

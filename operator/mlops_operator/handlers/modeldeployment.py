@@ -187,7 +187,7 @@ async def reconcile_modeldeployment(obj: dict[str, Any]) -> ModelDeploymentStatu
         if degraded is None or degraded.reason != BackendUnavailable.reason:
             post_event(obj, BackendUnavailable.reason, error.message, warning=True)
         raise Retry(error.message, modeldeployment.backend_unavailable_status(
-            status, BackendUnavailable.reason, error.message, generation=generation, now=now), delay=30) from None
+            status, BackendUnavailable.reason, error.message, generation=generation, now=now), delay=get_settings().backend_retry_seconds) from None
 
     # 7. The status, events and metrics.
     result = modeldeployment.deployment_status(status, state, transition, view.serving, desired=desired,

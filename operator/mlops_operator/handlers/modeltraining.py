@@ -133,7 +133,8 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
     except BackendUnavailable as error:
         conditions = set_condition(plain(status.conditions), "Succeeded", FALSE, BackendUnavailable.reason,
                                    error.message, generation=generation)
-        raise Retry(error.message, status.model_copy(update={"conditions": typed(conditions)}), delay=30) from None
+        raise Retry(error.message, status.model_copy(update={"conditions": typed(conditions)}),
+                    delay=get_settings().backend_retry_seconds) from None
     return status
 
 
