@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     """Allow backend local training when the operator runs in a Pod (KUBERNETES_SERVICE_HOST set): the runs
     then share the operator Pod's CPU and memory and are lost when it restarts. Off: such a ModelTraining is
     InvalidSpec (use backend job or kfp). Outside a Pod local training is always allowed."""
+    training_zygote: bool = True
+    """Fork backend local's training runners from one warm process (the zygote: started on the first local run,
+    it has imported kfp, pandas, pyarrow and scikit-learn once: about 230 MB resident, as benchmarks/training_bench.py reports; it exits with the operator)
+    instead of starting each as a fresh interpreter (seconds of imports per run). Runs outlive the operator either
+    way; a zygote that cannot start or fails falls back to fresh interpreters."""
     prometheus_url: str | None = None
     """Default Prometheus for rollout analysis; without it the analysis reads the router's statistics."""
     endpoint_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -42,17 +42,39 @@ def wait_final(run_name: str, data_dir: Path, namespace: str = "default", timeou
 
 
 @pytest.fixture
-def popen_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Records every process the backend starts (and still starts it)."""
-    calls: list[list[str]] = []
-    real = subprocess.Popen
+def popen_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Records every runner the backend starts (forked from the zygote or not; and still starts it)."""
+    calls: list[Path] = []
+    real = tl._start_runner
 
-    def recording(args, *a, **kw):
-        calls.append(list(args))
-        return real(args, *a, **kw)
+    def recording(directory, *a, **kw):
+        calls.append(directory)
+        return real(directory, *a, **kw)
 
-    monkeypatch.setattr(tl.subprocess, "Popen", recording)
+    monkeypatch.setattr(tl, "_start_runner", recording)
     return calls
+
+
+def group_members(pgid: int) -> set[tuple[int, int]]:
+    """(pid, start time) of the live processes of a process group."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.add((int(entry.name), int(fields[19])))
+    return members
+
+
+def gone(pid: int, start: int | None) -> bool:
+    """Whether the process (pid, start time) has ended (a zombie has)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return True
+    return int(fields[19]) != start or fields[0] in ("Z", "X")
 
 
 # --- pure request handling ----------------------------------------------------------------
@@ -131,6 +153,46 @@ def test_dead_runner_is_reported_as_runner_lost(tmp_path: Path) -> None:
     assert (status.state, status.reason) == (tl.FAILED, "RunnerLost")
     assert status.started == "2026-01-01T00:00:00Z" and status.finished
     assert json.loads((directory / tl.STATE_FILE).read_text())["reason"] == "RunnerLost"  # persisted
+
+
+def test_the_runner_is_known_by_pid_and_start_time_not_by_a_reused_pid(tmp_path: Path) -> None:
+    # A live process that is not the runner: what a pid reused since the runner ended looks like.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        start = tl.process_start_time(other.pid)
+        assert start is not None and tl.process_start_time(2**22 + 1) is None
+        for name, pid_file, alive in [("same", f"{other.pid} {start}", True),
+                                      ("reused", f"{other.pid} {start - 1}", False),
+                                      ("one-number", str(other.pid), False)]:  # an older pid file: by command line
+            directory = tl.run_dir(tmp_path, name)
+            directory.mkdir(parents=True)
+            (directory / tl.PID_FILE).write_text(pid_file)
+            (directory / tl.STATE_FILE).write_text(json.dumps({"state": tl.RUNNING}))
+            assert tl._runner_alive(other.pid, directory) is alive, name
+            assert tl._read_pid(directory) == other.pid
+        assert tl.status("same", tmp_path).state == tl.RUNNING
+        assert (tl.status("reused", tmp_path).reason, tl.status("one-number", tmp_path).reason) == ("RunnerLost",) * 2
+        assert tl.cancel("reused", tmp_path).state == tl.FAILED  # lost already: nothing signalled
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_group_is_the_runs_by_command_line_or_working_directory(tmp_path: Path) -> None:
+    """A runner forked from the zygote, and its tasks, have the zygote's command line: the run dir as
+    their working directory marks them."""
+    directory = (tmp_path / "run").resolve()
+    directory.mkdir()
+    member = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], cwd=directory,
+                              start_new_session=True)
+    try:
+        assert tl.group_alive(member.pid, str(directory)) and tl.group_alive(member.pid)
+        assert not tl.group_alive(member.pid, str(tmp_path / "other"))
+    finally:
+        member.kill()
+        member.wait()
+    assert not tl.group_alive(member.pid, str(directory))
 
 
 def test_run_dir_without_runner_is_lost_after_the_grace_period(tmp_path: Path) -> None:
@@ -269,10 +331,12 @@ def test_local_run_reasons_for_bad_data_and_bad_estimator(tmp_path: Path) -> Non
 def test_cancel_a_running_run_kills_its_steps(tmp_path: Path) -> None:
     tl.submit("cancel-1", {**IRIS}, tmp_path)
     status = wait_for(lambda: (s := tl.status("cancel-1", tmp_path)).state == tl.RUNNING and s, 60)
-    # Wait until a step process runs under the runner, so cancel has a group to kill.
-    wait_for(lambda: "Executing task" in tl.read_log("cancel-1", tmp_path), 60)
+    assert "--zygote" in Path(f"/proc/{status.pid}/cmdline").read_text()  # forked from the zygote
+    # Wait until a task process runs under the runner, so cancel has a group to kill.
+    members = wait_for(lambda: len(m := group_members(status.pid)) >= 2 and m, 60, interval=0.05)
     canceled = tl.cancel("cancel-1", tmp_path)
     assert canceled.state == tl.CANCELED and not tl.group_alive(status.pid)
+    assert all(gone(pid, start) for pid, start in members)  # the runner and its forked task
     time.sleep(0.5)
     assert tl.status("cancel-1", tmp_path).state == tl.CANCELED  # the killed runner wrote nothing after
 
@@ -287,14 +351,18 @@ def test_run_survives_the_death_of_the_process_that_submitted_it(tmp_path: Path)
     script = (
         "import sys, time; from pathlib import Path; from mlops_operator.backends import training_local as tl; "
         f"tl.submit('orphan-run', {{'dataset_uri': 'sklearn://iris', 'target': 'target', 'model_name': 'iris', 'model_namespace': 'ml'}}, "
-        f"Path({str(tmp_path)!r})); print('submitted', flush=True); time.sleep(600)"
+        f"Path({str(tmp_path)!r})); z = tl.zygote_pid(); print(z, tl.process_start_time(z), flush=True); "
+        "time.sleep(600)"
     )
     operator = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        assert operator.stdout.readline().strip() == "submitted"
+        zygote, zygote_start = (int(part) for part in operator.stdout.readline().split())
         running = wait_for(lambda: (s := tl.status("orphan-run", tmp_path)).state == tl.RUNNING and s, 60)
-        operator.kill()
+        # The runner was forked from the stand-in's zygote (its command line is the zygote's).
+        assert "--zygote" in Path(f"/proc/{running.pid}/cmdline").read_text() and zygote != running.pid
+        operator.kill()  # SIGKILL: nothing of the stand-in runs again
         operator.wait()
+        wait_for(lambda: gone(zygote, zygote_start), 30, interval=0.05)  # the zygote does not outlive it
         assert tl.status("orphan-run", tmp_path).state == tl.RUNNING
         final = wait_final("orphan-run", tmp_path, timeout=180)
         assert final.state == tl.SUCCEEDED and final.pid == running.pid
@@ -375,3 +443,79 @@ def test_the_compiled_tasks_run_forked_from_the_warm_runner() -> None:
     assert forkable(["python3", "-m", "kfp.dsl.executor_main", "--executor_input", "{}"]) is None
     script = container["command"][2]
     assert forkable(["sh", "-ec", "python3 -m pip install pandas && " + script, "src"]) is None
+
+
+# --- the zygote --------------------------------------------------------------------------------
+
+def canceled_run(data_dir: Path, name: str) -> Path:
+    """A run dir whose runner has nothing to do (canceled before it started): the runner exits at once."""
+    directory = tl.run_dir(data_dir, name)
+    directory.mkdir(parents=True)
+    (directory / tl.REQUEST_FILE).write_text(json.dumps({"pipelinePackage": "x", "arguments": {}}))
+    (directory / tl.STATE_FILE).write_text(json.dumps({"state": tl.CANCELED, "reason": "Canceled"}))
+    (directory / tl.CANCEL_FILE).write_text("now")
+    return directory.resolve()
+
+
+@pytest.mark.slow
+def test_the_zygote_forks_runners_in_their_own_sessions_and_is_replaced_when_it_dies(tmp_path: Path) -> None:
+    zygote = tl._Zygote()
+    try:
+        first = canceled_run(tmp_path, "first")
+        pid, start = zygote.start_runner(first, {**os.environ, "MLOPS_TEST_MARK": "1"})
+        forked_by = zygote.pid
+        assert forked_by and pid != forked_by and start is not None
+        # The runner names itself (pid and start time) before the zygote answers.
+        assert (first / tl.PID_FILE).read_text() == f"{pid} {start}"
+        assert (first / tl.LOG_FILE).exists()
+        wait_for(lambda: gone(pid, start), 30, interval=0.05)
+        assert json.loads((first / tl.STATE_FILE).read_text())["state"] == tl.CANCELED  # it ran run(): nothing to do
+
+        # A killed zygote takes nothing with it, and the next run starts a new one.
+        os.kill(forked_by, 9)
+        wait_for(lambda: zygote.pid is None, 30, interval=0.05)
+        second = canceled_run(tmp_path, "second")
+        pid2, start2 = zygote.start_runner(second, dict(os.environ))
+        assert zygote.pid not in (None, forked_by) and (second / tl.PID_FILE).read_text() == f"{pid2} {start2}"
+        assert zygote._failures == 0
+    finally:
+        zygote.stop()
+    assert zygote.pid is None
+
+
+def test_a_zygote_that_cannot_start_gives_way_to_fresh_runners(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    zygote = tl._Zygote()
+    monkeypatch.setattr(tl.sys, "executable", "/bin/false")  # exits at once: no greeting
+    for _ in range(tl.ZYGOTE_MAX_FAILURES + 2):
+        assert zygote.start_runner(canceled_run(tmp_path, f"r{_}"), {}) is None
+    assert zygote._failures == tl.ZYGOTE_MAX_FAILURES and zygote.pid is None  # then no more attempts
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "did not start" in warnings[0].getMessage()  # logged once
+
+
+def test_submit_falls_back_to_a_fresh_runner_without_the_zygote(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[list[str]] = []
+    real = subprocess.Popen
+
+    def recording(args, *a, **kw):
+        started.append(list(args))
+        return real(args, *a, **kw)
+
+    monkeypatch.setattr(tl.subprocess, "Popen", recording)
+    monkeypatch.setattr(tl._ZYGOTE, "start_runner", lambda directory, env: None)  # the zygote cannot
+    status = tl.submit("fresh-1", {**IRIS}, tmp_path)
+    assert started and started[-1][1:3] == ["-m", "mlops_operator.backends.training_runner"]
+    pid, start = (int(part) for part in (tl.run_dir(tmp_path, "fresh-1") / tl.PID_FILE).read_text().split())
+    assert pid == status.pid and start == tl.process_start_time(pid)
+    tl.cancel("fresh-1", tmp_path, grace_seconds=5)
+    started.clear()
+
+    def not_asked(directory, env):
+        raise AssertionError("the zygote was asked")
+
+    monkeypatch.setattr(tl._ZYGOTE, "start_runner", not_asked)
+    tl.submit("fresh-2", {**IRIS}, tmp_path, zygote=False)  # the setting off: no zygote asked
+    assert len(started) == 1 and started[0][-1] == str(tl.run_dir(tmp_path, "fresh-2").resolve())
+    tl.cancel("fresh-2", tmp_path, grace_seconds=5)

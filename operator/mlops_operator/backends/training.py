@@ -133,7 +133,7 @@ class LocalTraining:
                    **({"retries": self.spec.retries} if self.spec.retries else {})}
         env = await dataset_credentials_env(self.spec, self.namespace)
         run = await asyncio.to_thread(training_local.submit, run_name, request, self.settings.data_dir,
-                                      self.namespace, env)
+                                      self.namespace, env, self.settings.training_zygote)
         return self._record(run, trigger)
 
     async def observe(self, record: RunRecord) -> Observed:

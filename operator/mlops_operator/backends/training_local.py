@@ -3,16 +3,29 @@
 Each run has a directory ``<data_dir>/runs/<namespace>/<run_name>/``:
 
     request.json    what was asked: the request as given and the resolved pipeline arguments
-    pid             the runner's process id (also its process group: it starts a new session)
+    pid             the runner's identity: "<pid> <start time>" (the pid is also its process group: it
+                    starts a new session; the start time, field 22 of /proc/<pid>/stat, tells it from a
+                    later process that reuses the pid). Older runs wrote the pid alone.
     state.json      {"state", "reason", "message", "outputs", "started", "finished"}
     runner.log      everything the runner and the pipeline's steps printed
     step-error.json the failing step's reason and message (written by the step)
     cancel-requested written by cancel() before it signals the runner
     pipeline_root/  kfp.local's artifacts of the run
 
-Creating the directory is the lock that makes ``submit`` idempotent. The runner is started with
-``start_new_session`` so it outlives (and never blocks) the operator; if the operator restarts,
-``status`` finds the run from its directory. A runner that died without writing a final state is
+Creating the directory is the lock that makes ``submit`` idempotent. The runner is in a session of
+its own so it outlives (and never blocks) the operator; if the operator restarts, ``status`` finds
+the run from its directory.
+
+Where the runner comes from: by default it is forked from the **zygote**, one warm process per
+operator (``training_runner --zygote``) that has imported kfp and the steps' libraries once, started
+on the first local submit (an operator that never trains locally never pays its memory) and gone
+when the operator goes (EOF on its socket). A forked runner starts in milliseconds instead of the
+seconds of an interpreter start and imports. If the zygote cannot start or fails, the runner is
+started as a fresh ``python -m mlops_operator.backends.training_runner RUN_DIR`` (logged once), as
+it is with ``zygote=False`` (setting ``MLOPS_TRAINING_ZYGOTE``). Either way the runner is the same
+code (``training_runner.run``), in its own session, writing to ``runner.log`` with the run dir as
+its working directory; its pid file holds pid and start time, and the run dir as working directory
+marks its processes (a forked process has the zygote's command line). A runner that died without writing a final state is
 reported as FAILED/RunnerLost and not restarted: kfp.local cannot resume a run, and a silent
 re-run would train again on data that may have changed since; the operator decides whether to
 start a new run.
@@ -26,11 +39,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -86,6 +102,8 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 # Runner processes started by this process, kept so they are reaped (no zombies) when polled.
 _children: dict[int, subprocess.Popen] = {}
 
+log = logging.getLogger("mlops_operator.training")
+
 
 @dataclass(frozen=True)
 class RunStatus:
@@ -132,7 +150,7 @@ def run_dir(data_dir: str | Path, run_name: str, namespace: str = "default") -> 
 
 
 def submit(run_name: str, request: dict[str, Any], data_dir: str | Path, namespace: str | None = None,
-           env: dict[str, str] | None = None) -> RunStatus:
+           env: dict[str, str] | None = None, zygote: bool = True) -> RunStatus:
     """Start a run in a detached runner process, or return the status of the run that exists.
 
     ``env`` is added to the runner's environment (and so its steps'); unlike the request it is
@@ -144,7 +162,8 @@ def submit(run_name: str, request: dict[str, Any], data_dir: str | Path, namespa
     releases the lock if its holder dies: a run whose submitter was killed before its runner started
     is started by the next submit (an operator restart re-submits the same run name), never marked
     lost. A request that does not fit the pipeline gives a FAILED/InvalidSpec run without starting a
-    process. ``namespace`` defaults to ``request["namespace"]``, then ``default``.
+    process. ``namespace`` defaults to ``request["namespace"]``, then ``default``. ``zygote``: fork the
+    runner from this process's warm zygote (started on first use), else start a fresh interpreter.
     """
     namespace = namespace or request.get("namespace") or "default"
     directory = run_dir(data_dir, run_name, namespace)
@@ -152,7 +171,7 @@ def submit(run_name: str, request: dict[str, Any], data_dir: str | Path, namespa
     with _submit_lock(directory) as held:
         if not held or not _never_started(directory):
             return status(run_name, data_dir, namespace)
-        return _start(directory, run_name, request, data_dir, namespace, env)
+        return _start(directory, run_name, request, data_dir, namespace, env, zygote)
 
 
 def _never_started(directory: Path) -> bool:
@@ -186,7 +205,7 @@ def _submitting(directory: Path) -> bool:
 
 
 def _start(directory: Path, run_name: str, request: dict[str, Any], data_dir: str | Path, namespace: str,
-           env: dict[str, str] | None) -> RunStatus:
+           env: dict[str, str] | None, zygote: bool) -> RunStatus:
     now = _now()
     try:
         package = Path(request["pipeline_package"]) if request.get("pipeline_package") else default_pipeline_package()
@@ -206,20 +225,31 @@ def _start(directory: Path, run_name: str, request: dict[str, Any], data_dir: st
     })
     _write_state(directory, PENDING)
     env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    with open(directory / LOG_FILE, "ab") as log:
+    _write_text(directory / PID_FILE, _identity_text(*_start_runner(directory, env, zygote)))
+    return status(run_name, data_dir, namespace)
+
+
+def _start_runner(directory: Path, env: dict[str, str], zygote: bool) -> tuple[int, int | None]:
+    """Start the run's runner, forked from the zygote or else as a fresh interpreter: its (pid, start time)."""
+    identity = _ZYGOTE.start_runner(directory.resolve(), env) if zygote else None
+    return identity if identity is not None else _popen_runner(directory, env)
+
+
+def _popen_runner(directory: Path, env: dict[str, str]) -> tuple[int, int | None]:
+    """The runner as a fresh interpreter (no zygote): its (pid, start time)."""
+    with open(directory / LOG_FILE, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "mlops_operator.backends.training_runner", str(directory.resolve())],
             cwd=directory,
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # own process group: survives the operator, killable as a group
             close_fds=True,
         )
     _children[process.pid] = process
-    _write_text(directory / PID_FILE, str(process.pid))
-    return status(run_name, data_dir, namespace)
+    return process.pid, process_start_time(process.pid)  # our unreaped child: the pid is still its
 
 
 def status(run_name: str, data_dir: str | Path, namespace: str = "default") -> RunStatus:
@@ -232,7 +262,8 @@ def status(run_name: str, data_dir: str | Path, namespace: str = "default") -> R
     if not directory.is_dir():
         raise FileNotFoundError(f"no local run {namespace}/{run_name} under {data_dir}")
     state = _read_json(directory / STATE_FILE) or {}
-    pid = _read_pid(directory)
+    identity = _read_identity(directory)
+    pid = identity[0] if identity else None
     if state.get("state") not in FINAL_STATES:
         if pid is None:
             age = time.time() - directory.stat().st_mtime
@@ -268,8 +299,9 @@ def cancel(run_name: str, data_dir: str | Path, namespace: str = "default", grac
         return current
     pid = current.pid
     _write_text(directory / CANCEL_FILE, _now())
-    # Only a group that is provably this run's (its processes name the run dir) is signalled: the
-    # pid may have been reused since.
+    # Only a group that is provably this run's (the runner by pid and start time, its other processes
+    # by the run dir as command-line argument or working directory) is signalled: the pid may have
+    # been reused since.
     marker = str(directory.resolve())
     if pid is not None and (_runner_alive(pid, directory) or group_alive(pid, marker)):
         # The whole group: the runner and the step processes kfp.local started under it.
@@ -320,6 +352,152 @@ def parse_step_error(text: str) -> tuple[str, str] | None:
     return found
 
 
+# --- the zygote: runners forked from one warm process ----------------------------------------
+
+# Its imports take about 3 s on a quiet machine, several times that on a loaded one.
+ZYGOTE_START_TIMEOUT = 120.0
+# A fork takes milliseconds.
+ZYGOTE_REPLY_TIMEOUT = 30.0
+# After a zygote that did not answer: how long a runner it may have forked has to name itself.
+ZYGOTE_ORPHAN_WAIT = 10.0
+# Failures after which this process stops trying a zygote and starts every runner fresh.
+ZYGOTE_MAX_FAILURES = 3
+
+
+class _Zygote:
+    """This process's zygote (``training_runner --zygote``): started on first use, asked over a
+    socket pair, one JSON line each way, to fork runners. It reads EOF and exits when this process
+    ends, however it ends (the kernel closes the socket; no other process holds this end: Python
+    opens it close-on-exec). A dying zygote takes no run with it: its runners have sessions of their
+    own, and init adopts them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._socket: socket.socket | None = None
+        self._buffer = b""
+        self._failures = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The zygote's pid while it runs."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def start_runner(self, directory: Path, env: dict[str, str]) -> tuple[int, int | None] | None:
+        """Fork the runner of the run in ``directory`` (resolved) with environment ``env``: its (pid,
+        start time); None when the zygote cannot, and then no runner was started."""
+        with self._lock:
+            if self._failures >= ZYGOTE_MAX_FAILURES:
+                return None
+            if self.pid is None and not self._start():
+                return None
+            try:
+                self._send({"run_dir": str(directory), "env": env})
+                reply = self._receive(ZYGOTE_REPLY_TIMEOUT)
+            except (OSError, ValueError) as error:
+                # Died or hung mid-request: it may have forked the runner, which writes its pid file
+                # before the zygote answers; only a runner that did not is started afresh.
+                self._fail(f"the training zygote did not answer ({type(error).__name__}: {error})")
+                return _wait_for_identity(directory, ZYGOTE_ORPHAN_WAIT)
+            if "pid" in reply:
+                return int(reply["pid"]), reply.get("start")
+            self._fail(f"the training zygote could not start a runner: {reply.get('error')}", stop=False)
+            return None
+
+    def stop(self) -> None:
+        """Stop the zygote (runners forked from it carry on); the next run starts a new one."""
+        with self._lock:
+            self._stop()
+
+    def _start(self) -> bool:
+        self._stop()
+        ours, theirs = socket.socketpair()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "mlops_operator.backends.training_runner", "--zygote", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), close_fds=True)
+        except OSError as error:
+            ours.close()
+            self._fail(f"the training zygote could not be started ({error})", stop=False)
+            return False
+        finally:
+            theirs.close()
+        self._socket, self._buffer = ours, b""
+        try:
+            ready = self._receive(ZYGOTE_START_TIMEOUT)
+            if not ready.get("ready"):
+                raise ValueError(f"unexpected greeting {ready!r}")
+        except (OSError, ValueError) as error:
+            self._fail(f"the training zygote did not start ({type(error).__name__}: {error})")
+            return False
+        log.info("training zygote %s ready: local training runs are forked from it (%s threads after its imports)",
+                 self._process.pid, ready.get("threads"))
+        return True
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._socket is not None
+        self._socket.settimeout(ZYGOTE_REPLY_TIMEOUT)
+        self._socket.sendall(json.dumps(message).encode() + b"\n")
+
+    def _receive(self, timeout: float) -> dict[str, Any]:
+        assert self._socket is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer within {timeout:.0f} s")
+            self._socket.settimeout(remaining)
+            chunk = self._socket.recv(65536)
+            if not chunk:
+                raise ConnectionError("the zygote closed its socket (it exited)")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        message = json.loads(line)
+        if not isinstance(message, dict):
+            raise ValueError(f"unexpected message {message!r}")
+        return message
+
+    def _fail(self, message: str, stop: bool = True) -> None:
+        self._failures += 1
+        if stop:
+            self._stop()
+        fallback = ("no further attempts: every runner starts as a fresh interpreter"
+                    if self._failures >= ZYGOTE_MAX_FAILURES else "this run's runner starts as a fresh interpreter")
+        # Once at WARNING; repeats (up to ZYGOTE_MAX_FAILURES) at INFO.
+        (log.warning if self._failures == 1 else log.info)("%s; %s", message, fallback)
+
+    def _stop(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
+            self._process = None
+
+
+_ZYGOTE = _Zygote()
+
+
+def zygote_pid() -> int | None:
+    """The pid of this process's training zygote, None while there is none."""
+    return _ZYGOTE.pid
+
+
+def stop_zygote() -> None:
+    """Stop this process's training zygote (runs forked from it carry on); the next run starts a new one."""
+    _ZYGOTE.stop()
+
+
+def _wait_for_identity(directory: Path, timeout: float) -> tuple[int, int | None] | None:
+    deadline = time.monotonic() + timeout
+    while (identity := _read_identity(directory)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return identity
+
+
 # --- run directory helpers (shared with training_runner) ---------------------------------------
 
 def _write_state(directory: Path, state: str, **fields: Any) -> None:
@@ -339,14 +517,44 @@ def _mark_lost(directory: Path, message: str) -> dict[str, Any]:
     return _read_json(directory / STATE_FILE) or {}
 
 
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot: field 22 of ``/proc/<pid>/stat``), or None if it
+    is gone or there is no /proc. With the pid it names one process: a reused pid starts later."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    # After the command (which may contain spaces and parentheses): field 3 (state) onwards.
+    fields = stat.rsplit(")", 1)[-1].split()
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def _identity_text(pid: int, start: int | None) -> str:
+    return f"{pid} {start}" if start is not None else str(pid)
+
+
+def _read_identity(directory: Path) -> tuple[int, int | None] | None:
+    """The runner's (pid, start time) from the pid file; start time None in an older one-number file."""
+    try:
+        parts = (directory / PID_FILE).read_text().split()
+        return (int(parts[0]), int(parts[1]) if len(parts) > 1 else None) if parts else None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def _runner_alive(pid: int, directory: Path) -> bool:
-    """Whether ``pid`` is still this run's runner (not a zombie, not a reused pid)."""
+    """Whether ``pid`` is still this run's runner (not a zombie, not a reused pid).
+
+    With a start time in the pid file the process must have started then; an older pid file (pid
+    alone) is matched by the runner's command line, which names the run dir."""
     child = _children.get(pid)
     if child is not None:
         if child.poll() is None:
             return True
         del _children[pid]
         return False
+    identity = _read_identity(directory)
+    start = identity[1] if identity and identity[0] == pid else None
     proc = Path(f"/proc/{pid}")
     if proc.exists():
         try:
@@ -354,8 +562,11 @@ def _runner_alive(pid: int, directory: Path) -> bool:
             cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             return False
-        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+        fields = stat.rsplit(")", 1)[-1].split()
+        if fields[0] in ("Z", "X"):
             return False
+        if start is not None:
+            return int(fields[19]) == start
         return "training_runner" in cmdline and directory.name in cmdline
     try:
         os.kill(pid, 0)
@@ -368,8 +579,9 @@ def _runner_alive(pid: int, directory: Path) -> bool:
 
 def group_alive(pgid: int, marker: str | None = None) -> bool:
     """Whether any process of the group is still running, optionally only counting processes whose
-    command line contains ``marker``. Zombies do not count: they are dead, only not yet reaped by
-    whoever inherited them."""
+    command line contains ``marker`` or whose working directory is ``marker`` (a runner forked from
+    the zygote, and the tasks it forks, have the zygote's command line but the run dir as working
+    directory). Zombies do not count: they are dead, only not yet reaped by whoever inherited them."""
     proc = Path("/proc")
     if not proc.is_dir():
         try:
@@ -391,6 +603,8 @@ def group_alive(pgid: int, marker: str | None = None) -> bool:
             return True
         try:
             if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                return True
+            if os.readlink(entry / "cwd") == marker:
                 return True
         except OSError:
             continue
@@ -416,10 +630,8 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def _read_pid(directory: Path) -> int | None:
-    try:
-        return int((directory / PID_FILE).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
+    identity = _read_identity(directory)
+    return identity[0] if identity else None
 
 
 def _read_json(path: Path) -> Any:

@@ -1,7 +1,8 @@
 """The process that executes one run: ``python -m mlops_operator.backends.training_runner RUN_DIR`` (backend
-local, detached from the operator), or ``... --job`` inside a Kubernetes Job's Pod (backend job: :func:`run_job`).
+local, detached from the operator), or ``... --job`` inside a Kubernetes Job's Pod (backend job: :func:`run_job`);
+or ``... --zygote FD``, the warm process backend local's runners are forked from (:func:`zygote`).
 
-Started by ``training_local.submit``. Reads ``request.json``, runs the compiled pipeline through
+Started by ``training_local.submit``, or forked from the zygote. Reads ``request.json``, runs the compiled pipeline through
 ``kfp.local`` (SubprocessRunner without a venv: the steps use this interpreter and its installed
 packages) with ``pipeline_root`` inside the run dir, and writes the final ``state.json``: the
 pipeline outputs on success; on failure the failing step's reason (from ``step-error.json``, else
@@ -23,6 +24,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import sys
 import tempfile
 import traceback
@@ -50,7 +53,7 @@ def run(directory: Path) -> int:
     # The runner names itself too: if the submitter died between starting it and writing the pid, the
     # run is still known to be running (and adopted), not taken for one that never started.
     if tl._read_pid(directory) is None:
-        tl._write_text(directory / tl.PID_FILE, str(os.getpid()))
+        tl._write_text(directory / tl.PID_FILE, tl._identity_text(os.getpid(), tl.process_start_time(os.getpid())))
     tl._write_state(directory, tl.RUNNING, started=started)
     error_file = directory / tl.STEP_ERROR_FILE
     os.environ[tl.STEP_ERROR_FILE_ENV] = str(error_file)
@@ -155,11 +158,13 @@ def run_task(full_command: list[str]) -> int:
 _original_run_local_subprocess: Any = None
 
 
-def _run_pipeline(package: Path, arguments: dict[str, Any], pipeline_root: Path) -> dict[str, Any]:
+def preload() -> None:
+    """Import what running a pipeline and its built-in steps needs, and put :func:`run_task` in
+    kfp.local's place: once per process (the runner, or the zygote before it forks runners)."""
     global _original_run_local_subprocess
     import importlib
 
-    from kfp import components, local
+    from kfp import components, local  # noqa: F401
     from kfp.local import subprocess_task_handler
 
     # The components name the operator image as their base image; locally that is this interpreter.
@@ -169,6 +174,12 @@ def _run_pipeline(package: Path, arguments: dict[str, Any], pipeline_root: Path)
     if _original_run_local_subprocess is None:
         _original_run_local_subprocess = subprocess_task_handler.run_local_subprocess
         subprocess_task_handler.run_local_subprocess = run_task
+
+
+def _run_pipeline(package: Path, arguments: dict[str, Any], pipeline_root: Path) -> dict[str, Any]:
+    from kfp import components, local
+
+    preload()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     pipeline = components.load_component_from_file(str(package))
@@ -219,11 +230,107 @@ def run_job(request_text: str, base: Path, termination_log: Path) -> int:
     return trainingjob.NOT_RETRIED_EXIT_CODE if state.get("reason") in NOT_RETRIED else 1
 
 
+def zygote(fd: int) -> int:
+    """The warm process backend local's runners are forked from (``training_runner --zygote FD``).
+
+    Imports what a run needs (:func:`preload`), says ``{"ready": true}`` on the socket ``fd``, then
+    reads one JSON request a line, ``{"run_dir", "env"}``, and answers each with the forked runner's
+    ``{"pid", "start"}`` or ``{"error"}``. Exits at EOF: the operator that started it has gone.
+
+    Threads: after the imports there are library threads (OpenBLAS's pool, pyarrow's jemalloc
+    background thread); both libraries re-initialise in a forked child (pthread_atfork), as they do
+    in the tasks a runner forks after the same imports. Nothing of Python's runs in a thread here.
+    """
+    # Ctrl-C in the operator's terminal stops the operator, and its EOF this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the runners it forks are reaped by the kernel
+    preload()
+    channel = socket.socket(fileno=fd)
+    reader = channel.makefile("rb")
+
+    def answer(message: dict[str, Any]) -> None:
+        channel.sendall(json.dumps(message).encode() + b"\n")
+
+    answer({"ready": True, "pid": os.getpid(), "threads": len(os.listdir("/proc/self/task"))
+            if os.path.isdir("/proc/self/task") else None})
+    for line in reader:
+        try:
+            request = json.loads(line)
+            reply = _fork_runner(Path(request["run_dir"]), dict(request["env"]), channel)
+        except Exception as error:  # noqa: BLE001 - the operator starts the runner afresh
+            reply = {"error": f"{type(error).__name__}: {error}"}
+        answer(reply)
+    # EOF: the operator has gone. No interpreter shutdown (library threads at exit; nothing to save).
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _fork_runner(directory: Path, env: dict[str, str], channel: socket.socket) -> dict[str, Any]:
+    """Fork the run's runner, in a session of its own. It stays this process's child (reaped by the
+    kernel: SIGCHLD is ignored here), not an orphan of init's: where the operator is PID 1 (a
+    container) nothing else would reap it. It reports its identity on a pipe once it is set up and
+    has written its pid file; a pipe closed without it means no runner runs."""
+    readable, writable = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(readable)
+            code = _become_runner(directory, env, writable, channel)
+        except BaseException:  # noqa: BLE001 - before the log is set up this reaches the zygote's stderr
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    os.close(writable)
+    with os.fdopen(readable, "rb") as pipe:
+        report = pipe.read()
+    if not report:
+        return {"error": f"the forked runner {pid} exited before it was set up (see the zygote's stderr)"}
+    return json.loads(report)
+
+
+def _become_runner(directory: Path, env: dict[str, str], report: int, channel: socket.socket) -> int:
+    """In the forked runner: become what ``training_runner RUN_DIR`` started by Popen is (own session,
+    log, working directory, environment, default signals), name itself, then run."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the runner waits for its tasks
+    os.setsid()
+    # The zygote's end of its socket (detached: the zygote's reader still refers to the object).
+    os.close(channel.detach())
+    log_fd = os.open(directory / tl.LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.close(null_fd)
+    # As PYTHONUNBUFFERED gives a fresh runner: every line reaches the log at once.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=True)
+    os.chdir(directory)
+    os.environ.clear()
+    os.environ.update(env)
+    os.environ["_KFP_RUNTIME"] = "true"  # as main() sets it in a fresh runner
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    pid = os.getpid()
+    identity = {"pid": pid, "start": tl.process_start_time(pid)}
+    tl._write_text(directory / tl.PID_FILE, tl._identity_text(pid, identity["start"]))
+    os.write(report, json.dumps(identity).encode())
+    os.close(report)
+    return run(directory)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``training_runner RUN_DIR``, or ``training_runner --job`` in a Job's Pod."""
+    """Entry point: ``training_runner RUN_DIR``, ``training_runner --job`` in a Job's Pod, or
+    ``training_runner --zygote FD``."""
     args = sys.argv[1:] if argv is None else argv
-    if args != ["--job"] and len(args) != 1:
-        print("usage: python -m mlops_operator.backends.training_runner RUN_DIR | --job", file=sys.stderr)
+    if args != ["--job"] and len(args) != 1 and not (len(args) == 2 and args[0] == "--zygote" and args[1].isdigit()):
+        print("usage: python -m mlops_operator.backends.training_runner RUN_DIR | --job | --zygote FD", file=sys.stderr)
         return 2
     # kfp's package imports its client (and with it the Kubernetes client) unless _KFP_RUNTIME is
     # set, as kfp sets it in a task; running a compiled pipeline needs none of it (0.6 s of a run's
@@ -232,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["_KFP_RUNTIME"] = "true"
     import kfp.dsl.component_factory  # noqa: F401
 
+    if args[0] == "--zygote":
+        return zygote(int(args[1]))
     if args == ["--job"]:
         from mlops_operator.reconcile import trainingjob
 
