@@ -394,6 +394,10 @@ class _Zygote:
                 return None
             try:
                 self._send({"run_dir": str(directory), "env": env})
+            except OSError as error:  # gone before the request reached it (a partial line forks nothing)
+                self._fail(f"the training zygote did not take the request ({type(error).__name__}: {error})")
+                return None
+            try:
                 reply = self._receive(ZYGOTE_REPLY_TIMEOUT)
             except (OSError, ValueError) as error:
                 # Died or hung mid-request: it may have forked the runner, which writes its pid file

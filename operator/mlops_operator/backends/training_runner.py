@@ -21,6 +21,7 @@ runs as kfp.local starts it.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -245,6 +246,9 @@ def zygote(fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the runners it forks are reaped by the kernel
     preload()
+    # What the imports made stays out of the collector's reach, so a forked runner's collections do
+    # not write to (and copy) the pages it shares with this process (the gc module's advice for fork).
+    gc.freeze()
     channel = socket.socket(fileno=fd)
     reader = channel.makefile("rb")
 
