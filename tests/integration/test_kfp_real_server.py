@@ -7,8 +7,9 @@ a ``ScheduledWorkflow`` in the fixture's namespace. Argo's workflow controller d
 Pod of a pipeline runs: KFP's driver needs ML Metadata, whose server cannot be built here), so run
 states are driven by patching a Workflow's ``status.phase`` as Argo would; the persistence agent
 reports it to the API server. What the pipeline's export step writes is written by the test through
-the same registry calls (as in test_modeltraining_kfp.py). The last test runs the operator itself as a
-process against the server, SIGKILLed once between its run submit and the run's end.
+the same registry calls (as in test_modeltraining_kfp.py). One test runs the operator itself as a
+process against the server, SIGKILLed once between its run submit and the run's end; the last one takes
+the fires of a recurring run created when the module started (the ``firing`` fixture).
 """
 
 from __future__ import annotations
@@ -44,18 +45,35 @@ def run_async(coroutine):
     return asyncio.run(coroutine)
 
 
-@pytest.fixture
-def backend(kfp_backend, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[KfpTraining]:
-    """KfpTraining for one ModelTraining (a name per test) on the real KFP API server."""
-    name = request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:40].rstrip("-")
+def kfp_training(kfp_backend, name: str, tmp_path: Path) -> KfpTraining:
+    """KfpTraining for one ModelTraining on the real KFP API server."""
     spec = ModelTrainingSpec.model_validate({"model": MODEL, "backend": "kfp",
                                              "dataset": {"uri": "s3://data/churn.csv", "target": "churned"}})
     settings = Settings(kfp_host=kfp_backend.url, data_dir=tmp_path / "data",
                         artifact_root=(tmp_path / "artifacts").as_uri())
-    training = KfpTraining(spec, NAMESPACE, name, settings)
+    return KfpTraining(spec, NAMESPACE, name, settings)
+
+
+@pytest.fixture
+def backend(kfp_backend, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[KfpTraining]:
+    """KfpTraining for one ModelTraining (a name per test) on the real KFP API server."""
+    name = request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:40].rstrip("-")
+    training = kfp_training(kfp_backend, name, tmp_path)
     yield training
     # A test that failed half-way leaves no recurring run firing into the next tests.
     training_kfp.delete_recurring_run(connection(kfp_backend), training.recurring_run_name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def firing(kfp_backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KfpTraining, str]]:
+    """(backend, recurring run id): the every-minute recurring run of the fires test (the module's last),
+    created when the module starts. Its fires come on the minute whatever the tests do, so the module's
+    other tests fill the wait for the first one instead of that test waiting through it alone."""
+    training = kfp_training(kfp_backend, "fires-of-the-recurring-run", tmp_path_factory.mktemp("fires"))
+    try:
+        yield training, schedule(training, "* * * * *").backend_id
+    finally:
+        training_kfp.delete_recurring_run(connection(kfp_backend), training.recurring_run_name)
 
 
 def connection(kfp_backend) -> KfpConnection:
@@ -203,61 +221,6 @@ def test_the_recurring_run_is_a_scheduled_workflow_kept_replaced_and_deleted(bac
     assert training_kfp.find_recurring_runs(connection(kfp_backend), backend.recurring_run_name) == []
 
 
-def test_fires_of_the_recurring_run_are_runs_with_their_own_versions(backend, kfp_backend, tmp_path):
-    """Every minute: the ScheduledWorkflow controller fires it, the persistence agent reports the fire
-    as a run with the recurring run's id, and the backend reads each fire as its own named run."""
-    root = backend.settings.artifact_root_uri
-    prefix = modeltraining.scheduled_run_prefix(backend.name, UID)
-    recurring_run_id = schedule(backend, "* * * * *").backend_id
-    conn = connection(kfp_backend)
-    (job,) = training_kfp.find_recurring_runs(conn, backend.recurring_run_name)
-
-    versions = {}
-    seen: set[str] = set()
-    for accuracy in (0.8, 0.85):
-        def new_fire():
-            runs = [r for r in training_kfp.recurring_run_runs(conn, job) if r.run_id not in seen]
-            return runs[0] if runs else None
-
-        fire = wait_until(new_fire, timeout=150, interval=2, what="a fire reported as a run")
-        seen.add(fire.run_id)
-        assert fire.scheduled is not None
-        (workflow,) = kfp_backend.workflows(f"pipeline/runid={fire.run_id}")
-        assert workflow["metadata"]["ownerReferences"][0]["kind"] == "ScheduledWorkflow"
-        run_name = prefix + fire.scheduled.astimezone(UTC).strftime(training_kfp.SCHEDULED_TIME_FORMAT)
-        # The API reports the recurring run's parameters for a fire, macro unreplaced (the Workflow
-        # carries no runtime parameters; what the steps get is the driver's, which cannot run here):
-        # the backend names the fire from its scheduled_at, as the macro would.
-        assert fire.parameters["run_name"] == prefix + training_kfp.SCHEDULED_TIME_MACRO
-
-        versions[run_name] = export(root, run_name, accuracy, tmp_path)
-        kfp_backend.set_workflow_phase(workflow["metadata"]["name"], "Succeeded")
-        wait_until(lambda fire=fire: training_kfp.get_run(conn, fire.run_id).kfp_state == "SUCCEEDED",
-                   what="fire reported succeeded")
-
-    found = schedule(backend, "* * * * *", since=datetime(2000, 1, 1, tzinfo=UTC))
-    assert found.backend_id == recurring_run_id
-    recorded = {r.record.name: r.record for r in found.runs if r.record.name in versions}
-    assert {name: record.model_version for name, record in recorded.items()} == versions
-    assert sorted(versions.values()) == [1, 2]
-    assert all(r.state == "Succeeded" and r.trigger.startswith("schedule * * * * * at ")
-               for r in recorded.values())
-
-    # The ModelTraining is deleted while the next fire runs: that fire is terminated and the recurring
-    # run is gone, with no ScheduledWorkflow left to fire again.
-    fire = wait_until(new_fire, timeout=150, interval=2, what="a third fire reported as a run")
-    (workflow,) = kfp_backend.workflows(f"pipeline/runid={fire.run_id}")
-    kfp_backend.set_workflow_phase(workflow["metadata"]["name"], "Running")
-    wait_until(lambda: training_kfp.get_run(conn, fire.run_id).kfp_state == "RUNNING", what="fire reported running")
-    run_async(backend.cleanup(ModelTrainingStatus()))
-    assert training_kfp.get_run(conn, fire.run_id).kfp_state == "CANCELING"
-    assert training_kfp.find_recurring_runs(conn, backend.recurring_run_name) == []
-    wait_until(lambda: not swfs_of(kfp_backend, backend), what="ScheduledWorkflow deleted")
-    # The fire's Workflow is owned by the ScheduledWorkflow: the garbage collector removes it (and
-    # with it its Pods) once the recurring run is deleted, after KFP has terminated the run.
-    wait_until(lambda: kfp_backend.workflow_of_run(fire.run_id) is None, what="the fire's Workflow collected")
-
-
 # ---- the operator process -------------------------------------------------------------------
 
 
@@ -333,3 +296,62 @@ def test_the_operator_runs_versions_and_cleans_up_through_the_real_server(kubeco
 def _scheduled_workflows_named(kfp_backend, display_name: str) -> list[dict]:
     prefix = re.sub(r"[^a-z0-9-]+", "", display_name.lower())[:25]
     return [s for s in kfp_backend.scheduled_workflows() if s["metadata"]["name"].startswith(prefix)]
+
+
+# ---- the fires of a recurring run (last: see the firing fixture) ---------------------------
+
+
+def test_fires_of_the_recurring_run_are_runs_with_their_own_versions(firing, kfp_backend, tmp_path):
+    """Every minute: the ScheduledWorkflow controller fires it, the persistence agent reports the fire
+    as a run with the recurring run's id, and the backend reads each fire as its own named run. (Last in
+    the module: its recurring run, the ``firing`` fixture's, has been firing since the module started.)"""
+    backend, recurring_run_id = firing
+    root = backend.settings.artifact_root_uri
+    prefix = modeltraining.scheduled_run_prefix(backend.name, UID)
+    conn = connection(kfp_backend)
+    (job,) = training_kfp.find_recurring_runs(conn, backend.recurring_run_name)
+
+    versions = {}
+    seen: set[str] = set()
+    for accuracy in (0.8, 0.85):
+        def new_fire():
+            runs = [r for r in training_kfp.recurring_run_runs(conn, job) if r.run_id not in seen]
+            return runs[0] if runs else None
+
+        fire = wait_until(new_fire, timeout=150, interval=2, what="a fire reported as a run")
+        seen.add(fire.run_id)
+        assert fire.scheduled is not None
+        (workflow,) = kfp_backend.workflows(f"pipeline/runid={fire.run_id}")
+        assert workflow["metadata"]["ownerReferences"][0]["kind"] == "ScheduledWorkflow"
+        run_name = prefix + fire.scheduled.astimezone(UTC).strftime(training_kfp.SCHEDULED_TIME_FORMAT)
+        # The API reports the recurring run's parameters for a fire, macro unreplaced (the Workflow
+        # carries no runtime parameters; what the steps get is the driver's, which cannot run here):
+        # the backend names the fire from its scheduled_at, as the macro would.
+        assert fire.parameters["run_name"] == prefix + training_kfp.SCHEDULED_TIME_MACRO
+
+        versions[run_name] = export(root, run_name, accuracy, tmp_path)
+        kfp_backend.set_workflow_phase(workflow["metadata"]["name"], "Succeeded")
+        wait_until(lambda fire=fire: training_kfp.get_run(conn, fire.run_id).kfp_state == "SUCCEEDED",
+                   what="fire reported succeeded")
+
+    found = schedule(backend, "* * * * *", since=datetime(2000, 1, 1, tzinfo=UTC))
+    assert found.backend_id == recurring_run_id
+    recorded = {r.record.name: r.record for r in found.runs if r.record.name in versions}
+    assert {name: record.model_version for name, record in recorded.items()} == versions
+    assert sorted(versions.values()) == [1, 2]
+    assert all(r.state == "Succeeded" and r.trigger.startswith("schedule * * * * * at ")
+               for r in recorded.values())
+
+    # The ModelTraining is deleted while the next fire runs: that fire is terminated and the recurring
+    # run is gone, with no ScheduledWorkflow left to fire again.
+    fire = wait_until(new_fire, timeout=150, interval=2, what="a third fire reported as a run")
+    (workflow,) = kfp_backend.workflows(f"pipeline/runid={fire.run_id}")
+    kfp_backend.set_workflow_phase(workflow["metadata"]["name"], "Running")
+    wait_until(lambda: training_kfp.get_run(conn, fire.run_id).kfp_state == "RUNNING", what="fire reported running")
+    run_async(backend.cleanup(ModelTrainingStatus()))
+    assert training_kfp.get_run(conn, fire.run_id).kfp_state == "CANCELING"
+    assert training_kfp.find_recurring_runs(conn, backend.recurring_run_name) == []
+    wait_until(lambda: not swfs_of(kfp_backend, backend), what="ScheduledWorkflow deleted")
+    # The fire's Workflow is owned by the ScheduledWorkflow: the garbage collector removes it (and
+    # with it its Pods) once the recurring run is deleted, after KFP has terminated the run.
+    wait_until(lambda: kfp_backend.workflow_of_run(fire.run_id) is None, what="the fire's Workflow collected")
