@@ -250,3 +250,43 @@ def test_an_idle_deployment_waits_for_its_training_and_its_child_instead_of_poll
                        timeout=30, what="the SeldonDeployment written again")
     assert predictors(again) == [("stable", 100, None, "1")]
     assert reconciliations(operator) > before
+
+
+def test_deleting_needs_no_finalizer_and_an_older_one_is_released(objects, operator, seldon_crd, seldon, kube_api):
+    """Backend seldon leaves nothing the garbage collector does not remove (the SeldonDeployment and the
+    routing Service are owned), so kopf holds no finalizer on it: the object goes at once, its children
+    after it. One that an older operator version gave the finalizer is released, not left undeletable."""
+    from kubernetes import client
+
+    root = (operator.data_dir / "artifacts").resolve().as_uri()
+    v1 = publish_model(root, objects.namespace)
+    for name in ("fresh", "older"):
+        objects.create(deployment_body(name, model_source(v1), {"strategy": "direct"}, backend="seldon"))
+        seldon.wait_predictors(name, [("stable", 100, None, "1")])
+        objects.wait(KIND, name, lambda o: condition(o, "Ready").get("reason") == "Creating", timeout=30,
+                     what="waiting for Seldon")
+    assert not objects.get(KIND, "fresh")["metadata"].get("finalizers")
+    # What an older version left: its finalizer. The next event of the object releases it.
+    objects.patch(KIND, "older", {"metadata": {"finalizers": ["mlops.dev/finalizer"]}})
+    objects.wait(KIND, "older", lambda o: not o["metadata"].get("finalizers"), timeout=30,
+                 what="the older finalizer released")
+    core = client.CoreV1Api(kube_api)
+    for name in ("fresh", "older"):
+        objects.delete(KIND, name)
+        wait_until(lambda: objects.get(KIND, name) is None, timeout=30, what=f"{name} gone")
+        wait_until(lambda: seldon.get(name) is None and not [
+            s for s in core.list_namespaced_service(objects.namespace).items if s.metadata.name == name],
+            timeout=60, what=f"{name}'s SeldonDeployment and routing Service removed by the garbage collector")
+    assert operator.metric("mlops_reconcile_total", kind=KIND, result="error") == 0
+
+
+def test_a_deletion_while_the_finalizer_is_held_is_not_stuck(objects, operator, seldon_crd, seldon):
+    """A deployment deleted while an older finalizer is still on it: kopf releases it (no handler needs
+    it), the object is not left Terminating."""
+    root = (operator.data_dir / "artifacts").resolve().as_uri()
+    v1 = publish_model(root, objects.namespace)
+    body = deployment_body("held", model_source(v1), {"strategy": "direct"}, backend="seldon")
+    body["metadata"]["finalizers"] = ["mlops.dev/finalizer"]
+    objects.create(body)
+    objects.delete(KIND, "held")
+    wait_until(lambda: objects.get(KIND, "held") is None, timeout=30, what="held gone")

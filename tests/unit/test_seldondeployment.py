@@ -220,3 +220,28 @@ def test_the_failure_reason_is_read_from_the_failing_container():
     assert pod_failure_reason([_pod("iris-stable-0-iris-z", containers=[creating, healthy])], "iris",
                               ["stable"]) is None
     assert pod_failure_reason([], "iris", ["stable"]) is None
+
+
+def _sdep(resource_version: str, spec_hash: str) -> dict:
+    return {"metadata": {"name": "iris", "namespace": "team", "resourceVersion": resource_version,
+                         "annotations": {SPEC_HASH_ANNOTATION: spec_hash}},
+            "spec": {"predictors": [{"name": "stable"}]}}
+
+
+def test_a_watch_copy_older_than_the_operators_own_write_is_not_trusted():
+    """The watch has not delivered our last patch yet: its copy still carries the spec hash of the write
+    before. When the desired spec returns to that older spec, trusting the copy would skip a patch the
+    live object needs (it carries the newer spec)."""
+    from mlops_operator.backends.serving_seldon import newest_copy
+
+    before, written = _sdep("41", "hash-a"), _sdep("57", "hash-b")
+    assert newest_copy(before, written) is written
+    # The watch caught up (our write, or a later one such as Seldon's status): its copy is the newest.
+    caught_up, later = _sdep("57", "hash-b"), _sdep("60", "hash-b")
+    assert newest_copy(caught_up, written) is caught_up
+    assert newest_copy(later, written) is later
+    # Only one of them known, or versions that are not integers (then only the same version is trusted).
+    assert newest_copy(None, written) is written and newest_copy(before, None) is before
+    assert newest_copy(None, None) is None
+    assert newest_copy(_sdep("x", "hash-a"), _sdep("y", "hash-b"))["metadata"]["resourceVersion"] == "y"
+    assert newest_copy(_sdep("y", "hash-b"), _sdep("y", "hash-b"))["metadata"]["resourceVersion"] == "y"

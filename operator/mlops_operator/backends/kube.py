@@ -13,14 +13,19 @@ import asyncio
 import base64
 import copy
 import json
+import logging
 import os
 from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from mlops_operator.api.common import GROUP, VERSION
+
+log = logging.getLogger("mlops_operator")
 
 _api_client: client.ApiClient | None = None
 
@@ -185,3 +190,80 @@ def describe_api_error(error: BaseException, what: str) -> str:
                 message = ""
         return f"cannot read {what}: HTTP {status} {reason}{': ' + message if message else ''}"[:512]
     return f"cannot read {what}: {type(error).__name__}: {error}"[:512]
+
+
+# ---------------------------------------------------------------- events
+
+# Who posts the events (the "From" column of ``kubectl describe``; kopf's default before).
+EVENT_COMPONENT = "kopf"
+# Seconds between attempts to post an event while the API server answers 429/5xx or cannot be reached.
+EVENT_BACKOFFS = (1.0, 2.0, 5.0, 10.0)
+# One queue per object being posted about, so that its events keep their order; its worker exits when
+# the queue is drained.
+_event_queues: dict[tuple[str, str], asyncio.Queue] = {}
+_event_workers: set[asyncio.Task] = set()
+
+
+def post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """Post a Kubernetes event about ``obj`` in the background (in order per object).
+
+    Instead of ``kopf.event``: kopf retries a refused post nine times and logs each refusal as an ERROR,
+    also when the namespace is being deleted, where an event can never be posted and nobody would read
+    it. Here such an event is dropped with a debug line; 429, 5xx and connection trouble are retried a
+    few times, and what is still refused is logged once as a warning naming the object."""
+    meta = obj.get("metadata") or {}
+    namespace, name = meta.get("namespace") or "default", meta.get("name", "")
+    now = datetime.now(UTC).isoformat()
+    body = {
+        "metadata": {"namespace": namespace, "generateName": f"{name}."[:200]},
+        "type": type_, "reason": reason, "message": message[:1024], "action": reason,
+        "reportingComponent": EVENT_COMPONENT, "reportingInstance": EVENT_COMPONENT,
+        "source": {"component": EVENT_COMPONENT},
+        "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": name,
+                           "namespace": namespace, "uid": meta.get("uid")},
+        "firstTimestamp": now, "lastTimestamp": now, "eventTime": now, "count": 1,
+    }
+    key = (namespace, meta.get("uid") or name)
+    queue = _event_queues.get(key)
+    if queue is None:
+        queue = _event_queues[key] = asyncio.Queue()
+        worker = asyncio.get_running_loop().create_task(_post_events(key, queue))
+        _event_workers.add(worker)
+        worker.add_done_callback(_event_workers.discard)
+    queue.put_nowait(body)
+
+
+async def _post_events(key: tuple[str, str], queue: asyncio.Queue) -> None:
+    try:
+        while not queue.empty():
+            await _post_one(queue.get_nowait())
+    finally:
+        _event_queues.pop(key, None)  # no await since the queue was seen empty: nothing is lost
+
+
+async def _post_one(body: dict[str, Any]) -> None:
+    namespace, about = body["metadata"]["namespace"], body["involvedObject"]
+    what = f"{about['kind']} {namespace}/{about['name']}: event {body['reason']}"
+    core = client.CoreV1Api(api_client())
+    for delay in (*EVENT_BACKOFFS, None):
+        try:
+            await asyncio.to_thread(core.create_namespaced_event, namespace, body)
+            return
+        except ApiException as error:
+            if is_namespace_terminating(error) or error.status == 404:
+                log.debug("%s not posted: the namespace is being deleted", what)
+                return
+            trouble: BaseException = error
+            transient = error.status == 429 or (error.status or 0) >= 500
+        except (OSError, urllib3.exceptions.HTTPError) as error:
+            trouble, transient = error, True
+        if not transient or delay is None:
+            log.warning("%s not posted: %s", what, describe_api_error(trouble, "the event"))
+            return
+        await asyncio.sleep(delay)
+
+
+async def drain_events(timeout: float) -> None:
+    """Wait (at most ``timeout`` seconds) for the events queued so far to be posted (operator shutdown)."""
+    if _event_workers:
+        await asyncio.wait(set(_event_workers), timeout=timeout)

@@ -41,6 +41,9 @@ class ServingBackend(Protocol):
     reports_changes: bool
     """Whether what it runs reports its changes as watch events (a SeldonDeployment's status), so an idle
     deployment needs no polling; the local backend's processes are polled."""
+    cleanup_on_delete: bool
+    """Whether a deleted deployment leaves something its owner references do not remove (the local
+    backend's processes): then its deletion waits for :meth:`forget` (a finalizer)."""
 
     def spec_problems(self, spec: ModelDeploymentSpec) -> list[str]:
         """What this backend cannot do for ``spec`` (InvalidSpec messages, before any work starts)."""

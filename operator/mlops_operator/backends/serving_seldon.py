@@ -85,6 +85,8 @@ def _get(namespace: str, name: str) -> dict[str, Any] | None:
 
 # The SeldonDeployments of ModelDeployments as the operator's watch last showed them, by (namespace, name).
 _watched: dict[tuple[str, str], dict[str, Any]] = {}
+# What the operator's own last write (create or patch) of each returned, by (namespace, name).
+_written: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 def watched(event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -92,26 +94,53 @@ def watched(event_type: str | None, body: Mapping[str, Any]) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if event_type == "DELETED":
         _watched.pop(key, None)
+        _written.pop(key, None)
     else:
         _watched[key] = copy.deepcopy(dict(body))
+
+
+def _revision(obj: Mapping[str, Any]) -> int | None:
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def newest_copy(watched_copy: dict[str, Any] | None, written: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The newer of the watch's copy of a SeldonDeployment and what the operator's own last write of it
+    returned. The watch may not have delivered that write yet: its copy is then older, and its spec hash
+    may match a desired spec that the write has since replaced. Kubernetes resourceVersions are etcd
+    revisions here (integers, increasing); when one cannot be compared, the watch's copy is trusted only
+    if it is exactly the written version."""
+    if watched_copy is None or written is None:
+        return watched_copy or written
+    seen, wrote = _revision(watched_copy), _revision(written)
+    if seen is not None and wrote is not None:
+        return watched_copy if seen >= wrote else written
+    same = watched_copy["metadata"].get("resourceVersion") == written["metadata"].get("resourceVersion")
+    return watched_copy if same else written
 
 
 def _create(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """Create the SeldonDeployment; None when it exists already."""
     try:
-        return _custom().create_namespaced_custom_object(SELDON_GROUP, SELDON_VERSION,
-                                                         manifest["metadata"]["namespace"], SELDON_PLURAL, manifest)
+        created = _custom().create_namespaced_custom_object(SELDON_GROUP, SELDON_VERSION,
+                                                            manifest["metadata"]["namespace"], SELDON_PLURAL, manifest)
     except ApiException as error:
         if error.status == 409:
             return None
         raise
+    _written[(manifest["metadata"]["namespace"], manifest["metadata"]["name"])] = created
+    return created
 
 
 def _apply(manifest: dict[str, Any]) -> dict[str, Any]:
     meta = manifest["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
-        live = _watched.get((namespace, name))
+        live = newest_copy(_watched.get((namespace, name)), _written.get((namespace, name)))
+        if live is not None and live is _watched.get((namespace, name)):
+            _written.pop((namespace, name), None)  # the watch has shown our last write (or newer)
         if live is None:  # not shown by the watch (yet): new, or created a moment ago
             created = _create(manifest)
             if created is not None:
@@ -125,13 +154,16 @@ def _apply(manifest: dict[str, Any]) -> dict[str, Any]:
                              "ownerReferences": meta["ownerReferences"]},
                 "spec": manifest["spec"]}
         try:
-            return _custom().patch_namespaced_custom_object(SELDON_GROUP, SELDON_VERSION, namespace, SELDON_PLURAL,
-                                                            name, body)
+            patched = _custom().patch_namespaced_custom_object(SELDON_GROUP, SELDON_VERSION, namespace,
+                                                               SELDON_PLURAL, name, body)
+            _written[(namespace, name)] = patched
+            return patched
         except ApiException as error:
             if error.status != 404:
                 raise
         # Deleted since the watch showed it (or the CRD is gone: the create's 404 says so below).
         _watched.pop((namespace, name), None)
+        _written.pop((namespace, name), None)
         return _create(manifest) or _get(namespace, name) or {"metadata": meta}
     except ApiException as error:
         if error.status == 404 and _crd_missing(namespace):
@@ -280,6 +312,7 @@ class SeldonServing:
     name = "seldon"
     own_request_metrics = False  # Seldon's executors export to Prometheus only
     reports_changes = True  # Seldon writes its SeldonDeployment's status; the handler watches them
+    cleanup_on_delete = False  # the SeldonDeployment and the routing Service are owned: the GC removes them
 
     def __init__(self, request_logger: RequestLogger | None = None, routing: Routing = "none",
                  max_replicas: int = 10) -> None:

@@ -1,11 +1,13 @@
 """What the kind handlers share: settings, the per-object reconcile frame, spec parsing, status.
 
 Every kind is reconciled by one function ``(live object) -> desired status`` that is called from
-kopf's change handlers (create, update, resume) and from a per-object daemon that observes the world
-(runs, model servers, rollouts, drift) only while something is in progress: after each reconciliation
-the kind's ``requeue`` decision says when to look again (``None``: not until something changes), and
-watch events wake it with :func:`wake`: a request annotation set on it (approve, retrain, ...), and what
-it depends on (its children, its model's ModelTraining). An idle object costs no API request. The frame serialises everything done to one object
+kopf's change handlers (create, update, resume) and from one operator-wide schedule that observes the
+world (runs, model servers, rollouts, drift) only while something is in progress: after each
+reconciliation the kind's ``requeue`` decision says when to look again (``None``: not until something
+changes), and watch events wake an object with :func:`wake`: a request annotation set on it (approve,
+retrain, ...), and what it depends on (its children, its model's ModelTraining). An idle object costs no
+API request and no task. No per-object daemon: kopf would hold every object with a finalizer for it,
+one more write per object; a finalizer is there only where deletion needs the operator's cleanup. The frame serialises everything done to one object
 on a per-object lock, reconciles kopf's latest view of it (read afresh only when that view predates a
 status written meanwhile: ``kube.current_object``), and writes only the status fields that changed.
 """
@@ -13,11 +15,14 @@ status written meanwhile: ``kube.current_object``), and writes only the status f
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
+import heapq
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import kopf
@@ -34,6 +39,8 @@ from mlops_operator.reconcile.notify import NOTIFIED
 from mlops_operator.settings import Settings
 
 INVALID_SPEC = InvalidSpec.reason
+# kopf's finalizer on the objects whose deletion waits for the operator's cleanup (handlers/operator.py).
+FINALIZER = f"{GROUP}/finalizer"
 ACCEPTED = "Accepted"
 RECONCILE_ERROR = "ReconcileError"
 # How long an object waits after the operator failed on it unexpectedly (doubling up to 4x).
@@ -130,12 +137,19 @@ def post_event(obj: Mapping[str, Any], reason: str, message: str, *, warning: bo
                incident: str = "") -> None:
     """Post a Kubernetes event about the object, and notify its webhook when the reason is notified.
 
-    kopf.info/kopf.warn obey settings.posting.level, which the operator keeps at WARNING so kopf's
-    own per-handler log lines do not become events; our events are posted whatever that level.
-    ``incident`` names what the event is about within the object (e.g. ``3/errorRate``), so that
-    notifications of one incident are one message.
+    Posted by ``kube.post_event`` (in the background, in order per object; dropped quietly when the
+    namespace is being deleted), not by kopf, whose settings.posting.level the operator keeps at
+    WARNING so kopf's own per-handler log lines do not become events. ``incident`` names what the
+    event is about within the object (e.g. ``3/errorRate``), so that notifications of one incident are
+    one message.
     """
-    kopf.event(obj, type="Warning" if warning else "Normal", reason=reason, message=message[:1024])
+    acceptance = _acceptance.get()
+    if acceptance is not None:
+        if not warning and reason not in NOTIFIED:
+            acceptance.told.append(f"{reason}: {message}")
+            return
+        acceptance.post()  # first, as it would have been
+    kube.post_event(obj, "Warning" if warning else "Normal", reason, message[:1024])
     if reason in NOTIFIED:
         try:
             task = asyncio.get_running_loop().create_task(
@@ -147,6 +161,43 @@ def post_event(obj: Mapping[str, Any], reason: str, message: str, *, warning: bo
 
 
 _notifications: set[asyncio.Task] = set()
+
+
+class _Acceptance:
+    """The Accepted event of an object's first reconciliation, with the plain news of that reconciliation
+    in its message (``Accepted: ModelDeployment accepted; Deploying: Serving version 1 ...``): one event
+    where there were two, and ``kubectl describe`` tells the same story. Warnings and notified events
+    are posted as they are, after it."""
+
+    def __init__(self, obj: Mapping[str, Any], kind: str) -> None:
+        self.obj, self.kind = obj, kind
+        self.told: list[str] = []
+        self.posted = False
+
+    def post(self) -> None:
+        if not self.posted:
+            self.posted = True
+            message = "; ".join([f"{self.kind} accepted", *self.told]) if self.told else \
+                f"{self.kind} accepted; reconciling."
+            kube.post_event(self.obj, "Normal", ACCEPTED, message[:1024])
+
+
+_acceptance: contextvars.ContextVar[_Acceptance | None] = contextvars.ContextVar("acceptance", default=None)
+
+
+@contextlib.contextmanager
+def _accepting(obj: Mapping[str, Any], kind: str, *, first: bool) -> Iterator[None]:
+    """On an object's first reconciliation, collect its plain events into the Accepted event."""
+    if not first:
+        yield
+        return
+    acceptance = _Acceptance(obj, kind)
+    token = _acceptance.set(acceptance)
+    try:
+        yield
+    finally:
+        _acceptance.reset(token)
+        acceptance.post()
 
 
 _locks: dict[tuple[str, str, str], asyncio.Lock] = {}
@@ -184,28 +235,107 @@ class SeenParts:
         self._seen.pop(key, None)
 
 
-# When each object is to be observed next (monotonic seconds; None: when something changes), and the
-# event that makes its daemon look at that again.
+# When each object is to be observed next (monotonic seconds; None: when something changes), the same
+# as a heap for the schedule (entries superseded since are skipped), and the event that wakes it.
 _due: dict[tuple[str, str, str], float | None] = {}
-_wakeups: dict[tuple[str, str, str], asyncio.Event] = {}
+_schedule: list[tuple[float, tuple[str, str, str]]] = []
+_schedule_changed: asyncio.Event | None = None
+# kopf's latest view of each object (from its watch), what the schedule reconciles; each kind's run.
+_bodies: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+_runs: dict[str, Callable[[str, str, Mapping[str, Any]], Awaitable[None]]] = {}
+# The objects being observed now, and those woken meanwhile (observed again when that ends).
+_running: set[tuple[str, str, str]] = set()
+_woken_while_running: set[tuple[str, str, str]] = set()
+_observations: set[asyncio.Task] = set()
 # The request annotations of each object (register_kind's on_request).
 _requests_seen = SeenParts()
 
 
-def _wakeup(key: tuple[str, str, str]) -> asyncio.Event:
-    if key not in _wakeups:
-        _wakeups[key] = asyncio.Event()
-    return _wakeups[key]
+def _changed() -> asyncio.Event:
+    global _schedule_changed
+    if _schedule_changed is None:
+        _schedule_changed = asyncio.Event()
+    return _schedule_changed
 
 
 def _observe_at(key: tuple[str, str, str], due: float | None) -> None:
     _due[key] = due
-    _wakeup(key).set()
+    if due is not None:
+        heapq.heappush(_schedule, (due, key))
+        _changed().set()
 
 
 def wake(plural: str, namespace: str, name: str) -> None:
     """Have the object observed now: something it depends on changed (a child's status, its model)."""
-    _observe_at((plural, namespace, name), time.monotonic())
+    key = (plural, namespace, name)
+    if key in _running:
+        _woken_while_running.add(key)  # what it read may predate the change: once more when it ends
+    _observe_at(key, time.monotonic())
+
+
+def _observe(key: tuple[str, str, str]) -> None:
+    """Start one observation of the object (reconciling kopf's latest view of it) in its own task."""
+    plural, namespace, name = key
+    body, run = _bodies.get(key), _runs.get(plural)
+    if body is None or run is None:  # deleted meanwhile (or a kind not registered)
+        _due.pop(key, None)
+        return
+    # A fallback if the reconciliation ends without scheduling (kopf's own errors).
+    _observe_at(key, time.monotonic() + get_settings().poll_interval_seconds)
+    _running.add(key)
+    log.debug("%s/%s (%s): observing", namespace, name, plural)
+    task = asyncio.get_running_loop().create_task(run(namespace, name, body))
+    _observations.add(task)
+    task.add_done_callback(functools.partial(_observed, key))
+
+
+def _observed(key: tuple[str, str, str], task: asyncio.Task) -> None:
+    _observations.discard(task)
+    _running.discard(key)
+    if not task.cancelled() and task.exception() is not None:
+        plural, namespace, name = key
+        log.error("%s/%s (%s): observation failed", namespace, name, plural, exc_info=task.exception())
+    if key in _woken_while_running:
+        _woken_while_running.discard(key)
+        if key in _bodies:
+            _observe_at(key, time.monotonic())
+
+
+async def run_schedule() -> None:
+    """The operator-wide schedule: observe each object when it is due (one task per observation, never
+    two at once for one object: one that comes due meanwhile schedules itself when it ends)."""
+    changed = _changed()
+    while True:
+        now = time.monotonic()
+        while _schedule and _schedule[0][0] <= now:
+            due, key = heapq.heappop(_schedule)
+            if _due.get(key) == due and key not in _running:
+                _observe(key)
+        changed.clear()
+        timeout = _schedule[0][0] - now if _schedule else None
+        try:
+            await asyncio.wait_for(changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+_scheduler: asyncio.Task | None = None
+
+
+@kopf.on.startup()
+async def start_schedule(**_: Any) -> None:
+    """Start the schedule that observes the objects."""
+    global _scheduler
+    _scheduler = asyncio.get_running_loop().create_task(run_schedule())
+
+
+@kopf.on.cleanup()
+async def stop_schedule(**_: Any) -> None:
+    """Stop the schedule and the observations in flight (operator shutdown)."""
+    tasks = [t for t in (_scheduler, *_observations) if t is not None]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def forget(plural: str, namespace: str, name: str) -> None:
@@ -214,7 +344,8 @@ def forget(plural: str, namespace: str, name: str) -> None:
     _locks.pop(key, None)
     _backoff.pop(key, None)
     _due.pop(key, None)
-    _wakeups.pop(key, None)
+    _bodies.pop(key, None)
+    _woken_while_running.discard(key)
     _requests_seen.forget(key)
     kube.forget_object(plural, namespace, name)
 
@@ -255,70 +386,70 @@ async def reconcile_object(
             generation = obj["metadata"].get("generation") or 0
             live = obj.get("status") or {}
             base = with_conditions(live, conditions, generation)
-            if not live.get("conditions"):
-                post_event(obj, ACCEPTED, f"{kind} accepted; reconciling.")
             obj = {**obj, "status": base}
-            try:
-                desired = api_status(await reconciler(obj))
-            except InvalidSpec as error:
-                message = error.message
-                desired = dict(base)
-                desired["conditions"] = set_condition(
-                    base["conditions"], summary_condition, FALSE, INVALID_SPEC, message, generation=generation
-                )
-                desired["phase"] = "Invalid"
-                changes = changed_fields(live, desired)
-                if changes:
-                    await kube.patch_status(plural, namespace, name, changes)
-                    post_event(obj, INVALID_SPEC, message, warning=True)
-                # The user's to fix: counted apart from the operator's errors, never retried on a
-                # observation (scheduled for a change only), and no exception for kopf to retry.
-                outcome["result"] = "invalid"
-                invalid = message
-                _observe_at(key, None)  # the user's to fix: a spec change brings it back
-            except Retry as retry:
-                changes = changed_fields(live, retry.status)
-                if changes:
-                    await kube.patch_status(plural, namespace, name, changes)
-                previous = _backoff.get(key, (0.0, 0.0))[1]
-                delay = min(previous * 2, retry.delay * 4) if previous else retry.delay
-                _backoff[key] = (time.monotonic() + delay, delay)
-                _observe_at(key, _backoff[key][0])
-                outcome["result"] = "requeue"
-                log.info("%s %s/%s: %s (retrying in %.0fs)", kind, namespace, name, retry, delay)
-                return
-            except (kopf.PermanentError, kopf.TemporaryError, asyncio.CancelledError):
-                raise
-            except Exception as error:
-                if kube.is_namespace_terminating(error):
-                    # The namespace goes, and the object with it (a child it depended on went first):
-                    # nothing to re-create, nothing to report.
-                    log.info("%s %s/%s: its namespace is being deleted; nothing more to do", kind, namespace, name)
-                    _observe_at(key, None)
+            # The first visit says so in one event, with what the reconciliation has to say besides.
+            with _accepting(obj, kind, first=not live.get("conditions")):
+                try:
+                    desired = api_status(await reconciler(obj))
+                except InvalidSpec as error:
+                    message = error.message
+                    desired = dict(base)
+                    desired["conditions"] = set_condition(
+                        base["conditions"], summary_condition, FALSE, INVALID_SPEC, message, generation=generation
+                    )
+                    desired["phase"] = "Invalid"
+                    changes = changed_fields(live, desired)
+                    if changes:
+                        await kube.patch_status(plural, namespace, name, changes)
+                        post_event(obj, INVALID_SPEC, message, warning=True)
+                    # The user's to fix: counted apart from the operator's errors, never retried on a
+                    # observation (scheduled for a change only), and no exception for kopf to retry.
+                    outcome["result"] = "invalid"
+                    invalid = message
+                    _observe_at(key, None)  # the user's to fix: a spec change brings it back
+                except Retry as retry:
+                    changes = changed_fields(live, retry.status)
+                    if changes:
+                        await kube.patch_status(plural, namespace, name, changes)
+                    previous = _backoff.get(key, (0.0, 0.0))[1]
+                    delay = min(previous * 2, retry.delay * 4) if previous else retry.delay
+                    _backoff[key] = (time.monotonic() + delay, delay)
+                    _observe_at(key, _backoff[key][0])
+                    outcome["result"] = "requeue"
+                    log.info("%s %s/%s: %s (retrying in %.0fs)", kind, namespace, name, retry, delay)
                     return
-                # A fault of the operator (or a case nobody foresaw): the object still gets a
-                # condition that says so, and is retried with a backoff instead of kopf's tight loop.
-                log.exception("%s %s/%s: reconciliation failed", kind, namespace, name)
-                message = f"The operator failed on this object: {type(error).__name__}: {error}"[:1024]
-                desired = dict(base)
-                desired["conditions"] = set_condition(
-                    base["conditions"], summary_condition, FALSE, RECONCILE_ERROR, message, generation=generation)
-                changes = changed_fields(live, desired)
-                if changes:
-                    await kube.patch_status(plural, namespace, name, changes)
-                previous = _backoff.get(key, (0.0, 0.0))[1]
-                delay = min(previous * 2, ERROR_BACKOFF_SECONDS * 4) if previous else ERROR_BACKOFF_SECONDS
-                _backoff[key] = (time.monotonic() + delay, delay)
-                _observe_at(key, _backoff[key][0])
-                outcome["result"] = "error"
-                return
-            if invalid is None:
-                _backoff.pop(key, None)
-                changes = changed_fields(live, desired)
-                if changes:
-                    await kube.patch_status(plural, namespace, name, changes)
-                after = requeue(obj, desired) if requeue else get_settings().poll_interval_seconds
-                _observe_at(key, None if after is None else time.monotonic() + after)
+                except (kopf.PermanentError, kopf.TemporaryError, asyncio.CancelledError):
+                    raise
+                except Exception as error:
+                    if kube.is_namespace_terminating(error):
+                        # The namespace goes, and the object with it (a child it depended on went first):
+                        # nothing to re-create, nothing to report.
+                        log.info("%s %s/%s: its namespace is being deleted; nothing more to do", kind, namespace, name)
+                        _observe_at(key, None)
+                        return
+                    # A fault of the operator (or a case nobody foresaw): the object still gets a
+                    # condition that says so, and is retried with a backoff instead of kopf's tight loop.
+                    log.exception("%s %s/%s: reconciliation failed", kind, namespace, name)
+                    message = f"The operator failed on this object: {type(error).__name__}: {error}"[:1024]
+                    desired = dict(base)
+                    desired["conditions"] = set_condition(
+                        base["conditions"], summary_condition, FALSE, RECONCILE_ERROR, message, generation=generation)
+                    changes = changed_fields(live, desired)
+                    if changes:
+                        await kube.patch_status(plural, namespace, name, changes)
+                    previous = _backoff.get(key, (0.0, 0.0))[1]
+                    delay = min(previous * 2, ERROR_BACKOFF_SECONDS * 4) if previous else ERROR_BACKOFF_SECONDS
+                    _backoff[key] = (time.monotonic() + delay, delay)
+                    _observe_at(key, _backoff[key][0])
+                    outcome["result"] = "error"
+                    return
+                if invalid is None:
+                    _backoff.pop(key, None)
+                    changes = changed_fields(live, desired)
+                    if changes:
+                        await kube.patch_status(plural, namespace, name, changes)
+                    after = requeue(obj, desired) if requeue else get_settings().poll_interval_seconds
+                    _observe_at(key, None if after is None else time.monotonic() + after)
     if invalid is not None and from_change:
         # kopf records the change as handled and does not retry it; outside the timing frame, so it is
         # not counted as an operator error.
@@ -330,17 +461,25 @@ Cleanup = Callable[[str, str, Mapping[str, Any], Mapping[str, Any]], Awaitable[N
 
 
 def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: type[StatusBase],
-                  cleanup: Cleanup, requeue: Requeue | None = None) -> None:
-    """Register one kind with kopf: change handlers (create, update, resume) and the observing daemon
-    both run :func:`reconcile_object` with ``reconciler`` and the conditions ``status`` (the kind's
-    ``*Status`` model) declares; the daemon sleeps until ``requeue`` says (or :func:`wake` is called,
-    or the spec changes); deletion stops the daemon, runs ``cleanup`` and then drops the object's lock,
-    backoff and schedule. Handler ids stay ``on_change``/``observe``/``on_delete``."""
+                  cleanup: Cleanup, requeue: Requeue | None = None,
+                  cleanup_needed: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
+    """Register one kind with kopf: change handlers (create, update, resume) and the schedule both run
+    :func:`reconcile_object` with ``reconciler`` and the conditions ``status`` (the kind's ``*Status``
+    model) declares; the schedule observes an object again when ``requeue`` says (or :func:`wake` is
+    called, or the spec changes); deletion runs ``cleanup`` and then drops the object's lock, backoff and
+    schedule. Handler ids stay ``on_change``/``on_delete``.
 
-    async def run(namespace: str, name: str, body: kopf.Body, from_change: bool) -> None:
+    ``cleanup_needed(spec)`` says whether deleting an object needs the operator's cleanup before it goes
+    (something its owner references do not remove): only then does kopf hold it with the finalizer and
+    call ``cleanup`` first. Without it (None: always needed), ``cleanup`` runs when the deletion is seen
+    (in-memory state only: the object is gone by then), and an older finalizer is released."""
+
+    async def run(namespace: str, name: str, body: Mapping[str, Any], from_change: bool = False) -> None:
         await reconcile_object(kind, plural, namespace, name, reconciler, body=body, conditions=status.condition_types,
                                summary_condition=status.summary_condition, from_change=from_change,
                                requeue=requeue)
+
+    _runs[plural] = run
 
     @kopf.on.resume(GROUP, VERSION, plural, id="on_change")
     @kopf.on.create(GROUP, VERSION, plural, id="on_change")
@@ -349,44 +488,26 @@ def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: typ
         """A new object, a changed spec or annotation, or an operator restart."""
         await run(namespace, name, body, from_change=True)
 
-    # Exits as soon as kopf stops it (deletion, operator exit): a deletion never waits for kopf's
-    # cancellation polling (60 s).
-    @kopf.daemon(GROUP, VERSION, plural, id="observe", cancellation_timeout=5.0)
-    async def observe(namespace: str, name: str, body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-        """Observe what the object runs (runs, servers, rollouts, checks) when it is due."""
-        key = (plural, namespace, name)
-        wakeup = _wakeup(key)
-        # The change handler (create or resume) reconciles first and schedules the next observation: a
-        # poll of its own here would reconcile every new object twice when the first one queues longer.
-        _due.setdefault(key, None)
-        stop = asyncio.ensure_future(stopped.wait())
-        try:
-            while not stopped:
-                due = _due.get(key)
-                timeout = None if due is None else due - time.monotonic()
-                if timeout is None or timeout > 0:
-                    woken = asyncio.ensure_future(wakeup.wait())
-                    await asyncio.wait({woken, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                    woken.cancel()
-                    wakeup.clear()
-                    continue
-                # A fallback if the reconciliation ends without scheduling (kopf's own errors).
-                _due[key] = time.monotonic() + get_settings().poll_interval_seconds
-                log.debug("%s %s/%s: observing", kind, namespace, name)
-                await run(namespace, name, body, from_change=False)
-        finally:
-            stop.cancel()
-
     @kopf.on.event(GROUP, VERSION, plural, id="requests")
     async def on_request(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-        """A request annotation (approve, rollback, retrain, report, ...) set or changed: observe it now.
-        kopf calls no change handler for them (they share the prefix of kopf's own annotations)."""
+        """Keep kopf's latest view of the object for the schedule. A request annotation (approve, rollback,
+        retrain, report, ...) set or changed: observe it now (kopf calls no change handler for them: they
+        share the prefix of kopf's own annotations). Deleted without the finalizer: forget it."""
+        key = (plural, namespace, name)
         annotations = body.metadata.annotations
-        if _requests_seen.changed((plural, namespace, name), type,
-                                  {k: annotations[k] for k in REQUEST_ANNOTATIONS if k in annotations}):
+        if _requests_seen.changed(key, type, {k: annotations[k] for k in REQUEST_ANNOTATIONS if k in annotations}):
             wake(plural, namespace, name)
+        if type != "DELETED":
+            _bodies[key] = body
+            return
+        if FINALIZER not in (body.metadata.get("finalizers") or []):  # else on_delete has cleaned up
+            await cleanup(namespace, name, body.get("status") or {}, body.get("spec") or {})
+        forget(plural, namespace, name)
 
-    @kopf.on.delete(GROUP, VERSION, plural, id="on_delete")
+    def needs_finalizer(spec: kopf.Spec, **_: Any) -> bool:
+        return cleanup_needed is None or cleanup_needed(spec)
+
+    @kopf.on.delete(GROUP, VERSION, plural, id="on_delete", when=needs_finalizer)
     async def on_delete(namespace: str, name: str, status: kopf.Status, spec: kopf.Spec, **_: Any) -> None:
         """The kind's cleanup, then forget the object."""
         await cleanup(namespace, name, status, spec)

@@ -258,8 +258,16 @@ def _requeue(obj: Mapping[str, Any], status: Mapping[str, Any]) -> float | None:
         poll_interval=get_settings().poll_interval_seconds)
 
 
+def _cleanup_needed(spec: Mapping[str, Any]) -> bool:
+    """Whether deleting the deployment waits for :func:`_cleanup` (its backend runs something its owner
+    references do not remove); a spec that names no known backend is held to be safe."""
+    backend = spec.get("backend") or ModelDeploymentSpec.model_fields["backend"].default
+    known = serving.backends(get_settings())
+    return backend not in known or known[backend].cleanup_on_delete
+
+
 register_kind(KIND, PLURAL, reconcile_modeldeployment, status=ModelDeploymentStatus, cleanup=_cleanup,
-              requeue=_requeue)
+              requeue=_requeue, cleanup_needed=_cleanup_needed)
 
 
 # What wakes an idle deployment besides its own changes: its SeldonDeployment's status (Seldon's

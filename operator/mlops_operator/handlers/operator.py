@@ -10,10 +10,8 @@ import kopf
 from mlops_operator import __version__, metrics
 from mlops_operator.api.common import GROUP
 from mlops_operator.backends import kube
-from mlops_operator.handlers.common import get_settings
+from mlops_operator.handlers.common import FINALIZER, get_settings
 from mlops_operator.handlers.diffbase import DigestDiffBaseStorage
-
-FINALIZER = f"{GROUP}/finalizer"
 
 log = logging.getLogger("mlops_operator")
 
@@ -49,3 +47,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def version_probe(**_: Any) -> str:
     """Part of the liveness answer: the operator's version."""
     return __version__
+
+
+@kopf.on.cleanup()
+async def post_queued_events(**_: Any) -> None:
+    """At shutdown, give the events still queued a moment to be posted."""
+    await kube.drain_events(timeout=5.0)
+

@@ -42,6 +42,7 @@ class LocalServing:
     name = "local"
     own_request_metrics = True  # the router's statistics
     reports_changes = False  # processes: their health is polled
+    cleanup_on_delete = True  # processes on this machine: stopped before the object goes
 
     def __init__(self, manager: LocalServingManager, model_cache: Path, namespaces: Collection[str] = ()) -> None:
         self.manager = manager
