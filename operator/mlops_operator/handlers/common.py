@@ -145,10 +145,10 @@ def post_event(obj: Mapping[str, Any], reason: str, message: str, *, warning: bo
     """
     acceptance = _acceptance.get()
     if acceptance is not None:
-        if not warning and reason not in NOTIFIED:
-            acceptance.told.append(f"{reason}: {message}")
-            return
-        acceptance.post()  # first, as it would have been
+        if warning:
+            acceptance.post()  # first, as it would have been
+        else:
+            acceptance.posted = True  # this event says the object is taken up, and more
     kube.post_event(obj, "Warning" if warning else "Normal", reason, message[:1024])
     if reason in NOTIFIED:
         try:
@@ -164,22 +164,19 @@ _notifications: set[asyncio.Task] = set()
 
 
 class _Acceptance:
-    """The Accepted event of an object's first reconciliation, with the plain news of that reconciliation
-    in its message (``Accepted: ModelDeployment accepted; Deploying: Serving version 1 ...``): one event
-    where there were two, and ``kubectl describe`` tells the same story. Warnings and notified events
-    are posted as they are, after it."""
+    """The Accepted event of an object's first reconciliation ("accepted; reconciling"), posted only when
+    that reconciliation has no plain news of its own (``Deploying: Serving version 1 ...``, ``RunStarted``):
+    such an event says as much and more, so a new object costs one event, not two. A warning comes after
+    the Accepted event, as it did."""
 
     def __init__(self, obj: Mapping[str, Any], kind: str) -> None:
         self.obj, self.kind = obj, kind
-        self.told: list[str] = []
         self.posted = False
 
     def post(self) -> None:
         if not self.posted:
             self.posted = True
-            message = "; ".join([f"{self.kind} accepted", *self.told]) if self.told else \
-                f"{self.kind} accepted; reconciling."
-            kube.post_event(self.obj, "Normal", ACCEPTED, message[:1024])
+            kube.post_event(self.obj, "Normal", ACCEPTED, f"{self.kind} accepted; reconciling.")
 
 
 _acceptance: contextvars.ContextVar[_Acceptance | None] = contextvars.ContextVar("acceptance", default=None)
@@ -187,7 +184,7 @@ _acceptance: contextvars.ContextVar[_Acceptance | None] = contextvars.ContextVar
 
 @contextlib.contextmanager
 def _accepting(obj: Mapping[str, Any], kind: str, *, first: bool) -> Iterator[None]:
-    """On an object's first reconciliation, collect its plain events into the Accepted event."""
+    """On an object's first reconciliation, post the Accepted event unless a plain event of its own came."""
     if not first:
         yield
         return
@@ -387,7 +384,7 @@ async def reconcile_object(
             live = obj.get("status") or {}
             base = with_conditions(live, conditions, generation)
             obj = {**obj, "status": base}
-            # The first visit says so in one event, with what the reconciliation has to say besides.
+            # The first visit says so in one event: Accepted, or the reconciliation's own news.
             with _accepting(obj, kind, first=not live.get("conditions")):
                 try:
                     desired = api_status(await reconciler(obj))
