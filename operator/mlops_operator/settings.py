@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     InvalidSpec (use backend job or kfp). Outside a Pod local training is always allowed."""
     training_zygote: bool = True
     """Fork backend local's training runners from one warm process (the zygote: started on the first local run,
-    it has imported kfp, pandas, pyarrow and scikit-learn once: about 230 MB resident, as benchmarks/training_bench.py reports; it exits with the operator)
+    it has imported kfp, pandas, pyarrow and scikit-learn once: 226 MiB resident, as benchmarks/training_bench.py reports; it exits with the operator)
     instead of starting each as a fresh interpreter (seconds of imports per run). Runs outlive the operator either
     way; a zygote that cannot start or fails falls back to fresh interpreters."""
     prometheus_url: str | None = None
