@@ -519,3 +519,34 @@ def test_submit_falls_back_to_a_fresh_runner_without_the_zygote(
     tl.submit("fresh-2", {**IRIS}, tmp_path, zygote=False)  # the setting off: no zygote asked
     assert len(started) == 1 and started[0][-1] == str(tl.run_dir(tmp_path, "fresh-2").resolve())
     tl.cancel("fresh-2", tmp_path, grace_seconds=5)
+
+
+@pytest.mark.parametrize("forked", [True, False])
+def test_a_zygote_that_hangs_mid_request_is_replaced_and_its_runner_adopted_if_it_forked_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: bool) -> None:
+    """A zygote that took the request but never answers may have forked the runner (which names
+    itself in the pid file before the zygote answers): that runner is the run's; without one,
+    the caller starts a fresh runner. Either way the hung zygote is stopped."""
+    fake = tmp_path / "fake_zygote.py"
+    fake.write_text(
+        "import json, socket, sys, time\n"
+        "channel = socket.socket(fileno=int(sys.argv[-1]))\n"
+        "channel.sendall(b'{\"ready\": true}\\n')\n"
+        "request = json.loads(channel.makefile('rb').readline())\n"
+        f"if {forked}:\n"
+        "    open(request['run_dir'] + '/pid', 'w').write('4242 99')\n"
+        "time.sleep(120)\n")
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {fake} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(tl.sys, "executable", str(wrapper))
+    monkeypatch.setattr(tl, "ZYGOTE_REPLY_TIMEOUT", 1.0)
+    monkeypatch.setattr(tl, "ZYGOTE_ORPHAN_WAIT", 1.0)
+    zygote = tl._Zygote()
+    directory = tl.run_dir(tmp_path, "hung")
+    directory.mkdir(parents=True)
+    try:
+        assert zygote.start_runner(directory.resolve(), {}) == ((4242, 99) if forked else None)
+        assert zygote.pid is None and zygote._failures == 1
+    finally:
+        zygote.stop()
