@@ -65,9 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
     if settings.leader_election:
-        return asyncio.run(_run_elected(settings))
-    asyncio.run(_run_kopf(settings))
-    return 0
+        code = asyncio.run(_run_elected(settings))
+    else:
+        asyncio.run(_run_kopf(settings))
+        code = 0
+    _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """Exit once the operator has stopped cleanly (kopf's cleanup ran, the Lease was released, the loop and
+    its executor are closed) without the interpreter's teardown of every loaded module: that takes 0.5-2 s
+    of a pod's termination grace (and of every test's operator) and has nothing left to release. Logs and
+    standard streams are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _run_kopf(settings: Any, ready: asyncio.Event | None = None) -> None:
