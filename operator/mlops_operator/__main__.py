@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -36,13 +37,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+# kopf's handlers that only watch (keep a view, wake an object): their "Handler '...' succeeded." comes
+# with every watch event of every object, so it is a debug line here.
+WATCH_ONLY_HANDLERS = ("requests", "seldon_deployment_changed", "training_changed")
+_WATCH_ONLY_SUCCESS = re.compile(rf"Handler '({'|'.join(WATCH_ONLY_HANDLERS)})' succeeded\.")
+
+
+class ObjectFilter(logging.Filter):
+    """Names the object a line is about (kopf's per-object lines carry it as ``k8s_ref``) in
+    ``record.object`` for the text format, and turns the success lines of watch-only handlers into debug
+    lines (dropped unless the level is DEBUG)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        k8s = getattr(record, "k8s_ref", None)
+        record.object = f"{k8s.get('kind')} {k8s.get('namespace')}/{k8s.get('name')}: " if k8s else ""
+        if record.levelno == logging.INFO and k8s and _WATCH_ONLY_SUCCESS.fullmatch(record.getMessage()):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return record.levelno >= self.level
+
+
 def configure_logging(log_format: str, level: str) -> None:
-    """Root logging for the process; kopf's own loggers propagate to it."""
+    """Root logging for the process; kopf's own loggers propagate to it. Every line about an object names
+    it (text: ``<Kind> <namespace>/<name>:`` before the message; json: ``object``)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ObjectFilter(logging.getLevelName(level)))
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(object)s%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -237,6 +237,31 @@ def test_digest_diff_base_is_small_and_tells_changes():
     assert storage.fetch(body=kopf.Body({**body, "metadata": {"name": "a"}})) is None  # never handled
 
 
+def test_the_digest_diff_base_builds_kopfs_essence_without_copying_the_rest():
+    """The same essence as kopf's own build (so stored digests stay valid), from a body whose status and
+    managedFields it never copies."""
+    import kopf
+
+    from mlops_operator.handlers.diffbase import DigestDiffBaseStorage
+
+    ours = DigestDiffBaseStorage(prefix="mlops.dev", key="last-handled-configuration")
+    kopfs = kopf.AnnotationsDiffBaseStorage(prefix="mlops.dev", key="last-handled-configuration")
+    body = kopf.Body({
+        "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "a", "namespace": "team", "uid": "u1", "generation": 3, "finalizers": ["f"],
+                     "labels": {"team": "x"}, "managedFields": [{"manager": "kubectl"}],
+                     "annotations": {"mlops.dev/last-handled-configuration": '{"sha256":"0"}',
+                                     "mlops.dev/approve": "2", "note": "kept",
+                                     "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+        "spec": {"model": {"name": "iris", "version": "1"}, "backend": "seldon"},
+        "status": {"conditions": [{"type": "Ready"}]}})
+    assert ours.build(body=body) == kopfs.build(body=body)
+    assert ours.build(body=body) == {"spec": body["spec"], "metadata": {
+        "labels": {"team": "x"}, "annotations": {"mlops.dev/approve": "2", "note": "kept"}}}
+    bare = kopf.Body({"apiVersion": "v1", "kind": "K", "metadata": {"name": "b"}, "spec": {}})
+    assert ours.build(body=bare) == kopfs.build(body=bare)
+
+
 def test_pipeline_parameters_cannot_override_what_the_operator_sets():
     """A tenant's spec.pipeline.parameters moved the model registry (artifact_root) and could name a dataset
     the URI policy never saw (dataset_uri): both are refused before any run, naming where they come from."""

@@ -81,12 +81,21 @@ async def current_object(plural: str, namespace: str, name: str, body: Mapping[s
     (or someone else wrote it): then, and without a view, the object is read."""
     key = (plural, namespace, name)
     if body is not None:
-        obj = copy.deepcopy(dict(body))
+        obj = plain_copy(body)
         if key not in _known_status or (obj.get("status") or {}) == _known_status[key]:
             return obj
     obj = await get_object(plural, namespace, name)
     if obj is not None:
         _known_status[key] = obj.get("status") or {}
+    return obj
+
+
+def plain_copy(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a watched object as plain dicts, without ``metadata.managedFields`` (the API server's
+    field bookkeeping, which nothing here reads and which was most of what a copy cost)."""
+    meta = body.get("metadata") or {}
+    obj = {key: copy.deepcopy(value) for key, value in body.items() if key != "metadata"}
+    obj["metadata"] = {key: copy.deepcopy(value) for key, value in meta.items() if key != "managedFields"}
     return obj
 
 
@@ -247,7 +256,8 @@ async def _post_one(body: dict[str, Any]) -> None:
     core = client.CoreV1Api(api_client())
     for delay in (*EVENT_BACKOFFS, None):
         try:
-            await asyncio.to_thread(core.create_namespaced_event, namespace, body)
+            # The response is not read into the client's models (most of the CPU such a call costs).
+            await asyncio.to_thread(core.create_namespaced_event, namespace, body, _preload_content=False)
             return
         except ApiException as error:
             if is_namespace_terminating(error) or error.status == 404:

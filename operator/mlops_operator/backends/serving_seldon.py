@@ -12,7 +12,6 @@ when it exists already. Deletion is left to Kubernetes' garbage collector (owner
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
@@ -96,7 +95,7 @@ def watched(event_type: str | None, body: Mapping[str, Any]) -> None:
         _watched.pop(key, None)
         _written.pop(key, None)
     else:
-        _watched[key] = copy.deepcopy(dict(body))
+        _watched[key] = kube.plain_copy(body)
 
 
 def _revision(obj: Mapping[str, Any]) -> int | None:
@@ -232,7 +231,7 @@ def _apply_service(manifest: dict[str, Any]) -> None:
     api = kube.api_client()
     core = client.CoreV1Api(api)
     try:
-        core.create_namespaced_service(meta["namespace"], manifest)
+        core.create_namespaced_service(meta["namespace"], manifest, _preload_content=False)  # not read back
         _services_in_place[key] = owner
         return
     except ApiException as error:
