@@ -291,7 +291,15 @@ def test_the_loop_on_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_
         endpoint = md["status"]["endpoint"]
         url = urllib.parse.urlparse(endpoint)
         assert url.hostname == f"iris.{ns}.svc.cluster.local" and url.path == "/v2/models/iris", endpoint
-        service_ip = resolve(url.hostname, node_cluster.devnode.NODE_IP)
+        # The routing Service is written in the reconciliation that publishes the endpoint, moments before:
+        # CoreDNS may take a moment to serve its name.
+        def resolved() -> str | None:
+            try:
+                return resolve(url.hostname, node_cluster.devnode.NODE_IP)
+            except AssertionError:
+                return None
+
+        service_ip = wait_until(resolved, timeout=30, interval=0.5, what=f"{url.hostname} resolved by CoreDNS")
         assert service_ip == core.read_namespaced_service("iris", ns).spec.cluster_ip
         callable_endpoint = endpoint.replace(url.hostname, service_ip, 1)  # the host has no cluster DNS
         # The stable predictor's own Service (Seldon's), for what only the stable predictor must answer.
