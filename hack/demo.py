@@ -351,7 +351,7 @@ def run_loop(cluster: Cluster, timeout: float = 600, labels_dir: Path | None = N
     """Apply the examples and drive the loop to a promoted retrained model that has solved the
     drift. Returns a summary. ``analysis`` replaces fields of the deployment's rollout analysis."""
     started = time.monotonic()
-    labels_dir = Path(labels_dir or demo_dir() / "labels" / cluster.namespace)  # the namespace's part of the data dir
+    labels_dir = Path(labels_dir or demo_dir() / "labels")
     if labels_dir.exists():
         for old in labels_dir.glob("*.csv"):
             old.unlink()

@@ -33,9 +33,8 @@ def test_defaults_allow_the_data_dir_artifact_root_and_builtins(tmp_path):
     assert uri_problem("sklearn://iris", p, resolve) is None
     own = (tmp_path / "data" / "artifacts" / "models" / "ml" / "iris" / "1").as_uri()
     assert uri_problem(own, p, resolve, namespace="ml") is None
-    assert uri_problem(str(tmp_path / "data" / "datasets" / "ml" / "x.csv"), p, resolve, namespace="ml") is None
-    assert uri_problem((tmp_path / "data" / "labels" / "ml" / "iris").as_uri() + "/", p, resolve, namespace="ml") is None
-    assert uri_problem((tmp_path / "data" / "labels" / "ml").as_uri() + "/", p, resolve, namespace="ml") is None
+    assert uri_problem(str(tmp_path / "data" / "datasets" / "x.csv"), p, resolve) is None
+    assert uri_problem((tmp_path / "data" / "labels" / "iris").as_uri() + "/", p, resolve) is None
     assert uri_problem("s3://bucket/data.csv", p, resolve) is None
     assert uri_problem("https://data.example.com/iris.csv", p, resolve) is None
 
@@ -54,20 +53,7 @@ def test_the_operators_own_state_in_the_data_dir_is_refused(tmp_path, inside):
     p = policy(tmp_path, uri_file_roots=[str(tmp_path)])
     problem = uri_problem(str(tmp_path / "data" / inside), p, resolve, namespace="ml")
     assert problem and "the operator's own state in its data dir" in problem, problem
-    assert f"{tmp_path}/data/labels/ml/ and {tmp_path}/data/datasets/ml/" in problem
-
-
-@pytest.mark.parametrize("inside", ["labels/team-b/iris/", "datasets/team-b/x.csv", "labels/", "datasets/x.csv",
-                                    "labels/ml/../team-b/x.csv"])
-def test_another_namespaces_files_in_the_data_dir_are_refused(tmp_path, inside):
-    """The data dir's label feeds and datasets are kept per namespace, like the artifact root's models."""
-    p = policy(tmp_path)
-    problem = uri_problem(str(tmp_path / "data" / inside), p, resolve, namespace="ml")
-    assert problem and "is not this namespace's part of the operator's data dir" in problem, problem
-    assert f"its files go under {tmp_path}/data/labels/ml/ and {tmp_path}/data/datasets/ml/" in problem
-    # A fetch-time check in a run (no namespace known) lets any namespace's part through, never the rest.
-    assert uri_problem(str(tmp_path / "data" / "labels" / "team-b" / "x.csv"), p, resolve) is None
-    assert uri_problem(str(tmp_path / "data" / "runs" / "team-b" / "x.csv"), p, resolve)
+    assert f"{tmp_path}/data/labels/ and {tmp_path}/data/datasets/" in problem
 
 
 def test_a_symlink_out_of_a_root_is_refused(tmp_path):

@@ -10,8 +10,7 @@ operator's artifact root is shared by all namespaces: a URI into its per-namespa
 part of them, whatever the other rules allow, so one namespace cannot read another's model versions,
 profiles, inference logs or drift reports (nor list the root). The data dir holds the operator's own
 state (run directories with every namespace's training data, model servers, caches, logs): of it, only
-the namespace's own ``<dataDir>/labels/<namespace>/`` and ``<dataDir>/datasets/<namespace>/`` (and the artifact
-root, as above) may be read. Redirects
+``<dataDir>/labels/`` and ``<dataDir>/datasets/`` (and the artifact root, as above) may be read. Redirects
 are not followed when a dataset is fetched over HTTP (:mod:`mlops_operator.backends.datasets`), so
 the checked host is the one read. ``sklearn://`` built-ins are always allowed.
 """
@@ -50,7 +49,7 @@ class UriPolicy:
     artifact_root: str = ""
     """The operator's artifact root (a URI; a local path for file://): its namespaces' parts are kept apart."""
     data_dir: str = ""
-    """The operator's data dir (a local path): only its TENANT_AREAS, each namespace its own part, may be read."""
+    """The operator's data dir (a local path): only its TENANT_AREAS may be read."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UriPolicy:
@@ -87,8 +86,7 @@ def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | N
 
 
 TENANT_AREAS = ("labels", "datasets")
-"""The data dir's directories for files tenants give the operator to read (e.g. the examples' label feed), each
-with one directory per namespace."""
+"""The data dir's directories for files tenants give the operator to read (e.g. the examples' label feed)."""
 NAMESPACED_AREAS = ("models", "inference", "drift-reports")
 """The artifact root's parts that are kept per namespace: the model registry, the inference logs, the drift reports."""
 
@@ -139,20 +137,6 @@ def _under_prefix(uri: str, prefix: str, namespace: str | None) -> bool:
     return re.match(pattern, uri) is not None
 
 
-def _data_dir_problem(real: str, data_dir: str, namespace: str | None) -> str | None:
-    """Why a path in the operator's data dir may not be read for ``namespace``, or None: only the namespace's
-    own ``labels/<namespace>/`` and ``datasets/<namespace>/`` hold tenants' files (where no namespace is known,
-    a fetch-time check inside a run, any namespace's)."""
-    parts = os.path.relpath(real, data_dir).split(os.sep)
-    if len(parts) >= 2 and parts[0] in TENANT_AREAS and (namespace is None or parts[1] == namespace):
-        return None
-    ns = namespace or "<namespace>"
-    own = " and ".join(f"{os.path.join(data_dir, area, ns)}/" for area in TENANT_AREAS)
-    if parts[0] in TENANT_AREAS:
-        return f"path {real} is not this namespace's part of the operator's data dir; its files go under {own}"
-    return f"path {real} is the operator's own state in its data dir; of the data dir only {own} hold tenants' files"
-
-
 def _under(path: str, root: str) -> bool:
     return bool(root) and (path == root or path.startswith(root.rstrip(os.sep) + os.sep))
 
@@ -181,8 +165,11 @@ def uri_problem(uri: str, policy: UriPolicy, resolve: Resolver = _resolve, names
         if not any(_under(real, root) for root in policy.file_roots):
             return (f"path {real} is outside the directories the operator may read "
                     f"(MLOPS_URI_FILE_ROOTS: {', '.join(policy.file_roots) or 'none'})")
-        if policy.data_dir and _under(real, policy.data_dir) and not _under(real, policy.artifact_root):
-            return _data_dir_problem(real, policy.data_dir, namespace)
+        if (policy.data_dir and _under(real, policy.data_dir) and not _under(real, policy.artifact_root)
+                and not any(_under(real, os.path.join(policy.data_dir, area)) for area in TENANT_AREAS)):
+            return (f"path {real} is the operator's own state in its data dir; of the data dir only "
+                    + " and ".join(f"{os.path.join(policy.data_dir, area)}/" for area in TENANT_AREAS)
+                    + " hold tenants' files")
         return None
     if "://" in policy.artifact_root:
         # The same object under another spelling (a/../b, a//b) is the same key to the store's client.
