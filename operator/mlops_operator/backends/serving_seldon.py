@@ -336,7 +336,9 @@ class SeldonServing:
         manifest = build_seldon_deployment(target.name, target.namespace, target.uid, target.spec, target.model_name,
                                            plan, urls, replicas)
         live = await apply_seldon_deployment(manifest)
-        if self.routing != "none":
+        if self.routing == "none":
+            await apply_routing_service(build_routing_service(target.name, target.namespace, target.uid))
+        else:
             await delete_routing_service(target.namespace, target.name)
         observed = observe_seldon_deployment(live, [p.name for p in plan])
         sdep_name = manifest["metadata"]["name"]
@@ -344,17 +346,10 @@ class SeldonServing:
         if seldon_needs_pod_reason(observed, plan):
             pods = await list_seldon_pods(target.namespace, sdep_name)
             pod_reason = pod_failure_reason(pods, sdep_name, [p.name for p in plan])
-        view = seldon_view(plan, observed, sdep_name, pod_reason, rollout_in_flight=rollout_in_flight,
+        return seldon_view(plan, observed, sdep_name, pod_reason, rollout_in_flight=rollout_in_flight,
                            replicas=target.spec.replicas,
                            routed_by=(target.name, target.namespace, target.model_name)
                            if self.routing == "none" else None)
-        if self.routing == "none" and view.serving.endpoint:
-            # The routing Service is written when the endpoint that names it is published (the stable
-            # version ready), not before: until then nothing is routed, and a deployment that never
-            # serves holds no Service and no ClusterIP (one create and one IP allocation fewer per new
-            # deployment while many are applied at once).
-            await apply_routing_service(build_routing_service(target.name, target.namespace, target.uid))
-        return view
 
     async def request_stats(self, target: ServedDeployment, predictor: str, since: datetime
                             ) -> tuple[RequestStats | None, bool]:
