@@ -431,8 +431,10 @@ def test_the_loop_on_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_
         analysis = md["status"]["lastAnalysis"]
         assert analysis["source"] == "prometheus" and analysis["passed"], analysis
         assert analysis["requests"] >= 20, analysis  # minRequests
-        scraped = prometheus.query(f'sum by (predictor_name) (seldon_api_executor_server_requests_seconds_count'
-                                   f'{{namespace="{ns}",deployment_name="iris"}})')
+        # Over the last minutes: the canary's Pod is gone once promoted, and Prometheus marks its series stale
+        # at the next scrape, so an instant query may no longer return it.
+        scraped = prometheus.query(f'sum by (predictor_name) (max_over_time(seldon_api_executor_server_requests_seconds_count'
+                                   f'{{namespace="{ns}",deployment_name="iris"}}[15m]))')
         assert {r["metric"]["predictor_name"] for r in scraped} >= {"stable", "canary"}, scraped
 
         def stable_serves_v2() -> dict[str, Any] | None:
