@@ -32,7 +32,7 @@ import tempfile
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mlops_operator.api.errors import DataValidationFailed, InvalidSpec
 from mlops_operator.backends import training_local as tl
@@ -120,6 +120,16 @@ def forkable(full_command: list[str]) -> tuple[str, list[str]] | None:
     return full_command[3], list(full_command[4:])
 
 
+def _leave(code: int) -> NoReturn:
+    """End a forked child with ``code``: its output flushed, without the interpreter's shutdown (the
+    parent's threads, atexit hooks and buffers are not the child's to run)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
 def run_task(full_command: list[str]) -> int:
     """kfp.local's ``run_local_subprocess``: a lightweight component's task in a forked child of this
     (warm) process; anything else in a subprocess as kfp.local runs it. Returns the exit code."""
@@ -146,11 +156,7 @@ def run_task(full_command: list[str]) -> int:
         except BaseException:  # noqa: BLE001 - the task's failure goes to the log, as a process's would
             traceback.print_exc()
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+            _leave(code)
     _, status = os.waitpid(pid, 0)
     print("\n", flush=True)  # as kfp.local separates a task's output
     return os.waitstatus_to_exitcode(status)
@@ -286,11 +292,7 @@ def _fork_runner(directory: Path, env: dict[str, str], channel: socket.socket) -
         except BaseException:  # noqa: BLE001 - before the log is set up this reaches the zygote's stderr
             traceback.print_exc()
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+            _leave(code)
     os.close(writable)
     with os.fdopen(readable, "rb") as pipe:
         report = pipe.read()
