@@ -105,15 +105,20 @@ def pipeline(dataset: str, estimators: int, seed: int, data_dir: Path,
 runner_private_kib = 0
 
 
-def _private_dirty_kib(pid: int) -> int | None:
-    """Memory only ``pid`` has written (Private_Dirty of /proc/<pid>/smaps_rollup), in KiB."""
+def _proc_kib(pid: int, file: str, field: str) -> int | None:
+    """A ``<field>: <n> kB`` line of /proc/<pid>/<file>, in KiB; None when the process or the line is gone."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Private_Dirty:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         pass
     return None
+
+
+def _private_dirty_kib(pid: int) -> int | None:
+    """Memory only ``pid`` has written (Private_Dirty of /proc/<pid>/smaps_rollup), in KiB."""
+    return _proc_kib(pid, "smaps_rollup", "Private_Dirty")
 
 
 def step_times(log: str) -> dict[str, float]:
@@ -188,13 +193,7 @@ def main() -> int:
 
 def _rss_kib(pid: int) -> int | None:
     """Resident set size of ``pid`` in KiB (VmRSS of /proc/<pid>/status)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+    return _proc_kib(pid, "status", "VmRSS")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ _SEGMENT = re.compile(r"[^/]+")
 def _normal(uri: str) -> str:
     """``uri`` with its path's ``.``/``..`` segments and doubled slashes resolved (a trailing slash kept)."""
     scheme, sep, rest = uri.partition("://")
-    netloc, slash, path = rest.partition("/") if sep else ("", "", uri)
+    netloc, _, path = rest.partition("/") if sep else ("", "", uri)
     if not path:
         return uri
     normal = posixpath.normpath(("/" if sep else "") + path)
