@@ -521,16 +521,20 @@ def _mark_lost(directory: Path, message: str) -> dict[str, Any]:
     return _read_json(directory / STATE_FILE) or {}
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command (which may contain spaces and parentheses):
+    state, ppid, pgrp, ... (field 3 onwards); None if the process is gone or there is no /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except (OSError, ValueError):
+        return None
+
+
 def process_start_time(pid: int) -> int | None:
     """When ``pid`` started (clock ticks after boot: field 22 of ``/proc/<pid>/stat``), or None if it
     is gone or there is no /proc. With the pid it names one process: a reused pid starts later."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    # After the command (which may contain spaces and parentheses): field 3 (state) onwards.
-    fields = stat.rsplit(")", 1)[-1].split()
-    return int(fields[19]) if len(fields) > 19 else None
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
 
 
 def _identity_text(pid: int, start: int | None) -> str:
@@ -561,13 +565,12 @@ def _runner_alive(pid: int, directory: Path) -> bool:
     start = identity[1] if identity and identity[0] == pid else None
     proc = Path(f"/proc/{pid}")
     if proc.exists():
+        fields = _stat_fields(pid)
         try:
-            stat = (proc / "stat").read_text()
             cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             return False
-        fields = stat.rsplit(")", 1)[-1].split()
-        if fields[0] in ("Z", "X"):
+        if not fields or fields[0] in ("Z", "X"):
             return False
         if start is not None:
             return int(fields[19]) == start
@@ -596,12 +599,8 @@ def group_alive(pgid: int, marker: str | None = None) -> bool:
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        # After the command: state, ppid, pgrp, ...
-        if int(fields[2]) != pgid or fields[0] in ("Z", "X"):
+        fields = _stat_fields(entry.name)
+        if fields is None or int(fields[2]) != pgid or fields[0] in ("Z", "X"):
             continue
         if marker is None:
             return True
