@@ -291,8 +291,8 @@ def test_the_loop_on_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_
         endpoint = md["status"]["endpoint"]
         url = urllib.parse.urlparse(endpoint)
         assert url.hostname == f"iris.{ns}.svc.cluster.local" and url.path == "/v2/models/iris", endpoint
-        # The routing Service is written in the reconciliation that publishes the endpoint, moments before:
-        # CoreDNS may take a moment to serve its name.
+        # The routing Service is written once Seldon took the SeldonDeployment on, seconds before its Pods
+        # were ready; CoreDNS may still take a moment to serve its name.
         def resolved() -> str | None:
             try:
                 return resolve(url.hostname, node_cluster.devnode.NODE_IP)
@@ -306,7 +306,12 @@ def test_the_loop_on_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_
         stable_endpoint = f"http://{core.read_namespaced_service('iris-stable', ns).spec.cluster_ip}:8000/v2/models/iris"
 
         # Seldon says Available once the Pods are; kube-proxy programs the Service's rules on its own
-        # clock (about a second later), so the first call may be refused: it answers within seconds.
+        # clock, so the first call is sent once its rules name an endpoint: before that, a packet to the
+        # ClusterIP leaves this machine by its default route (the likely source of the HTTP 404 that a
+        # Service written moments before the first call once got).
+        wait_until(lambda: proxied_endpoints(ns, "iris") >= 1, timeout=30, interval=0.5,
+                   what="kube-proxy's rules for the routing Service")
+
         def answer_of(endpoint: str, rows: list[list[float]] = ROWS) -> Callable[[], dict[str, Any] | None]:
             def answer() -> dict[str, Any] | None:
                 try:

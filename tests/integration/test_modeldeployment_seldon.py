@@ -109,7 +109,8 @@ def test_backend_unavailable_until_seldon_is_installed(objects, operator, kube_a
     assert condition(obj, "Degraded")["status"] == "False" and not obj["status"].get("endpoint")
 
 
-def test_the_first_version_is_written_as_seldon_expects(objects, operator, seldon_crd, seldon, namespace):
+def test_the_first_version_is_written_as_seldon_expects(objects, operator, seldon_crd, seldon, namespace,
+                                                       kubeconfig_env):
     """One stable predictor owned by the ModelDeployment, accepted by Seldon's schema as we wrote it."""
     root = (operator.data_dir / "artifacts").resolve().as_uri()
     v1 = publish_model(root, objects.namespace)
@@ -143,11 +144,25 @@ def test_the_first_version_is_written_as_seldon_expects(objects, operator, seldo
     assert obj["status"]["seldonDeployment"] == "iris"
     assert obj["status"]["estimatedMonthlyCost"]["instanceType"] == "t3.large"
     # No mesh (MLOPS_SELDON_ROUTING=none, the default): a Service named like the ModelDeployment over
-    # every predictor's Pods, owned by it (tests/e2e/test_seldon.py measures its split on a real node).
+    # every predictor's Pods, owned by it, is written once Seldon has taken the SeldonDeployment on (its
+    # first status), before any version is ready (tests/e2e/test_seldon.py calls it through the real Seldon
+    # and measures its split on a real node). No controller reports here, so there is none: no ClusterIP is
+    # held by a deployment Seldon never took on.
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
-    service = client.CoreV1Api(seldon.api.api_client).read_namespaced_service("iris", namespace)
-    assert service.spec.selector == {"seldon-deployment-id": "iris"}
+    from mlops_operator.backends import kube, serving_seldon
+    from mlops_operator.reconcile.seldondeployment import build_routing_service
+
+    core = client.CoreV1Api(seldon.api.api_client)
+    with pytest.raises(ApiException) as missing:
+        core.read_namespaced_service("iris", namespace)
+    assert missing.value.status == 404 and not obj["status"].get("endpoint")
+    # What the operator writes then, as the API server admits it (written here in-process).
+    kube.load_config()
+    serving_seldon._apply_service(build_routing_service("iris", namespace, md["metadata"]["uid"]))
+    service = core.read_namespaced_service("iris", namespace)
+    assert service.spec.selector == {"seldon-deployment-id": "iris"} and service.spec.type == "ClusterIP"
     assert [(o.kind, o.uid) for o in service.metadata.owner_references] == [("ModelDeployment", md["metadata"]["uid"])]
 
     # Deleting the ModelDeployment lets the garbage collector delete the SeldonDeployment.
@@ -252,19 +267,26 @@ def test_an_idle_deployment_waits_for_its_training_and_its_child_instead_of_poll
     assert reconciliations(operator) > before
 
 
-def test_deleting_needs_no_finalizer_and_an_older_one_is_released(objects, operator, seldon_crd, seldon, kube_api):
+def test_deleting_needs_no_finalizer_and_an_older_one_is_released(objects, operator, seldon_crd, seldon, kube_api,
+                                                                   kubeconfig_env):
     """Backend seldon leaves nothing the garbage collector does not remove (the SeldonDeployment and the
     routing Service are owned), so kopf holds no finalizer on it: the object goes at once, its children
     after it. One that an older operator version gave the finalizer is released, not left undeletable."""
     from kubernetes import client
 
+    from mlops_operator.backends import kube, serving_seldon
+    from mlops_operator.reconcile.seldondeployment import build_routing_service
+
+    kube.load_config()
     root = (operator.data_dir / "artifacts").resolve().as_uri()
     v1 = publish_model(root, objects.namespace)
     for name in ("fresh", "older"):
         objects.create(deployment_body(name, model_source(v1), {"strategy": "direct"}, backend="seldon"))
         seldon.wait_predictors(name, [("stable", 100, None, "1")])
-        objects.wait(KIND, name, lambda o: condition(o, "Ready").get("reason") == "Creating", timeout=30,
-                     what="waiting for Seldon")
+        md = objects.wait(KIND, name, lambda o: condition(o, "Ready").get("reason") == "Creating", timeout=30,
+                          what="waiting for Seldon")
+        # Its routing Service, as the operator writes it once Seldon reports (no controller here).
+        serving_seldon._apply_service(build_routing_service(name, objects.namespace, md["metadata"]["uid"]))
     assert not objects.get(KIND, "fresh")["metadata"].get("finalizers")
     # What an older version left: its finalizer. The next event of the object releases it.
     objects.patch(KIND, "older", {"metadata": {"finalizers": ["mlops.dev/finalizer"]}})

@@ -41,6 +41,13 @@ def load_config() -> None:
     _api_client = client.ApiClient()
 
 
+def discard_body(response: urllib3.BaseHTTPResponse) -> None:
+    """Read an unparsed response (``_preload_content=False``) to its end, so that its connection goes
+    back to the client's pool: one left unread is closed when collected, and the next call pays for a
+    new connection and its TLS handshake."""
+    response.drain_conn()
+
+
 def api_client() -> client.ApiClient:
     """The shared API client (loads the config on first use)."""
     if _api_client is None:
@@ -257,7 +264,8 @@ async def _post_one(body: dict[str, Any]) -> None:
     for delay in (*EVENT_BACKOFFS, None):
         try:
             # The response is not read into the client's models (most of the CPU such a call costs).
-            await asyncio.to_thread(core.create_namespaced_event, namespace, body, _preload_content=False)
+            await asyncio.to_thread(lambda: discard_body(
+                core.create_namespaced_event(namespace, body, _preload_content=False)))
             return
         except ApiException as error:
             if is_namespace_terminating(error) or error.status == 404:

@@ -231,7 +231,7 @@ def _apply_service(manifest: dict[str, Any]) -> None:
     api = kube.api_client()
     core = client.CoreV1Api(api)
     try:
-        core.create_namespaced_service(meta["namespace"], manifest, _preload_content=False)  # not read back
+        kube.discard_body(core.create_namespaced_service(meta["namespace"], manifest, _preload_content=False))
         _services_in_place[key] = owner
         return
     except ApiException as error:
@@ -336,11 +336,16 @@ class SeldonServing:
         manifest = build_seldon_deployment(target.name, target.namespace, target.uid, target.spec, target.model_name,
                                            plan, urls, replicas)
         live = await apply_seldon_deployment(manifest)
-        if self.routing == "none":
-            await apply_routing_service(build_routing_service(target.name, target.namespace, target.uid))
-        else:
-            await delete_routing_service(target.namespace, target.name)
         observed = observe_seldon_deployment(live, [p.name for p in plan])
+        if self.routing != "none":
+            await delete_routing_service(target.namespace, target.name)
+        elif (live or {}).get("status"):
+            # The routing Service is written once Seldon has taken the SeldonDeployment on (its first
+            # status, when it creates the Deployments), not with it: its Pods then take seconds to start,
+            # ample for kube-proxy to program the Service before status.endpoint names it, and a
+            # deployment Seldon never takes on holds no Service and no ClusterIP (while many are applied at
+            # once, a new deployment costs 4 API requests, not 6).
+            await apply_routing_service(build_routing_service(target.name, target.namespace, target.uid))
         sdep_name = manifest["metadata"]["name"]
         pod_reason = None
         if seldon_needs_pod_reason(observed, plan):
