@@ -106,6 +106,15 @@ def plain_copy(body: Mapping[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def without_managed_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A watched object as a plain dict without ``metadata.managedFields``, sharing everything else with
+    ``body`` (no copy: for keeping the latest view of many objects, which the API server's field
+    bookkeeping would otherwise make several times larger)."""
+    obj = {key: value for key, value in body.items() if key != "metadata"}
+    obj["metadata"] = {key: value for key, value in (body.get("metadata") or {}).items() if key != "managedFields"}
+    return obj
+
+
 def forget_object(plural: str, namespace: str, name: str) -> None:
     """Drop what is known of a deleted object's status."""
     _known_status.pop((plural, namespace, name), None)

@@ -86,6 +86,23 @@ def _get(namespace: str, name: str) -> dict[str, Any] | None:
 _watched: dict[tuple[str, str], dict[str, Any]] = {}
 # What the operator's own last write (create or patch) of each returned, by (namespace, name).
 _written: dict[tuple[str, str], dict[str, Any]] = {}
+# Both hold only what a reconciliation reads of a SeldonDeployment (_kept): one per ModelDeployment is
+# held for as long as it exists, and a whole one (its spec's containers, managed fields) is several
+# times larger.
+
+
+def _kept(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator reads of a SeldonDeployment: its name, revision and spec hash, its predictors'
+    names, and Seldon's status."""
+    meta = obj.get("metadata") or {}
+    spec_hash = (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    kept_meta = {key: meta[key] for key in ("name", "namespace", "resourceVersion") if key in meta}
+    kept_meta["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash} if spec_hash is not None else {}
+    predictors = (obj.get("spec") or {}).get("predictors") or []
+    kept: dict[str, Any] = {"metadata": kept_meta, "spec": {"predictors": [{"name": p.get("name")} for p in predictors]}}
+    if "status" in obj:
+        kept["status"] = obj["status"]  # shared: read only, and a watch event's body is not changed afterwards
+    return kept
 
 
 def watched(event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -95,7 +112,7 @@ def watched(event_type: str | None, body: Mapping[str, Any]) -> None:
         _watched.pop(key, None)
         _written.pop(key, None)
     else:
-        _watched[key] = kube.plain_copy(body)
+        _watched[key] = _kept(body)
 
 
 def _revision(obj: Mapping[str, Any]) -> int | None:
@@ -129,8 +146,8 @@ def _create(manifest: dict[str, Any]) -> dict[str, Any] | None:
         if error.status == 409:
             return None
         raise
-    _written[(manifest["metadata"]["namespace"], manifest["metadata"]["name"])] = created
-    return created
+    kept = _written[(manifest["metadata"]["namespace"], manifest["metadata"]["name"])] = _kept(created)
+    return kept
 
 
 def _apply(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -155,8 +172,8 @@ def _apply(manifest: dict[str, Any]) -> dict[str, Any]:
         try:
             patched = _custom().patch_namespaced_custom_object(SELDON_GROUP, SELDON_VERSION, namespace,
                                                                SELDON_PLURAL, name, body)
-            _written[(namespace, name)] = patched
-            return patched
+            kept = _written[(namespace, name)] = _kept(patched)
+            return kept
         except ApiException as error:
             if error.status != 404:
                 raise

@@ -495,7 +495,7 @@ def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: typ
         if _requests_seen.changed(key, type, {k: annotations[k] for k in REQUEST_ANNOTATIONS if k in annotations}):
             wake(plural, namespace, name)
         if type != "DELETED":
-            _bodies[key] = body
+            _bodies[key] = kube.without_managed_fields(body)
             return
         if FINALIZER not in (body.metadata.get("finalizers") or []):  # else on_delete has cleaned up
             await cleanup(namespace, name, body.get("status") or {}, body.get("spec") or {})
