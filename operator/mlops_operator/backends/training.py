@@ -26,14 +26,25 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from mlops_operator.api.errors import STEP_REASONS, Failure, InvalidSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RunRecord
-from mlops_operator.backends import (artifacts, kube, pipeline_package, storage_credentials, training_job, training_kfp,
+from mlops_operator.backends import (artifacts, kube, pipeline_package, storage_credentials, training_job,
                                     training_local, uri_policy)
 from mlops_operator.reconcile import modeltraining, trainingjob
 from mlops_operator.settings import Settings
+
+if TYPE_CHECKING:
+    from mlops_operator.backends import training_kfp
+
+
+def _kfp() -> Any:
+    """backends.training_kfp, imported on first use: it imports kfp (about 90 MiB), which an operator whose
+    trainings run locally or as Jobs never needs."""
+    from mlops_operator.backends import training_kfp
+
+    return training_kfp
 
 @dataclass(frozen=True)
 class Observed:
@@ -199,7 +210,7 @@ class KfpTraining:
         source = await pipeline_source(self.spec, self.namespace, self.settings)
         image = None if source else self.settings.training_image_ref
         package = source or str(pipeline_package.default_pipeline_package())
-        return await asyncio.to_thread(training_kfp.with_run_settings, package, kfp_run_settings(self.spec, image),
+        return await asyncio.to_thread(_kfp().with_run_settings, package, kfp_run_settings(self.spec, image),
                                        Path(self.settings.data_dir) / "pipelines")
 
     def _outputs(self, run_name: str) -> dict[str, Any]:
@@ -227,11 +238,11 @@ class KfpTraining:
             # JSON text), the pipeline digest filled in: the same arguments as a local run.
             arguments = pipeline_package.pipeline_arguments({"parameters": parameters}, run_name,
                                                             self.settings.data_dir, package)
-            run = await asyncio.to_thread(training_kfp.submit_run, conn, run_name, package, arguments,
+            run = await asyncio.to_thread(_kfp().submit_run, conn, run_name, package, arguments,
                                           self.experiment, pipeline_root=self.settings.kfp_pipeline_root,
                                           service_account=self.settings.kfp_service_account,
                                           enable_caching=self.spec.caching)
-        except (training_kfp.RequestRejected, ValueError) as error:  # the KFP API will never take this run
+        except (_kfp().RequestRejected, ValueError) as error:  # the KFP API will never take this run
             stamp = _iso(datetime.now(UTC))
             return modeltraining.run_record(run_name, trigger, None, "Failed", stamp, stamp, InvalidSpec.reason,
                                             str(error))
@@ -239,37 +250,37 @@ class KfpTraining:
 
     async def observe(self, record: RunRecord) -> Observed:
         conn = await self.connection()
-        run = await asyncio.to_thread(training_kfp.get_run, conn, record.backend_run_id)
+        run = await asyncio.to_thread(_kfp().get_run, conn, record.backend_run_id)
         return await self._observed(run, record.name, record.trigger)
 
     async def cancel(self, record: RunRecord) -> None:
         if record.backend_run_id:
             conn = await self.connection()
-            await asyncio.to_thread(training_kfp.cancel_run, conn, record.backend_run_id)
+            await asyncio.to_thread(_kfp().cancel_run, conn, record.backend_run_id)
 
     async def sync_schedule(self, request: ScheduleRequest) -> Schedule:
         conn = await self.connection()
-        jobs = await asyncio.to_thread(training_kfp.find_recurring_runs, conn, self.recurring_run_name)
+        jobs = await asyncio.to_thread(_kfp().find_recurring_runs, conn, self.recurring_run_name)
         runs = []
         for job in jobs:
-            for run in await asyncio.to_thread(training_kfp.recurring_run_runs, conn, job):
+            for run in await asyncio.to_thread(_kfp().recurring_run_runs, conn, job):
                 if run.scheduled is None or (request.since is not None and run.scheduled <= request.since):
                     continue
-                name = request.run_prefix + run.scheduled.astimezone(UTC).strftime(training_kfp.SCHEDULED_TIME_FORMAT)
+                name = request.run_prefix + run.scheduled.astimezone(UTC).strftime(_kfp().SCHEDULED_TIME_FORMAT)
                 trigger = f"schedule {request.cron or '(removed)'} at {_iso(run.scheduled)}"
                 observed = await self._observed(run, name, trigger)
                 runs.append(modeltraining.ScheduledRun(run.scheduled, observed.record, observed.reasons))
         if request.cron is None:
-            await asyncio.to_thread(training_kfp.delete_recurring_run, conn, self.recurring_run_name)
+            await asyncio.to_thread(_kfp().delete_recurring_run, conn, self.recurring_run_name)
             return Schedule(None, runs)
         package = await self.package()
         # Each fire gets its own run name, so its own model version: KFP puts the fire's schedule
         # time in place of the macro, and the same time is the fire's scheduled_at, read back above.
         arguments = pipeline_package.pipeline_arguments(
-            {"parameters": request.parameters}, request.run_prefix + training_kfp.SCHEDULED_TIME_MACRO,
+            {"parameters": request.parameters}, request.run_prefix + _kfp().SCHEDULED_TIME_MACRO,
             self.settings.data_dir, package)
         recurring_run_id = await asyncio.to_thread(
-            training_kfp.ensure_recurring_run, conn, self.recurring_run_name, package, arguments, request.cron,
+            _kfp().ensure_recurring_run, conn, self.recurring_run_name, package, arguments, request.cron,
             self.experiment, enabled=request.enabled, pipeline_root=self.settings.kfp_pipeline_root,
             service_account=self.settings.kfp_service_account, enable_caching=self.spec.caching)
         return Schedule(recurring_run_id, runs)
@@ -280,16 +291,16 @@ class KfpTraining:
         if status.latest_run is not None and status.latest_run.state in modeltraining.ACTIVE_STATES:
             await self.cancel(status.latest_run)
         conn = await self.connection()
-        jobs = await asyncio.to_thread(training_kfp.find_recurring_runs, conn, self.recurring_run_name)
+        jobs = await asyncio.to_thread(_kfp().find_recurring_runs, conn, self.recurring_run_name)
         # Disabled first, so it fires no more while its runs are being stopped; deleted last: deleting
         # it first lets the cluster's garbage collector remove its runs' Workflows, and KFP then fails
         # to terminate those runs (500 "patching error", seen on the real KFP 2.17 server).
         for job in jobs:
-            await asyncio.to_thread(training_kfp.disable_recurring_run, conn, job)
-            for run in await asyncio.to_thread(training_kfp.recurring_run_runs, conn, job):
+            await asyncio.to_thread(_kfp().disable_recurring_run, conn, job)
+            for run in await asyncio.to_thread(_kfp().recurring_run_runs, conn, job):
                 if not run.is_finished:
-                    await asyncio.to_thread(training_kfp.cancel_run, conn, run.run_id)
-        await asyncio.to_thread(training_kfp.delete_recurring_run, conn, self.recurring_run_name)
+                    await asyncio.to_thread(_kfp().cancel_run, conn, run.run_id)
+        await asyncio.to_thread(_kfp().delete_recurring_run, conn, self.recurring_run_name)
 
 
 def stored_outputs(root: str, namespace: str, model: str, run_name: str) -> dict[str, Any]:
@@ -463,7 +474,7 @@ def _kfp_connection(host: str, namespace: str | None, token: str | None) -> trai
     if connection is None:
         if len(_connections) >= _MAX_CONNECTIONS:
             _connections.pop(next(iter(_connections)))
-        connection = _connections[key] = training_kfp.KfpConnection(host=host, namespace=namespace, token=token)
+        connection = _connections[key] = _kfp().KfpConnection(host=host, namespace=namespace, token=token)
     return connection
 
 
@@ -482,7 +493,7 @@ def kfp_run_settings(spec: ModelTrainingSpec, image: str | None) -> training_kfp
     requests = spec.resources.requests if spec.resources and spec.resources.requests else None
     limits = spec.resources.limits if spec.resources and spec.resources.limits else None
     gpus = (limits and limits.gpu) or (requests and requests.gpu) or None  # an extended resource: request = limit
-    return training_kfp.RunSettings(
+    return _kfp().RunSettings(
         image=image, cpu_request=requests and requests.cpu, cpu_limit=limits and limits.cpu,
         memory_request=requests and requests.memory, memory_limit=limits and limits.memory, gpus=gpus,
         node_selector=dict(spec.node_selector or {}),
@@ -493,7 +504,7 @@ def kfp_run_settings(spec: ModelTrainingSpec, image: str | None) -> training_kfp
 def builtin_kfp_package(settings: Settings) -> str:
     """The built-in pipeline with its steps in the trainingImage setting's image (default: the
     operator's own image and version, what the pipeline is compiled with)."""
-    return training_kfp.with_component_image(str(pipeline_package.default_pipeline_package()),
+    return _kfp().with_component_image(str(pipeline_package.default_pipeline_package()),
                                              settings.training_image_ref, settings.data_dir / "pipelines")
 
 
