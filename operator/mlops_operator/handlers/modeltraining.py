@@ -1,8 +1,8 @@
 """kopf handlers for ModelTraining: start runs on triggers, observe them, record the outcome.
 
 The handler registers, calls and writes; the decisions are pure, in ``reconcile/`` (modeltraining,
-validation), and the I/O is in ``backends/`` (training: the runs; estimators: what the installed
-packages offer). One reconciliation:
+validation), and the I/O is in ``backends/`` (training: the runs; estimator_check: what the installed
+packages say about spec.training, asked of a helper process). One reconciliation:
 
 1. Parse and check the spec, the estimator and its parameters included (InvalidSpec stops here);
    pick the TrainingBackend spec.backend names (backends/training.py: local, kfp), the only thing
@@ -19,15 +19,18 @@ packages offer). One reconciliation:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import kopf
+
 from mlops_operator import metrics
 from mlops_operator.api.errors import BackendUnavailable, InvalidSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec, ModelTrainingStatus, RunRecord
-from mlops_operator.backends import estimators
+from mlops_operator.backends import estimator_check
 from mlops_operator.backends.training import BACKENDS, ScheduleRequest, TrainingBackend, training_backend
 from mlops_operator.handlers.common import (
     Retry,
@@ -41,7 +44,6 @@ from mlops_operator.reconcile import modeltraining
 from mlops_operator.reconcile.conditions import FALSE, now_rfc3339, parse_rfc3339, plain, set_condition, typed
 from mlops_operator.reconcile.validation import (
     endpoint_problem,
-    estimator_problems,
     local_training_problem,
     training_spec_errors,
 )
@@ -50,6 +52,9 @@ KIND = "ModelTraining"
 PLURAL = "modeltrainings"
 
 log = logging.getLogger("mlops_operator.training")
+# spec.training is judged by the installed estimator libraries in a helper process, so that this one
+# does not import scikit-learn (backends/estimator_check.py).
+_estimator_checker = estimator_check.EstimatorChecker()
 
 
 def _now() -> datetime:
@@ -84,8 +89,9 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
     refused = local_training_problem(spec, settings.runs_in_pod, settings.local_training_in_pod)
     if refused:
         raise InvalidSpec(refused)
-    problems = (training_spec_errors(spec, settings.kfp_host, estimators.estimator_task)
-                or estimator_problems(spec, estimators))
+    judgement = await asyncio.to_thread(_estimator_checker.check, spec)
+    problems = (training_spec_errors(spec, settings.kfp_host, lambda _estimator: judgement.task)
+                or list(judgement.problems))
     endpoint = endpoint_problem("spec.kfp.host", spec.kfp and spec.kfp.host, settings.kfp_host,
                                 settings.endpoint_prefixes)
     problems += [endpoint] if endpoint else []
@@ -230,6 +236,12 @@ def _requeue(obj: Mapping[str, Any], status: Mapping[str, Any]) -> float | None:
     spec = ModelTrainingSpec.model_validate(obj.get("spec") or {})
     return modeltraining.requeue_after(spec, status, _now(), backend_schedules=BACKENDS[spec.backend].schedules_runs,
                                        poll_interval=get_settings().poll_interval_seconds)
+
+
+@kopf.on.cleanup()
+async def stop_estimator_checker(**_: Any) -> None:
+    """Operator shutdown: stop the estimator check helper (it would exit on its own: its stdin closes)."""
+    await asyncio.to_thread(_estimator_checker.stop)
 
 
 register_kind(KIND, PLURAL, reconcile_training, status=ModelTrainingStatus, cleanup=_cleanup, requeue=_requeue)
