@@ -42,6 +42,17 @@ def test_new_generation_is_a_trigger_once():
     assert [t.key for t in modeltraining.pending_triggers(spec(), 2, handled, {}, CREATED, CREATED)] == ["g2"]
 
 
+def test_without_run_on_change_only_the_schedule_and_retrain_requests_start_runs():
+    """spec.runOnChange false: neither the creation nor an edit starts a run, as with a CronJob."""
+    s = spec(schedule="*/5 * * * *", runOnChange=False)
+    assert modeltraining.pending_triggers(s, 1, EMPTY, {}, CREATED, CREATED) == []
+    assert modeltraining.pending_triggers(s, 2, EMPTY, {}, CREATED, CREATED) == []
+    later = CREATED + timedelta(minutes=5)
+    assert [t.kind for t in modeltraining.pending_triggers(s, 2, EMPTY, {}, CREATED, later)] == ["schedule"]
+    ann = {RETRAIN_ANNOTATION: "t1 drift in petal_length"}
+    assert [t.kind for t in modeltraining.pending_triggers(s, 2, EMPTY, ann, CREATED, CREATED)] == ["retrain"]
+
+
 def test_retrain_annotation_triggers_on_every_new_value():
     status = status_of(triggeredGeneration=1)
     ann = {RETRAIN_ANNOTATION: "t1 drift in petal_length"}

@@ -1,7 +1,7 @@
 """ModelTraining (mt): a model trained, evaluated, validated and versioned by a Kubeflow Pipelines run.
 
-A run starts when the spec's generation changes, when the ``mlops.dev/retrain-requested``
-annotation changes, or when ``spec.schedule`` fires.
+A run starts when the spec's generation changes (unless ``spec.runOnChange`` is false), when the
+``mlops.dev/retrain-requested`` annotation changes, or when ``spec.schedule`` fires.
 """
 
 from __future__ import annotations
@@ -333,6 +333,10 @@ class ModelTrainingSpec(Model):
     """Cron schedule (five fields, or @hourly/@daily/...) for recurring runs, in UTC."""
     suspend: bool = False
     """Suspends scheduled runs; on-demand runs still start."""
+    run_on_change: bool = True
+    """Whether a new spec (the object's creation, an edit) starts a run. false: runs start only when
+    spec.schedule fires and on retrain requests (a DriftMonitor's, kubectl mlops retrain), as a
+    CronJob's do."""
     concurrency_policy: Literal["Forbid", "Replace"] = "Forbid"
     """What a new trigger does while a run is active: Forbid waits for it, Replace cancels it."""
     history_limit: int = Field(10, ge=1, le=10)

@@ -64,7 +64,7 @@ def pending_triggers(
     """The triggers that have not started a run yet, most important first. With
     ``backend_schedules`` the backend fires spec.schedule itself (a KFP recurring run): no schedule trigger."""
     triggers = []
-    if status.triggered_generation != generation:
+    if status.triggered_generation != generation and spec.run_on_change:
         triggers.append(Trigger("spec", f"g{generation}", f"spec generation {generation}"))
     request = annotations.get(RETRAIN_ANNOTATION)
     if request and request != status.observed_retrain_request:
