@@ -2,7 +2,8 @@
 
 N ModelDeployments (backend seldon, so no local processes: each one's child is a SeldonDeployment;
 Seldon's controller does not run, so none gets a status), or with ``--kind trainings`` N ModelTrainings
-(schedule only: a nightly cron and ``runOnChange: false``, so nothing runs; no child), are applied at
+(schedule only: a nightly cron and ``runOnChange: false``, so nothing runs; no child), or both one
+after the other (the default), are applied at
 once, spread over K namespaces, on the dev control plane (hack/devcluster.py, its own dev dir ``.dev-bench``), first
 against the floor (benchmarks/scale_floor.py: a kopf operator whose handlers only patch a condition
 and create the child), then against the operator (``python -m mlops_operator`` with its default
@@ -20,7 +21,7 @@ settings). For each:
   started (re-created in a terminating namespace), ERROR lines the operator logged meanwhile.
 
 Prints absolute figures, the ratio to the floor, and the issue's goals. Bounded: at most 10,000
-objects. Usage: ``python benchmarks/scale_bench.py [--kind deployments|trainings] [--objects 1000]
+objects. Usage: ``python benchmarks/scale_bench.py [--kind deployments|trainings|all] [--objects 1000]
 [--namespaces 10] [--rest 60]``.
 """
 
@@ -290,7 +291,7 @@ def run_one(label: str, api: client.ApiClient, start_operator, kind: str, object
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=sorted(KINDS), default="deployments")
+    parser.add_argument("--kind", choices=[*sorted(KINDS), "all"], default="all")
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--namespaces", type=int, default=10)
     parser.add_argument("--rest", type=float, default=60.0)
@@ -330,10 +331,13 @@ def main() -> None:
         model_uri = publish_model((workdir / "artifacts").as_uri(), "bench")["uri"]
         (workdir / "iris.csv").write_text("sepal_length,sepal_width,petal_length,petal_width,species\n"
                                           "5.1,3.5,1.4,0.2,setosa\n")  # named by the ModelTrainings, never read
-        results = {}
-        for label, start in (("floor", floor), ("operator", operator)):
-            results[label] = run_one(label, api, start, args.kind, objects, namespaces, args.rest, model_uri, workdir)
-    report(results, objects, args.kind)
+        reports = []
+        for kind in sorted(KINDS) if args.kind == "all" else [args.kind]:
+            results = {label: run_one(label, api, start, kind, objects, namespaces, args.rest, model_uri, workdir)
+                       for label, start in (("floor", floor), ("operator", operator))}
+            reports.append((results, kind))
+    for results, kind in reports:
+        report(results, objects, kind)
 
 
 def report(results: dict[str, dict[str, float]], objects: int, kind: str) -> None:

@@ -360,10 +360,14 @@ def test_operator_as_chart_service_account(kubeconfig: str, namespace: str, crds
             obj = objects.wait(kind, name, lambda o, t=types: all(condition(o, c) for c in t), timeout=90,
                                what=f"{kind}/{name} conditions")
             assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
-            if kind == "ModelDeployment":  # backend seldon: its children are owned, deletion needs no finalizer
-                assert "mlops.dev/finalizer" not in obj["metadata"].get("finalizers", [])
-            else:
+            if kind == "DriftMonitor":
                 assert "mlops.dev/finalizer" in obj["metadata"]["finalizers"]  # kopf's patch went through
+            elif kind == "ModelDeployment":  # backend seldon: its children are owned, deletion needs no finalizer
+                assert "mlops.dev/finalizer" not in obj["metadata"].get("finalizers", [])
+            else:  # a local training holds the finalizer exactly while its run is active (kopf follows the status)
+                objects.wait(kind, name, lambda o: ("mlops.dev/finalizer" in o["metadata"].get("finalizers", [])) == (
+                    (o["status"].get("latestRun") or {}).get("state") in ("Pending", "Running")), timeout=30,
+                    what="the training's finalizer following its run")
 
         served = objects.wait("ModelDeployment", "seldon-served",
                               lambda o: (condition(o, "Ready") or {}).get("reason") == "BackendUnavailable", timeout=90)
@@ -374,6 +378,7 @@ def test_operator_as_chart_service_account(kubeconfig: str, namespace: str, crds
         message = condition(refused, "Succeeded")["message"]
         assert "spec.kfp.tokenSecretRef: the operator may not read Secret other (RBAC: forbidden)" in message
         assert "not-granted-value" not in yaml.safe_dump(refused)
+        assert "mlops.dev/finalizer" in refused["metadata"]["finalizers"]  # backend kfp: its recurring run, its runs
         wait_until(lambda: any(e.reason == "Accepted" for e in objects.events("iris")), timeout=30,
                    what="the Accepted event (events: create)")
 

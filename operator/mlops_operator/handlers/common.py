@@ -459,16 +459,17 @@ Cleanup = Callable[[str, str, Mapping[str, Any], Mapping[str, Any]], Awaitable[N
 
 def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: type[StatusBase],
                   cleanup: Cleanup, requeue: Requeue | None = None,
-                  cleanup_needed: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
+                  cleanup_needed: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None) -> None:
     """Register one kind with kopf: change handlers (create, update, resume) and the schedule both run
     :func:`reconcile_object` with ``reconciler`` and the conditions ``status`` (the kind's ``*Status``
     model) declares; the schedule observes an object again when ``requeue`` says (or :func:`wake` is
     called, or the spec changes); deletion runs ``cleanup`` and then drops the object's lock, backoff and
     schedule. Handler ids stay ``on_change``/``on_delete``.
 
-    ``cleanup_needed(spec)`` says whether deleting an object needs the operator's cleanup before it goes
-    (something its owner references do not remove): only then does kopf hold it with the finalizer and
-    call ``cleanup`` first. Without it (None: always needed), ``cleanup`` runs when the deletion is seen
+    ``cleanup_needed(spec, status)`` says whether deleting an object needs the operator's cleanup before it
+    goes (something its owner references do not remove): only then does kopf hold it with the finalizer
+    and call ``cleanup`` first. kopf asks at every event, so the finalizer comes and goes with the need
+    (an active run, say). Without it (None: always needed), ``cleanup`` runs when the deletion is seen
     (in-memory state only: the object is gone by then), and an older finalizer is released."""
 
     async def run(namespace: str, name: str, body: Mapping[str, Any], from_change: bool = False) -> None:
@@ -501,8 +502,8 @@ def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: typ
             await cleanup(namespace, name, body.get("status") or {}, body.get("spec") or {})
         forget(plural, namespace, name)
 
-    def needs_finalizer(spec: kopf.Spec, **_: Any) -> bool:
-        return cleanup_needed is None or cleanup_needed(spec)
+    def needs_finalizer(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+        return cleanup_needed is None or cleanup_needed(spec, status)
 
     @kopf.on.delete(GROUP, VERSION, plural, id="on_delete", when=needs_finalizer)
     async def on_delete(namespace: str, name: str, status: kopf.Status, spec: kopf.Spec, **_: Any) -> None:

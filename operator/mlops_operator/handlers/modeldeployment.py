@@ -258,7 +258,7 @@ def _requeue(obj: Mapping[str, Any], status: Mapping[str, Any]) -> float | None:
         poll_interval=get_settings().poll_interval_seconds)
 
 
-def _cleanup_needed(spec: Mapping[str, Any]) -> bool:
+def _cleanup_needed(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     """Whether deleting the deployment waits for :func:`_cleanup` (its backend runs something its owner
     references do not remove); a spec that names no known backend is held to be safe."""
     backend = spec.get("backend") or ModelDeploymentSpec.model_fields["backend"].default

@@ -244,4 +244,16 @@ async def stop_estimator_checker(**_: Any) -> None:
     await asyncio.to_thread(_estimator_checker.stop)
 
 
-register_kind(KIND, PLURAL, reconcile_training, status=ModelTrainingStatus, cleanup=_cleanup, requeue=_requeue)
+def _cleanup_needed(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Whether deleting the training waits for :func:`_cleanup`: always on backend kfp (its runs and
+    recurring run live in KFP), else while its latest run is active (a local runner to stop; a Job goes
+    with its owner, but is deleted first so that its Pod stops at once). Without a finalizer the cleanup
+    still runs when the deletion is seen."""
+    if (spec.get("backend") or ModelTrainingSpec.model_fields["backend"].default) == "kfp":
+        return True
+    return ((status.get("latestRun") or {}).get("state") in modeltraining.ACTIVE_STATES
+            or bool(status.get("recurringRunId")))
+
+
+register_kind(KIND, PLURAL, reconcile_training, status=ModelTrainingStatus, cleanup=_cleanup, requeue=_requeue,
+              cleanup_needed=_cleanup_needed)
