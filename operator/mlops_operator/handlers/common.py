@@ -64,13 +64,24 @@ def get_settings() -> Settings:
     return Settings()
 
 
+_policy_of: tuple[Settings, uri_policy.UriPolicy] | None = None
+
+
+def _uri_policy(settings: Settings) -> uri_policy.UriPolicy:
+    """The URI policy of the process's settings, made once (resolving its roots reads the filesystem)."""
+    global _policy_of
+    if _policy_of is None or _policy_of[0] is not settings:
+        _policy_of = (settings, uri_policy.UriPolicy.from_settings(settings))
+    return _policy_of[1]
+
+
 async def uri_policy_problems(status: Status | StatusBase, namespace: str,
                               *fields: tuple[str, str | None]) -> list[str]:
     """The URI policy's refusals of the (field, URI) pairs of a spec in ``namespace`` (the host lookups run
     in a thread). DNS failing for now is no refusal: Retry, keeping ``status``."""
     if not any(uri for _, uri in fields):
         return []
-    policy = uri_policy.UriPolicy.from_settings(get_settings())
+    policy = _uri_policy(get_settings())
     try:
         return await asyncio.to_thread(uri_policy.uri_problems, fields, policy, namespace=namespace)
     except uri_policy.HostLookupFailed as error:
@@ -492,7 +503,7 @@ def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: typ
         retrain, report, ...) set or changed: observe it now (kopf calls no change handler for them: they
         share the prefix of kopf's own annotations). Deleted without the finalizer: forget it."""
         key = (plural, namespace, name)
-        annotations = body.metadata.annotations
+        annotations = (body.get("metadata") or {}).get("annotations") or {}  # the raw dict: kopf's view costs more
         if _requests_seen.changed(key, type, {k: annotations[k] for k in REQUEST_ANNOTATIONS if k in annotations}):
             wake(plural, namespace, name)
         if type != "DELETED":

@@ -16,7 +16,6 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from croniter import croniter
 
 from mlops_operator.api.annotations import RETRAIN_ANNOTATION, RETRAIN_WINDOW_ANNOTATION
 from mlops_operator.api.modeltraining import (
@@ -29,6 +28,7 @@ from mlops_operator.api.modeltraining import (
     ValidatedModel,
 )
 from mlops_operator.reconcile.conditions import FALSE, TRUE, UNKNOWN, parse_rfc3339, plain, set_condition, typed
+from mlops_operator.reconcile.durations import cron_from
 from mlops_operator.reconcile.events import Event
 
 ACTIVE_STATES = ("Pending", "Running")
@@ -135,7 +135,7 @@ def due_schedule_time(spec: ModelTrainingSpec, status: ModelTrainingStatus, crea
     if not spec.schedule or spec.suspend:
         return None
     last = parse_rfc3339(status.last_schedule_time) if status.last_schedule_time else created
-    latest = croniter(spec.schedule, now).get_prev(datetime)
+    latest = cron_from(spec.schedule, now).get_prev(datetime)
     return latest if latest > last else None
 
 
@@ -143,7 +143,7 @@ def next_schedule_time(spec: ModelTrainingSpec, now: datetime) -> datetime | Non
     """When the schedule fires next."""
     if not spec.schedule or spec.suspend:
         return None
-    return croniter(spec.schedule, now).get_next(datetime)
+    return cron_from(spec.schedule, now).get_next(datetime)
 
 
 def requeue_after(spec: ModelTrainingSpec, status: Mapping[str, Any], now: datetime, *, backend_schedules: bool,

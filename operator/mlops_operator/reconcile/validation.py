@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Callable, Protocol, Sequence
 from urllib.parse import unquote, urlsplit
 
-from croniter import croniter
 
 from mlops_operator.api.common import MAX_PARAMETERS_BYTES
 from mlops_operator.api.driftmonitor import DriftMonitorSpec
@@ -21,7 +20,7 @@ from mlops_operator.api.errors import InvalidSpec
 from mlops_operator.api.modeldeployment import ModelDeploymentSpec
 from mlops_operator.api.modeltraining import ModelTrainingSpec
 from mlops_operator.reconcile.cost import parse_quantity
-from mlops_operator.reconcile.durations import parse_duration
+from mlops_operator.reconcile.durations import cron_from, cron_is_valid, parse_duration
 from mlops_operator.reconcile.pipeline_parameters import TABULAR_PARAMETERS
 
 SUPPORTED_URI_SCHEMES = ("file", "s3", "gs", "memory", "sklearn", "http", "https")
@@ -94,11 +93,11 @@ def endpoint_problem(field: str, url: str | None, own: str | None, prefixes: Seq
 
 def schedule_problem(schedule: str, now: datetime | None = None) -> str | None:
     """Why a cron schedule is unusable (invalid, or never fires), or None."""
-    if not croniter.is_valid(schedule):
+    if not cron_is_valid(schedule):
         return f"{schedule!r} is not a valid cron expression"
     start = now or datetime.now(UTC)
     try:
-        following = croniter(schedule, start).get_next(datetime)
+        following = cron_from(schedule, start).get_next(datetime)
     except Exception:  # croniter gives up on dates that never come (CroniterBadDateError and friends)
         following = None
     if following is None or following - start > SCHEDULE_HORIZON:
