@@ -3,6 +3,7 @@ process, remembered per training, and the asking process never imports scikit-le
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -49,6 +50,23 @@ def test_the_helper_judges_as_the_operator_would_and_each_training_is_asked_once
     finally:
         checker.stop()
     assert checker.helper_pid() is None
+
+
+def test_concurrent_reconciliations_of_one_training_ask_once():
+    checker = estimator_check.EstimatorChecker()
+    asked = []
+    check = checker.check
+    checker.check = lambda spec: asked.append(spec) or check(spec)  # counts the questions that reach a thread
+
+    async def main():
+        specs = [training(estimator="RandomForestClassifier", parameters={"n_estimators": n % 2 + 1}) for n in range(20)]
+        return await asyncio.gather(*(checker.judged(spec) for spec in specs))
+
+    try:
+        judgements = asyncio.run(main())
+    finally:
+        checker.stop()
+    assert len(asked) == 2 and all(j == estimator_check.Judgement("classification", ()) for j in judgements)
 
 
 def test_the_asking_process_does_not_import_scikit_learn():

@@ -15,6 +15,7 @@ same answer, at the memory cost this module avoids), with a warning.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -72,6 +73,21 @@ class EstimatorChecker:
         self._lock = threading.Lock()
         self._helper: subprocess.Popen | None = None
         self._answered = False
+        self._asking: dict[str, asyncio.Future] = {}
+
+    async def judged(self, spec: ModelTrainingSpec) -> Judgement:
+        """The judgement of ``spec.training``, for the event loop: a remembered one at once; else one
+        thread asks, and every other reconciliation of the same training awaits that answer (no thread
+        of the loop's pool waits on the helper)."""
+        key = _key(spec)
+        known = self._answers.get(key)
+        if known is not None:
+            return known
+        asking = self._asking.get(key)
+        if asking is None:
+            asking = self._asking[key] = asyncio.ensure_future(asyncio.to_thread(self.check, spec))
+            asking.add_done_callback(lambda _: self._asking.pop(key, None))
+        return await asyncio.shield(asking)
 
     def check(self, spec: ModelTrainingSpec) -> Judgement:
         """The judgement of ``spec.training`` (blocking: call it in a thread)."""

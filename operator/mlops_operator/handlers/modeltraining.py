@@ -89,7 +89,7 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
     refused = local_training_problem(spec, settings.runs_in_pod, settings.local_training_in_pod)
     if refused:
         raise InvalidSpec(refused)
-    judgement = await asyncio.to_thread(_estimator_checker.check, spec)
+    judgement = await _estimator_checker.judged(spec)
     problems = (training_spec_errors(spec, settings.kfp_host, lambda _estimator: judgement.task)
                 or list(judgement.problems))
     endpoint = endpoint_problem("spec.kfp.host", spec.kfp and spec.kfp.host, settings.kfp_host,
