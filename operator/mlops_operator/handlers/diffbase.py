@@ -38,15 +38,24 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     differs from it (a change). A full essence stored by an older version is read as it is.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._built: tuple[kopf.Body, Any] | None = None  # the last body built, and its essence
+
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
         """kopf's essence, without first deep-copying what it then drops (the status, the metadata with its
-        managedFields): kopf builds it on every watch event, and that copy was most of its cost."""
+        managedFields): kopf builds it on every watch event, and that copy was most of its cost. kopf
+        asks twice per event for the same body (``fetch``, then ``build``): the second is the first's."""
         if extra_fields:
             return super().build(body=body, extra_fields=extra_fields)
+        if self._built is not None and self._built[0] is body:
+            return self._built[1]
         meta = body.get("metadata") or {}
         slim = {key: value for key, value in body.items() if key not in _NOT_ESSENCE}
         slim["metadata"] = {key: meta[key] for key in ("labels", "annotations") if key in meta}
-        return super().build(body=kopf.Body(slim))
+        essence = super().build(body=kopf.Body(slim))
+        self._built = (body, essence)
+        return essence
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
         super().store(body=body, patch=patch, essence={DIGEST_KEY: essence_digest(essence)})
