@@ -334,3 +334,26 @@ def test_endpoint_prefixes_setting_is_comma_separated_http_urls(monkeypatch):
     monkeypatch.setenv("MLOPS_ENDPOINT_PREFIXES", "prometheus:9090")
     with pytest.raises(ValidationError, match="not an http:// or https:// URL prefix"):
         Settings()
+
+
+@pytest.mark.slow  # imports the handlers package (kopf and every backend)
+def test_deployments_are_filed_under_the_training_they_follow():
+    """handlers.modeldeployment keeps (namespace, training) -> deployments from the deployments' watch
+    events: a change of spec.model.fromTraining moves it, a deletion or a pinned model removes it."""
+    from mlops_operator.handlers import modeldeployment as md
+
+    def event(kind, name, training, namespace="team"):
+        model = {"fromTraining": training} if training else {"uri": "file:///m", "version": "1"}
+        md._track_followers(kind, {"metadata": {"namespace": namespace, "name": name}, "spec": {"model": model}})
+
+    event(None, "a", "iris")
+    event("ADDED", "b", "iris")
+    event("ADDED", "c", "iris", namespace="other")
+    assert md.followers("team", "iris") == ["a", "b"] and md.followers("other", "iris") == ["c"]
+    event("MODIFIED", "b", "wine")
+    assert md.followers("team", "iris") == ["a"] and md.followers("team", "wine") == ["b"]
+    event("MODIFIED", "a", None)
+    event("DELETED", "b", "wine")
+    event("DELETED", "c", "iris", namespace="other")
+    assert md.followers("team", "iris") == md.followers("team", "wine") == md.followers("other", "iris") == []
+    assert not md._followers and not md._following

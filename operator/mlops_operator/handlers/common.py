@@ -470,7 +470,8 @@ Cleanup = Callable[[str, str, Mapping[str, Any], Mapping[str, Any]], Awaitable[N
 
 def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: type[StatusBase],
                   cleanup: Cleanup, requeue: Requeue | None = None,
-                  cleanup_needed: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None) -> None:
+                  cleanup_needed: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None,
+                  on_event: Callable[[str | None, Mapping[str, Any]], None] | None = None) -> None:
     """Register one kind with kopf: change handlers (create, update, resume) and the schedule both run
     :func:`reconcile_object` with ``reconciler`` and the conditions ``status`` (the kind's ``*Status``
     model) declares; the schedule observes an object again when ``requeue`` says (or :func:`wake` is
@@ -480,7 +481,8 @@ def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: typ
     ``cleanup_needed(spec, status)`` says whether deleting an object needs the operator's cleanup before it
     goes (something its owner references do not remove): only then does kopf hold it with the finalizer
     and call ``cleanup`` first. kopf asks at every event, so the finalizer comes and goes with the need
-    (an active run, say). Without it (None: always needed), ``cleanup`` runs when the deletion is seen
+    (an active run, say). ``on_event(type, body)`` sees every watch event of the kind first (the listing at
+    start-up included, with type None). Without it (None: always needed), ``cleanup`` runs when the deletion is seen
     (in-memory state only: the object is gone by then), and an older finalizer is released."""
 
     async def run(namespace: str, name: str, body: Mapping[str, Any], from_change: bool = False) -> None:
@@ -503,6 +505,8 @@ def register_kind(kind: str, plural: str, reconciler: Reconciler, *, status: typ
         retrain, report, ...) set or changed: observe it now (kopf calls no change handler for them: they
         share the prefix of kopf's own annotations). Deleted without the finalizer: forget it."""
         key = (plural, namespace, name)
+        if on_event is not None:
+            on_event(type, body)
         annotations = (body.get("metadata") or {}).get("annotations") or {}  # the raw dict: kopf's view costs more
         if _requests_seen.changed(key, type, {k: annotations[k] for k in REQUEST_ANNOTATIONS if k in annotations}):
             wake(plural, namespace, name)

@@ -266,10 +266,6 @@ def _cleanup_needed(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     return backend not in known or known[backend].cleanup_on_delete
 
 
-register_kind(KIND, PLURAL, reconcile_modeldeployment, status=ModelDeploymentStatus, cleanup=_cleanup,
-              requeue=_requeue, cleanup_needed=_cleanup_needed)
-
-
 # What wakes an idle deployment besides its own changes: its SeldonDeployment's status (Seldon's
 # controller writes it) or deletion, and a new validated model of the ModelTraining it follows.
 _child_status = common.SeenParts()
@@ -294,20 +290,44 @@ async def seldon_deployment_changed(type: str | None, body: kopf.Body, namespace
         common.wake(PLURAL, namespace, owner)
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
-def followers(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str] | None:
-    """The deployments that follow a ModelTraining (spec.model.fromTraining), by (namespace, training)."""
-    training = (spec.get("model") or {}).get("fromTraining")
-    return {(namespace, training): name} if training else None
+# The deployments that follow a ModelTraining (spec.model.fromTraining): (namespace, training) -> their
+# names, and each deployment's training. Kept from the deployments' watch events (register_kind's
+# on_event), at the cost of a dict update: a kopf index was a second pass over every event.
+_followers: dict[tuple[str, str], set[str]] = {}
+_following: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def _track_followers(event_type: str | None, body: Mapping[str, Any]) -> None:
+    """A deployment's watch event: file it under the training it follows now (none once deleted)."""
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    training = None if event_type == "DELETED" else ((body.get("spec") or {}).get("model") or {}).get("fromTraining")
+    followed = (key[0], training) if training else None
+    before = _following.get(key)
+    if before == followed:
+        return
+    if before is not None:
+        names = _followers[before]
+        names.discard(key[1])
+        if not names:
+            del _followers[before]
+        del _following[key]
+    if followed is not None:
+        _followers.setdefault(followed, set()).add(key[1])
+        _following[key] = followed
+
+
+def followers(namespace: str, training: str) -> list[str]:
+    """The deployments in ``namespace`` that follow the ModelTraining ``training``."""
+    return sorted(_followers.get((namespace, training), ()))
 
 
 @kopf.on.event(GROUP, VERSION, "modeltrainings")
-async def training_changed(type: str | None, body: kopf.Body, namespace: str, name: str, followers: kopf.Index,
-                           **_: Any) -> None:
+async def training_changed(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
     """A ModelTraining's newest validated model changed: wake the deployments that follow it."""
     key = (namespace, name)
     if _validated_model.changed(key, type, (body.get("status") or {}).get("latestValidatedModel") or {}):
-        for deployment in followers.get(key, []):
+        for deployment in followers(namespace, name):
             common.wake(PLURAL, namespace, deployment)
 
 
@@ -322,3 +342,7 @@ async def start_serving_backends(**_: Any) -> None:
 async def stop_serving_backends(**_: Any) -> None:
     """Each serving backend's shutdown (seldon: flush and stop the request-logger sink)."""
     await serving.stop_backends(get_settings())
+
+
+register_kind(KIND, PLURAL, reconcile_modeldeployment, status=ModelDeploymentStatus, cleanup=_cleanup,
+              requeue=_requeue, cleanup_needed=_cleanup_needed, on_event=_track_followers)
