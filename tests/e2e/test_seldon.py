@@ -340,7 +340,7 @@ def test_the_loop_on_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_
         assert dm["status"]["referenceUri"] == f"{v1_uri}/profile.json"
         _timed(timings, "seldon loop: NoDrift against v1", start)
 
-        # 4. Shifted, labelled traffic (petals read 2 cm longer; the first 4 rows from a broken sensor):
+        # 4. Shifted, labelled traffic (petals read 2 cm longer; the last 4 rows from a broken sensor):
         # DriftDetected, and the DriftMonitor asks the ModelTraining for a retrain with its window.
         start = time.monotonic()
         traffic.burst(400, shift=2.0, glitches=4)
