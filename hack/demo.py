@@ -212,15 +212,13 @@ class Traffic:
                 self.failed += 1
                 self.errors[reason] = self.errors.get(reason, 0) + 1
 
-    def burst(self, count: int, shift: float = 0.0, glitches: int = 0, glitches_first: bool = False) -> None:
-        """``count`` requests, then their labels; the last ``glitches`` (or, with ``glitches_first``, the
-        first) have a negative sepal width (a broken sensor), which the training's data checks must count
-        and leave out. Last suits a window of the newest rows; first suits a retrain that may read the log
-        before its tail is written (Seldon's request logger writes to S3 every 5 s)."""
+    def burst(self, count: int, shift: float = 0.0, glitches: int = 0) -> None:
+        """``count`` requests, then their labels; the last ``glitches`` have a negative sepal width
+        (a broken sensor), which the training's data checks must count and leave out."""
         rows, labels = [], []
         for number in range(count):
             row, species = self._row(shift)
-            if (number < glitches) if glitches_first else (number >= count - glitches):
+            if number >= count - glitches:
                 row[1] = -1.0
             with self._lock:
                 self._count += 1

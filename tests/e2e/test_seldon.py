@@ -340,13 +340,14 @@ def test_the_loop_on_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_
         assert dm["status"]["referenceUri"] == f"{v1_uri}/profile.json"
         _timed(timings, "seldon loop: NoDrift against v1", start)
 
-        # 4. Shifted, labelled traffic (petals read 2 cm longer; the first 4 rows from a broken sensor):
-        # DriftDetected, and the DriftMonitor asks the ModelTraining for a retrain with its window. The
-        # glitches go first: the request logger writes the inference log to S3 every 5 s (or per 256
-        # rows), and a warm retrain may extract it seconds after the drift check, before the burst's tail
-        # is on S3 (it once read 337 rows, without glitches sent last).
+        # 4. Shifted, labelled traffic (petals read 2 cm longer; the last 4 rows from a broken sensor):
+        # DriftDetected, and the DriftMonitor asks the ModelTraining for a retrain with its window. 512
+        # rows: the request logger writes the inference log to S3 per 256 rows (or every 5 s), so the
+        # whole burst is on S3 as it ends, not up to 5 s later. A drift check that sees its first half
+        # asks for a retrain, and a warm retrain extracts seconds later: with 400 rows it once read 337,
+        # without the glitches, and its model, profiled on a partial burst, then saw drift in the burst.
         start = time.monotonic()
-        traffic.burst(400, shift=2.0, glitches=4, glitches_first=True)
+        traffic.burst(512, shift=2.0, glitches=4)
         assert traffic.failed == 0, traffic.failed
         dm = objects.wait("DriftMonitor", "iris", lambda o: condition(o, "DriftDetected").get("status") == "True",
                           timeout=180, what="DriftDetected on the shifted traffic")
