@@ -100,10 +100,7 @@ async def current_object(plural: str, namespace: str, name: str, body: Mapping[s
 def plain_copy(body: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of a watched object as plain dicts, without ``metadata.managedFields`` (the API server's
     field bookkeeping, which nothing here reads and which was most of what a copy cost)."""
-    meta = body.get("metadata") or {}
-    obj = {key: copy.deepcopy(value) for key, value in body.items() if key != "metadata"}
-    obj["metadata"] = {key: copy.deepcopy(value) for key, value in meta.items() if key != "managedFields"}
-    return obj
+    return copy.deepcopy(without_managed_fields(body))
 
 
 def without_managed_fields(body: Mapping[str, Any]) -> dict[str, Any]:
