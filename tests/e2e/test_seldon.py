@@ -570,12 +570,7 @@ def test_the_loop_on_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_
         print("\n".join(line for line in operator.logs().splitlines()
                         if "Timer 'observe' succeeded" not in line)[-8000:])
         print(seldon.log_tail(40))
-        for p in core.list_namespaced_pod(ns).items:
-            print(p.metadata.name, p.status.phase, [(c.name, c.state) for c in (p.status.container_statuses or [])])
-        # What happened to Pods and Deployments that are gone by now (scheduling, ReplicaSet, kubelet).
-        for e in sorted(core.list_namespaced_event(ns).items, key=lambda e: str(e.last_timestamp or e.event_time))[-40:]:
-            print(e.last_timestamp or e.event_time, e.involved_object.kind, e.involved_object.name, e.reason,
-                  (e.message or "")[:200])
+        print_namespace(node_api, ns)
         raise
     finally:
         if traffic is not None:
@@ -586,6 +581,25 @@ def test_the_loop_on_the_real_seldon(node_cluster, node_api, seldon, s3, seldon_
         prometheus.stop()
     _timed(timings, "seldon lifecycle total", t0)
     SUMMARY.append("seldon e2e: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if "seldon" in k))
+
+
+def print_namespace(api: Any, ns: str) -> None:
+    """For a failed test: our objects' phases and conditions, the Pods, and the namespace's last events
+    (what happened to Pods and Deployments that are gone by now, and the operator's own news)."""
+    from kubernetes import client
+
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    for plural in ("modeldeployments", "modeltrainings", "driftmonitors"):
+        for obj in custom.list_namespaced_custom_object("mlops.dev", "v1alpha1", ns, plural)["items"]:
+            status = obj.get("status") or {}
+            print(plural, obj["metadata"]["name"], "phase", status.get("phase"), "rollout", status.get("rollout"))
+            for c in status.get("conditions") or []:
+                print("   ", c.get("type"), c.get("status"), c.get("reason"), (c.get("message") or "")[:300])
+    for p in core.list_namespaced_pod(ns).items:
+        print(p.metadata.name, p.status.phase, [(c.name, c.state) for c in (p.status.container_statuses or [])])
+    for e in sorted(core.list_namespaced_event(ns).items, key=lambda e: str(e.last_timestamp or e.event_time))[-60:]:
+        print(e.last_timestamp or e.event_time, e.involved_object.kind, e.involved_object.name, e.reason,
+              (e.message or "")[:300])
 
 
 def virtual_service_layout(vs: dict[str, Any], ns: str) -> tuple:
@@ -710,6 +724,7 @@ def test_istio_virtual_service_follows_the_rollout_steps(node_cluster, node_api,
         print("\n".join(line for line in operator.logs().splitlines()
                         if "Timer 'observe' succeeded" not in line)[-6000:])
         print(istio.log_tail(40))
+        print_namespace(node_api, ns)
         raise
     finally:
         objects.delete_all()

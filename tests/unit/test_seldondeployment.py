@@ -159,6 +159,20 @@ def test_reading_the_status(obj, ready):
     assert dict(observed.ready) == ready
 
 
+def test_failed_by_the_progress_deadline_or_by_seldons_own_reconcile_error():
+    def failed(description):
+        obj = live("Failed", {"iris-stable-0-iris": {"availableReplicas": 1}, "iris-canary-0-iris": {"replicas": 1}})
+        obj["status"]["description"] = description
+        return observe_seldon_deployment(obj, ["stable", "canary"])
+
+    deadline = failed("Deployment is no longer progressing and not available.")
+    assert deadline.reconcile_error is None and dict(deadline.ready) == {"stable": False, "canary": False}
+    erring = failed('Service "iris-canary-iris" not found')
+    assert erring.reconcile_error == 'Service "iris-canary-iris" not found'
+    assert dict(erring.ready) == {"stable": True, "canary": False}  # as the Deployments say
+    assert failed("").reconcile_error is None
+
+
 def test_ready_replicas_and_endpoint():
     observed = observe_seldon_deployment(
         live("Available", {"iris-stable-0-iris": {"availableReplicas": 3}}, "http://iris.ml:8000"), ["stable"])

@@ -156,6 +156,26 @@ def test_a_failed_seldon_deployment_fails_the_candidate_during_a_rollout_only():
         "SeldonDeploymentFailed", "SeldonDeployment iris failed: no reason given")
 
 
+def test_seldons_own_reconcile_error_is_retried_not_the_candidates_failure():
+    """Seldon Core writes state Failed with the error's text when its own reconciliation fails and retries it
+    (seldon-core v1.17.1 updateStatusForError): a rollout goes on, as the Deployments say, until the error
+    has lasted the progress deadline."""
+    error = 'Service "iris-canary-iris" not found'
+    erring = SeldonObservation("Failed", error, {"stable": True, "canary": True}, {"stable": 1, "canary": 1},
+                               "http://iris.ml/v2/models/iris", reconcile_error=error)
+    view = seldon_view(CANARY_PLAN, erring, "iris", None, rollout_in_flight=True, replicas=None,
+                       reconcile_error_seconds=20, progress_deadline_seconds=300)
+    assert view.failures == {} and view.ready_versions == {"1", "2"}
+    assert view.serving.problem == ("SeldonReconcileError", "Seldon Core's reconciliation of SeldonDeployment iris "
+                                    f"failed (it retries): {error}")
+    assert not view.serving.degrades and view.serving.stable_ready
+    lasting = seldon_view(CANARY_PLAN, erring, "iris", None, rollout_in_flight=True, replicas=None,
+                          reconcile_error_seconds=301, progress_deadline_seconds=300)
+    message = f"SeldonDeployment iris failed: {error} (Seldon Core's reconciliation has failed for 301s)"
+    assert lasting.failures == {"2": message} and lasting.serving.problem == ("SeldonDeploymentFailed", message)
+    assert lasting.serving.degrades
+
+
 def test_a_seldon_deployment_being_created_delays_without_degrading():
     view = seldon_view(CANARY_PLAN[:1], observed(None, {"stable": False}), "iris", None, rollout_in_flight=False,
                        replicas=None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -335,6 +336,9 @@ class SeldonServing:
         self.request_logger = request_logger
         self.routing = routing
         self.max_replicas = max_replicas
+        # Since when (monotonic) Seldon Core's reconciliation of a deployment's SeldonDeployment has failed
+        # without a break (SeldonObservation.reconcile_error), by (namespace, ModelDeployment).
+        self._erring_since: dict[tuple[str, str], float] = {}
 
     def spec_problems(self, spec: ModelDeploymentSpec) -> list[str]:
         """What this cluster's routing (MLOPS_SELDON_ROUTING) cannot do for the spec."""
@@ -354,6 +358,12 @@ class SeldonServing:
                                            plan, urls, replicas)
         live = await apply_seldon_deployment(manifest)
         observed = observe_seldon_deployment(live, [p.name for p in plan])
+        key = (target.namespace, target.name)
+        if observed.reconcile_error is None:
+            self._erring_since.pop(key, None)
+            erring_for = 0.0
+        else:
+            erring_for = time.monotonic() - self._erring_since.setdefault(key, time.monotonic())
         if self.routing != "none":
             await delete_routing_service(target.namespace, target.name)
         elif (live or {}).get("status"):
@@ -369,7 +379,8 @@ class SeldonServing:
             pods = await list_seldon_pods(target.namespace, sdep_name)
             pod_reason = pod_failure_reason(pods, sdep_name, [p.name for p in plan])
         return seldon_view(plan, observed, sdep_name, pod_reason, rollout_in_flight=rollout_in_flight,
-                           replicas=target.spec.replicas,
+                           replicas=target.spec.replicas, reconcile_error_seconds=erring_for,
+                           progress_deadline_seconds=target.spec.progress_deadline_seconds,
                            routed_by=(target.name, target.namespace, target.model_name)
                            if self.routing == "none" else None)
 
@@ -407,6 +418,7 @@ class SeldonServing:
         """Nothing to delete: the SeldonDeployment and the routing Service go with their owner (garbage
         collector)."""
         _forget_service(namespace, routing_service_name(name))
+        self._erring_since.pop((namespace, name), None)
 
     async def start(self, existing: Collection[tuple[str, str]] | None) -> None:
         """The request logger's start-up (the sink with MLOPS_SELDON_LOGGER_MODE=always; else it

@@ -302,6 +302,10 @@ class SeldonObservation:
     available_replicas: Mapping[str, int]
     """Predictor name -> available replicas (when Seldon reports them per deployment)."""
     endpoint: str | None
+    reconcile_error: str | None = None
+    """Seldon Core's own reconciliation failed and it retries (state Failed with the error's text, not its
+    Deployments' progress deadline): for example ``Service "iris-canary-iris" not found`` when its status
+    still lists a Service of a predictor removed meanwhile. Not a verdict on the predictors."""
 
 
 def _predictor_of(deployment_name: str, sdep: str, predictors: Sequence[str]) -> str | None:
@@ -318,11 +322,17 @@ def observe_seldon_deployment(live: Mapping[str, Any] | None, predictors: Sequen
 
     With ``deploymentStatus`` a predictor is ready when its Deployments have available replicas;
     without it (an older Seldon, or a test that writes only ``state``) every predictor is ready
-    exactly when the state is Available.
+    exactly when the state is Available. Seldon Core writes state Failed in two cases
+    (``operator/controllers/seldondeployment_controller.go``, v1.17.1): its Deployments passed their
+    progress deadline (description :data:`GENERIC_FAILURE`: no predictor is ready), or its own
+    reconciliation returned an error, which it retries (``updateStatusForError``: the description is the
+    error's text, ``reconcile_error``; the predictors are as their Deployments say).
     """
     status = (live or {}).get("status") or {}
     state = status.get("state")
     description = str(status.get("description") or "")
+    reconcile_error = (description if state == FAILED and description
+                       and not description.startswith(PROGRESS_DEADLINE_PREFIX) else None)
     per_deployment = status.get("deploymentStatus") or {}
     sdep = (live or {}).get("metadata", {}).get("name", "")
     available: dict[str, int] = {}
@@ -332,7 +342,7 @@ def observe_seldon_deployment(live: Mapping[str, Any] | None, predictors: Sequen
             available[predictor] = available.get(predictor, 0) + int((info or {}).get("availableReplicas") or 0)
     ready: dict[str, bool] = {}
     for predictor in predictors:
-        if state == FAILED:
+        if state == FAILED and reconcile_error is None:
             ready[predictor] = False
         elif per_deployment:
             ready[predictor] = available.get(predictor, 0) > 0
@@ -343,11 +353,12 @@ def observe_seldon_deployment(live: Mapping[str, Any] | None, predictors: Sequen
         # Seldon's address is the model's infer URL; ours is the model's base, as for the local
         # backend (clients POST to endpoint + "/infer").
         endpoint = endpoint[: -len("/infer")]
-    return SeldonObservation(state, description, ready, available, endpoint)
+    return SeldonObservation(state, description, ready, available, endpoint, reconcile_error)
 
 
 # Seldon's own description when a Deployment passes its progress deadline: says nothing about why.
 GENERIC_FAILURE = "Deployment is no longer progressing and not available."
+PROGRESS_DEADLINE_PREFIX = "Deployment is no longer progressing"
 
 
 def pod_failure_reason(pods: Sequence[Mapping[str, Any]], sdep: str, predictors: Sequence[str]) -> str | None:

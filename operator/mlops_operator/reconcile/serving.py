@@ -178,11 +178,15 @@ def seldon_needs_pod_reason(observed: SeldonObservation, plan: Sequence[Predicto
 
 def seldon_view(plan: Sequence[PredictorPlan], observed: SeldonObservation, sdep_name: str, pod_reason: str | None,
                 *, rollout_in_flight: bool, replicas: int | None,
-                routed_by: tuple[str, str, str] | None = None) -> BackendView:
+                routed_by: tuple[str, str, str] | None = None, reconcile_error_seconds: float = 0.0,
+                progress_deadline_seconds: float = float("inf")) -> BackendView:
     """A SeldonDeployment serving ``plan`` (not empty), as its status and its Pods say.
 
     A version is ready when all its predictors are; a Failed SeldonDeployment during a rollout is
-    the candidate's failure (what changed is the candidate) and degrades the deployment.
+    the candidate's failure (what changed is the candidate) and degrades the deployment. Seldon Core's
+    own reconciliation error (``observed.reconcile_error``, which it retries) is a problem that neither
+    degrades nor fails anything until it has lasted ``progress_deadline_seconds``
+    (``reconcile_error_seconds`` so far): then it counts as the SeldonDeployment's failure.
     ``routed_by`` (deployment, namespace, model name) when the operator's routing Service routes
     (no mesh): the endpoint is that Service's, and the served weights are the shares of the available
     replicas, which is what kube-proxy does.
@@ -193,8 +197,14 @@ def seldon_view(plan: Sequence[PredictorPlan], observed: SeldonObservation, sdep
             view.ready_versions.add(version)
     problem, degrades = None, False
     candidate = next((p for p in plan if p.name != STABLE), None)
-    if observed.state == FAILED:
+    lasting = observed.reconcile_error is not None and reconcile_error_seconds >= progress_deadline_seconds
+    if observed.reconcile_error is not None and not lasting:
+        problem = ("SeldonReconcileError", f"Seldon Core's reconciliation of SeldonDeployment {sdep_name} failed "
+                                           f"(it retries): {observed.reconcile_error}")
+    elif observed.state == FAILED:
         message = f"SeldonDeployment {sdep_name} failed: {observed.description or 'no reason given'}"
+        if lasting:
+            message += f" (Seldon Core's reconciliation has failed for {reconcile_error_seconds:.0f}s)"
         if pod_reason:
             message += f" ({pod_reason})"
         if rollout_in_flight and candidate:
