@@ -357,7 +357,9 @@ def operator_with_sink(kubeconfig, namespace, crds, objects, tmp_path):
     port = free_port()
     process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator",
                               env={"MLOPS_SELDON_LOGGER_MODE": "always", "MLOPS_SELDON_LOGGER_PORT": str(port),
-                                   "MLOPS_SELDON_LOGGER_TOKEN_KEY": SINK_TOKEN_KEY})
+                                   "MLOPS_SELDON_LOGGER_TOKEN_KEY": SINK_TOKEN_KEY,
+                                   # Batches of 256 records only (and what a retrain request flushes).
+                                   "MLOPS_SELDON_LOGGER_FLUSH_INTERVAL_SECONDS": "3600"})
     process.start()
     yield process, f"http://127.0.0.1:{port}"
     if process.process is not None and process.process.poll() is None:
@@ -366,7 +368,15 @@ def operator_with_sink(kubeconfig, namespace, crds, objects, tmp_path):
     process.stop()
 
 
-def test_seldon_request_logger_events_feed_the_monitor(objects, operator_with_sink):
+def logged_records(log_dir: Path) -> int:
+    """How many records a deployment's inference log holds (local files: one line each)."""
+    return sum(len(path.read_text().splitlines()) for path in log_dir.rglob("*.jsonl"))
+
+
+def test_seldon_request_logger_events_feed_the_monitor_and_the_retrain(objects, operator_with_sink):
+    """Seldon's request-logger messages, through the operator's sink, are what the monitor checks; and what
+    the sink still holds when the monitor asks for a retrain is written before the request, so the run
+    reads the whole window (the sink writes a batch every 256 records here, and on its timer only hourly)."""
     import requests
 
     from mlops_operator.backends.seldon_logger_sink import REQUEST_TYPE, RESPONSE_TYPE, logger_url, namespace_token
@@ -374,9 +384,8 @@ def test_seldon_request_logger_events_feed_the_monitor(objects, operator_with_si
     operator, sink_url = operator_with_sink
     serving = Serving(objects, operator)
     serving.serve()
-    create_monitor(objects)
     url = logger_url(sink_url, objects.namespace, "iris", "stable", "1")
-    rows = shifted_traffic(n=120, seed=5)
+    rows = shifted_traffic(n=300, seed=5)
     with requests.Session() as http:
         # The sink authenticates its callers: without the namespace's token nothing is written.
         refused = http.post(url, json={"inputs": []}, headers={"Ce-Type": REQUEST_TYPE, "Ce-Id": "x"}, timeout=10)
@@ -392,8 +401,15 @@ def test_seldon_request_logger_events_feed_the_monitor(objects, operator_with_si
                 answer = http.post(url, json=body, headers={**common, "Ce-Type": event_type, "Ce-Id": f"{i}"},
                                    timeout=10)
                 assert answer.status_code == 202, answer.text
+    # One batch of 256 is written; the other 44 records wait in the sink.
+    wait_until(lambda: logged_records(serving.log_dir) == 256, timeout=30, what="the sink's first batch")
 
+    create_training(objects)
+    create_monitor(objects, onDrift={"retrain": {"trainingRef": {"name": "iris"}}})
     obj = objects.wait("DriftMonitor", "iris", phase_is("Drift"), timeout=60, what="drift from Seldon events")
-    assert obj["status"]["sampleSize"] == 120
+    assert obj["status"]["sampleSize"] == 200  # the window's rows, of the 256 written
     assert {r["feature"] for r in obj["status"]["results"] if r["verdict"] == "Drift"} == {
         "petal length (cm)", "petal width (cm)"}
+    wait_until(lambda: (objects.get("ModelTraining", "iris")["metadata"].get("annotations") or {}).get(
+        RETRAIN_ANNOTATION), timeout=30, what="retrain annotation")
+    assert logged_records(serving.log_dir) == 300, "the sink's records are written before the retrain request"

@@ -96,6 +96,9 @@ class SinkSettings(BaseSettings):
     """Port the sink binds (0: any free port)."""
     pair_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     """How long a request waits for its response before it is written as failed."""
+    flush_interval_seconds: float | None = Field(None, gt=0, le=3600)
+    """How often the sink writes what it has received (besides every 256 records, and before a DriftMonitor
+    asks for a retrain); default 5 s to an object store (one object per batch), 1 s to a directory."""
     advertised_url: str | None = None
     """Base URL the executors post to (e.g. the operator Service's URL); default http://host:port."""
     token_key: SecretStr | None = None
@@ -430,7 +433,8 @@ async def ensure_running(artifact_root: str, settings: SinkSettings | None = Non
         if _running is None:
             config = settings or SinkSettings()
             sink = SeldonLoggerSink(artifact_root, host=config.host, port=config.port,
-                                    pair_timeout=config.pair_timeout_seconds, advertised_url=config.advertised_url,
+                                    pair_timeout=config.pair_timeout_seconds,
+                                    flush_interval=config.flush_interval_seconds, advertised_url=config.advertised_url,
                                     token_key=config.token_key.get_secret_value() if config.token_key else None)
             await sink.start()
             log.info("Seldon request-logger sink listening on %s:%s (logger URLs under %s)", sink.host, sink.port,

@@ -31,7 +31,7 @@ from mlops_operator.api.annotations import REPORT_ANNOTATION, RETRAIN_ANNOTATION
 from mlops_operator.api.driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from mlops_operator.api.modeldeployment import ModelDeploymentStatus
 from mlops_operator.api.errors import InvalidSpec
-from mlops_operator.backends import drift_data, kube, telemetry
+from mlops_operator.backends import drift_data, kube, seldon_logger_sink, telemetry
 from mlops_operator.drift import report as drift_report
 from mlops_operator.handlers.common import (
     Retry,
@@ -275,6 +275,12 @@ async def _request_retrain(obj: dict[str, Any], spec: DriftMonitorSpec, status: 
                  training_name, unrecorded[0])
         return driftmonitor.record_retrain(status, decision, *unrecorded)
     value = driftmonitor.retrain_annotation_value(now, verdict.summary)
+    # The run reads the inference log from the window's start on. The operator's Seldon request-logger
+    # sink writes its batches every few seconds (an object store cannot append): what it holds arrived
+    # before this request, so it is written first, and a run that starts at once still reads it.
+    sink = seldon_logger_sink.running()
+    if sink is not None:
+        await sink.flush()
     # One patch: the ModelTraining sees the request and the window it belongs to together.
     await kube.patch_annotations(TRAININGS, namespace, training_name, {
         RETRAIN_ANNOTATION: value, RETRAIN_WINDOW_ANNOTATION: driftmonitor.retrain_window_value(name, status, verdict, value)})
