@@ -36,7 +36,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "hack"), str(REPO / "tests"), str(REPO / "operator")]
 import devcluster  # noqa: E402
+import scale_floor  # noqa: E402  (this script's directory: the floor, for the line it logs when started)
 from kubernetes import client, config, watch  # noqa: E402
 
 GROUP, VERSION = "mlops.dev", "v1alpha1"
@@ -150,8 +153,10 @@ def apiserver_requests(api: client.ApiClient) -> float:
 class Process:
     """The operator under test as a child process: its CPU seconds, peak RSS and log."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, ready: Callable[["Process"], bool]):
         self.log = log
+        self.ready = ready
+        """Whether it has started (its start-up done, its watches about to begin)."""
         self.popen = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO,
                                       start_new_session=True)
 
@@ -187,6 +192,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def healthy(url: str) -> bool:
+    """Whether a health endpoint answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
 
 
 def wait(predicate, timeout: float, what: str, interval: float = 0.2) -> float:
@@ -231,11 +245,19 @@ def run_one(label: str, api: client.ApiClient, start_operator, kind: str, object
         before, t0 = apiserver_requests(api), time.monotonic()
         time.sleep(5)
         background_rate = (apiserver_requests(api) - before - 1) / (time.monotonic() - t0)
-        process = start_operator(workdir / f"{label}.log")
+        # Kept after the run, beside the control plane's logs.
+        log_path = DEV_DIR / "logs" / f"scale-{kind}-{label}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        process = start_operator(log_path)
+        say(f"{label}: log {log_path}")
         try:
-            time.sleep(3)  # past its start-up (the floor has no health endpoint to wait on)
-            if not process.alive():
-                raise RuntimeError(f"{label} exited at start:\n{process.log.read_text()[-3000:]}")
+            def started() -> bool:
+                if not process.alive():
+                    raise RuntimeError(f"{label} exited at start:\n{process.log.read_text()[-3000:]}")
+                return process.ready(process)
+            took = wait(started, timeout=120, what=f"{label}: started")
+            say(f"{label}: started in {took:.1f}s")
+            time.sleep(1)  # its watches' first listing (of nothing)
             counts0, cpu0, start = apiserver_counts(api), process.cpu_seconds(), time.monotonic()
 
             def create(i: int) -> None:
@@ -318,13 +340,16 @@ def main() -> None:
         env = {**os.environ, "KUBECONFIG": kubeconfig}
 
         def floor(log: Path) -> Process:
-            return Process([sys.executable, str(REPO / "benchmarks" / "scale_floor.py")], env, log)
+            return Process([sys.executable, str(REPO / "benchmarks" / "scale_floor.py")], env, log,
+                           ready=lambda p: scale_floor.READY_LINE in p.log.read_text(errors="replace"))
 
         def operator(log: Path) -> Process:
+            health = free_port()
             return Process([sys.executable, "-m", "mlops_operator"], {
                 **env, "MLOPS_DATA_DIR": str(workdir / "data"), "MLOPS_METRICS_PORT": str(free_port()),
-                "MLOPS_HEALTH_PORT": str(free_port()), "MLOPS_SELDON_LOGGER_PORT": "0",
-                "MLOPS_URI_FILE_ROOTS": str(workdir), "PYTHONPATH": str(REPO / "operator")}, log)
+                "MLOPS_HEALTH_PORT": str(health), "MLOPS_SELDON_LOGGER_PORT": "0",
+                "MLOPS_URI_FILE_ROOTS": str(workdir), "PYTHONPATH": str(REPO / "operator")}, log,
+                ready=lambda _: healthy(f"http://127.0.0.1:{health}/healthz"))
 
         from integration.deployment_support import publish_model
 

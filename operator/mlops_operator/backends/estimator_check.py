@@ -23,6 +23,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -73,6 +74,7 @@ class EstimatorChecker:
         self._lock = threading.Lock()
         self._helper: subprocess.Popen | None = None
         self._answered = False
+        self._started = 0.0
         self._asking: dict[str, asyncio.Future] = {}
 
     async def judged(self, spec: ModelTrainingSpec) -> Judgement:
@@ -118,6 +120,7 @@ class EstimatorChecker:
         helper = self._helper
         if helper is None or helper.poll() is not None:
             self.stop()  # one that exited (idle, or killed): its pipes closed
+            self._started = time.monotonic()
             helper = self._helper = subprocess.Popen(
                 [sys.executable, "-m", "mlops_operator.backends.estimator_check"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1, close_fds=True,
@@ -134,6 +137,9 @@ class EstimatorChecker:
         if not line:
             raise OSError(f"the helper exited (code {helper.poll()})")
         answer = json.loads(line)
+        if not self._answered:
+            log.info("estimator check helper (pid %d) answered its first question %.1fs after its start", helper.pid,
+                     time.monotonic() - self._started)
         self._answered = True
         return Judgement(answer["task"], tuple(answer["problems"]))
 
