@@ -351,7 +351,8 @@ def run_loop(cluster: Cluster, timeout: float = 600, labels_dir: Path | None = N
     """Apply the examples and drive the loop to a promoted retrained model that has solved the
     drift. Returns a summary. ``analysis`` replaces fields of the deployment's rollout analysis."""
     started = time.monotonic()
-    labels_dir = Path(labels_dir or demo_dir() / "labels")
+    # The label feed: in the operator's data dir, only the namespace's own labels/<namespace>/ may be read.
+    labels_dir = Path(labels_dir or demo_dir() / "labels" / cluster.namespace)
     if labels_dir.exists():
         for old in labels_dir.glob("*.csv"):
             old.unlink()

@@ -87,7 +87,10 @@ def test_operator_pod_installed_by_the_chart(node_cluster, node_kubeconfig, node
         assert _get(f"http://{pod_ip}:8081/healthz")[0] == 200
 
         # Train, then serve with the local backend inside the Pod.
-        objects.create(load_example("training.yaml"))
+        training = load_example("training.yaml")
+        # The label feed in this namespace's own directory of the chart's data dir (the example's is default's).
+        training["spec"]["productionData"]["labelsUri"] = f"file:///var/lib/mlops-operator/labels/{ns}/iris/"
+        objects.create(training)
         mt = objects.wait("ModelTraining", "iris", lambda o: o.get("status", {}).get("phase") in ("Succeeded", "Failed"),
                           timeout=RUN_TIMEOUT, what="first training run")
         assert mt["status"]["phase"] == "Succeeded", mt["status"]

@@ -101,7 +101,7 @@ def test_failures_are_named(operator, objects):
     objects.create(failing("gate", validation={"thresholds": [{"metric": "accuracy", "min": 0.999}]}))
     # Missing, yet where the URI policy lets the operator read (file:///nonexistent would be refused
     # before any run: tests/integration/test_uri_policy.py).
-    missing_uri = (operator.data_dir / "datasets" / "nonexistent.csv").as_uri()
+    missing_uri = (operator.data_dir / "datasets" / objects.namespace / "nonexistent.csv").as_uri()
     objects.create(failing("missing", dataset={"uri": missing_uri, "target": "y"}))
     objects.create(failing("toosmall", dataValidation={"minRows": 1000}))
     objects.create(failing("badestimator", training={"estimator": "NoSuchForestClassifier"}))

@@ -50,6 +50,8 @@ def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
         objects.create(training("loopback", f"http://127.0.0.1:{server.server_port}/data.csv"))
         # Another run's training data in the operator's data dir (allowed by the tests' file roots: all of /tmp).
         objects.create(training("rundata", (operator.data_dir / "runs" / "team-b" / "iris-1" / "train.csv").as_uri()))
+        # Another namespace's dataset in the data dir's tenant area.
+        objects.create(training("otherdata", (operator.data_dir / "datasets" / "team-b" / "iris.csv").as_uri()))
         deployment = copy.deepcopy(load_example("deployment.yaml"))
         deployment["spec"]["model"] = {"uri": "file:///etc/ssl", "version": "1"}
         objects.create(deployment)
@@ -81,7 +83,10 @@ def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
         message = invalid(objects, "ModelTraining", "loopback", "Succeeded")
         assert "a loopback address" in message
         message = invalid(objects, "ModelTraining", "rundata", "Succeeded")
-        assert "is the operator's own state in its data dir" in message and "/labels/ and " in message, message
+        assert "is the operator's own state in its data dir" in message, message
+        assert f"/labels/{objects.namespace}/ and " in message, message
+        message = invalid(objects, "ModelTraining", "otherdata", "Succeeded")
+        assert "datasets/team-b/iris.csv is not in this namespace's directories of the data dir" in message, message
         message = invalid(objects, "ModelDeployment", "iris", "Ready")
         assert "spec.model.uri: file:///etc/ssl refused by the URI policy" in message
         message = invalid(objects, "ModelTraining", "labels", "Succeeded")
@@ -98,7 +103,7 @@ def test_refused_uris_are_invalid_and_nothing_is_read(operator, objects):
         assert (f"spec.rollout.analysis.prometheusUrl: '{recorder}/prometheus' is not an endpoint this operator may "
                 "call") in message, message
 
-        for name in ("passwd", "metadata", "loopback", "labels", "rundata", "kfp-endpoint"):
+        for name in ("passwd", "metadata", "loopback", "labels", "rundata", "otherdata", "kfp-endpoint"):
             assert not objects.get("ModelTraining", name).get("status", {}).get("latestRun")
         runs = operator.data_dir / "runs"
         assert not runs.exists() or not any(runs.rglob("request.json"))

@@ -53,7 +53,26 @@ def test_the_operators_own_state_in_the_data_dir_is_refused(tmp_path, inside):
     p = policy(tmp_path, uri_file_roots=[str(tmp_path)])
     problem = uri_problem(str(tmp_path / "data" / inside), p, resolve, namespace="ml")
     assert problem and "the operator's own state in its data dir" in problem, problem
-    assert f"{tmp_path}/data/labels/ and {tmp_path}/data/datasets/" in problem
+    assert f"{tmp_path}/data/labels/ml/ and {tmp_path}/data/datasets/ml/" in problem
+
+
+def test_a_namespace_reads_only_its_own_directories_of_the_data_dirs_tenant_areas(tmp_path):
+    """The data dir's labels/ and datasets/ hold a directory per namespace: team-b's label feed is not
+    ml's to read (spelt any way), and a file beside the namespaces' directories is nobody's."""
+    p = policy(tmp_path, uri_file_roots=[str(tmp_path)])
+    data = tmp_path / "data"
+    for own in ("labels/ml/iris/", "labels/ml", "datasets/ml/iris.csv", "datasets/ml/a/b.parquet"):
+        assert uri_problem((data / own).as_uri(), p, resolve, namespace="ml") is None, own
+    for other in ("labels/team-b/iris/", "datasets/team-b/iris.csv", "labels/ml/../team-b/x.csv", "labels/x.csv",
+                  "labels", "datasets/"):
+        problem = uri_problem(f"{data.as_uri()}/{other}", p, resolve, namespace="ml")
+        assert problem and "not in this namespace's directories of the data dir" in problem, other
+        assert f"({data}/labels/ml/ and {data}/datasets/ml/)" in problem, problem
+    (data / "labels" / "team-b").mkdir(parents=True)
+    (tmp_path / "feed").symlink_to(data / "labels" / "team-b")
+    assert "not in this namespace's" in uri_problem(str(tmp_path / "feed" / "x.csv"), p, resolve, namespace="ml")
+    # Inside a run (no namespace known: the spec passed with its own), any namespace's directory.
+    assert uri_problem((data / "labels" / "team-b" / "x.csv").as_uri(), p, resolve) is None
 
 
 def test_a_symlink_out_of_a_root_is_refused(tmp_path):
@@ -70,7 +89,8 @@ def test_other_namespaces_parts_of_the_artifact_root_are_refused(tmp_path, artif
     namespace's models/ or inference/ (spelt any way: .., //, a trailing slash)."""
     p = policy(tmp_path, artifact_root=artifact_root, uri_file_roots=[str(tmp_path)])
     root = artifact_root or (tmp_path / "data" / "artifacts").as_uri()
-    for own in ("models/ml/iris/1", "models/ml/iris/1/profile.json", "inference/ml/iris/", "labels/iris/"):
+    for own in ("models/ml/iris/1", "models/ml/iris/1/profile.json", "inference/ml/iris/", "labels/iris/",
+                "datasets/team-b/iris.csv"):  # the artifact root's other parts are no namespace's
         assert uri_problem(f"{root}/{own}", p, resolve, namespace="ml") is None, own
     for other in ("models/team-b/iris/1", "inference/team-b/iris/", "models/ml/../team-b/iris/1",
                   "models//team-b/iris/1", "models", "", "drift-reports/team-b/iris/latest.html",

@@ -10,7 +10,8 @@ operator's artifact root is shared by all namespaces: a URI into its per-namespa
 part of them, whatever the other rules allow, so one namespace cannot read another's model versions,
 profiles, inference logs or drift reports (nor list the root). The data dir holds the operator's own
 state (run directories with every namespace's training data, model servers, caches, logs): of it, only
-``<dataDir>/labels/`` and ``<dataDir>/datasets/`` (and the artifact root, as above) may be read. Redirects
+the namespace's own ``<dataDir>/labels/<namespace>/`` and ``<dataDir>/datasets/<namespace>/`` (and the
+artifact root, as above) may be read. Redirects
 are not followed when a dataset is fetched over HTTP (:mod:`mlops_operator.backends.datasets`), so
 the checked host is the one read. ``sklearn://`` built-ins are always allowed.
 """
@@ -86,7 +87,8 @@ def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | N
 
 
 TENANT_AREAS = ("labels", "datasets")
-"""The data dir's directories for files tenants give the operator to read (e.g. the examples' label feed)."""
+"""The data dir's directories for files tenants give the operator to read (e.g. the examples' label feed), one
+directory per namespace in each: ``<dataDir>/labels/<namespace>/``."""
 NAMESPACED_AREAS = ("models", "inference", "drift-reports")
 """The artifact root's parts that are kept per namespace: the model registry, the inference logs, the drift reports."""
 
@@ -165,11 +167,8 @@ def uri_problem(uri: str, policy: UriPolicy, resolve: Resolver = _resolve, names
         if not any(_under(real, root) for root in policy.file_roots):
             return (f"path {real} is outside the directories the operator may read "
                     f"(MLOPS_URI_FILE_ROOTS: {', '.join(policy.file_roots) or 'none'})")
-        if (policy.data_dir and _under(real, policy.data_dir) and not _under(real, policy.artifact_root)
-                and not any(_under(real, os.path.join(policy.data_dir, area)) for area in TENANT_AREAS)):
-            return (f"path {real} is the operator's own state in its data dir; of the data dir only "
-                    + " and ".join(f"{os.path.join(policy.data_dir, area)}/" for area in TENANT_AREAS)
-                    + " hold tenants' files")
+        if policy.data_dir and _under(real, policy.data_dir) and not _under(real, policy.artifact_root):
+            return _data_dir_problem(real, policy.data_dir, namespace)
         return None
     if "://" in policy.artifact_root:
         # The same object under another spelling (a/../b, a//b) is the same key to the store's client.
@@ -180,6 +179,20 @@ def uri_problem(uri: str, policy: UriPolicy, resolve: Resolver = _resolve, names
                 return problem
     if scheme in ("http", "https"):
         return _host_problem(parts.hostname or "", policy, resolve)
+    return None
+
+
+def _data_dir_problem(real: str, data_dir: str, namespace: str | None) -> str | None:
+    """Why a path in the data dir (not in the artifact root) may not be read for ``namespace``: it is not in a
+    tenant area, or it is in another namespace's directory of one. Where no namespace is known (a fetch-time
+    check inside a run, the spec having passed with its namespace), any namespace's directory."""
+    parts = os.path.relpath(real, data_dir).split(os.sep)
+    own = " and ".join(f"{os.path.join(data_dir, area, namespace or NAMESPACE_PLACEHOLDER)}/" for area in TENANT_AREAS)
+    if parts[0] not in TENANT_AREAS:
+        return f"path {real} is the operator's own state in its data dir; of the data dir only {own} hold tenants' files"
+    if len(parts) < 2 or (namespace is not None and parts[1] != namespace):
+        return (f"path {real} is not in this namespace's directories of the data dir ({own}): another namespace's "
+                f"files there cannot be read")
     return None
 
 
