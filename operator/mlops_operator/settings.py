@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(5.0, gt=0, le=3600)
     """How often what is in progress is observed: running trainings, rollouts, local model servers, a KFP
     schedule's fires. Idle objects are not polled: a change, a watch event or their next schedule time wakes them."""
+    max_concurrent_reconciles: int = Field(16, ge=1, le=1024)
+    """How many objects of one kind are reconciled at the same time (controller-runtime's
+    MaxConcurrentReconciles); the others wait their turn, first come first served. Bounds the memory of a burst
+    (a thousand objects applied at once) and lets the first applied finish first."""
     backend_retry_seconds: float = Field(30.0, gt=0, le=3600)
     """How soon an object is reconciled again after its backend could not be reached (Seldon Core's CRD not
     installed, the KFP API down): each further failure doubles the wait, up to four times this."""

@@ -217,6 +217,19 @@ def _lock(plural: str, namespace: str, name: str) -> asyncio.Lock:
     return _locks.setdefault((plural, namespace, name), asyncio.Lock())
 
 
+# Each kind's reconciliations in progress (settings.max_concurrent_reconciles at a time; FIFO), for the
+# event loop that made them.
+_slots: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
+
+
+def _slot(plural: str) -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    held = _slots.get(plural)
+    if held is None or held[0] is not loop:
+        held = _slots[plural] = (loop, asyncio.Semaphore(get_settings().max_concurrent_reconciles))
+    return held[1]
+
+
 def object_lock(plural: str, namespace: str, name: str) -> asyncio.Lock:
     """The lock that serialises everything done to one object."""
     return _lock(plural, namespace, name)
@@ -385,7 +398,9 @@ async def reconcile_object(
         _observe_at(key, _backoff[key][0])
         return
     invalid = None
-    async with _lock(plural, namespace, name):
+    # A slot of the kind first, then the object's lock (never the other way round: a reconciliation holding
+    # the lock always has its slot).
+    async with _slot(plural), _lock(plural, namespace, name):
         with reconcile_timer(kind) as outcome:
             obj = await kube.current_object(plural, namespace, name, body)
             if obj is None or obj["metadata"].get("deletionTimestamp"):
