@@ -105,6 +105,9 @@ def test_failures_are_named(operator, objects):
     objects.create(failing("missing", dataset={"uri": missing_uri, "target": "y"}))
     objects.create(failing("toosmall", dataValidation={"minRows": 1000}))
     objects.create(failing("badestimator", training={"estimator": "NoSuchForestClassifier"}))
+    # Schedule only (nothing to start now): judged in the background, refused all the same.
+    objects.create(failing("badschedule", training={"estimator": "LogisticRegression", "parameters": {"C": -1}},
+                           schedule="0 3 * * *", runOnChange=False))
 
     gate = objects.wait("ModelTraining", "gate", finished, timeout=RUN_TIMEOUT)
     assert gate["status"]["phase"] == "Succeeded"
@@ -130,6 +133,12 @@ def test_failures_are_named(operator, objects):
     succeeded = condition(bad, "Succeeded")
     assert (succeeded["status"], succeeded["reason"]) == ("False", "InvalidSpec")
     assert succeeded["message"].startswith("spec.training") and "NoSuchForestClassifier" in succeeded["message"]
+    assert "latestRun" not in bad["status"]
+    bad = objects.wait("ModelTraining", "badschedule", lambda o: (o.get("status") or {}).get("phase") == "Invalid",
+                       what="badschedule Invalid")
+    succeeded = condition(bad, "Succeeded")
+    assert (succeeded["status"], succeeded["reason"]) == ("False", "InvalidSpec")
+    assert succeeded["message"].startswith("spec.training.parameters") and "'C'" in succeeded["message"], succeeded
     assert "latestRun" not in bad["status"]
     assert operator.metric("mlops_training_runs_total", result="failed") == 2
     assert operator.metric("mlops_training_runs_total", result="rejected") == 1

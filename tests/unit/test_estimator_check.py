@@ -31,7 +31,9 @@ def test_the_helper_judges_as_the_operator_would_and_each_training_is_asked_once
                  training(estimator="RandomForestClassifier", parameters={"n_estimators": "many"}),
                  training(estimator="RandomForestRegressor")]
         for spec in specs:
+            assert checker.known(spec) is None
             assert checker.check(spec) == estimator_check.judge(spec), spec.training
+            assert checker.known(spec) == estimator_check.judge(spec)
         first = checker.helper_pid()
         assert first is not None and first != os.getpid()
         assert checker.check(specs[3]).task == "regression"

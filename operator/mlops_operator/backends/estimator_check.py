@@ -77,6 +77,10 @@ class EstimatorChecker:
         self._started = 0.0
         self._asking: dict[str, asyncio.Future] = {}
 
+    def known(self, spec: ModelTrainingSpec) -> Judgement | None:
+        """The remembered judgement of ``spec.training``, or None when it has not been judged yet."""
+        return self._answers.get(_key(spec))
+
     async def judged(self, spec: ModelTrainingSpec) -> Judgement:
         """The judgement of ``spec.training``, for the event loop: a remembered one at once; else one
         thread asks, and every other reconciliation of the same training awaits that answer (no thread

@@ -4,9 +4,9 @@ The handler registers, calls and writes; the decisions are pure, in ``reconcile/
 validation), and the I/O is in ``backends/`` (training: the runs; estimator_check: what the installed
 packages say about spec.training, asked of a helper process). One reconciliation:
 
-1. Parse and check the spec, the estimator and its parameters included (InvalidSpec stops here);
-   pick the TrainingBackend spec.backend names (backends/training.py: local, kfp), the only thing
-   that knows how runs execute.
+1. Parse and check the spec, the estimator and its parameters included when the installed libraries
+   have judged them (InvalidSpec stops here); pick the TrainingBackend spec.backend names
+   (backends/training.py: local, kfp), the only thing that knows how runs execute.
 2. If a run is active, observe it; past spec.timeout, stop it (DeadlineExceeded); when it
    finishes, record it (history, conditions, latestValidatedModel, metrics, an event).
 3. Work out the pending triggers (generation, retrain annotation, schedule). With a run still
@@ -15,6 +15,11 @@ packages say about spec.training, asked of a helper process). One reconciliation
    existing run for a known name), and record the triggers as served.
 5. Schedule bookkeeping: a backend that schedules runs itself (kfp: a recurring run) is kept in
    step with the spec; record nextScheduleTime.
+
+spec.training not judged yet (a new training, or the helper not asked since the operator started): the
+judgement is awaited before step 4 or 5 would start any work; when nothing is to start, the status is
+written without it and the judgement is asked in the background (6), the training observed again if
+refused. Either way nothing runs on a refused spec.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from mlops_operator.handlers.common import (
     uri_policy_problems,
     post_event,
     register_kind,
+    wake,
 )
 from mlops_operator.reconcile import modeltraining
 from mlops_operator.reconcile.conditions import FALSE, now_rfc3339, parse_rfc3339, plain, set_condition, typed
@@ -89,9 +95,10 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
     refused = local_training_problem(spec, settings.runs_in_pod, settings.local_training_in_pod)
     if refused:
         raise InvalidSpec(refused)
-    judgement = await _estimator_checker.judged(spec)
-    problems = (training_spec_errors(spec, settings.kfp_host, lambda _estimator: judgement.task)
-                or list(judgement.problems))
+    # The installed libraries' judgement of spec.training, when known; else it is awaited only before work
+    # starts (a run, a KFP schedule), and otherwise asked in the background (step 6).
+    judgement = _estimator_checker.known(spec)
+    problems = _training_problems(spec, judgement, settings.kfp_host)
     endpoint = endpoint_problem("spec.kfp.host", spec.kfp and spec.kfp.host, settings.kfp_host,
                                 settings.endpoint_prefixes)
     problems += [endpoint] if endpoint else []
@@ -122,6 +129,11 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
                                                   now, backend_schedules=backend.schedules_runs)
         decision = modeltraining.concurrency_step(spec.concurrency_policy, triggers, status.latest_run, now)
         triggers = decision.start
+        if judgement is None and (triggers or (backend.schedules_runs and (spec.schedule or status.recurring_run_id))):
+            judgement = await _estimator_checker.judged(spec)  # before any work starts
+            problems = _training_problems(spec, judgement, settings.kfp_host)
+            if problems:
+                raise InvalidSpec("; ".join(problems))
         if decision.replaced is not None:
             await backend.cancel(status.latest_run)
             status = modeltraining.finished_status(status, decision.replaced, spec.history_limit, generation)
@@ -136,12 +148,40 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
         upcoming = modeltraining.next_schedule_time(spec, now)
         # None removes the field (a merge patch of null).
         status = status.model_copy(update={"next_schedule_time": now_rfc3339(upcoming) if upcoming else None})
+        # 6. Nothing started: spec.training is judged in the background, and a refusal comes back as InvalidSpec
+        # (nothing ran meanwhile). A thousand trainings applied at once do not all wait for the helper's start.
+        if judgement is None:
+            _judge_later(spec, namespace, name, settings.kfp_host)
     except BackendUnavailable as error:
         conditions = set_condition(plain(status.conditions), "Succeeded", FALSE, BackendUnavailable.reason,
                                    error.message, generation=generation)
         raise Retry(error.message, status.model_copy(update={"conditions": typed(conditions)}),
                     delay=get_settings().backend_retry_seconds) from None
     return status
+
+
+def _training_problems(spec: ModelTrainingSpec, judgement: estimator_check.Judgement | None,
+                       kfp_host: str | None) -> list[str]:
+    """spec.training's refusals: the schema's and, with the installed libraries' judgement, the estimator's
+    (its parameters, and metrics that do not fit its task)."""
+    if judgement is None:
+        return training_spec_errors(spec, kfp_host)
+    return training_spec_errors(spec, kfp_host, lambda _estimator: judgement.task) or list(judgement.problems)
+
+
+def _judge_later(spec: ModelTrainingSpec, namespace: str, name: str, kfp_host: str | None) -> None:
+    """Have spec.training judged in the background; observe the training again if it is refused."""
+    async def judge() -> None:
+        judgement = await _estimator_checker.judged(spec)
+        if _training_problems(spec, judgement, kfp_host):
+            wake(PLURAL, namespace, name)
+
+    task = asyncio.get_running_loop().create_task(judge())
+    _judging.add(task)
+    task.add_done_callback(_judging.discard)
+
+
+_judging: set[asyncio.Task] = set()  # the background judgements in flight (held until done)
 
 
 async def _sync_schedule(obj: dict[str, Any], spec: ModelTrainingSpec, backend: TrainingBackend,
