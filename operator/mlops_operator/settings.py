@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     """How many objects of one kind are reconciled at the same time (controller-runtime's
     MaxConcurrentReconciles); the others wait their turn, first come first served. Bounds the memory of a burst
     (a thousand objects applied at once) and lets the first applied finish first."""
+    io_threads: int = Field(32, ge=4, le=256)
+    """Threads for the operator's blocking calls (the Kubernetes API through its Python client, object stores,
+    files), and the size of the Kubernetes client's connection pool: while many objects are reconciled at once
+    their API calls wait on the API server in parallel, not in Python's default handful of threads."""
     backend_retry_seconds: float = Field(30.0, gt=0, le=3600)
     """How soon an object is reconciled again after its backend could not be reached (Seldon Core's CRD not
     installed, the KFP API down): each further failure doubles the wait, up to four times this."""

@@ -30,15 +30,21 @@ log = logging.getLogger("mlops_operator")
 _api_client: client.ApiClient | None = None
 
 
-def load_config() -> None:
-    """Load in-cluster config, or the kubeconfig ($KUBECONFIG, ~/.kube/config)."""
+def load_config(connections: int | None = None) -> None:
+    """Load in-cluster config, or the kubeconfig ($KUBECONFIG, ~/.kube/config); the shared client keeps up to
+    ``connections`` connections to the API server (default: the client's own, 5 per CPU), one per thread that
+    may call it at once (settings.io_threads): a call that finds none idle opens one, with a TLS handshake,
+    and a pool that is full closes it again."""
     global _api_client
     try:
         config.load_incluster_config()
     except config.ConfigException:
         # $KUBECONFIG as it is now: the client's own default was read when it was imported.
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-    _api_client = client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    if connections is not None:
+        configuration.connection_pool_maxsize = connections
+    _api_client = client.ApiClient(configuration)
 
 
 def discard_body(response: urllib3.BaseHTTPResponse) -> None:

@@ -28,7 +28,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60, 120]
-    kube.load_config()
+    kube.load_config(connections=ours.io_threads)
     metrics.serve(ours.metrics_host, ours.metrics_port)
     if not ours.leader_election:
         metrics.LEADER.set(1)
