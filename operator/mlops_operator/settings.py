@@ -133,8 +133,9 @@ class Settings(BaseSettings):
     uri_file_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """URI policy: directories file:// URIs and plain paths may be under, comma separated; empty: the data
     dir and (when local) the artifact root. Symbolic links are resolved before the check. Whatever this allows, of
-    the data dir only the namespace's labels/<namespace>/ and datasets/<namespace>/ may be read (the rest is the operator's state), and of the artifact
-    root only the namespace's own models/, inference/ and drift-reports/ parts (and anything outside those three)."""
+    the data dir only the namespace's labels/<namespace>/ and datasets/<namespace>/ may be read (the rest is the
+    operator's state), and of the artifact root only the namespace's own models/, inference/ and drift-reports/
+    parts (and anything outside those three)."""
     uri_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """URI policy: CIDRs http(s) URIs of a spec may reach although loopback, link-local
     (169.254.0.0/16, fe80::/10: cloud metadata) or private/cluster-internal; comma separated. Empty: none."""

@@ -187,7 +187,8 @@ def _data_dir_problem(real: str, data_dir: str, namespace: str | None) -> str | 
     tenant area, or it is in another namespace's directory of one. Where no namespace is known (a fetch-time
     check inside a run, the spec having passed with its namespace), any namespace's directory."""
     parts = os.path.relpath(real, data_dir).split(os.sep)
-    own = " and ".join(f"{os.path.join(data_dir, area, namespace or NAMESPACE_PLACEHOLDER)}/" for area in TENANT_AREAS)
+    own = " and ".join(f"{os.path.join(data_dir, area, namespace or NAMESPACE_PLACEHOLDER)}/"
+                       for area in TENANT_AREAS)
     if parts[0] not in TENANT_AREAS:
         return f"path {real} is the operator's own state in its data dir; of the data dir only {own} hold tenants' files"
     if len(parts) < 2 or (namespace is not None and parts[1] != namespace):

@@ -129,7 +129,9 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
                                                   now, backend_schedules=backend.schedules_runs)
         decision = modeltraining.concurrency_step(spec.concurrency_policy, triggers, status.latest_run, now)
         triggers = decision.start
-        if judgement is None and (triggers or (backend.schedules_runs and (spec.schedule or status.recurring_run_id))):
+        # A backend that schedules runs itself (kfp) keeps a schedule in step with the spec (step 5).
+        keeps_schedule = bool(backend.schedules_runs and (spec.schedule or status.recurring_run_id))
+        if judgement is None and (triggers or keeps_schedule):
             judgement = await _estimator_checker.judged(spec)  # before any work starts
             problems = _training_problems(spec, judgement, settings.kfp_host)
             if problems:
@@ -143,7 +145,7 @@ async def reconcile_training(obj: dict[str, Any]) -> ModelTrainingStatus:
             status = await _start_run(obj, spec, backend, status, triggers, now)
 
         # 5. The schedule: kept by the backend (a KFP recurring run) or fired by step 3.
-        if backend.schedules_runs and (spec.schedule or status.recurring_run_id):
+        if keeps_schedule:
             status = await _sync_schedule(obj, spec, backend, status)
         upcoming = modeltraining.next_schedule_time(spec, now)
         # None removes the field (a merge patch of null).

@@ -324,7 +324,7 @@ def observe_seldon_deployment(live: Mapping[str, Any] | None, predictors: Sequen
     without it (an older Seldon, or a test that writes only ``state``) every predictor is ready
     exactly when the state is Available. Seldon Core writes state Failed in two cases
     (``operator/controllers/seldondeployment_controller.go``, v1.17.1): its Deployments passed their
-    progress deadline (description :data:`GENERIC_FAILURE`: no predictor is ready), or its own
+    progress deadline (description :data:`PROGRESS_DEADLINE_FAILURE`: no predictor is ready), or its own
     reconciliation returned an error, which it retries (``updateStatusForError``: the description is the
     error's text, ``reconcile_error``; the predictors are as their Deployments say).
     """
@@ -332,7 +332,7 @@ def observe_seldon_deployment(live: Mapping[str, Any] | None, predictors: Sequen
     state = status.get("state")
     description = str(status.get("description") or "")
     reconcile_error = (description if state == FAILED and description
-                       and not description.startswith(PROGRESS_DEADLINE_PREFIX) else None)
+                       and not description.startswith(PROGRESS_DEADLINE_FAILURE) else None)
     per_deployment = status.get("deploymentStatus") or {}
     sdep = (live or {}).get("metadata", {}).get("name", "")
     available: dict[str, int] = {}
@@ -356,9 +356,9 @@ def observe_seldon_deployment(live: Mapping[str, Any] | None, predictors: Sequen
     return SeldonObservation(state, description, ready, available, endpoint, reconcile_error)
 
 
-# Seldon's own description when a Deployment passes its progress deadline: says nothing about why.
-GENERIC_FAILURE = "Deployment is no longer progressing and not available."
-PROGRESS_DEADLINE_PREFIX = "Deployment is no longer progressing"
+# How Seldon's own description begins when a Deployment passes its progress deadline ("... and not
+# available."): it says nothing about why.
+PROGRESS_DEADLINE_FAILURE = "Deployment is no longer progressing"
 
 
 def pod_failure_reason(pods: Sequence[Mapping[str, Any]], sdep: str, predictors: Sequence[str]) -> str | None:
